@@ -1,0 +1,52 @@
+"""A run's folder in storage (design.md section 3): spec, status, metrics, summary, plots, weights."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.storage import Storage
+
+STATES = ("running", "preempted", "completed", "failed")
+
+
+class RunFolder:
+    def __init__(self, storage: Storage, run_id: str) -> None:
+        self.storage = storage
+        self.run_id = run_id
+
+    @property
+    def uri(self) -> str:
+        return f"{self.storage.uri.rstrip('/')}/{self.run_id}"
+
+    def key(self, name: str) -> str:
+        return f"{self.run_id}/{name}"
+
+    def exists(self) -> bool:
+        return self.storage.exists(self.key("status.json"))
+
+    def read_status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.storage.get_bytes(self.key("status.json")))
+        except FileNotFoundError:
+            return None
+
+    def write_status(self, state: str, durable_step: int, **extra: Any) -> dict[str, Any]:
+        assert state in STATES, state
+        status = {"run_id": self.run_id, "state": state, "durable_step": durable_step,
+                  "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+        self.put_text("status.json", json.dumps(status, indent=2))
+        return status
+
+    def put_text(self, name: str, text: str) -> None:
+        self.storage.put_bytes(self.key(name), text.encode())
+
+    def put_file(self, name: str, path: Path) -> None:
+        self.storage.put_file(self.key(name), path)
+
+    def upload_dir(self, local: Path, prefix: str = "") -> None:
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                self.put_file(f"{prefix}{path.relative_to(local).as_posix()}", path)

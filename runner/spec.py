@@ -1,0 +1,169 @@
+"""The job spec: pydantic models for the YAML files under jobs/, and `--set a.b=v` overrides.
+
+Unknown keys are errors everywhere, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ehrseq.errors import InputError
+from runner.storage import open_storage
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class SpecError(InputError):
+    """A spec that cannot be read or does not validate; the message names the file and field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(Section):
+    source: Literal["synthetic", "meds", "synthea-csv", "fhir"] = "synthetic"
+    path: str | None = None  # dataset folder for meds / synthea-csv / fhir
+    num_patients: int = Field(2000, ge=10)  # synthetic only
+    max_seq_len: int = Field(128, ge=8, le=4096)  # tokens per patient, most recent visits kept
+    min_code_count: int = Field(5, ge=1)  # rarer codes (in the train split) become [UNK]
+
+
+class ModelSpec(Section):
+    kind: Literal["behrt", "med2vec", "bag_of_codes", "cox"] = "behrt"
+    size: Literal["small", "medium", "large", "paper"] = "small"
+    init_from: str | None = None  # run or checkpoint URI to fine-tune from
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TaskSpec(Section):
+    kind: Literal["mlm", "next_visit", "binary", "survival"] = "mlm"
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0)  # mlm: share of code tokens masked
+
+
+class TrainSpec(Section):
+    max_steps: int = Field(2000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3.0e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int | None = Field(None, ge=0)  # default: 10% of max_steps
+    grad_clip: float = Field(1.0, gt=0.0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(500, ge=0)  # 0: evaluate only at the end
+    eval_batch_size: int = Field(64, ge=1)
+
+
+class CheckpointSpec(Section):
+    interval_seconds: float = Field(600, gt=0)
+    keep_last: int = Field(3, ge=1)
+    grace_seconds: float = Field(5.0, gt=0)
+
+
+class StorageSpec(Section):
+    uri: str = "file://./runs"
+    endpoint_url: str | None = None  # S3-compatible endpoint; else AWS_ENDPOINT_URL
+
+
+class RuntimeSpec(Section):
+    work_dir: str | None = None  # fast local scratch; default: a temp folder
+    price_per_hour: float | None = Field(None, ge=0)
+
+
+class LoraSpec(Section):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] = ["query", "key", "value", "output"]
+
+
+class JobSpec(Section):
+    name: str = Field(pattern=RUN_ID_PATTERN)
+    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)  # default: name
+    seed: int = Field(0, ge=0)
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    task: TaskSpec = TaskSpec()
+    train: TrainSpec = TrainSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    storage: StorageSpec = StorageSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
+    lora: LoraSpec | None = None
+
+    @property
+    def resolved_run_id(self) -> str:
+        return self.run_id or self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the model and data (not storage, runtime or step budget)."""
+        d = self.model_dump(mode="json", exclude={"storage", "runtime", "checkpoint", "run_id"})
+        d["train"].pop("max_steps")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """Reads, overrides and validates a spec; every failure is a one-line SpecError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise SpecError(f"{path}:{line} YAML syntax error: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of sections (name, data, model, ...), got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item, path)
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(f"{path}: " + "; ".join(_describe(err) for err in e.errors())) from None
+
+
+def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+    """`a.b=v`: v parsed as YAML (numbers, booleans, null), then type-checked with the whole spec."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set train.max_steps=100")
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{field}: unknown field (check the spelling; see `ehrseq validate --help`)"
+    if err["type"] == "missing":
+        return f"{field}: required field is missing"
+    return f"{field}: {err['msg']} (got {err['input']!r})"
+
+
+def check_supported(spec: JobSpec) -> None:
+    """What this version can run; valid-but-unsupported values fail here, before anything is written."""
+    unsupported = [("model.kind", spec.model.kind, {"behrt"}), ("task.kind", spec.task.kind, {"mlm"}),
+                   ("data.source", spec.data.source, {"synthetic", "meds"})]
+    for field, value, ok in unsupported:
+        if value not in ok:
+            raise InputError(f"{field}: {value!r} is not supported yet; supported: {', '.join(sorted(ok))}")
+    if spec.model.init_from or spec.lora:
+        raise InputError("model.init_from / lora: fine-tuning is not supported yet")
+    open_storage(spec.storage.uri)  # validates the URI scheme

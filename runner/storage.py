@@ -1,0 +1,104 @@
+"""Where runs live: one small interface over a local folder (file://) and, later, S3 (s3://).
+
+Keys are '/'-separated paths relative to the storage root. Writes are atomic: a reader sees the
+old object or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from ehrseq.errors import InputError
+
+
+class Storage(Protocol):
+    uri: str
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, path: Path) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...  # FileNotFoundError if absent
+    def get_file(self, key: str, dest: Path) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> list[str]: ...  # keys under prefix, recursive, sorted
+    def delete(self, key: str) -> None: ...
+
+
+class LocalStorage:
+    """A folder on this machine: the embedded default (`file://./runs`)."""
+
+    def __init__(self, root: Path, uri: str | None = None) -> None:
+        self.root = root
+        self.uri = uri or f"file://{root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, key: str, path: Path) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def get_file(self, key: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._path(key), dest)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def open_storage(uri: str) -> Storage:
+    """`file://path` (relative paths are relative to the working directory) or a plain path."""
+    if uri.startswith("file://"):
+        return LocalStorage(Path(uri[len("file://"):]), uri)
+    if "://" not in uri:
+        return LocalStorage(Path(uri), uri)
+    scheme = uri.split("://", 1)[0]
+    raise InputError(f"storage.uri {uri!r}: unsupported scheme {scheme!r}; use file://PATH")
+
+
+def split_run_uri(run_uri: str) -> tuple[str, str]:
+    """'file://./runs/my-run' -> ('file://./runs', 'my-run')."""
+    base, sep, run_id = run_uri.rstrip("/").rpartition("/")
+    if not sep or not run_id or base.endswith(":/"):
+        raise InputError(f"{run_uri!r} is not a run URI; expected STORAGE_URI/RUN_ID, e.g. file://./runs/my-run")
+    return base, run_id

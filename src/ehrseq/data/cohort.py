@@ -1,0 +1,43 @@
+"""From a data source to patients per split: the first step of every job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ehrseq.data.meds_io import MedsDataset, read_meds_dataset, write_meds_dataset
+from ehrseq.data.patients import Patient, patients_from_meds
+from ehrseq.data.synthetic import assign_splits, generate_cohort
+from ehrseq.errors import InputError
+
+SPLITS = ("train", "tuning", "held_out")
+
+
+def load_dataset(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path) -> MedsDataset:
+    """A MEDS dataset for the source; synthetic cohorts are written once as real MEDS files and cached."""
+    if source == "synthetic":
+        dest = cache_dir / f"synthetic-n{num_patients}-seed{seed}"
+        if not (dest / "metadata" / "dataset.json").is_file():
+            data = generate_cohort(num_patients, seed)
+            ids = sorted(set(data.column("subject_id").to_pylist()))
+            write_meds_dataset(data, assign_splits(ids, seed), dest, name=dest.name)
+        return read_meds_dataset(dest)
+    if source == "meds":
+        if not path:
+            raise InputError("data.path: required when data.source is 'meds' (the MEDS dataset folder)")
+        if not Path(path).is_dir():
+            raise InputError(f"data.path: {path!r} is not a folder")
+        return read_meds_dataset(Path(path))
+    raise InputError(f"data.source: {source!r} is not supported yet; use 'synthetic' or 'meds'")
+
+
+def patients_by_split(dataset: MedsDataset) -> dict[str, list[Patient]]:
+    """Patients of each split, using the dataset's own patient-level splits."""
+    out: dict[str, list[Patient]] = {s: [] for s in SPLITS}
+    for patient in patients_from_meds(dataset.data):
+        split = dataset.splits.get(patient.subject_id)
+        if split in out:
+            out[split].append(patient)
+    for split, patients in out.items():
+        if not patients:
+            raise InputError(f"the dataset's {split!r} split has no patients with events")
+    return out

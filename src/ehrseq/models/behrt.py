@@ -1,0 +1,212 @@
+"""BEHRT: a BERT encoder over patient histories (Li et al., 2020).
+
+Each token is a medical code; its embedding is the sum of code, age (months), visit
+position and segment embeddings. Attention is written with explicit query/key/value/output
+`nn.Linear` layers and `F.scaled_dot_product_attention`, so that LoRA (peft) can target
+those layers; `nn.MultiheadAttention` hides them behind a fused kernel whose `out_proj.forward`
+is never called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BEHRTConfig:
+    vocab_size: int
+    hidden_size: int = 288
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 512
+    max_age: int = 1441  # age buckets: months 0..1440 (120 years)
+    max_position: int = 256  # visit index buckets
+    num_segments: int = 2  # segment alternates per visit
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+
+    # Presets: the user's three tiers (~0.5M / ~3M / ~15M parameters at 1,000 codes) and the paper's.
+    @classmethod
+    def small(cls, vocab_size: int, **kw) -> BEHRTConfig:
+        """Laptop tier (M1, 16 GB): trains on CPU in minutes."""
+        return cls(vocab_size, **{"hidden_size": 96, "num_layers": 3, "num_heads": 4,
+                                  "intermediate_size": 384, **kw})
+
+    @classmethod
+    def medium(cls, vocab_size: int, **kw) -> BEHRTConfig:
+        return cls(vocab_size, **{"hidden_size": 192, "num_layers": 6, "num_heads": 6,
+                                  "intermediate_size": 768, **kw})
+
+    @classmethod
+    def large(cls, vocab_size: int, **kw) -> BEHRTConfig:
+        """Pod tier (A40/H100)."""
+        return cls(vocab_size, **{"hidden_size": 384, "num_layers": 8, "num_heads": 6,
+                                  "intermediate_size": 1536, **kw})
+
+    @classmethod
+    def paper(cls, vocab_size: int, **kw) -> BEHRTConfig:
+        """The original BEHRT: hidden 288, 6 layers, 12 heads, intermediate 512."""
+        return cls(vocab_size, **{"hidden_size": 288, "num_layers": 6, "num_heads": 12,
+                                  "intermediate_size": 512, **kw})
+
+    @classmethod
+    def preset(cls, size: str, vocab_size: int, **kw) -> BEHRTConfig:
+        presets = {"small": cls.small, "medium": cls.medium, "large": cls.large, "paper": cls.paper}
+        if size not in presets:
+            raise ValueError(f"unknown BEHRT size {size!r}; choose one of {sorted(presets)}")
+        return presets[size](vocab_size, **kw)
+
+
+class BEHRTEmbeddings(nn.Module):
+    def __init__(self, config: BEHRTConfig) -> None:
+        super().__init__()
+        self.code = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_id)
+        self.age = nn.Embedding(config.max_age, config.hidden_size)
+        self.position = nn.Embedding(config.max_position, config.hidden_size)
+        self.segment = nn.Embedding(config.num_segments, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.max_age = config.max_age
+        self.max_position = config.max_position
+
+    def forward(self, codes, ages, segments, positions):  # each (B, T) long
+        ages = ages.clamp(0, self.max_age - 1)
+        positions = positions.clamp(0, self.max_position - 1)
+        x = self.code(codes) + self.age(ages) + self.position(positions) + self.segment(segments)
+        return self.dropout(self.norm(x))  # (B, T, C)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: BEHRTConfig) -> None:
+        super().__init__()
+        C = config.hidden_size
+        self.num_heads = config.num_heads
+        self.query = nn.Linear(C, C)
+        self.key = nn.Linear(C, C)
+        self.value = nn.Linear(C, C)
+        self.output = nn.Linear(C, C)
+        self.dropout_p = config.dropout
+
+    def forward(self, x, attn_mask):  # x (B, T, C); attn_mask (B, 1, 1, T) bool, True = attend
+        B, T, C = x.shape
+        H = self.num_heads
+
+        def heads(t):  # (B, T, C) -> (B, H, T, C/H)
+            return t.view(B, T, H, C // H).transpose(1, 2)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout_p if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.output(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BEHRTConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """Post-LayerNorm transformer block, as in BERT and BEHRT."""
+
+    def __init__(self, config: BEHRTConfig) -> None:
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask):
+        x = self.norm1(x + self.dropout(self.attention(x, attn_mask)))
+        return self.norm2(x + self.dropout(self.feed_forward(x)))
+
+
+class BEHRT(nn.Module):
+    """The encoder: `(codes, ages, segments, positions, attention_mask)` -> hidden states (B, T, C)."""
+
+    def __init__(self, config: BEHRTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BEHRTEmbeddings(config)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.apply(init_weights)
+
+    def forward(self, codes, ages, segments, positions, attention_mask):  # (B, T) each
+        attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        x = self.embeddings(codes, ages, segments, positions)
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        return x  # (B, T, C)
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head; the decoder shares its weights with the code embedding."""
+
+    def __init__(self, config: BEHRTConfig, code_embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.code_embedding = code_embedding
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h):  # (N, C) -> (N, V)
+        h = self.norm(F.gelu(self.transform(h)))
+        return F.linear(h, self.code_embedding.weight, self.bias)
+
+
+class BEHRTForMLM(nn.Module):
+    """BEHRT with a masked-language-model head.
+
+    The vocabulary projection runs only on masked positions (about 15% of tokens), not on
+    every token: the same loss for a fraction of the largest matmul.
+    """
+
+    def __init__(self, config: BEHRTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.behrt = BEHRT(config)
+        self.head = MLMHead(config, self.behrt.embeddings.code)
+        init_weights(self.head.transform)
+
+    def forward(self, codes, ages, segments, positions, attention_mask, labels):
+        """labels (B, T): target code at masked positions, -100 elsewhere. Returns (loss, logits (N, V))."""
+        h = self.behrt(codes, ages, segments, positions, attention_mask)  # (B, T, C)
+        selected = labels != -100  # (B, T)
+        logits = self.head(h[selected])  # (N, V)
+        loss = F.cross_entropy(logits, labels[selected]) if logits.numel() else h.sum() * 0.0
+        return loss, logits
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts; shared (tied) tensors counted once."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
