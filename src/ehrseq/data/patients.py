@@ -1,0 +1,94 @@
+"""Turn a flat MEDS event table into per-patient visit histories.
+
+A visit is every event of one subject on one calendar day: MEDS has no encounter ids, and BEHRT-style
+models want the sequence as visits. Sorting, grouping and de-duplication run in pyarrow/numpy; Python
+objects are only built at the end, so thousands of patients take milliseconds.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import meds
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_DAY_US = 86_400 * 1_000_000
+
+
+@dataclass(frozen=True)
+class Visit:
+    """The distinct codes recorded on one day, in first-seen order; `time` is the day's first event."""
+
+    time: datetime
+    codes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A subject's birth datetime (None when the data lacks MEDS_BIRTH) and visits in time order."""
+
+    subject_id: int
+    birth: datetime | None
+    visits: tuple[Visit, ...]
+
+
+def _boundaries(keys: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal values in `keys`, plus len(keys) at the end."""
+    return np.r_[np.flatnonzero(np.diff(keys, prepend=keys[:1] - 1)), len(keys)]
+
+
+def patients_from_meds(data: pa.Table) -> list[Patient]:
+    """One Patient per subject in `data` (MEDS data schema), ordered by subject_id.
+
+    Static (null-time) rows and MEDS_BIRTH are not visit codes; MEDS_BIRTH sets `birth`.
+    """
+    table = pa.table(
+        {
+            "subject_id": data.column("subject_id").cast(pa.int64()),
+            "time": data.column("time").cast(pa.timestamp("us")),
+            "code": data.column("code").cast(pa.string()),
+        }
+    )
+    table = table.take(pc.sort_indices(table, [("subject_id", "ascending"), ("time", "ascending")]))
+    all_subjects = np.unique(table.column("subject_id").to_numpy())
+
+    is_birth = pc.equal(table.column("code"), meds.birth_code).to_numpy(zero_copy_only=False)
+    has_time = pc.is_valid(table.column("time")).to_numpy(zero_copy_only=False)
+    subject = table.column("subject_id").to_numpy()
+    time_us = pc.fill_null(table.column("time"), 0).cast(pa.int64()).to_numpy()
+    birth_subject, first_birth = np.unique(subject[is_birth & has_time], return_index=True)  # earliest
+    births = dict(
+        zip(birth_subject.tolist(), time_us[is_birth & has_time][first_birth].tolist(), strict=True)
+    )
+
+    events = has_time & ~is_birth
+    subject, time_us = subject[events], time_us[events]
+    codes = pc.dictionary_encode(table.column("code").filter(pa.array(events)).combine_chunks())
+    code_idx = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    vocab = codes.dictionary.to_pylist()
+
+    # Visit id per event: a new visit whenever the subject or the calendar day changes (rows are sorted).
+    day = time_us // _DAY_US
+    new_visit = (np.diff(subject, prepend=subject[:1] - 1) != 0) | (np.diff(day, prepend=day[:1] - 1) != 0)
+    visit_id = np.cumsum(new_visit) - 1
+    # Keep the first occurrence of each code within a visit, preserving order.
+    _, first = np.unique(visit_id * len(vocab) + code_idx, return_index=True)
+    keep = np.sort(first)
+    visit_id, code_idx = visit_id[keep], code_idx[keep]
+    visit_start = _boundaries(visit_id)
+    visit_subject = subject[keep][visit_start[:-1]]
+    visit_time = time_us[keep][visit_start[:-1]].astype("datetime64[us]").tolist()
+    code_lists = [vocab[i] for i in code_idx.tolist()]
+    visits = [
+        Visit(t, tuple(code_lists[a:b]))
+        for t, a, b in zip(visit_time, visit_start[:-1].tolist(), visit_start[1:].tolist(), strict=True)
+    ]
+
+    patients = []
+    bounds = np.searchsorted(visit_subject, all_subjects, side="left").tolist() + [len(visits)]
+    for i, s in enumerate(all_subjects.tolist()):
+        birth = births.get(s)
+        birth_dt = None if birth is None else np.datetime64(birth, "us").astype(datetime)
+        patients.append(Patient(s, birth_dt, tuple(visits[bounds[i] : bounds[i + 1]])))
+    return patients
