@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ehrseq.errors import InputError
 from runner.run_folder import RunFolder
-from runner.spec import check_supported, load_spec
+from runner.spec import load_spec
 from runner.storage import open_storage, split_run_uri
 
 EXIT_BAD_INPUT = 2
@@ -45,7 +45,6 @@ def validate(
 ) -> None:
     """Check a spec and print it fully resolved (defaults filled in). Exit 2 if invalid."""
     job = load_spec(spec, set_ or [])
-    check_supported(job)
     sys.stdout.write(job.to_yaml())
 
 

@@ -126,9 +126,13 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     for item in overrides:
         apply_override(raw, item, path)
     try:
-        return JobSpec.model_validate(raw)
+        spec = JobSpec.model_validate(raw)
+        check_supported(spec)
     except ValidationError as e:
         raise SpecError(f"{path}: " + "; ".join(_describe(err) for err in e.errors())) from None
+    except InputError as e:
+        raise SpecError(f"{path}: {e}") from None
+    return spec
 
 
 def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:

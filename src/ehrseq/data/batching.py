@@ -53,25 +53,38 @@ def collate(patients: Sequence[EncodedPatient], pad_id: int = 0) -> Batch:
 
 
 class EpochOrder:
-    """Shuffled batch order for each epoch, a pure function of (seed, epoch).
+    """Shuffled batches for each epoch, a pure function of (seed, epoch).
 
-    Nothing here has hidden state: a run resumes at (epoch, offset) and sees exactly the
-    batches the uninterrupted run would have seen.
+    Within each pool of `pool_batches` random batches, patients are grouped by length so a
+    batch pads little (histories vary from a few tokens to max_len); the batch order is then
+    shuffled. Nothing here has hidden state: a run resumes at (epoch, offset) and sees exactly
+    the batches the uninterrupted run would have seen.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int) -> None:
-        if num_items == 0:
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, pool_batches: int = 50) -> None:
+        if not lengths:
             raise ValueError("cannot train on an empty split")
-        self.num_items = num_items
-        self.batch_size = min(batch_size, num_items)
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size = min(batch_size, len(lengths))
         self.seed = seed
-        self._cached: tuple[int, torch.Tensor] | None = None  # (epoch, permutation)
+        self.pool = pool_batches * self.batch_size
+        self._cached: tuple[int, list[torch.Tensor]] | None = None  # (epoch, its batches)
+        self.num_batches = len(self._batches(0))
 
-    def __len__(self) -> int:  # batches per epoch (the last partial batch is dropped)
-        return self.num_items // self.batch_size
+    def __len__(self) -> int:  # batches per epoch (a last partial batch is dropped)
+        return self.num_batches
 
-    def batch_indices(self, epoch: int, offset: int) -> list[int]:
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
         if self._cached is None or self._cached[0] != epoch:
             g = torch.Generator().manual_seed(derive_seed(self.seed, EPOCH_ORDER, epoch))
-            self._cached = (epoch, torch.randperm(self.num_items, generator=g))
-        return self._cached[1][offset * self.batch_size : (offset + 1) * self.batch_size].tolist()
+            perm = torch.randperm(len(self.lengths), generator=g)
+            batches: list[torch.Tensor] = []
+            for start in range(0, len(perm), self.pool):
+                pool = perm[start : start + self.pool]
+                pool = pool[torch.argsort(self.lengths[pool], descending=True, stable=True)]
+                batches += [b for b in pool.split(self.batch_size) if len(b) == self.batch_size]
+            self._cached = (epoch, [batches[i] for i in torch.randperm(len(batches), generator=g)])
+        return self._cached[1]
+
+    def batch_indices(self, epoch: int, offset: int) -> list[int]:
+        return self._batches(epoch)[offset].tolist()

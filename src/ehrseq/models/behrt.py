@@ -26,7 +26,8 @@ class BEHRTConfig:
     max_age: int = 1441  # age buckets: months 0..1440 (120 years)
     max_position: int = 256  # visit index buckets
     num_segments: int = 2  # segment alternates per visit
-    dropout: float = 0.1
+    dropout: float = 0.1  # embeddings and residual branches
+    attention_dropout: float = 0.0  # on attention weights; > 0 sends CPU SDPA to a ~10x slower kernel
     layer_norm_eps: float = 1e-12
     pad_id: int = 0
 
@@ -56,7 +57,7 @@ class BEHRTConfig:
     def paper(cls, vocab_size: int, **kw) -> BEHRTConfig:
         """The original BEHRT: hidden 288, 6 layers, 12 heads, intermediate 512."""
         return cls(vocab_size, **{"hidden_size": 288, "num_layers": 6, "num_heads": 12,
-                                  "intermediate_size": 512, **kw})
+                                  "intermediate_size": 512, "attention_dropout": 0.1, **kw})
 
     @classmethod
     def preset(cls, size: str, vocab_size: int, **kw) -> BEHRTConfig:
@@ -94,7 +95,7 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(C, C)
         self.value = nn.Linear(C, C)
         self.output = nn.Linear(C, C)
-        self.dropout_p = config.dropout
+        self.dropout_p = config.attention_dropout
 
     def forward(self, x, attn_mask):  # x (B, T, C); attn_mask (B, 1, 1, T) bool, True = attend
         B, T, C = x.shape

@@ -84,7 +84,7 @@ class Trainer:
         self.device = device
         self.callbacks = list(callbacks)
         self.should_stop = should_stop
-        self.order = EpochOrder(len(train_set), config.batch_size, config.seed)
+        self.order = EpochOrder([len(p.codes) for p in train_set], config.batch_size, config.seed)
         self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
         self.scheduler = warmup_linear_decay(self.optimizer, config.warmup_steps, config.max_steps)
         self.state = TrainState()

@@ -1,0 +1,19 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_SPEC = REPO / "jobs" / "behrt_small.yaml"
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real console entry point in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-c", "from runner.cli import main; main()", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)
