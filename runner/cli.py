@@ -30,12 +30,18 @@ SetOption = Annotated[list[str], typer.Option(
 def run(
     spec: Annotated[str, typer.Argument(help="Job spec YAML, e.g. jobs/behrt_small.yaml.")],
     set_: SetOption = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run's stored results and start over.")] = False,
 ) -> None:
-    """Run a job. Exit codes: 0 completed, 2 bad input."""
+    """Run a job, or resume it from its latest committed checkpoint in storage.
+
+    Exit codes: 0 completed; 2 bad input; 75 preempted (SIGTERM/SIGINT: a checkpoint was committed
+    within checkpoint.grace_seconds where possible -- run the same command again to resume);
+    130 on a second Ctrl-C.
+    """
     from runner.job import run_job  # imports torch: keep `--help` and `validate` fast
 
     job = load_spec(spec, set_ or [])
-    raise typer.Exit(run_job(job, console))
+    raise typer.Exit(run_job(job, console, fresh=fresh))
 
 
 @app.command()

@@ -42,6 +42,7 @@ class TrainState:
     offset: int = 0  # batches of `epoch` already consumed
     window_loss: float = 0.0  # summed loss of the steps since the last training record
     window_steps: int = 0
+    eval_pending: bool = False  # a tuning evaluation was interrupted: run it first on resume
 
 
 class Task(Protocol):
@@ -94,6 +95,8 @@ class Trainer:
         """Trains until `max_steps`; returns False if stopped early by `should_stop`."""
         cfg, st = self.config, self.state
         self.model.train()
+        if st.eval_pending and not self._tuning_evaluation():
+            return False
         window_start, window_tokens = time.perf_counter(), 0
         while st.step < cfg.max_steps:
             if self.should_stop():
@@ -126,13 +129,20 @@ class Trainer:
                 window_start, window_tokens = time.perf_counter(), 0
 
             if (cfg.eval_every and st.step % cfg.eval_every == 0) or st.step == cfg.max_steps:
-                result = self.evaluate(self.tuning_set)
-                if result is None:
+                st.eval_pending = True
+                if not self._tuning_evaluation():
                     return False
-                self._emit({"step": st.step, "split": "tuning", **result.metrics()})
                 window_start = time.perf_counter()  # throughput excludes evaluation time
             for cb in self.callbacks:
                 cb.on_step_end(self)
+        return True
+
+    def _tuning_evaluation(self) -> bool:
+        result = self.evaluate(self.tuning_set)
+        if result is None:
+            return False
+        self.state.eval_pending = False
+        self._emit({"step": self.state.step, "split": "tuning", **result.metrics()})
         return True
 
     def evaluate(self, patients: Sequence[EncodedPatient]) -> Any:

@@ -1,0 +1,38 @@
+"""The result bundle at the end of a run: weights, held-out metrics with CIs, plots, summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_model
+from torch import nn
+
+from ehrseq.evaluation.bootstrap import bootstrap_ci
+from ehrseq.reports.plots import plot_loss, plot_lr_throughput
+from ehrseq.reports.summary import render_summary_md
+from ehrseq.tasks.mlm import MLMEvaluation
+from runner.run_folder import RunFolder
+from runner.spec import JobSpec
+
+
+def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module, held_out: MLMEvaluation,
+                 records: list[dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """Writes the bundle locally, then copies it to the run folder; returns summary.json's content."""
+    save_model(model, str(work / "model.safetensors"))
+    title = f"{spec.resolved_run_id}: BEHRT-{spec.model.size}, {spec.task.kind}"
+    plots = [plot_loss(records, work / "plots" / "loss.png", title),
+             plot_lr_throughput(records, work / "plots" / "lr_throughput.png", title)]
+    plot_names = [p.relative_to(work).as_posix() for p in plots]
+    summary = {
+        "run_id": spec.resolved_run_id, "model": f"{spec.model.kind}-{spec.model.size}", "task": spec.task.kind,
+        "metrics": held_out.metrics(),
+        "metrics_ci": bootstrap_ci(held_out.metrics, len(held_out.subject_ids), seed=spec.seed),
+        **facts, "plots": plot_names,
+    }
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    (work / "SUMMARY.md").write_text(render_summary_md(summary, plot_names))
+    for name in ["model.safetensors", *plot_names, "summary.json", "SUMMARY.md"]:
+        run.put_file(name, work / name)
+    return summary

@@ -1,0 +1,102 @@
+"""Timed checkpoints off the training thread, and the final one at a stop request.
+
+On the training thread only a snapshot is taken (tensors copied to CPU); writing the files,
+uploading them and committing the manifest happen on a background thread, at most one in
+flight. The durable step in status.json moves only after a commit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ehrseq.training.state import TrainingSnapshot, capture
+from ehrseq.training.trainer import Callback, Trainer
+from runner.checkpoints import CheckpointStore
+
+
+class Checkpointer(Callback):
+    def __init__(
+        self,
+        store: CheckpointStore,
+        local_dir: Path,
+        interval_seconds: float,
+        keep_last: int,
+        metadata: Callable[[], tuple[dict[str, Any], dict[str, bytes]]],
+        on_commit: Callable[[int], None],
+        best_metric: str | None = None,
+        durable_step: int = 0,
+    ) -> None:
+        self.store = store
+        self.local_dir = local_dir
+        self.interval = interval_seconds
+        self.keep_last = keep_last
+        self.metadata = metadata  # -> (JSON extras for trainer.json, extra files such as vocab and metrics)
+        self.on_commit = on_commit
+        self.best_metric = best_metric
+        self.durable_step = durable_step
+        self.tuning: dict[str, float] = {}
+        self.error: BaseException | None = None
+        self._last = time.monotonic()
+        self._thread: threading.Thread | None = None
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        if record["split"] == "tuning":
+            self.tuning = {k: v for k, v in record.items() if isinstance(v, float) and k != "time"}
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.error is not None:
+            raise RuntimeError("background checkpoint failed") from self.error
+        busy = self._thread is not None and self._thread.is_alive()
+        if not busy and time.monotonic() - self._last >= self.interval:
+            self._last = time.monotonic()
+            snapshot = self._snapshot(trainer)
+            self._thread = threading.Thread(target=self._commit_logged, args=(snapshot, None),
+                                            name="checkpoint", daemon=True)
+            self._thread.start()
+
+    def save_now(self, trainer: Trainer, deadline: float | None = None) -> bool:
+        """Commits the current state before `deadline` (time.monotonic); False if it could not.
+
+        A late checkpoint is abandoned before its manifest, so the previous one stays the latest.
+        """
+        if not self.wait(deadline):
+            return False
+        if trainer.state.step == self.durable_step:
+            return True  # already committed
+        snapshot = self._snapshot(trainer)
+        worker = threading.Thread(target=self._commit_logged, args=(snapshot, deadline), daemon=True)
+        worker.start()
+        worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not worker.is_alive() and self.error is None and self.durable_step == trainer.state.step
+
+    def wait(self, deadline: float | None = None) -> bool:
+        """Waits for an in-flight checkpoint; False if it is still running at `deadline`."""
+        if self._thread is not None:
+            self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            return not self._thread.is_alive()
+        return True
+
+    def _snapshot(self, trainer: Trainer) -> TrainingSnapshot:
+        extra_json, extra_files = self.metadata()
+        return capture(trainer.state_dict(), trainer.state.step, {**extra_json, "tuning": self.tuning},
+                       extra_files)
+
+    def _commit_logged(self, snapshot: TrainingSnapshot, deadline: float | None) -> None:
+        try:
+            folder = self.local_dir / f"step-{snapshot.step:09d}"
+            files = snapshot.write(folder)
+            self.store.commit(snapshot.step, files, {"tuning": snapshot.trainer["tuning"]}, deadline)
+            self.durable_step = snapshot.step
+            self.on_commit(snapshot.step)
+            if deadline is None:  # pruning can wait when time is short
+                self.store.prune(self.keep_last, self.best_metric)
+            for old in self.local_dir.glob("step-*"):
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+        except BaseException as e:  # surfaced on the training thread
+            self.error = e

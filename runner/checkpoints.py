@@ -1,0 +1,112 @@
+"""Checkpoint commit protocol on any storage: files first, manifest last.
+
+`<run>/checkpoints/step-000001234/` holds the files; it counts only once `manifest.json`
+(sizes and SHA-256 of every file) is present. Object stores have no rename, so the manifest
+is the commit: a pod killed mid-upload leaves files without a manifest, which every reader
+ignores. Pruning deletes the manifest first for the same reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runner.run_folder import RunFolder
+
+MANIFEST = "manifest.json"
+
+
+def checkpoint_dir(step: int) -> str:
+    return f"checkpoints/step-{step:09d}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class CheckpointDeadline(TimeoutError):
+    """The grace budget ran out before the manifest: the checkpoint was not committed."""
+
+
+class CheckpointStore:
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
+
+    def commit(self, step: int, files: list[Path], meta: dict[str, Any],
+               deadline: float | None = None) -> None:
+        """Uploads `files`, then the manifest. `deadline` (time.monotonic) is checked before each upload."""
+        prefix = checkpoint_dir(step)
+        entries = {}
+        for path in files:
+            if deadline is not None and time.monotonic() > deadline:
+                raise CheckpointDeadline(f"step {step}: grace budget spent before {path.name} was uploaded")
+            entries[path.name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+            self.run.put_file(f"{prefix}/{path.name}", path)
+        if deadline is not None and time.monotonic() > deadline:
+            raise CheckpointDeadline(f"step {step}: grace budget spent before the manifest")
+        manifest = {"step": step, "files": entries, "committed_at": time.time(), **meta}
+        self.run.put_text(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2))
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Committed checkpoints, oldest first."""
+        out = []
+        for key in self.run.storage.list(self.run.key("checkpoints/")):
+            if key.endswith(f"/{MANIFEST}"):
+                try:
+                    out.append(json.loads(self.run.storage.get_bytes(key)))
+                except (ValueError, FileNotFoundError):
+                    continue  # pruned or damaged meanwhile: not a commit
+        return sorted(out, key=lambda m: m["step"])
+
+    def fetch_latest(self, dest: Path, warn: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
+        """Downloads the newest checkpoint whose files match its manifest; falls back past corrupt ones."""
+        for manifest in reversed(self.manifests()):
+            folder = dest / f"step-{manifest['step']:09d}"
+            shutil.rmtree(folder, ignore_errors=True)
+            problem = self._download_verified(manifest, folder)
+            if problem is None:
+                return manifest, folder
+            warn(f"checkpoint at step {manifest['step']} is unusable ({problem}); trying the previous one")
+            shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+    def _download_verified(self, manifest: dict[str, Any], folder: Path) -> str | None:
+        prefix = checkpoint_dir(manifest["step"])
+        for name, entry in manifest["files"].items():
+            path = folder / name
+            try:
+                self.run.storage.get_file(self.run.key(f"{prefix}/{name}"), path)
+            except FileNotFoundError:
+                return f"{name} is missing"
+            if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+                return f"{name} does not match its checksum"
+        return None
+
+    def prune(self, keep_last: int, keep_best_by: str | None = None) -> None:
+        """Keeps the newest `keep_last` checkpoints and the best by the tuning metric `keep_best_by` (lower wins).
+
+        Also removes uncommitted leftovers of killed uploads. Call it only when no upload is in flight.
+        """
+        manifests = self.manifests()
+        keep = {checkpoint_dir(m["step"]) for m in manifests[-keep_last:]}
+        scored = [m for m in manifests if keep_best_by and keep_best_by in m.get("tuning", {})]
+        if scored:
+            keep.add(checkpoint_dir(min(scored, key=lambda m: m["tuning"][keep_best_by])["step"]))
+        storage, root = self.run.storage, self.run.key("")
+        by_dir: dict[str, list[str]] = {}
+        for key in storage.list(self.run.key("checkpoints/")):
+            by_dir.setdefault(key[len(root):].rsplit("/", 1)[0], []).append(key)
+        for folder, keys in by_dir.items():
+            if folder not in keep:
+                keys.sort(key=lambda k: not k.endswith(MANIFEST))  # un-commit first
+                for key in keys:
+                    storage.delete(key)

@@ -1,0 +1,103 @@
+"""A training run's complete state as a folder of plain files, loadable without unpickling objects.
+
+`capture` snapshots everything on the training thread (tensors copied to CPU), so `write` can
+run on another thread while training goes on. Files:
+
+- `model.safetensors`   weights (safetensors)
+- `optimizer.pt`        optimizer and LR-scheduler state (tensors and plain values: `weights_only` load)
+- `rng.pt`              Python, NumPy, torch CPU/CUDA/MPS generator states
+- `trainer.json`        step, epoch, offset in the epoch, loss window, extras (spec hash, versions)
+- any extra files the caller adds (vocabulary, metrics so far)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                    has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+@dataclass
+class TrainingSnapshot:
+    step: int
+    model: dict[str, torch.Tensor]
+    optim: dict[str, Any]  # {"optimizer": ..., "scheduler": ...}
+    rng: dict[str, Any]
+    trainer: dict[str, Any]  # JSON-able: train state, spec hash, versions, ...
+    extra_files: dict[str, bytes] = field(default_factory=dict)
+
+    def write(self, folder: Path) -> list[Path]:
+        """Writes the files into `folder`; returns them (the caller commits them with a manifest)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self.model, str(folder / "model.safetensors"))
+        torch.save(self.optim, folder / "optimizer.pt")
+        torch.save(self.rng, folder / "rng.pt")
+        (folder / "trainer.json").write_text(json.dumps(self.trainer, indent=2))
+        for name, data in self.extra_files.items():
+            (folder / name).write_bytes(data)
+        return [folder / n for n in ["model.safetensors", "optimizer.pt", "rng.pt", "trainer.json",
+                                     *self.extra_files]]
+
+
+def capture(trainer_state: dict[str, Any], step: int, extra_json: dict[str, Any],
+            extra_files: dict[str, bytes]) -> TrainingSnapshot:
+    """Snapshot of `Trainer.state_dict()`: detached CPU copies, so training may continue at once.
+
+    The copies also un-alias tied weights (the MLM decoder), which safetensors refuses to save.
+    """
+    model = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in trainer_state["model"].items()}
+    return TrainingSnapshot(
+        step=step, model=model,
+        optim=_to_cpu({"optimizer": trainer_state["optimizer"], "scheduler": trainer_state["scheduler"]}),
+        rng=rng_state(), trainer={"train_state": trainer_state["train_state"], **extra_json},
+        extra_files=extra_files)
+
+
+def load_snapshot(folder: Path, device: torch.device) -> dict[str, Any]:
+    """The inverse of `write`, as a `Trainer.load_state_dict` input plus `trainer.json` contents."""
+    optim = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    trainer = json.loads((folder / "trainer.json").read_text())
+    return {"model": load_file(folder / "model.safetensors", device=str(device)),
+            "optimizer": optim["optimizer"], "scheduler": optim["scheduler"],
+            "train_state": trainer["train_state"], "trainer": trainer,
+            "rng": torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)}
