@@ -39,7 +39,10 @@ class Checkpointer(Callback):
         self.on_commit = on_commit
         self.best_metric = best_metric
         self.durable_step = durable_step
-        self.tuning: dict[str, float] = {}
+        self.tuning: dict[str, float] = {}  # the latest tuning evaluation
+        self.tuning_step = -1
+        self.best: float | None = None
+        self._best_pending = False  # the evaluation just done is the best so far: checkpoint this step
         self.error: BaseException | None = None
         self._last = time.monotonic()
         self._thread: threading.Thread | None = None
@@ -47,13 +50,19 @@ class Checkpointer(Callback):
     def on_record(self, record: dict[str, Any]) -> None:
         if record["split"] == "tuning":
             self.tuning = {k: v for k, v in record.items() if isinstance(v, float) and k != "time"}
+            self.tuning_step = record["step"]
+            value = self.tuning.get(self.best_metric) if self.best_metric else None
+            if value is not None and (self.best is None or value < self.best):
+                self.best, self._best_pending = value, True
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.error is not None:
             raise RuntimeError("background checkpoint failed") from self.error
+        if self._best_pending:
+            self.wait()  # rare: a new best must not be skipped because a timed upload is in flight
         busy = self._thread is not None and self._thread.is_alive()
-        if not busy and time.monotonic() - self._last >= self.interval:
-            self._last = time.monotonic()
+        if not busy and (self._best_pending or time.monotonic() - self._last >= self.interval):
+            self._last, self._best_pending = time.monotonic(), False
             snapshot = self._snapshot(trainer)
             self._thread = threading.Thread(target=self._commit_logged, args=(snapshot, None),
                                             name="checkpoint", daemon=True)
@@ -83,8 +92,8 @@ class Checkpointer(Callback):
 
     def _snapshot(self, trainer: Trainer) -> TrainingSnapshot:
         extra_json, extra_files = self.metadata()
-        return capture(trainer.state_dict(), trainer.state.step, {**extra_json, "tuning": self.tuning},
-                       extra_files)
+        tuning = self.tuning if self.tuning_step == trainer.state.step else {}  # only this step's evaluation
+        return capture(trainer.state_dict(), trainer.state.step, {**extra_json, "tuning": tuning}, extra_files)
 
     def _commit_logged(self, snapshot: TrainingSnapshot, deadline: float | None) -> None:
         try:

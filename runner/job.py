@@ -81,7 +81,11 @@ class MetricsLog(Callback):
 def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     """Runs or resumes the job; returns the exit code (0 completed, 75 preempted)."""
     check_supported(spec)
-    stop = StopRequest().install()
+    with StopRequest() as stop:
+        return _run(spec, console, fresh, stop)
+
+
+def _run(spec: JobSpec, console: Console, fresh: bool, stop: StopRequest) -> int:
     run = RunFolder(open_storage(spec.storage.uri), spec.resolved_run_id)
     store = CheckpointStore(run)
     if fresh:

@@ -21,10 +21,14 @@ class StopRequest:
         self.at: float | None = None  # time.monotonic() of the first signal
         self.signal: int | None = None
 
-    def install(self) -> StopRequest:
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+    def __enter__(self) -> StopRequest:
+        """Installs the handlers; leaving restores the previous ones (tests and notebooks keep theirs)."""
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.at is not None and signum == signal.SIGINT:
