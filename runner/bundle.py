@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from ehrseq.reports.summary import render_summary_md
 from ehrseq.tasks.mlm import MLMEvaluation
 from runner.run_folder import RunFolder
 from runner.spec import JobSpec
+from runner.sync import retry_transient
 
 
 def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module, held_out: MLMEvaluation,
-                 records: list[dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+                 records: list[dict[str, Any]], facts: dict[str, Any],
+                 warn: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Writes the bundle locally, then copies it to the run folder; returns summary.json's content."""
     save_model(model, str(work / "model.safetensors"))
     title = f"{spec.resolved_run_id}: BEHRT-{spec.model.size}, {spec.task.kind}"
@@ -34,5 +37,6 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module, he
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     (work / "SUMMARY.md").write_text(render_summary_md(summary, plot_names))
     for name in ["model.safetensors", *plot_names, "summary.json", "SUMMARY.md"]:
-        run.put_file(name, work / name)
+        retry_transient(lambda name=name: run.put_file(name, work / name),
+                        on_retry=lambda e, wait: warn(f"uploading the bundle: {e}; retrying in {wait:.0f} s"))
     return summary

@@ -16,7 +16,8 @@ from typing import Any
 
 from ehrseq.training.state import TrainingSnapshot, capture
 from ehrseq.training.trainer import Callback, Trainer
-from runner.checkpoints import CheckpointStore
+from runner.checkpoints import CheckpointDeadline, CheckpointStore
+from runner.sync import DeadlineExceeded, retry_transient
 
 
 class Checkpointer(Callback):
@@ -28,6 +29,7 @@ class Checkpointer(Callback):
         keep_last: int,
         metadata: Callable[[], tuple[dict[str, Any], dict[str, bytes]]],
         on_commit: Callable[[int], None],
+        warn: Callable[[str], None] = lambda message: None,
         best_metric: str | None = None,
         durable_step: int = 0,
     ) -> None:
@@ -37,6 +39,7 @@ class Checkpointer(Callback):
         self.keep_last = keep_last
         self.metadata = metadata  # -> (JSON extras for trainer.json, extra files such as vocab and metrics)
         self.on_commit = on_commit
+        self.warn = warn
         self.best_metric = best_metric
         self.durable_step = durable_step
         self.tuning: dict[str, float] = {}  # the latest tuning evaluation
@@ -99,13 +102,18 @@ class Checkpointer(Callback):
         try:
             folder = self.local_dir / f"step-{snapshot.step:09d}"
             files = snapshot.write(folder)
-            self.store.commit(snapshot.step, files, {"tuning": snapshot.trainer["tuning"]}, deadline)
+            retry_transient(lambda: self.store.commit(snapshot.step, files, {"tuning": snapshot.trainer["tuning"]},
+                                                      deadline),
+                            deadline, on_retry=lambda e, wait: self.warn(
+                                f"checkpoint {snapshot.step}: storage unavailable ({e}); retrying in {wait:.0f} s"))
             self.durable_step = snapshot.step
             self.on_commit(snapshot.step)
             if deadline is None:  # pruning can wait when time is short
-                self.store.prune(self.keep_last, self.best_metric)
+                retry_transient(lambda: self.store.prune(self.keep_last, self.best_metric))
             for old in self.local_dir.glob("step-*"):
                 if old != folder:
                     shutil.rmtree(old, ignore_errors=True)
+        except (DeadlineExceeded, CheckpointDeadline) as e:  # out of grace time: the previous checkpoint stands
+            self.warn(f"checkpoint {snapshot.step} not committed before the deadline: {e}")
         except BaseException as e:  # surfaced on the training thread
             self.error = e

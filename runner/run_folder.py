@@ -34,9 +34,7 @@ class RunFolder:
             return None
 
     def write_status(self, state: str, durable_step: int, **extra: Any) -> dict[str, Any]:
-        assert state in STATES, state
-        status = {"run_id": self.run_id, "state": state, "durable_step": durable_step,
-                  "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+        status = status_record(self.run_id, state=state, durable_step=durable_step, **extra)
         self.put_text("status.json", json.dumps(status, indent=2))
         return status
 
@@ -50,3 +48,11 @@ class RunFolder:
         for path in sorted(local.rglob("*")):
             if path.is_file():
                 self.put_file(f"{prefix}{path.relative_to(local).as_posix()}", path)
+
+
+def status_record(run_id: str, state: str, durable_step: int, **extra: Any) -> dict[str, Any]:
+    """status.json: `state` and `durable_step` (last step whose checkpoint is committed in this storage)."""
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}")
+    return {"run_id": run_id, "state": state, "durable_step": durable_step,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}

@@ -1,4 +1,4 @@
-"""Where runs live: one small interface over a local folder (file://) and, later, S3 (s3://).
+"""Where runs live: one small interface over a local folder (file://) and S3 (s3://, runner/s3.py).
 
 Keys are '/'-separated paths relative to the storage root. Writes are atomic: a reader sees the
 old object or the new one, never half of one.
@@ -15,11 +15,16 @@ from typing import Protocol
 from ehrseq.errors import InputError
 
 
+class StorageUnavailable(ConnectionError):
+    """A transient failure talking to storage: retry later; never a reason to stop training."""
+
+
 class Storage(Protocol):
     uri: str
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def put_file(self, key: str, path: Path) -> None: ...
+    def check(self) -> None: ...  # InputError if unusable (bucket missing, no access)
     def get_bytes(self, key: str) -> bytes: ...  # FileNotFoundError if absent
     def get_file(self, key: str, dest: Path) -> None: ...
     def exists(self, key: str) -> bool: ...
@@ -36,6 +41,10 @@ class LocalStorage:
 
     def _path(self, key: str) -> Path:
         return self.root / key
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"storage.uri {self.uri!r}: {self.root} is not a folder")
 
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._path(key)
@@ -86,14 +95,18 @@ class LocalStorage:
         self._path(key).unlink(missing_ok=True)
 
 
-def open_storage(uri: str) -> Storage:
-    """`file://path` (relative paths are relative to the working directory) or a plain path."""
+def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
+    """`file://path` (relative to the working directory), a plain path, or `s3://bucket/prefix`."""
     if uri.startswith("file://"):
         return LocalStorage(Path(uri[len("file://"):]), uri)
+    if uri.startswith("s3://"):
+        from runner.s3 import S3Storage  # boto3 loads only when needed
+
+        return S3Storage(uri, endpoint_url)
     if "://" not in uri:
         return LocalStorage(Path(uri), uri)
     scheme = uri.split("://", 1)[0]
-    raise InputError(f"storage.uri {uri!r}: unsupported scheme {scheme!r}; use file://PATH")
+    raise InputError(f"storage.uri {uri!r}: unsupported scheme {scheme!r}; use file://PATH or s3://BUCKET/PREFIX")
 
 
 def split_run_uri(run_uri: str) -> tuple[str, str]:
