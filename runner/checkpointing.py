@@ -102,14 +102,16 @@ class Checkpointer(Callback):
         try:
             folder = self.local_dir / f"step-{snapshot.step:09d}"
             files = snapshot.write(folder)
-            retry_transient(lambda: self.store.commit(snapshot.step, files, {"tuning": snapshot.trainer["tuning"]},
-                                                      deadline),
-                            deadline, on_retry=lambda e, wait: self.warn(
-                                f"checkpoint {snapshot.step}: storage unavailable ({e}); retrying in {wait:.0f} s"))
+            meta = {"tuning": snapshot.trainer["tuning"], "best_metric": self.best_metric}
+
+            def retrying(e: Exception, wait: float) -> None:
+                self.warn(f"checkpoint {snapshot.step}: storage unavailable ({e}); retrying in {wait:.0f} s")
+
+            retry_transient(lambda: self.store.commit(snapshot.step, files, meta, deadline), deadline, retrying)
             self.durable_step = snapshot.step
             self.on_commit(snapshot.step)
             if deadline is None:  # pruning can wait when time is short
-                retry_transient(lambda: self.store.prune(self.keep_last, self.best_metric))
+                retry_transient(lambda: self.store.prune(self.keep_last))
             for old in self.local_dir.glob("step-*"):
                 if old != folder:
                     shutil.rmtree(old, ignore_errors=True)

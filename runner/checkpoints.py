@@ -91,16 +91,16 @@ class CheckpointStore:
                 return f"{name} does not match its checksum"
         return None
 
-    def prune(self, keep_last: int, keep_best_by: str | None = None) -> None:
-        """Keeps the newest `keep_last` checkpoints and the best by the tuning metric `keep_best_by` (lower wins).
+    def prune(self, keep_last: int) -> None:
+        """Keeps the newest `keep_last` checkpoints and the best one (see `best_manifest`).
 
         Also removes uncommitted leftovers of killed uploads. Call it only when no upload is in flight.
         """
         manifests = self.manifests()
         keep = {checkpoint_dir(m["step"]) for m in manifests[-keep_last:]}
-        scored = [m for m in manifests if keep_best_by and keep_best_by in m.get("tuning", {})]
-        if scored:
-            keep.add(checkpoint_dir(min(scored, key=lambda m: m["tuning"][keep_best_by])["step"]))
+        best = best_manifest(manifests)
+        if best is not None:
+            keep.add(checkpoint_dir(best["step"]))
         storage, root = self.run.storage, self.run.key("")
         by_dir: dict[str, list[str]] = {}
         for key in storage.list(self.run.key("checkpoints/")):
@@ -110,3 +110,9 @@ class CheckpointStore:
                 keys.sort(key=lambda k: not k.endswith(MANIFEST))  # un-commit first
                 for key in keys:
                     storage.delete(key)
+
+
+def best_manifest(manifests: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The checkpoint with the lowest tuning `best_metric` evaluated at its own step, if any."""
+    scored = [m for m in manifests if m.get("best_metric") in m.get("tuning", {})]
+    return min(scored, key=lambda m: m["tuning"][m["best_metric"]]) if scored else None

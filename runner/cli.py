@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -54,20 +55,41 @@ def validate(
     sys.stdout.write(job.to_yaml())
 
 
-@app.command()
-def status(run_uri: Annotated[str, typer.Argument(help="A run, e.g. file://./runs/behrt-small-mlm.")]) -> None:
-    """Show a run's state and last durable step. Exit 2 if there is no such run."""
+EndpointOption = Annotated[str | None, typer.Option(
+    "--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL); credentials from the AWS chain.")]
+
+
+def _run_folder(run_uri: str, endpoint_url: str | None) -> RunFolder:
     base, run_id = split_run_uri(run_uri)
-    state = RunFolder(open_storage(base), run_id).read_status()
+    return RunFolder(open_storage(base, endpoint_url), run_id)
+
+
+@app.command()
+def status(
+    run_uri: Annotated[str, typer.Argument(help="A run, e.g. file://./runs/behrt-small-mlm or s3://bucket/runs/x.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print status.json as it is stored.")] = False,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Show a run's state and last durable step (the newest checkpoint committed in storage). Exit 2 if no such run."""
+    state = _run_folder(run_uri, endpoint_url).read_status()
     if state is None:
         raise InputError(f"{run_uri}: no such run (no status.json)")
-    sys.stdout.write(json.dumps(state, indent=2) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps(state, indent=2) + "\n")
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in state.items():
+        table.add_row(f"[bold]{key}[/]", str(value))
+    Console().print(table)
 
 
 @app.command("list")
-def list_runs(storage_uri: Annotated[str, typer.Argument(help="A storage prefix, e.g. file://./runs.")]) -> None:
-    """List the runs under a storage prefix with their state."""
-    storage = open_storage(storage_uri)
+def list_runs(
+    storage_uri: Annotated[str, typer.Argument(help="A storage prefix, e.g. file://./runs or s3://bucket/runs.")],
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """List the runs under a storage prefix with their state, durable step and last update."""
+    storage = open_storage(storage_uri, endpoint_url)
     table = Table("run", "state", "durable step", "updated")
     for key in storage.list():
         run_id, _, name = key.partition("/")
@@ -75,6 +97,21 @@ def list_runs(storage_uri: Annotated[str, typer.Argument(help="A storage prefix,
             s = RunFolder(storage, run_id).read_status() or {}
             table.add_row(run_id, s.get("state", "?"), str(s.get("durable_step", "?")), s.get("updated_at", ""))
     Console().print(table)
+
+
+@app.command()
+def pull(
+    run_uri: Annotated[str, typer.Argument(help="The run to download.")],
+    dest: Annotated[Path, typer.Argument(help="Local folder to write into.")],
+    what: Annotated[str, typer.Option(help="all | final (bundle, no checkpoints) | best (+ best checkpoint) | plots")]
+    = "final",
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Download a run's result bundle."""
+    from runner.pull import pull as pull_run
+
+    files = pull_run(_run_folder(run_uri, endpoint_url), dest, what)
+    console.print(f"pulled {len(files)} files into {dest}")
 
 
 def main() -> None:

@@ -31,10 +31,13 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        self.client = boto3.client(
-            "s3", endpoint_url=endpoint,
-            config=Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=120,
-                          s3={"addressing_style": "path" if endpoint else "auto"}))
+        session = boto3.session.Session()  # a fresh session: credentials are read now, not cached from before
+        config = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=120,
+                        s3={"addressing_style": "path" if endpoint else "auto"})
+        self.client = session.client("s3", endpoint_url=endpoint, config=config)
+        # The start-up check fails fast instead of retrying for a minute.
+        self._check_client = session.client("s3", endpoint_url=endpoint, config=config.merge(
+            Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5)))
         self.transfer = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
                                        max_concurrency=8, use_threads=True)
 
@@ -44,11 +47,13 @@ class S3Storage:
     def check(self) -> None:
         """Fails fast, before any training, if the bucket cannot be reached."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._check_client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
+            denied = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
             hint = {"404": "the bucket does not exist", "NoSuchBucket": "the bucket does not exist",
-                    "403": "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"}.get(code, code)
+                    "403": denied, "AccessDenied": denied, "SignatureDoesNotMatch": denied,
+                    "InvalidAccessKeyId": denied}.get(code, code)
             raise InputError(f"storage.uri {self.uri!r}: {hint}") from None
         except BotoCoreError as e:
             raise InputError(f"storage.uri {self.uri!r}: cannot reach storage ({type(e).__name__}); "

@@ -164,7 +164,7 @@ def _describe(err: dict[str, Any]) -> str:
 def check_supported(spec: JobSpec) -> None:
     """What this version can run; valid-but-unsupported values fail here, before anything is written."""
     unsupported = [("model.kind", spec.model.kind, {"behrt"}), ("task.kind", spec.task.kind, {"mlm"}),
-                   ("data.source", spec.data.source, {"synthetic", "meds"})]
+                   ("data.source", spec.data.source, {"synthetic", "meds", "fhir", "synthea-csv"})]
     for field, value, ok in unsupported:
         if value not in ok:
             raise InputError(f"{field}: {value!r} is not supported yet; supported: {', '.join(sorted(ok))}")

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from runner.run_folder import RunFolder, status_record
-from runner.storage import StorageUnavailable
 
 T = TypeVar("T")
 MAX_BACKOFF_S = 15.0
@@ -35,7 +34,7 @@ def retry_transient(fn: Callable[[], T], deadline: float | None = None,
     while True:
         try:
             return fn()
-        except (StorageUnavailable, ConnectionError) as e:
+        except ConnectionError as e:  # StorageUnavailable and socket-level failures
             wait = min(MAX_BACKOFF_S, 0.25 * 2**attempt)
             attempt += 1
             if deadline is not None and time.monotonic() + wait > deadline:

@@ -13,7 +13,8 @@ SPLITS = ("train", "tuning", "held_out")
 
 
 def load_dataset(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path) -> MedsDataset:
-    """A MEDS dataset for the source; synthetic cohorts are written once as real MEDS files and cached."""
+    """A MEDS dataset for the source. Synthetic cohorts and conversions of Synthea output (fhir, synthea-csv)
+    are written once as real MEDS datasets under `cache_dir` and reused; `meds` is read in place."""
     if source == "synthetic":
         dest = cache_dir / f"synthetic-n{num_patients}-seed{seed}"
         if not (dest / "metadata" / "dataset.json").is_file():
@@ -21,13 +22,25 @@ def load_dataset(source: str, path: str | None, num_patients: int, seed: int, ca
             ids = sorted(set(data.column("subject_id").to_pylist()))
             write_meds_dataset(data, assign_splits(ids, seed), dest, name=dest.name)
         return read_meds_dataset(dest)
+    if source in ("fhir", "synthea-csv"):
+        from ehrseq.data.convert import convert, source_fingerprint  # converters load only when used
+
+        if not path:
+            raise InputError(f"data.path: required when data.source is {source!r} (the Synthea output folder)")
+        if not Path(path).is_dir():
+            raise InputError(f"data.path: {path!r} is not a folder")
+        # Keyed by the source's files and the split seed: converted once, reused until the source changes.
+        dest = cache_dir / f"{source}-{source_fingerprint(path)}-seed{seed}"
+        if not (dest / "metadata" / "dataset.json").is_file():
+            convert(source, Path(path), dest, seed=seed)
+        return read_meds_dataset(dest)
     if source == "meds":
         if not path:
             raise InputError("data.path: required when data.source is 'meds' (the MEDS dataset folder)")
         if not Path(path).is_dir():
             raise InputError(f"data.path: {path!r} is not a folder")
         return read_meds_dataset(Path(path))
-    raise InputError(f"data.source: {source!r} is not supported yet; use 'synthetic' or 'meds'")
+    raise InputError(f"data.source: {source!r} is not supported; use synthetic, meds, fhir or synthea-csv")
 
 
 def patients_by_split(dataset: MedsDataset) -> dict[str, list[Patient]]:

@@ -31,6 +31,14 @@ def _etl_version() -> str:
         return "0"
 
 
+def sort_events(data: pa.Table) -> pa.Table:
+    """Rows by subject, then static (null-time) rows first, then time; stable, so same-time rows keep order."""
+    keys = pa.table(
+        [data.column("subject_id"), pc.is_valid(data.column("time")), data.column("time")], ["s", "v", "t"]
+    )
+    return data.take(pc.sort_indices(keys, [("s", "ascending"), ("v", "ascending"), ("t", "ascending")]))
+
+
 def write_meds_dataset(
     data: pa.Table, splits: pa.Table, dest: Path, name: str, shard_size: int = 10_000
 ) -> None:
@@ -38,28 +46,64 @@ def write_meds_dataset(
 
     Shards hold `shard_size` whole subjects each, so a subject's history is never split across files.
     """
-    dest = Path(dest)
-    data = meds.DataSchema.align(data)
-    # Sort by subject, then static (null-time) rows first, then time; stable, so same-time rows keep order.
-    keys = pa.table(
-        [data.column("subject_id"), pc.is_valid(data.column("time")), data.column("time")], ["s", "v", "t"]
-    )
-    order = pc.sort_indices(keys, [("s", "ascending"), ("v", "ascending"), ("t", "ascending")])
-    data = data.take(order)
+    data = sort_events(meds.DataSchema.align(data))
     subjects = data.column("subject_id").to_numpy()
     first_rows = np.flatnonzero(np.diff(subjects, prepend=subjects[:1] - 1))  # each subject's first row
     bounds = [*first_rows[shard_size::shard_size].tolist(), len(subjects)]  # where each shard ends
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
-    try:
-        (tmp / meds.data_subdirectory).mkdir(parents=True)
-        (tmp / "metadata").mkdir()
+    with MedsWriter(dest, name) as writer:
         start = 0
-        for i, stop in enumerate(bounds):
-            pq.write_table(data.slice(start, stop - start), tmp / meds.data_subdirectory / f"{i}.parquet")
+        for stop in bounds:
+            writer.write_shard(data.slice(start, stop - start))
             start = stop
-        codes = pc.unique(data.column("code")).sort()
+        writer.finish(splits)
+
+
+class MedsWriter:
+    """Writes a MEDS dataset one shard at a time, so a converter never holds the whole dataset in memory.
+
+    Everything goes to a hidden sibling folder that `finish` renames into place; leaving the `with` block
+    without `finish` (an error) deletes it, so an interrupted write never looks like a complete dataset.
+    Each shard must hold whole subjects. The writer keeps the running totals a summary needs.
+    """
+
+    def __init__(self, dest: Path, name: str) -> None:
+        self.dest, self.name = Path(dest), name
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.dest.parent / f".{self.dest.name}.tmp-{uuid.uuid4().hex}"
+        (self.tmp / meds.data_subdirectory).mkdir(parents=True)
+        (self.tmp / "metadata").mkdir()
+        self.num_shards = 0
+        self.num_events = 0
+        self.codes: set[str] = set()
+        self.subject_ids: list[np.ndarray] = []
+        self.time_range: tuple[int, int] | None = None  # microseconds since the epoch
+
+    def __enter__(self) -> "MedsWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def write_shard(self, data: pa.Table) -> None:
+        """Align to the MEDS data schema, sort, and write as the next `data/<n>.parquet`."""
+        data = sort_events(meds.DataSchema.align(data))
+        pq.write_table(data, self.tmp / meds.data_subdirectory / f"{self.num_shards}.parquet")
+        self.num_shards += 1
+        self.num_events += data.num_rows
+        self.codes.update(pc.unique(data.column("code")).to_pylist())
+        self.subject_ids.append(pc.unique(data.column("subject_id")).to_numpy())
+        lo, hi = pc.min_max(data.column("time").cast(pa.int64())).values()
+        if lo.is_valid:
+            old = self.time_range or (lo.as_py(), hi.as_py())
+            self.time_range = (min(old[0], lo.as_py()), max(old[1], hi.as_py()))
+
+    def all_subject_ids(self) -> np.ndarray:
+        """Sorted distinct subject ids written so far (to assign splits once all data is in)."""
+        return np.unique(np.concatenate(self.subject_ids)) if self.subject_ids else np.zeros(0, np.int64)
+
+    def finish(self, splits: pa.Table, extra_metadata: dict[str, pa.Table] | None = None) -> None:
+        """Write codes, splits, dataset.json (and `metadata/<name>.parquet` extras), then move into place."""
+        codes = pa.array(sorted(self.codes), pa.string())
         code_meta = pa.table(
             {
                 "code": codes,
@@ -67,19 +111,19 @@ def write_meds_dataset(
                 "parent_codes": pa.nulls(len(codes), pa.list_(pa.string())),
             }
         )
-        pq.write_table(meds.CodeMetadataSchema.align(code_meta), tmp / meds.code_metadata_filepath)
-        pq.write_table(meds.SubjectSplitSchema.align(splits), tmp / meds.subject_splits_filepath)
+        pq.write_table(meds.CodeMetadataSchema.align(code_meta), self.tmp / meds.code_metadata_filepath)
+        pq.write_table(meds.SubjectSplitSchema.align(splits), self.tmp / meds.subject_splits_filepath)
+        for name, table in (extra_metadata or {}).items():
+            pq.write_table(table, self.tmp / "metadata" / f"{name}.parquet")
         metadata = {
-            "dataset_name": name,
+            "dataset_name": self.name,
             "etl_name": "ehrseq",
             "etl_version": _etl_version(),
             "meds_version": meds.__version__,
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
-        (tmp / meds.dataset_metadata_filepath).write_text(json.dumps(metadata, indent=2) + "\n")
-        _swap_into_place(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (self.tmp / meds.dataset_metadata_filepath).write_text(json.dumps(metadata, indent=2) + "\n")
+        _swap_into_place(self.tmp, self.dest)
 
 
 def _swap_into_place(tmp: Path, dest: Path) -> None:

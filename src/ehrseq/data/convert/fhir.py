@@ -1,0 +1,205 @@
+"""FHIR R4 Bundles (one JSON file per patient, as Synthea writes them) -> MEDS events.
+
+One file is parsed at a time, so memory holds one patient's bundle (a few MB) however many files there
+are. Each clinical resource becomes one event at its clinical time, coded by its first coding from a
+known system (SNOMED, RxNorm, LOINC, CVX, ...). Observations keep numeric values (each component of a
+panel, such as blood pressure, is its own event); Patient gives MEDS_BIRTH, MEDS_DEATH and a static sex.
+Bundles with neither a Patient nor clinical resources (Synthea's hospital and practitioner files) are
+ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import meds
+import pyarrow as pa
+
+from ehrseq.data.convert.codes import is_known_system, namespace, parse_time
+from ehrseq.data.convert.report import Problems
+
+# resourceType -> (field holding the CodeableConcept, fields tried in order for the event's time)
+RESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Encounter": ("type", ("period.start",)),
+    "Condition": ("code", ("onsetDateTime", "onsetPeriod.start", "recordedDate")),
+    "MedicationRequest": ("medicationCodeableConcept", ("authoredOn",)),
+    "MedicationAdministration": ("medicationCodeableConcept", ("effectiveDateTime", "effectivePeriod.start")),
+    "Procedure": ("code", ("performedDateTime", "performedPeriod.start")),
+    "Observation": ("code", ("effectiveDateTime", "effectivePeriod.start", "issued")),
+    "Immunization": ("vaccineCode", ("occurrenceDateTime",)),
+    "AllergyIntolerance": ("code", ("recordedDate", "onsetDateTime")),
+}
+SEX = {"female": "SEX//F", "male": "SEX//M"}
+
+
+class EntryError(ValueError):
+    """One bundle entry cannot be converted; the message says which field."""
+
+
+def _get(obj: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _code(concept: Any, field: str) -> str:
+    """`NAMESPACE//code` from a CodeableConcept (or a list of them, as Encounter.type)."""
+    concepts = concept if isinstance(concept, list) else [concept]
+    codings = [c for cc in concepts if isinstance(cc, dict) for c in cc.get("coding") or [] if isinstance(c, dict)]
+    codings = [c for c in codings if isinstance(c.get("code"), str) and c["code"].strip()]
+    if not codings:
+        raise EntryError(f"missing {field}.coding with a code")
+    best = next((c for c in codings if is_known_system(c.get("system"))), codings[0])
+    return f"{namespace(best.get('system'))}//{best['code'].strip()}"
+
+
+def _time(resource: dict, fields: tuple[str, ...]) -> datetime:
+    for f in fields:
+        value = _get(resource, f)
+        if value is not None:
+            t = parse_time(value)
+            if t is None:
+                raise EntryError(f"{f} {value!r} is not a FHIR date/dateTime")
+            return t
+    raise EntryError(f"missing {' / '.join(fields)}")
+
+
+def _value(obj: dict) -> tuple[float | None, str | None]:
+    """(numeric_value, text_value) of an Observation or one of its components."""
+    quantity = obj.get("valueQuantity")
+    if isinstance(quantity, dict) and "value" in quantity:
+        v = quantity["value"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise EntryError(f"valueQuantity.value {v!r} is not a number")
+        return float(v), None
+    if isinstance(obj.get("valueInteger"), int):
+        return float(obj["valueInteger"]), None
+    if isinstance(obj.get("valueString"), str):
+        return None, obj["valueString"]
+    concept = obj.get("valueCodeableConcept")
+    if isinstance(concept, dict):
+        coding = (concept.get("coding") or [{}])[0]
+        return None, concept.get("text") or coding.get("display") or coding.get("code")
+    return None, None
+
+
+def _events(resource: dict) -> list[tuple[datetime, str, float | None, str | None]]:
+    """The events of one clinical resource."""
+    kind = resource["resourceType"]
+    concept_field, time_fields = RESOURCES[kind]
+    time = _time(resource, time_fields)
+    concept = resource.get(concept_field)
+    if kind == "Encounter" and not concept and isinstance(resource.get("class"), dict):
+        concept = {"coding": [{"system": "ENCOUNTER", "code": resource["class"].get("code")}]}
+    if kind == "Observation" and resource.get("component") and not any(k.startswith("value") for k in resource):
+        out = []
+        for i, comp in enumerate(resource["component"]):
+            try:
+                out.append((time, _code(comp.get("code"), "code"), *_value(comp)))
+            except EntryError as e:
+                raise EntryError(f"component {i}: {e}") from None
+        return out
+    values = _value(resource) if kind == "Observation" else (None, None)
+    return [(time, _code(concept, concept_field), *values)]
+
+
+def _patient_events(patient: dict) -> list[tuple[datetime | None, str, float | None, str | None]]:
+    birth = patient.get("birthDate")
+    if birth is None:
+        raise EntryError("missing birthDate")
+    birth_time = parse_time(birth)
+    if birth_time is None:
+        raise EntryError(f"birthDate {birth!r} is not a FHIR date")
+    out: list[tuple[datetime | None, str, float | None, str | None]] = [(birth_time, meds.birth_code, None, None)]
+    if "deceasedDateTime" in patient:
+        death = parse_time(patient["deceasedDateTime"])
+        if death is None:
+            raise EntryError(f"deceasedDateTime {patient['deceasedDateTime']!r} is not a FHIR dateTime")
+        out.append((death, meds.death_code, None, None))
+    gender = patient.get("gender")
+    if isinstance(gender, str) and gender:
+        out.append((None, SEX.get(gender, f"SEX//{gender.upper()}"), None, None))
+    return out
+
+
+def _label(i: int, resource: Any) -> str:
+    if not isinstance(resource, dict):
+        return f"entry {i}"
+    return f"entry {i} ({resource.get('resourceType', '?')} {resource.get('id', '?')})"
+
+
+class FhirReader:
+    """Reads a folder of FHIR R4 Bundle JSON files (searched recursively, in name order)."""
+
+    unit = "files"
+
+    def __init__(self, src: Path, problems: Problems) -> None:
+        self.src = Path(src)
+        self.problems = problems
+        self.files = sorted(self.src.rglob("*.json"))
+        self.source_ids: list[str] = []  # subject_id i + 1 came from source_ids[i]
+
+    def events(self, on_progress: Callable[[int, int], None] | None = None) -> Iterator[pa.Table]:
+        """One table of events per patient bundle; subject ids are 1, 2, ... in file order."""
+        for n, path in enumerate(self.files, start=1):
+            rows = self._read(path, subject_id=len(self.source_ids) + 1)
+            if rows is not None:
+                yield rows
+            if on_progress:
+                on_progress(n, len(self.files))
+
+    def _read(self, path: Path, subject_id: int) -> pa.Table | None:
+        try:
+            with open(path, "rb") as f:
+                bundle = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            self.problems.bad_file(path, f"not valid JSON ({e})")
+            return None
+        except OSError as e:
+            self.problems.bad_file(path, f"cannot read ({e.strerror})")
+            return None
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            self.problems.bad_file(path, "not a FHIR Bundle (resourceType is not 'Bundle')")
+            return None
+        entries = bundle.get("entry")
+        if not isinstance(entries, list):
+            self.problems.bad_file(path, "Bundle has no 'entry' list")
+            return None
+        resources = [e.get("resource") if isinstance(e, dict) else None for e in entries]
+        kinds = [r.get("resourceType") if isinstance(r, dict) else None for r in resources]
+        if "Patient" not in kinds:
+            if any(k in RESOURCES for k in kinds):
+                self.problems.bad_file(path, "Bundle has clinical resources but no Patient")
+            return None  # e.g. Synthea's hospitalInformation / practitionerInformation bundles
+
+        i = kinds.index("Patient")
+        try:
+            rows = _patient_events(resources[i])
+        except EntryError as e:
+            self.problems.bad_file(path, f"{_label(i, resources[i])}: {e}")
+            return None
+        for i, (resource, kind) in enumerate(zip(resources, kinds, strict=True)):
+            if resource is None:
+                self.problems.bad_entries(f"{path}: entry {i}", "missing 'resource'")
+            elif kind in RESOURCES:
+                try:
+                    rows += _events(resource)
+                except EntryError as e:
+                    self.problems.bad_entries(f"{path}: {_label(i, resource)}", str(e))
+        self.source_ids.append(str(resources[kinds.index("Patient")].get("id") or path.stem))
+        time, code, numeric, text = zip(*rows, strict=True)
+        return pa.table(
+            {
+                "subject_id": pa.array([subject_id] * len(rows), pa.int64()),
+                "time": pa.array(time, pa.timestamp("us")),
+                "code": pa.array(code, pa.string()),
+                "numeric_value": pa.array(numeric, pa.float32()),
+                "text_value": pa.array(text, pa.large_string()),
+            }
+        )
