@@ -2,7 +2,9 @@
 
 On the training thread only a snapshot is taken (tensors copied to CPU); writing the files,
 uploading them and committing the manifest happen on a background thread, at most one in
-flight. The durable step in status.json moves only after a commit.
+flight. A timed checkpoint due while one is in flight waits for the next interval; a new best
+(by the tuning metric) is queued behind it instead, so training never waits on storage. The
+durable step in status.json moves only after a commit.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Checkpointer(Callback):
         self.error: BaseException | None = None
         self._last = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._running = False  # a background commit is in flight
+        self._queued: TrainingSnapshot | None = None
 
     def on_record(self, record: dict[str, Any]) -> None:
         if record["split"] == "tuning":
@@ -61,15 +66,26 @@ class Checkpointer(Callback):
     def on_step_end(self, trainer: Trainer) -> None:
         if self.error is not None:
             raise RuntimeError("background checkpoint failed") from self.error
-        if self._best_pending:
-            self.wait()  # rare: a new best must not be skipped because a timed upload is in flight
-        busy = self._thread is not None and self._thread.is_alive()
-        if not busy and (self._best_pending or time.monotonic() - self._last >= self.interval):
+        if not (self._best_pending or time.monotonic() - self._last >= self.interval):
+            return
+        with self._lock:
+            if self._running and not self._best_pending:
+                return
             self._last, self._best_pending = time.monotonic(), False
             snapshot = self._snapshot(trainer)
-            self._thread = threading.Thread(target=self._commit_logged, args=(snapshot, None),
-                                            name="checkpoint", daemon=True)
-            self._thread.start()
+            if self._running:
+                self._queued = snapshot  # committed as soon as the in-flight one is
+                return
+            self._running = True
+        self._thread = threading.Thread(target=self._drain, args=(snapshot,), name="checkpoint", daemon=True)
+        self._thread.start()
+
+    def _drain(self, snapshot: TrainingSnapshot | None) -> None:
+        while snapshot is not None:
+            self._commit_logged(snapshot, None)
+            with self._lock:
+                snapshot, self._queued = self._queued, None
+                self._running = snapshot is not None
 
     def save_now(self, trainer: Trainer, deadline: float | None = None) -> bool:
         """Commits the current state before `deadline` (time.monotonic); False if it could not.
