@@ -96,7 +96,7 @@ class Checkpointer(Callback):
             return False
         if trainer.state.step == self.durable_step:
             return True  # already committed
-        snapshot = self._snapshot(trainer)
+        snapshot = self._snapshot(trainer, copy=False)  # training has stopped: no copies needed
         worker = threading.Thread(target=self._commit_logged, args=(snapshot, deadline), daemon=True)
         worker.start()
         worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -109,10 +109,11 @@ class Checkpointer(Callback):
             return not self._thread.is_alive()
         return True
 
-    def _snapshot(self, trainer: Trainer) -> TrainingSnapshot:
+    def _snapshot(self, trainer: Trainer, copy: bool = True) -> TrainingSnapshot:
         extra_json, extra_files = self.metadata()
         tuning = self.tuning if self.tuning_step == trainer.state.step else {}  # only this step's evaluation
-        return capture(trainer.state_dict(), trainer.state.step, {**extra_json, "tuning": tuning}, extra_files)
+        return capture(trainer.state_dict(), trainer.state.step, {**extra_json, "tuning": tuning}, extra_files,
+                       copy=copy)
 
     def _commit_logged(self, snapshot: TrainingSnapshot, deadline: float | None) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ehrseq.errors import InputError
+from runner.preemption import EXIT_PREEMPTED
 from runner.run_folder import RunFolder
 from runner.spec import load_spec
 from runner.storage import open_storage, split_run_uri
@@ -42,7 +44,47 @@ def run(
     from runner.job import run_job  # imports torch: keep `--help` and `validate` fast
 
     job = load_spec(spec, set_ or [])
-    raise typer.Exit(run_job(job, console, fresh=fresh))
+    code = run_job(job, console, fresh=fresh)
+    if code == EXIT_PREEMPTED:
+        # Whatever could be committed is; don't let interpreter shutdown wait on (or abort in) a checkpoint
+        # thread that missed the grace budget.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
+
+
+@app.command("verify-resume")
+def verify_resume(
+    spec: Annotated[str, typer.Argument(help="Job spec YAML.")],
+    steps: Annotated[int, typer.Option(help="Steps to train both ways.")] = 40,
+    set_: SetOption = None,
+) -> None:
+    """Check that resuming is exact: N steps straight vs the same N through a save and restore.
+
+    Writes nothing to storage. Exit 0 when losses and final parameters match bit for bit, 1 otherwise.
+    """
+    import tempfile
+
+    from ehrseq.training.device import resolve_device
+    from ehrseq.training.verify import verify_resume as check
+    from runner.job import make_trainer, prepare_data
+
+    job = load_spec(spec, [*(set_ or []), f"train.max_steps={steps}"])
+    device = resolve_device(job.train.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = prepare_data(job, Path(tmp))
+        result = check(lambda: make_trainer(job, data, device))
+    table = Table("", "straight", f"resumed at step {result.split_at}")
+    table.add_row("training records", str(len(result.straight_losses)), str(len(result.resumed_losses)))
+    table.add_row("last loss", repr(result.straight_losses[-1][1]), repr(result.resumed_losses[-1][1]))
+    table.add_row("parameter sha256", result.straight_hash[:16], result.resumed_hash[:16])
+    Console().print(table)
+    ok = result.losses_match and result.parameters_match
+    console.print(f"[green]match[/]: resume is exact on {device}" if ok else
+                  f"[red]MISMATCH[/]: losses {'match' if result.losses_match else 'differ'}, parameters "
+                  f"{'match' if result.parameters_match else 'differ'} on {device}")
+    raise typer.Exit(0 if ok else 1)
 
 
 @app.command()
@@ -112,6 +154,15 @@ def pull(
 
     files = pull_run(_run_folder(run_uri, endpoint_url), dest, what)
     console.print(f"pulled {len(files)} files into {dest}")
+
+
+def _register_subcommands() -> None:
+    from runner.bench import bench_app
+
+    app.add_typer(bench_app, name="bench")
+
+
+_register_subcommands()
 
 
 def main() -> None:

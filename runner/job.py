@@ -12,6 +12,8 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import yaml
 from rich.console import Console
 
 from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
-from ehrseq.data.tokenize import encode_patient
+from ehrseq.data.tokenize import EncodedPatient, encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
@@ -89,6 +91,36 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@dataclass
+class PreparedData:
+    vocab: Vocabulary
+    encoded: dict[str, list[EncodedPatient]]  # split -> encoded patients
+
+
+def prepare_data(spec: JobSpec, cache_dir: Path) -> PreparedData:
+    """The dataset, the vocabulary (training split only) and every split tokenised."""
+    patients = patients_by_split(load_dataset(spec.data.source, spec.data.path, spec.data.num_patients,
+                                              spec.seed, cache_dir))
+    vocab = Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
+    return PreparedData(vocab, {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]]
+                                for s in SPLITS})
+
+
+def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
+                 should_stop: Callable[[], bool] = lambda: False) -> Trainer:
+    """A freshly initialised model and its trainer; the same spec always gives the same weights."""
+    config = BEHRTConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout)
+    torch.manual_seed(spec.seed)  # weight initialisation
+    t = spec.train
+    train_config = TrainConfig(
+        max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps if t.warmup_steps is not None else max(1, t.max_steps // 10),
+        grad_clip=t.grad_clip, log_every=t.log_every, eval_every=t.eval_every,
+        eval_batch_size=t.eval_batch_size, seed=spec.seed)
+    return Trainer(BEHRTForMLM(config), MLMTask(data.vocab, mask_prob=spec.task.mask_prob), data.encoded["train"],
+                   data.encoded["tuning"], train_config, device, should_stop=should_stop)
+
+
 class Job:
     def __init__(self, spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console) -> None:
         self.spec, self.run_folder, self.stop, self.console = spec, run, stop, console
@@ -120,22 +152,15 @@ class Job:
         spec, console, work = self.spec, self.console, self.work
         device = resolve_device(spec.train.device)
         with console.status("preparing data"):
-            dataset = load_dataset(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed,
-                                   work.parent / "datasets")
-            patients = patients_by_split(dataset)
-            vocab = Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
-            encoded = {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]] for s in SPLITS}
+            data = prepare_data(spec, work.parent / "datasets")
         if self.stop():
             return self._preempted(lost=0)
+        vocab, encoded = data.vocab, data.encoded
         vocab.save(work / "vocab.json")
         self.run_folder.put_file("vocab.json", work / "vocab.json")
-
-        config = BEHRTConfig.preset(spec.model.size, vocab_size=len(vocab), dropout=spec.model.dropout)
-        torch.manual_seed(spec.seed)  # weight initialisation
-        model = BEHRTForMLM(config)
+        trainer = make_trainer(spec, data, device, should_stop=self.stop)
+        model, config = trainer.model, trainer.model.config
         params_total, params_trainable = count_parameters(model)
-        trainer = Trainer(model, MLMTask(vocab, mask_prob=spec.task.mask_prob), encoded["train"],
-                          encoded["tuning"], self._train_config(), device, should_stop=self.stop)
         metrics = MetricsLog(work / "metrics.jsonl", self.syncer, self._resume(trainer, device))
         checkpointer = Checkpointer(
             self.store, work / "checkpoints", spec.checkpoint.interval_seconds, spec.checkpoint.keep_last,
@@ -177,14 +202,6 @@ class Job:
         console.print(f"[green]completed[/] {self.run_folder.uri}: "
                       + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
         return EXIT_COMPLETED
-
-    def _train_config(self) -> TrainConfig:
-        t = self.spec.train
-        return TrainConfig(
-            max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-            warmup_steps=t.warmup_steps if t.warmup_steps is not None else max(1, t.max_steps // 10),
-            grad_clip=t.grad_clip, log_every=t.log_every, eval_every=t.eval_every,
-            eval_batch_size=t.eval_batch_size, seed=self.spec.seed)
 
     def _resume(self, trainer: Trainer, device: torch.device) -> bytes:
         """Loads the newest verified checkpoint from storage, if any; returns its metrics.jsonl."""

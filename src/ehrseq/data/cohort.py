@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ehrseq.data.labels import label_path, oracle_path
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset, write_meds_dataset
 from ehrseq.data.patients import Patient, patients_from_meds
-from ehrseq.data.synthetic import assign_splits, generate_cohort
+from ehrseq.data.synthetic import SURVIVAL_TASK, assign_splits, generate_synthetic
 from ehrseq.errors import InputError
 
 SPLITS = ("train", "tuning", "held_out")
@@ -16,11 +17,7 @@ def load_dataset(source: str, path: str | None, num_patients: int, seed: int, ca
     """A MEDS dataset for the source. Synthetic cohorts and conversions of Synthea output (fhir, synthea-csv)
     are written once as real MEDS datasets under `cache_dir` and reused; `meds` is read in place."""
     if source == "synthetic":
-        dest = cache_dir / f"synthetic-n{num_patients}-seed{seed}"
-        if not (dest / "metadata" / "dataset.json").is_file():
-            data = generate_cohort(num_patients, seed)
-            ids = sorted(set(data.column("subject_id").to_pylist()))
-            write_meds_dataset(data, assign_splits(ids, seed), dest, name=dest.name)
+        dest = synthetic_dataset(num_patients, seed, cache_dir)
         return read_meds_dataset(dest)
     if source in ("fhir", "synthea-csv"):
         from ehrseq.data.convert import convert, source_fingerprint  # converters load only when used
@@ -41,6 +38,19 @@ def load_dataset(source: str, path: str | None, num_patients: int, seed: int, ca
             raise InputError(f"data.path: {path!r} is not a folder")
         return read_meds_dataset(Path(path))
     raise InputError(f"data.source: {source!r} is not supported; use synthetic, meds, fhir or synthea-csv")
+
+
+def synthetic_dataset(num_patients: int, seed: int, cache_dir: Path) -> Path:
+    """The folder of the seeded synthetic cohort as a MEDS dataset with its labels and oracle risks
+    (ehrseq.data.labels reads them), generated on first use."""
+    dest = Path(cache_dir) / f"synthetic-v2-n{num_patients}-seed{seed}"
+    if not (dest / "metadata" / "dataset.json").is_file():
+        cohort = generate_synthetic(num_patients, seed)
+        extra = {label_path(task): table for task, table in cohort.labels.items()}
+        extra |= {oracle_path(task): table for task, table in cohort.oracle.items()}
+        splits = assign_splits(cohort.labels[SURVIVAL_TASK].column("subject_id").to_numpy(), seed)
+        write_meds_dataset(cohort.data, splits, dest, name=dest.name, extra=extra)
+    return dest
 
 
 def patients_by_split(dataset: MedsDataset) -> dict[str, list[Patient]]:

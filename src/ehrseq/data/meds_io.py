@@ -40,11 +40,13 @@ def sort_events(data: pa.Table) -> pa.Table:
 
 
 def write_meds_dataset(
-    data: pa.Table, splits: pa.Table, dest: Path, name: str, shard_size: int = 10_000
+    data: pa.Table, splits: pa.Table, dest: Path, name: str, shard_size: int = 10_000,
+    extra: dict[str, pa.Table] | None = None,
 ) -> None:
     """Write `data` (MEDS data schema) and `splits` as a MEDS dataset at `dest`, replacing any old one.
 
     Shards hold `shard_size` whole subjects each, so a subject's history is never split across files.
+    `extra` maps paths inside the dataset (e.g. `labels/<task>.parquet`) to tables written with it.
     """
     data = sort_events(meds.DataSchema.align(data))
     subjects = data.column("subject_id").to_numpy()
@@ -55,7 +57,7 @@ def write_meds_dataset(
         for stop in bounds:
             writer.write_shard(data.slice(start, stop - start))
             start = stop
-        writer.finish(splits)
+        writer.finish(splits, extra)
 
 
 class MedsWriter:
@@ -101,8 +103,10 @@ class MedsWriter:
         """Sorted distinct subject ids written so far (to assign splits once all data is in)."""
         return np.unique(np.concatenate(self.subject_ids)) if self.subject_ids else np.zeros(0, np.int64)
 
-    def finish(self, splits: pa.Table, extra_metadata: dict[str, pa.Table] | None = None) -> None:
-        """Write codes, splits, dataset.json (and `metadata/<name>.parquet` extras), then move into place."""
+    def finish(self, splits: pa.Table, extra: dict[str, pa.Table] | None = None) -> None:
+        """Write codes, splits, dataset.json and `extra` (relative path -> table), then move into place.
+
+        Extras (labels, id maps) land in the same atomic rename, so a dataset never lacks them."""
         codes = pa.array(sorted(self.codes), pa.string())
         code_meta = pa.table(
             {
@@ -113,8 +117,12 @@ class MedsWriter:
         )
         pq.write_table(meds.CodeMetadataSchema.align(code_meta), self.tmp / meds.code_metadata_filepath)
         pq.write_table(meds.SubjectSplitSchema.align(splits), self.tmp / meds.subject_splits_filepath)
-        for name, table in (extra_metadata or {}).items():
-            pq.write_table(table, self.tmp / "metadata" / f"{name}.parquet")
+        for relative, table in (extra or {}).items():
+            path = self.tmp / relative
+            if not path.resolve().is_relative_to(self.tmp.resolve()):
+                raise ValueError(f"extra file {relative!r} must be inside the dataset")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, path)
         metadata = {
             "dataset_name": self.name,
             "etl_name": "ehrseq",
@@ -139,10 +147,14 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
 
 @dataclass
 class MedsDataset:
-    """The events of a MEDS dataset and each subject's split (train / tuning / held_out)."""
+    """The events of a MEDS dataset and each subject's split (train / tuning / held_out).
+
+    `path` is the folder it was read from, where `labels/` and `oracle/` live (see ehrseq.data.labels).
+    """
 
     data: pa.Table
     splits: dict[int, str]
+    path: Path | None = None
 
 
 def _read_table(path: Path, schema: type) -> pa.Table:
@@ -168,5 +180,5 @@ def read_meds_dataset(path: Path) -> MedsDataset:
     splits = _read_table(path / meds.subject_splits_filepath, meds.SubjectSplitSchema)
     subject_ids = splits.column("subject_id").to_pylist()
     return MedsDataset(
-        data=data, splits=dict(zip(subject_ids, splits.column("split").to_pylist(), strict=True))
+        data=data, splits=dict(zip(subject_ids, splits.column("split").to_pylist(), strict=True)), path=path
     )

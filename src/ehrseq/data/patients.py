@@ -5,7 +5,7 @@ models want the sequence as visits. Sorting, grouping and de-duplication run in 
 objects are only built at the end, so thousands of patients take milliseconds.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import meds
@@ -18,10 +18,16 @@ _DAY_US = 86_400 * 1_000_000
 
 @dataclass(frozen=True)
 class Visit:
-    """The distinct codes recorded on one day, in first-seen order; `time` is the day's first event."""
+    """The distinct codes recorded on one day, in first-seen order; `time` is the day's first event.
+
+    `end` is the day's last event (None when unknown, as in hand-built visits: then taken as `time`), so a
+    visit can be cut at a prediction time without leaking later events of the same day. Equality ignores
+    it: two visits are equal when they hold the same codes from the same start.
+    """
 
     time: datetime
     codes: tuple[str, ...]
+    end: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,14 @@ def patients_from_meds(data: pa.Table) -> list[Patient]:
     visit_start = _boundaries(visit_id)
     visit_subject = subject[keep][visit_start[:-1]]
     visit_time = time_us[keep][visit_start[:-1]].astype("datetime64[us]").tolist()
+    # The day's last event: rows are time-sorted, so it is the row before the next visit's first row.
+    last_rows = np.r_[np.flatnonzero(new_visit)[1:] - 1, len(day) - 1] if len(day) else np.zeros(0, np.int64)
+    visit_end = time_us[last_rows].astype("datetime64[us]").tolist()
     code_lists = [vocab[i] for i in code_idx.tolist()]
     visits = [
-        Visit(t, tuple(code_lists[a:b]))
-        for t, a, b in zip(visit_time, visit_start[:-1].tolist(), visit_start[1:].tolist(), strict=True)
+        Visit(t, tuple(code_lists[a:b]), end)
+        for t, a, b, end in zip(visit_time, visit_start[:-1].tolist(), visit_start[1:].tolist(), visit_end,
+                                strict=True)
     ]
 
     patients = []

@@ -1,13 +1,29 @@
-"""Seeded synthetic EHR cohort in the MEDS data schema.
+"""Seeded synthetic EHR cohort in the MEDS data schema, with a planted outcome whose true risk is known.
 
 Real patient data cannot ship with the project, so tests, benchmarks and the `synthetic` data source use
 this generator. Codes come from comorbidity clusters (diagnoses plus the drugs that treat them) that stay
 with a patient for life, so earlier visits predict later ones and a masked-language model has something
 to learn; a Zipf-shaped background of common codes and a few numeric labs add realistic noise.
-Everything is vectorised with numpy so a few thousand patients take milliseconds.
+
+The known answer. Each patient has a prediction time (the end of the day of a visit part-way through the
+history) and an outcome (OUTCOME_CODE) whose hazard after it is
+
+    hazard/day = BASE_HAZARD * exp(AGE_EFFECT * (age - 50) / 10 + CLUSTER_EFFECT * [cluster 0 present]
+                                   + ORDER_EFFECT * [A then B within ORDER_WINDOW visits] + MALE_EFFECT * male)
+
+where A and B (PROGRESSION_A/B) are planted at random visits before the prediction time. B then A, or A
+and B far apart, add nothing, so a model that ignores order (a bag of codes) cannot see the strongest
+effect. The event comes at least a day after the prediction time; follow-up is censored uniformly in
+CENSOR_DAYS. Labels: a binary task (event within the horizon; patients censored earlier without an event
+are left out, their answer is unknown) and a survival task (days to event or censoring, event flag), in the
+MEDS label layout, plus each labelled patient's true risk P(event within horizon) for oracle figures.
+Records continue after the prediction time, so inputs must be cut there (see ehrseq.data.cutoff).
+
+Everything is vectorised with numpy and generated in chunks of patients, so 1M patients fit in memory.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import meds
 import numpy as np
@@ -29,6 +45,24 @@ LABS = (
     ("LOINC//1742-6", 25.0, 10.0),  # ALT U/L
 )
 SEX_CODES = ("SEX//F", "SEX//M")
+# The planted story (illustrative): CKD then heart failure soon after raises the risk of myocardial infarction.
+PROGRESSION_A = "ICD10//N18.3"
+PROGRESSION_B = "ICD10//I50.9"
+OUTCOME_CODE = "ICD10//I21.9"
+PREVALENCE_A = PREVALENCE_B = 0.25
+ORDER_WINDOW = 3  # B at most this many visits after A
+BASE_HAZARD = 0.08 / 365  # per day, at age 50 with no risk factor
+AGE_EFFECT = 0.5  # log hazard ratio per decade of age
+CLUSTER_EFFECT = 0.7  # comorbidity cluster 0
+ORDER_EFFECT = 1.6  # A followed by B within ORDER_WINDOW visits
+MALE_EFFECT = 0.2
+CENSOR_DAYS = (180.0, 1095.0)
+HORIZON_DAYS = 365
+BINARY_TASK = f"outcome_within_{HORIZON_DAYS}d"
+SURVIVAL_TASK = "outcome_survival"
+MAX_VISITS_BEFORE = 27
+MAX_VISITS_AFTER = 3  # so at most 27 + 3 visits + the outcome per patient
+_STATIC, _BIRTH_ROW, _VISIT, _OUTCOME = range(4)
 
 _DAY_US = 86_400 * 1_000_000
 _EPOCH_DAY_2005 = int(np.datetime64("2005-01-01", "D").astype(np.int64))
@@ -59,7 +93,7 @@ def _catalog() -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     order = np.random.default_rng(0).permutation(NUM_BACKGROUND)  # mix code kinds across Zipf ranks
     background_idx = len(codes) + order
     codes += background
-    codes += [code for code, _, _ in LABS] + [meds.birth_code, *SEX_CODES]
+    codes += [code for code, _, _ in LABS] + [meds.birth_code, *SEX_CODES, PROGRESSION_A, PROGRESSION_B, OUTCOME_CODE]
     return codes, table, item_cdf, background_idx
 
 
@@ -67,21 +101,57 @@ _CODES, _CLUSTER_TABLE, _ITEM_CDF, _BACKGROUND_IDX = _catalog()
 _LAB0 = _CODES.index(LABS[0][0])
 _BIRTH = _CODES.index(meds.birth_code)
 _SEX0 = _CODES.index(SEX_CODES[0])
+_A_IDX, _B_IDX, _OUTCOME_IDX = (_CODES.index(c) for c in (PROGRESSION_A, PROGRESSION_B, OUTCOME_CODE))
+_CODE_DICT = pa.array(_CODES, pa.string())
 _CLUSTER_W = 1.0 / np.arange(1, NUM_CLUSTERS + 1) ** 0.5  # some conditions are more prevalent
 _BACKGROUND_P = 1.0 / np.arange(1, NUM_BACKGROUND + 1) ** 1.1
-_BACKGROUND_P /= _BACKGROUND_P.sum()
+_BACKGROUND_CDF = np.cumsum(_BACKGROUND_P / _BACKGROUND_P.sum())
+_BACKGROUND_CDF[-1] = 1.0
 _LAB_MEAN, _LAB_SD = np.array([(mean, sd) for _, mean, sd in LABS]).T
+
+
+@dataclass
+class SyntheticCohort:
+    """MEDS events (including those after each prediction time), labels by task, and the oracle risks.
+
+    `oracle[task]` is row-aligned with `labels[task]`: `subject_id`, `prediction_time`, `true_risk`.
+    """
+
+    data: pa.Table
+    labels: dict[str, pa.Table]
+    oracle: dict[str, pa.Table]
 
 
 def generate_cohort(num_patients: int, seed: int) -> pa.Table:
     """A MEDS data table of `num_patients` synthetic subjects, deterministic in (num_patients, seed)."""
-    rng = np.random.default_rng(seed)
-    n = num_patients
-    subject_ids = 10_000 + np.cumsum(rng.integers(1, 20, n))
+    return generate_synthetic(num_patients, seed).data
+
+
+def generate_synthetic(num_patients: int, seed: int, chunk_size: int = 100_000) -> SyntheticCohort:
+    """The cohort, its labels and true risks; deterministic in (num_patients, seed, chunk_size)."""
+    if num_patients < 1:
+        raise ValueError(f"num_patients must be at least 1, got {num_patients}")
+    sizes = [min(chunk_size, num_patients - start) for start in range(0, num_patients, chunk_size)]
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(sizes))]
+    tables, outcomes, last_id = [], [], 10_000
+    for n, rng in zip(sizes, rngs, strict=True):
+        table, outcome = _simulate_chunk(n, rng, first_id=last_id)
+        tables.append(table)
+        outcomes.append(outcome)
+        last_id = int(outcome["subject_id"][-1])
+    outcome = {k: np.concatenate([o[k] for o in outcomes]) for k in outcomes[0]}
+    labels, oracle = _labels(outcome)
+    return SyntheticCohort(data=pa.concat_tables(tables), labels=labels, oracle=oracle)
+
+
+def _simulate_chunk(n: int, rng: np.random.Generator, first_id: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """`n` patients: their MEDS rows (sorted by subject then time, static rows first) and outcomes."""
+    # Patients.
+    subject_ids = first_id + np.cumsum(rng.integers(1, 20, n))
     sex = rng.integers(0, 2, n)
     child = rng.random(n) < 0.15
     age_years = np.where(child, rng.uniform(0, 18, n), np.clip(rng.normal(52, 17, n), 18, 90))
-    num_visits = np.clip(2 + rng.lognormal(1.4, 0.9, n).astype(np.int64), 2, 40)
+    num_pre = np.clip(2 + rng.lognormal(1.2, 0.9, n).astype(np.int64), 2, MAX_VISITS_BEFORE)
     num_active = 1 + rng.binomial(2, np.clip(age_years / 90, 0.05, 0.85))  # 1-3 clusters, more with age
     # Gumbel top-k: each patient's clusters, sampled without replacement by prevalence.
     cluster_rank = np.argsort(-(np.log(_CLUSTER_W) + rng.gumbel(size=(n, NUM_CLUSTERS))), axis=1)
@@ -89,52 +159,126 @@ def generate_cohort(num_patients: int, seed: int) -> pa.Table:
     birth_day = first_day - np.round(age_years * 365.25).astype(np.int64)
     gap_scale = rng.uniform(20, 180, n)
 
-    # Visits: one timestamp each, exponential gaps clipped to [1 day, 1 year].
-    visit_patient = np.repeat(np.arange(n), num_visits)
-    starts = np.cumsum(num_visits) - num_visits
-    gaps = np.clip(np.ceil(rng.exponential(gap_scale[visit_patient])), 1, 365).astype(np.int64)
+    # Candidate visits: num_pre before the prediction time, then up to MAX_VISITS_AFTER until censoring.
+    num_cand = num_pre + MAX_VISITS_AFTER
+    cand_patient = np.repeat(np.arange(n), num_cand)
+    starts = np.cumsum(num_cand) - num_cand
+    gaps = np.clip(np.ceil(rng.exponential(gap_scale[cand_patient])), 1, 365).astype(np.int64)
     gaps[starts] = 0
-    day_offset = np.cumsum(gaps)
-    day_offset -= np.repeat(day_offset[starts], num_visits)
-    time_of_day_s = rng.integers(7 * 3600, 19 * 3600, len(visit_patient))
-    visit_us = (first_day[visit_patient] + day_offset) * _DAY_US + time_of_day_s * 1_000_000
+    day = np.cumsum(gaps)
+    day -= np.repeat(day[starts], num_cand)
+    day += first_day[cand_patient]
+    cand_us = day * _DAY_US + rng.integers(7 * 3600, 19 * 3600, len(day)) * 1_000_000
+    is_before = np.arange(len(day)) - starts[cand_patient] < num_pre[cand_patient]
+    prediction_day = day[starts + num_pre - 1]
+    prediction_us = (prediction_day + 1) * _DAY_US - 1_000_000  # 23:59:59 on the last visit's day
 
-    # Events: 1-8 codes per visit, each from the patient's clusters, the background, or a lab.
-    codes_per_visit = 1 + rng.binomial(7, 0.4, len(visit_patient))
-    event_visit = np.repeat(np.arange(len(visit_patient)), codes_per_visit)
-    event_patient = visit_patient[event_visit]
-    m = len(event_visit)
-    kind = rng.random(m)
-    which = (rng.random(m) * num_active[event_patient]).astype(np.int64)
-    cluster = cluster_rank[event_patient, which]
-    item = np.searchsorted(_ITEM_CDF, rng.random(m), side="right")
-    lab = rng.integers(0, len(LABS), m)
-    code = np.where(
-        kind < 0.7,
-        _CLUSTER_TABLE[cluster, item],
-        np.where(kind < 0.9, _BACKGROUND_IDX[rng.choice(NUM_BACKGROUND, m, p=_BACKGROUND_P)], _LAB0 + lab),
-    )
-    lab_value = np.round(_LAB_MEAN[lab] + _LAB_SD[lab] * rng.normal(size=m), 1)
-    value = np.where(kind >= 0.9, lab_value, np.nan).astype(np.float32)
+    # The planted progression: A and B at random visits before the prediction time.
+    has_a, has_b = rng.random(n) < PREVALENCE_A, rng.random(n) < PREVALENCE_B
+    visit_a = (rng.random(n) * num_pre).astype(np.int64)
+    visit_b = (rng.random(n) * num_pre).astype(np.int64)
+    step = np.where(rng.random(n) < 0.5, 1, -1)  # never the same visit; either side, so neither order gains
+    visit_b = np.where(visit_b == visit_a, (visit_a + step) % num_pre, visit_b)
+    a_then_b = has_a & has_b & (visit_b > visit_a) & (visit_b - visit_a <= ORDER_WINDOW)
 
-    # Static sex rows (null time), birth rows, then events; sort by subject then time, nulls first.
-    subject = np.concatenate([subject_ids, subject_ids, subject_ids[event_patient]])
-    time_us = np.concatenate([np.zeros(n, np.int64), birth_day * _DAY_US, visit_us[event_visit]])
-    time_null = np.concatenate([np.ones(n, bool), np.zeros(n + m, bool)])
-    code = np.concatenate([_SEX0 + sex, np.full(n, _BIRTH), code])
-    value = np.concatenate([np.full(2 * n, np.nan, np.float32), value])
-    order = np.lexsort((np.where(time_null, np.iinfo(np.int64).min, time_us), subject))
+    # The outcome: true hazard, event and censoring times in days after the prediction time.
+    age_at_prediction = (prediction_day - birth_day) / 365.25
+    in_cluster0 = (cluster_rank == 0) & (np.arange(NUM_CLUSTERS) < num_active[:, None])
+    log_hr = (AGE_EFFECT * (age_at_prediction - 50) / 10 + CLUSTER_EFFECT * in_cluster0.any(axis=1)
+              + ORDER_EFFECT * a_then_b + MALE_EFFECT * (sex == 1))
+    hazard = BASE_HAZARD * np.exp(log_hr)
+    event_days = 1 + rng.exponential(1 / hazard)
+    censor_days = rng.uniform(*CENSOR_DAYS, n)
+    observed = event_days <= censor_days
+    keep = is_before | (cand_us - prediction_us[cand_patient] <= censor_days[cand_patient] * _DAY_US)
+    visit_patient, visit_us = cand_patient[keep], cand_us[keep]
+    num_kept = np.bincount(visit_patient, minlength=n)
+    outcome_us = prediction_us + np.round(event_days * 86_400).astype(np.int64) * 1_000_000
+
+    # Every row belongs to a "visit": static sex, birth, real visits and the outcome (one row each, except
+    # real visits). Sorting these few visits, not the many rows, puts every row in place.
+    kind = np.concatenate([np.full(n, _STATIC), np.full(n, _BIRTH_ROW), np.full(len(visit_us), _VISIT),
+                           np.full(int(observed.sum()), _OUTCOME)]).astype(np.int8)
+    patient = np.concatenate([np.arange(n), np.arange(n), visit_patient, np.flatnonzero(observed)])
+    time_us = np.concatenate([np.full(n, np.iinfo(np.int64).min), birth_day * _DAY_US, visit_us,
+                              outcome_us[observed]])
+    order = np.lexsort((time_us, patient))
+    kind, patient, time_us = kind[order], patient[order], time_us[order]
+    rows_per_visit = np.where(kind == _VISIT, 1 + rng.binomial(7, 0.4, len(kind)), 1)
+    row_start = np.cumsum(rows_per_visit) - rows_per_visit
+
+    # Rows: 1-8 codes per real visit, each from the patient's clusters, the background, or a lab.
+    row_visit = np.repeat(np.arange(len(kind)), rows_per_visit)
+    row_patient = patient[row_visit]
+    row_kind = kind[row_visit]
+    code, value = _sample_codes(rng, row_patient, num_active, cluster_rank)
+    code = np.select([row_kind == _STATIC, row_kind == _BIRTH_ROW, row_kind == _OUTCOME],
+                     [_SEX0 + sex[row_patient], _BIRTH, _OUTCOME_IDX], code)
+    value[row_kind != _VISIT] = np.nan
+    # A and B replace the first code of their visits (pre-prediction visits are never dropped).
+    sorted_pos = np.empty(len(order), np.int64)
+    sorted_pos[order] = np.arange(len(order))
+    first_visit = 2 * n + np.cumsum(num_kept) - num_kept  # unsorted index of each patient's first real visit
+    for planted, visit, code_idx in ((has_a, visit_a, _A_IDX), (has_b, visit_b, _B_IDX)):
+        rows = row_start[sorted_pos[first_visit[planted] + visit[planted]]]
+        code[rows], value[rows] = code_idx, np.nan
+
+    row_time = time_us[row_visit]
+    null_time = row_kind == _STATIC
     table = pa.table(
         {
-            "subject_id": pa.array(subject[order]),
-            "time": pa.array(time_us[order], pa.timestamp("us"), mask=time_null[order]),
-            "code": pa.DictionaryArray.from_arrays(
-                pa.array(code[order]), pa.array(_CODES)
-            ).dictionary_decode(),
-            "numeric_value": pa.array(value[order], mask=np.isnan(value[order])),
+            "subject_id": pa.array(subject_ids[row_patient]),
+            "time": pa.array(row_time, pa.timestamp("us"), mask=null_time),
+            "code": pa.DictionaryArray.from_arrays(pa.array(code.astype(np.int32)), _CODE_DICT).dictionary_decode(),
+            "numeric_value": pa.array(value, mask=np.isnan(value)),
         }
     )
-    return meds.DataSchema.align(table)
+    outcome = {"subject_id": subject_ids, "prediction_us": prediction_us, "event_days": event_days,
+               "censor_days": censor_days, "true_risk": -np.expm1(-hazard * (HORIZON_DAYS - 1))}
+    return meds.DataSchema.align(table), outcome
+
+
+def _sample_codes(rng: np.random.Generator, row_patient: np.ndarray, num_active: np.ndarray,
+                  cluster_rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: 70% a code of one of the patient's clusters, 20% background, 10% a lab with a value."""
+    m = len(row_patient)
+    kind = rng.random(m)
+    which = (rng.random(m) * num_active[row_patient]).astype(np.int64)
+    cluster = cluster_rank[row_patient, which]
+    item = np.searchsorted(_ITEM_CDF, rng.random(m), side="right")
+    lab = rng.integers(0, len(LABS), m)
+    background = _BACKGROUND_IDX[np.searchsorted(_BACKGROUND_CDF, rng.random(m), side="right")]
+    code = np.where(kind < 0.7, _CLUSTER_TABLE[cluster, item], np.where(kind < 0.9, background, _LAB0 + lab))
+    lab_value = np.round(_LAB_MEAN[lab] + _LAB_SD[lab] * rng.normal(size=m), 1)
+    value = np.where(kind >= 0.9, lab_value, np.nan).astype(np.float32)
+    return code, value
+
+
+def _labels(outcome: dict[str, np.ndarray]) -> tuple[dict[str, pa.Table], dict[str, pa.Table]]:
+    """MEDS label tables (binary and survival) and the true risk of each labelled patient."""
+    event_days, censor_days = outcome["event_days"], outcome["censor_days"]
+    observed = event_days <= censor_days
+    followed = np.minimum(event_days, censor_days)
+    positive = observed & (event_days <= HORIZON_DAYS)
+    known = positive | (followed >= HORIZON_DAYS)  # censored before the horizon without an event: unknown
+    prediction_time = pa.array(outcome["prediction_us"], pa.timestamp("us"))
+    subject_id = pa.array(outcome["subject_id"])
+    mask = pa.array(known)
+    labels = {
+        BINARY_TASK: pa.table({"subject_id": subject_id.filter(mask),
+                               "prediction_time": prediction_time.filter(mask),
+                               "boolean_value": pa.array(positive[known])}),
+        SURVIVAL_TASK: pa.table({"subject_id": subject_id, "prediction_time": prediction_time,
+                                 "boolean_value": pa.array(observed),
+                                 "float_value": pa.array(followed.astype(np.float32))}),
+    }
+    risk = pa.array(outcome["true_risk"])
+    oracle = {
+        BINARY_TASK: pa.table({"subject_id": subject_id.filter(mask), "prediction_time": prediction_time.filter(mask),
+                               "true_risk": risk.filter(mask)}),
+        SURVIVAL_TASK: pa.table({"subject_id": subject_id, "prediction_time": prediction_time, "true_risk": risk}),
+    }
+    return {task: meds.LabelSchema.align(t) for task, t in labels.items()}, oracle
 
 
 def assign_splits(

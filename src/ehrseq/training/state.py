@@ -80,16 +80,26 @@ class TrainingSnapshot:
 
 
 def capture(trainer_state: dict[str, Any], step: int, extra_json: dict[str, Any],
-            extra_files: dict[str, bytes]) -> TrainingSnapshot:
-    """Snapshot of `Trainer.state_dict()`: detached CPU copies, so training may continue at once.
+            extra_files: dict[str, bytes], copy: bool = True) -> TrainingSnapshot:
+    """Snapshot of `Trainer.state_dict()`.
 
-    The copies also un-alias tied weights (the MLM decoder), which safetensors refuses to save.
+    `copy=True` takes detached CPU copies so training may continue at once; a final save after
+    training has stopped skips the copies (about a second for the large preset on CPU).
+    Tied weights (the MLM decoder shares the code embedding) are stored once, with an alias.
     """
-    model = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in trainer_state["model"].items()}
+    model, aliases, seen = {}, {}, {}
+    for name, tensor in trainer_state["model"].items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.device)
+        if key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        t = tensor.detach()
+        model[name] = t.to("cpu", copy=True) if copy else t.cpu().contiguous()
+    optim = {"optimizer": trainer_state["optimizer"], "scheduler": trainer_state["scheduler"]}
     return TrainingSnapshot(
-        step=step, model=model,
-        optim=_to_cpu({"optimizer": trainer_state["optimizer"], "scheduler": trainer_state["scheduler"]}),
-        rng=rng_state(), trainer={"train_state": trainer_state["train_state"], **extra_json},
+        step=step, model=model, optim=_to_cpu(optim) if copy else optim, rng=rng_state(),
+        trainer={"train_state": trainer_state["train_state"], "aliases": aliases, **extra_json},
         extra_files=extra_files)
 
 
@@ -97,7 +107,9 @@ def load_snapshot(folder: Path, device: torch.device) -> dict[str, Any]:
     """The inverse of `write`, as a `Trainer.load_state_dict` input plus `trainer.json` contents."""
     optim = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     trainer = json.loads((folder / "trainer.json").read_text())
-    return {"model": load_file(folder / "model.safetensors", device=str(device)),
+    model = load_file(folder / "model.safetensors", device=str(device))
+    model.update({alias: model[name] for alias, name in trainer.get("aliases", {}).items()})
+    return {"model": model,
             "optimizer": optim["optimizer"], "scheduler": optim["scheduler"],
             "train_state": trainer["train_state"], "trainer": trainer,
             "rng": torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)}

@@ -80,7 +80,7 @@ def convert(
             raise DataError(f"{src}: no patients found")
         sources = pa.table({"subject_id": pa.array(range(1, len(reader.source_ids) + 1), pa.int64()),
                             "source_id": pa.array(reader.source_ids, pa.string())})
-        writer.finish(assign_splits(ids, seed), extra_metadata={"subject_sources": sources})
+        writer.finish(assign_splits(ids, seed), extra={"metadata/subject_sources.parquet": sources})
     first, last = writer.time_range or (None, None)
     return ConversionSummary(
         source=kind, dest=str(dest), files=len(reader.files), subjects=len(ids), events=writer.num_events,
