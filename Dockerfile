@@ -1,0 +1,35 @@
+# docker build -t ehrseq-job .                                         (CUDA build of torch, for GPU pods)
+# docker build -t ehrseq-job:cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .   (Macs, compose)
+# docker run --gpus all -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -e AWS_ENDPOINT_URL ehrseq-job jobs/behrt_large.yaml
+ARG PYTHON_VERSION=3.11
+
+# --- build: a virtual environment with torch (CUDA wheels bundle their own runtime) and ehrseq -------------------
+FROM python:${PYTHON_VERSION}-slim AS build
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY runner ./runner
+RUN pip install --extra-index-url "${TORCH_INDEX}" .
+
+# --- runtime: the venv, tini as PID 1, a non-root user --------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim
+# tini forwards SIGTERM to Python and reaps children; Debian's package is the pinned distribution release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 ehrseq
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    MPLCONFIGDIR=/tmp/matplotlib
+WORKDIR /home/ehrseq/app
+COPY --chown=1000:1000 jobs ./jobs
+USER 1000:1000
+# exec form: tini is PID 1, Python its child; `docker run IMAGE jobs/x.yaml` runs the job, other args are commands.
+ENTRYPOINT ["tini", "--", "python", "-m", "runner.entrypoint"]
+CMD ["jobs/behrt_small.yaml"]
