@@ -35,7 +35,7 @@ def _print(title: str, rows: list[dict[str, Any]], out: Path | None) -> None:
     table = Table(*rows[0].keys(), title=title)
     for row in rows:
         table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
     if out:
         out.write_text(json.dumps(rows, indent=2))
         console.print(f"wrote {out}")
