@@ -158,8 +158,10 @@ def pull(
 
 def _register_subcommands() -> None:
     from runner.bench import bench_app
+    from runner.data_cli import data_app
 
     app.add_typer(bench_app, name="bench")
+    app.add_typer(data_app, name="data")
 
 
 _register_subcommands()

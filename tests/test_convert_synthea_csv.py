@@ -75,13 +75,32 @@ def test_bad_rows_name_file_and_line_or_are_skipped(tmp_path, monkeypatch):
     known = "b9c610cd-28a6-4636-ccb6-c7a0d2a4cb85"
     _append(src / "conditions.csv", *[f"2011-01-0{d},,{known},e,SNOMED-CT,6{d},Padding row" for d in range(1, 9)])
     _append(src / "conditions.csv", f"2011-02-30,,{known},e,SNOMED-CT,123,Impossible date",  # line 14
-            f"2011-03-01,,unknown-patient,e,SNOMED-CT,456,Who")  # line 15
+            "2011-03-01,,unknown-patient,e,SNOMED-CT,456,Who")  # line 15
     with pytest.raises(DataError, match=r"conditions\.csv: line 14: START is not a date/datetime \(got '2011-02-30'\)"):
         convert("synthea-csv", src, tmp_path / "out")
     summary = convert("synthea-csv", src, tmp_path / "out", skip_bad=True)
     assert summary.skipped_entries == 2 and summary.skipped_files == 0
     codes = set(_data(tmp_path / "out").column("code").to_pylist())
     assert {f"SNOMED//6{d}" for d in range(1, 9)} <= codes and not {"SNOMED//123", "SNOMED//456"} & codes
+
+
+def test_bad_patient_rows(tmp_path):
+    src = _copy(tmp_path)
+    _append(src / "patients.csv", "d00d,1970-01-01,someday" + "," * 22 + "F")  # line 5
+    with pytest.raises(DataError, match=r"patients\.csv: line 5: DEATHDATE is not a date \(got 'someday'\)"):
+        convert("synthea-csv", src, tmp_path / "out")
+    summary = convert("synthea-csv", src, tmp_path / "out", skip_bad=True)
+    assert (summary.subjects, summary.skipped_entries) == (3, 1)
+
+
+def test_ragged_rows(tmp_path):
+    src = _copy(tmp_path)
+    _append(src / "medications.csv", "2011-01-01T00:00:00Z,,b9c610cd-28a6-4636-ccb6-c7a0d2a4cb85")  # line 4
+    with pytest.raises(DataError, match=r"medications\.csv: not a readable CSV file.*Expected 13 columns, got 3"):
+        convert("synthea-csv", src, tmp_path / "out")
+    summary = convert("synthea-csv", src, tmp_path / "out", skip_bad=True)
+    assert summary.skipped_entries == 1
+    assert summary.skipped_examples == [f"{src / 'medications.csv'}: line 4: expected 13 fields, got 3"]
 
 
 def test_missing_column_or_file(tmp_path):
