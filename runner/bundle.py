@@ -7,10 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from safetensors.torch import save_model
 from torch import nn
 
+from ehrseq.evaluation.binary import calibration_curve
 from ehrseq.evaluation.bootstrap import bootstrap_ci
+from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.plots import plot_loss, plot_lr_throughput
 from ehrseq.reports.summary import render_summary_md
 from ehrseq.tasks.mlm import MLMEvaluation
@@ -18,25 +21,42 @@ from runner.run_folder import RunFolder
 from runner.spec import JobSpec
 from runner.sync import retry_transient
 
+PREDICTIONS = "predictions/held_out.parquet"
 
-def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module, held_out: MLMEvaluation,
+
+def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | None,
+                 held_out: MLMEvaluation | BinaryPredictions | SurvivalPredictions,
                  records: list[dict[str, Any]], facts: dict[str, Any],
                  warn: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """Writes the bundle locally, then copies it to the run folder; returns summary.json's content."""
-    save_model(model, str(work / "model.safetensors"))
-    title = f"{spec.resolved_run_id}: BEHRT-{spec.model.size}, {spec.task.kind}"
+    """Writes the bundle locally, then copies it to the run folder; returns summary.json's content.
+
+    `model` None (the non-neural baselines) writes no weights; no training records, no plots. Supervised
+    tasks also write their held-out predictions, from which every figure in summary.json can be recomputed.
+    """
+    files = []
+    if model is not None:
+        save_model(model, str(work / "model.safetensors"))
+        files.append("model.safetensors")
+    label = f"{spec.model.kind}-{spec.model.size}" if spec.model.kind == "behrt" else spec.model.kind
+    title = f"{spec.resolved_run_id}: {label}, {spec.task.kind}"
     plots = [plot_loss(records, work / "plots" / "loss.png", title),
-             plot_lr_throughput(records, work / "plots" / "lr_throughput.png", title)]
+             plot_lr_throughput(records, work / "plots" / "lr_throughput.png", title)] if records else []
     plot_names = [p.relative_to(work).as_posix() for p in plots]
+    if isinstance(held_out, (BinaryPredictions, SurvivalPredictions)):
+        (work / "predictions").mkdir(parents=True, exist_ok=True)
+        pq.write_table(held_out.to_table(), work / PREDICTIONS)
+        files.append(PREDICTIONS)
     summary = {
-        "run_id": spec.resolved_run_id, "model": f"{spec.model.kind}-{spec.model.size}", "task": spec.task.kind,
+        "run_id": spec.resolved_run_id, "model": label, "task": spec.task.kind,
         "metrics": held_out.metrics(),
         "metrics_ci": bootstrap_ci(held_out.metrics, len(held_out.subject_ids), seed=spec.seed),
         **facts, "plots": plot_names,
     }
+    if isinstance(held_out, BinaryPredictions):  # observed vs predicted rate in 10 probability bins
+        summary["calibration"] = calibration_curve(held_out.labels, held_out.probabilities)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     (work / "SUMMARY.md").write_text(render_summary_md(summary, plot_names))
-    for name in ["model.safetensors", *plot_names, "summary.json", "SUMMARY.md"]:
+    for name in [*files, *plot_names, "summary.json", "SUMMARY.md"]:
         retry_transient(lambda name=name: run.put_file(name, work / name),
                         on_retry=lambda e, wait: warn(f"uploading the bundle: {e}; retrying in {wait:.0f} s"))
     return summary

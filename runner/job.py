@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,17 @@ import yaml
 from rich.console import Console
 
 from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
+from ehrseq.data.meds_io import MedsDataset
+from ehrseq.data.supervised import LabelledSplit, labelled_splits, oracle_risks
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
+from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
+from ehrseq.models.baselines import fit_baseline
+from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.tasks.mlm import MLMTask
+from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.device import resolve_device
 from ehrseq.training.progress import ProgressReporter
 from ehrseq.training.state import load_snapshot, set_rng_state
@@ -36,8 +42,9 @@ from runner.checkpointing import Checkpointer
 from runner.checkpoints import CheckpointStore, checkpoint_dir
 from runner.metrics_log import MetricsLog
 from runner.preemption import EXIT_PREEMPTED, StopRequest
+from runner.pretrained import Pretrained, fetch_pretrained, load_encoder
 from runner.run_folder import RunFolder
-from runner.spec import JobSpec, check_supported
+from runner.spec import SUPERVISED, JobSpec, check_supported
 from runner.storage import open_storage
 from runner.sync import Syncer
 
@@ -57,7 +64,9 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     previous = run.read_status()
     if previous is not None:
         check_compatible(run, spec)
-        if previous["state"] == "completed" and previous["durable_step"] >= spec.train.max_steps:
+        # baselines have no steps: once completed, done
+        trained_out = previous["durable_step"] >= spec.train.max_steps or spec.model.kind != "behrt"
+        if previous["state"] == "completed" and trained_out:
             console.print(f"[green]{run.uri} already completed[/] (step {previous['durable_step']}); "
                           "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
             return EXIT_COMPLETED
@@ -95,30 +104,43 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class PreparedData:
     vocab: Vocabulary
     encoded: dict[str, list[EncodedPatient]]  # split -> encoded patients
+    labelled: dict[str, LabelledSplit] | None = None  # supervised tasks: labels, histories cut before them
+    dataset: MedsDataset | None = None
 
 
-def prepare_data(spec: JobSpec, cache_dir: Path) -> PreparedData:
-    """The dataset, the vocabulary (training split only) and every split tokenised."""
-    patients = patients_by_split(load_dataset(spec.data.source, spec.data.path, spec.data.num_patients,
-                                              spec.seed, cache_dir))
-    vocab = Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
+def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None) -> PreparedData:
+    """The dataset, the vocabulary (training split only, unless given) and every split tokenised.
+
+    Supervised tasks keep only labelled subjects, with histories cut strictly before the prediction time.
+    """
+    dataset = load_dataset(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir)
+    labelled = labelled_splits(dataset, spec.task.label_task, SPLITS) if spec.task.kind in SUPERVISED else None
+    patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset)
+    vocab = vocab or Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
     return PreparedData(vocab, {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]]
-                                for s in SPLITS})
+                                for s in SPLITS}, labelled, dataset)
 
 
 def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
-                 should_stop: Callable[[], bool] = lambda: False) -> Trainer:
+                 should_stop: Callable[[], bool] = lambda: False, pretrained: Pretrained | None = None) -> Trainer:
     """A freshly initialised model and its trainer; the same spec always gives the same weights."""
     config = BEHRTConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout)
     torch.manual_seed(spec.seed)  # weight initialisation
+    if spec.task.kind == "mlm":
+        model, task = BEHRTForMLM(config), MLMTask(data.vocab, mask_prob=spec.task.mask_prob)
+    else:
+        model = BEHRTForPrediction(config)
+        task = SupervisedTask(spec.task.kind, data.labelled.values(), spec.task.horizon_days)
+        if pretrained is not None:
+            load_encoder(model.behrt, pretrained)
     t = spec.train
     train_config = TrainConfig(
         max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
         warmup_steps=t.warmup_steps if t.warmup_steps is not None else max(1, t.max_steps // 10),
         grad_clip=t.grad_clip, log_every=t.log_every, eval_every=t.eval_every,
         eval_batch_size=t.eval_batch_size, seed=spec.seed)
-    return Trainer(BEHRTForMLM(config), MLMTask(data.vocab, mask_prob=spec.task.mask_prob), data.encoded["train"],
-                   data.encoded["tuning"], train_config, device, should_stop=should_stop)
+    return Trainer(model, task, data.encoded["train"], data.encoded["tuning"], train_config, device,
+                   should_stop=should_stop)
 
 
 class Job:
@@ -151,14 +173,18 @@ class Job:
     def _train_and_report(self) -> int:
         spec, console, work = self.spec, self.console, self.work
         device = resolve_device(spec.train.device)
+        pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url) if spec.model.init_from \
+            else None
         with console.status("preparing data"):
-            data = prepare_data(spec, work.parent / "datasets")
+            data = prepare_data(spec, work.parent / "datasets", vocab=pretrained.vocab if pretrained else None)
         if self.stop():
             return self._preempted(lost=0)
         vocab, encoded = data.vocab, data.encoded
         vocab.save(work / "vocab.json")
         self.run_folder.put_file("vocab.json", work / "vocab.json")
-        trainer = make_trainer(spec, data, device, should_stop=self.stop)
+        if spec.model.kind != "behrt":
+            return self._fit_baseline(data)
+        trainer = make_trainer(spec, data, device, should_stop=self.stop, pretrained=pretrained)
         model, config = trainer.model, trainer.model.config
         params_total, params_trainable = count_parameters(model)
         metrics = MetricsLog(work / "metrics.jsonl", self.syncer, self._resume(trainer, device))
@@ -167,8 +193,9 @@ class Job:
             metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions()},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
             on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
-            best_metric="mlm_loss", durable_step=trainer.state.step)
-        console.print(f"[bold]{self.run_folder.uri}[/]: BEHRT-{spec.model.size} ({params_total:,} parameters) "
+            best_metric={"mlm": "mlm_loss", "binary": "brier"}.get(spec.task.kind), durable_step=trainer.state.step)
+        console.print(f"[bold]{self.run_folder.uri}[/]: BEHRT-{spec.model.size} {spec.task.kind} "
+                      f"({params_total:,} parameters) "
                       f"on {device}; {len(vocab):,} tokens; subjects "
                       + " / ".join(f"{s} {len(encoded[s])}" for s in SPLITS))
 
@@ -187,20 +214,57 @@ class Job:
             held_out = trainer.evaluate(encoded["held_out"])
         if held_out is None:
             return self._preempted(lost=0, durable_step=checkpointer.durable_step)
+        extra = {"init_from": pretrained.provenance()} if pretrained else {}
         write_bundle(self.run_folder, work, spec, model, held_out, metrics.records, {
             "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(config),
-            "steps": trainer.state.step, "durable_step": checkpointer.durable_step,
-            "wall_time_s": time.time() - self.started, "device": str(device), "versions": _versions(),
+            "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **extra,
+            **self._common_facts(data, held_out, str(device)),
+        }, warn=self.warn)
+        return self._completed(held_out, checkpointer.durable_step)
+
+    def _fit_baseline(self, data: PreparedData) -> int:
+        """bag_of_codes / cox: fitted in one go (no steps, no checkpoints), reported like BEHRT."""
+        spec, split = self.spec, data.labelled["held_out"]
+        with self.console.status(f"fitting {spec.model.kind} on {len(data.labelled['train'])} subjects"):
+            baseline = fit_baseline(spec.model.kind, spec.task.kind, data.labelled["train"],
+                                    data.labelled["tuning"], spec.task.horizon_days, spec.data.min_code_count)
+            scores = baseline.score(split)
+        if spec.task.kind == "binary":
+            held_out = BinaryPredictions(split.subject_ids, split.prediction_times, split.labels, scores)
+        else:
+            held_out = SurvivalPredictions(split.subject_ids, split.prediction_times, split.times, split.labels,
+                                           scores, spec.task.horizon_days)
+        num_params = len(baseline.codes) + 2  # a coefficient per code, age, and an intercept / baseline hazard
+        write_bundle(self.run_folder, self.work, spec, None, held_out, [], {
+            "params_total": num_params, "params_trainable": num_params, "steps": 0, "durable_step": 0,
+            "baseline": {"features": len(baseline.codes) + 1, **baseline.chosen},
+            **self._common_facts(data, held_out, "cpu"),
+        }, warn=self.warn)
+        return self._completed(held_out, 0)
+
+    def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:
+        spec = self.spec
+        facts: dict[str, Any] = {
+            "wall_time_s": time.time() - self.started, "device": device, "versions": _versions(),
             "spec_fingerprint": spec.fingerprint(),
             "data": {"source": spec.data.source,
                      "description": f"{spec.data.source} cohort" + (
                          f" ({spec.data.num_patients} patients, seed {spec.seed})"
                          if spec.data.source == "synthetic" else f" from {spec.data.path}"),
-                     "subjects": {s: len(encoded[s]) for s in SPLITS}, "vocab_size": len(vocab)},
-        }, warn=self.warn)
-        self.syncer.set_status("completed", durable_step=checkpointer.durable_step, finished_at=time.time())
-        console.print(f"[green]completed[/] {self.run_folder.uri}: "
-                      + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
+                     "subjects": {s: len(data.encoded[s]) for s in SPLITS}, "vocab_size": len(data.vocab)}}
+        if data.labelled:
+            facts["labels"] = spec.task.label_task
+            risks = oracle_risks(data.dataset, spec.task.label_task, held_out.subject_ids)
+            if risks is not None:  # the true risk scored like a model: the ceiling on these subjects
+                oracle = (replace(held_out, probabilities=risks) if spec.task.kind == "binary"
+                          else replace(held_out, risks=risks))
+                facts["oracle"] = oracle.metrics()
+        return facts
+
+    def _completed(self, held_out: Any, durable_step: int) -> int:
+        self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time())
+        self.console.print(f"[green]completed[/] {self.run_folder.uri}: "
+                           + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
         return EXIT_COMPLETED
 
     def _resume(self, trainer: Trainer, device: torch.device) -> bytes:

@@ -14,8 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ehrseq.errors import InputError
-from runner.storage import open_storage
+from runner.storage import open_storage, split_run_uri
 
+# The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
+DEFAULT_LABELS = {"binary": "outcome_within_365d", "survival": "outcome_survival"}
+SUPERVISED = ("binary", "survival")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -45,6 +48,12 @@ class ModelSpec(Section):
 class TaskSpec(Section):
     kind: Literal["mlm", "next_visit", "binary", "survival"] = "mlm"
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)  # mlm: share of code tokens masked
+    labels: str | None = None  # binary/survival: the label task in <dataset>/labels/; default per kind below
+    horizon_days: float = Field(365.0, gt=0)  # survival: horizon of the AUROC at a horizon (and bag_of_codes target)
+
+    @property
+    def label_task(self) -> str:
+        return self.labels or DEFAULT_LABELS.get(self.kind, self.kind)
 
 
 class TrainSpec(Section):
@@ -163,11 +172,22 @@ def _describe(err: dict[str, Any]) -> str:
 
 def check_supported(spec: JobSpec) -> None:
     """What this version can run; valid-but-unsupported values fail here, before anything is written."""
-    unsupported = [("model.kind", spec.model.kind, {"behrt"}), ("task.kind", spec.task.kind, {"mlm"}),
+    unsupported = [("model.kind", spec.model.kind, {"behrt", "bag_of_codes", "cox"}),
+                   ("task.kind", spec.task.kind, {"mlm", *SUPERVISED}),
                    ("data.source", spec.data.source, {"synthetic", "meds", "fhir", "synthea-csv"})]
     for field, value, ok in unsupported:
         if value not in ok:
             raise InputError(f"{field}: {value!r} is not supported yet; supported: {', '.join(sorted(ok))}")
-    if spec.model.init_from or spec.lora:
-        raise InputError("model.init_from / lora: fine-tuning is not supported yet")
+    if spec.task.kind == "mlm" and spec.model.kind != "behrt":
+        raise InputError(f"task.kind: mlm needs model.kind behrt (got {spec.model.kind!r})")
+    if spec.model.kind == "cox" and spec.task.kind != "survival":
+        raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
+                         "no time to fit); for a binary task use bag_of_codes")
+    if spec.lora:
+        raise InputError("lora: fine-tuning with LoRA is not supported yet")
+    if spec.model.init_from:
+        if spec.model.kind != "behrt" or spec.task.kind not in SUPERVISED:
+            raise InputError("model.init_from: fine-tuning starts BEHRT on a binary or survival task from a "
+                             "pretrained run; other combinations are not supported yet")
+        open_storage(split_run_uri(spec.model.init_from)[0])  # validates the URI
     open_storage(spec.storage.uri)  # validates the URI scheme

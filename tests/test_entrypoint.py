@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from conftest import SMALL_SPEC
 from runner.entrypoint import dispatch
+
+from conftest import SMALL_SPEC
 
 
 def test_a_spec_path_means_run_and_commands_pass_through():

@@ -44,7 +44,9 @@ BAD = {
     "bad enum": ("model:\n  kind: gpt\n", "model.kind"),
     "yaml syntax": ("train: [unclosed\n", "YAML syntax error"),
     "not a mapping": ("- a\n- b\n", "expected a mapping"),
-    "unsupported yet": ("task:\n  kind: survival\n", "task.kind: 'survival' is not supported yet"),
+    "unsupported yet": ("task:\n  kind: next_visit\n", "task.kind: 'next_visit' is not supported yet"),
+    "cox on binary": ("model:\n  kind: cox\ntask:\n  kind: binary\n", "model.kind: cox needs event times"),
+    "mlm baseline": ("model:\n  kind: bag_of_codes\n", "task.kind: mlm needs model.kind behrt"),
 }
 
 

@@ -23,5 +23,6 @@ def bootstrap_ci(
         for name, value in metric_fn(rows).items():
             draws.setdefault(name, []).append(value)
     alpha = (1 - level) / 2
-    return {name: [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
-            for name, v in draws.items()}
+    # A resample where a metric is undefined (one class only: no AUROC) gives NaN and is skipped.
+    return {name: [float(np.nanquantile(v, alpha)), float(np.nanquantile(v, 1 - alpha))]
+            for name, v in draws.items() if not np.isnan(v).all()}

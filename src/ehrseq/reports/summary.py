@@ -7,10 +7,14 @@ from typing import Any
 
 def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     ci = summary.get("metrics_ci", {})
+    oracle = summary.get("oracle", {})  # synthetic cohorts: the true risk scored the same way
     rows = "\n".join(
         f"| {name} | {value:.4f} | " + (f"[{ci[name][0]:.4f}, {ci[name][1]:.4f}]" if name in ci else "-") + " |"
+        + (f" {oracle[name]:.4f} |" if name in oracle else (" - |" if oracle else ""))
         for name, value in summary["metrics"].items()
     )
+    header = "| metric | value | 95% CI |" + (" oracle |" if oracle else "")
+    rule = "|---|---|---|" + ("---|" if oracle else "")
     facts = [
         ("Run", summary["run_id"]), ("Model", summary["model"]), ("Task", summary["task"]),
         ("Parameters (total / trainable)", f"{summary['params_total']:,} / {summary['params_trainable']:,}"),
@@ -22,6 +26,8 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         ("Vocabulary", f"{summary['data']['vocab_size']:,} tokens"),
         ("Spec fingerprint", summary["spec_fingerprint"]),
     ]
+    if "init_from" in summary:
+        facts.append(("Fine-tuned from", f"{summary['init_from']['uri']} (sha256 {summary['init_from']['sha256']})"))
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
     images = "\n\n".join(f"![{p}]({p})" for p in plots)
     return f"""# {summary['run_id']}
@@ -29,8 +35,8 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
 Held-out metrics ({summary['data']['subjects']['held_out']} subjects never seen in training or tuning;
 95% bootstrap intervals over subjects):
 
-| metric | value | 95% CI |
-|---|---|---|
+{header}
+{rule}
 {rows}
 
 | | |

@@ -1,0 +1,67 @@
+"""Patients and their labels for a supervised task, with every input cut strictly before its prediction time.
+
+The cut happens on the MEDS rows (ehrseq.data.cutoff.events_before), so no event at or after the prediction
+time, not even later the same day, reaches a model. Labelled subjects without any event before the cut are
+left out (there is nothing to predict from).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ehrseq.data.cutoff import events_before
+from ehrseq.data.labels import read_labels, read_oracle
+from ehrseq.data.meds_io import MedsDataset
+from ehrseq.data.patients import Patient, patients_from_meds
+from ehrseq.errors import InputError
+
+
+@dataclass
+class LabelledSplit:
+    patients: list[Patient]  # histories cut before each prediction time, row-aligned with the arrays
+    prediction_times: np.ndarray  # (S,) datetime64[us]
+    labels: np.ndarray  # (S,) bool: the outcome (binary) or the event flag (survival)
+    times: np.ndarray  # (S,) float days to event or censoring (survival); NaN for binary labels
+
+    @property
+    def subject_ids(self) -> np.ndarray:
+        return np.array([p.subject_id for p in self.patients], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+
+def labelled_splits(dataset: MedsDataset, task: str, splits: tuple[str, ...]) -> dict[str, LabelledSplit]:
+    """Each split's labelled subjects (one prediction time per subject) with their cut histories."""
+    if dataset.path is None:
+        raise InputError("supervised tasks need a dataset folder holding labels/<task>.parquet")
+    labels = read_labels(dataset.path, task)
+    patients = {p.subject_id: p for p in patients_from_meds(events_before(dataset.data, labels))}
+    ids = labels.column("subject_id").to_numpy()
+    times = labels.column("prediction_time").cast(pa.timestamp("us")).to_numpy()
+    flags = labels.column("boolean_value").to_numpy(zero_copy_only=False)
+    days = (labels.column("float_value").to_numpy(zero_copy_only=False).astype(float)
+            if "float_value" in labels.column_names else np.full(len(ids), np.nan))
+    out: dict[str, LabelledSplit] = {}
+    for split in splits:
+        rows = [i for i, s in enumerate(ids.tolist())
+                if dataset.splits.get(s) == split and s in patients and patients[s].visits]
+        if not rows:
+            raise InputError(f"task {task!r}: the {split!r} split has no labelled subjects with history")
+        out[split] = LabelledSplit([patients[int(ids[i])] for i in rows], times[rows],
+                                   flags[rows].astype(bool), days[rows])
+    return out
+
+
+def oracle_risks(dataset: MedsDataset, task: str, subject_ids: np.ndarray) -> np.ndarray | None:
+    """The true risk of each subject (same order), or None when the dataset has no oracle (real data)."""
+    if dataset.path is None:
+        return None
+    oracle = read_oracle(dataset.path, task)
+    if oracle is None:
+        return None
+    risk = dict(zip(oracle.column("subject_id").to_pylist(), oracle.column("true_risk").to_pylist(), strict=True))
+    return np.array([risk[int(s)] for s in subject_ids], dtype=float)

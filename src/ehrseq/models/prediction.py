@@ -1,0 +1,39 @@
+"""BEHRT with a one-logit head on the [CLS] hidden state, for binary outcomes and survival risk scores."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ehrseq.models.behrt import BEHRT, BEHRTConfig, init_weights
+
+
+class BEHRTForPrediction(nn.Module):
+    """`forward(...)` -> (B,) logits: log-odds for a binary task, log relative hazard for survival.
+
+    The encoder sits at `self.behrt`, as in BEHRTForMLM, so pretrained `behrt.*` weights load by name.
+    """
+
+    def __init__(self, config: BEHRTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.behrt = BEHRT(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, 1)
+        init_weights(self.head)
+
+    def forward(self, codes, ages, segments, positions, attention_mask) -> torch.Tensor:
+        h = self.behrt(codes, ages, segments, positions, attention_mask)  # (B, T, C)
+        return self.head(self.dropout(h[:, 0])).squeeze(-1)  # [CLS] is token 0
+
+
+def cox_partial_nll(risk: torch.Tensor, times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+    """Negative Cox partial log-likelihood (Breslow) within a batch, averaged over its events.
+
+    Each event's risk set is everyone in the batch still followed at its time (time >= its time).
+    """
+    at_risk = times[None, :] >= times[:, None]  # (B, B): row i's risk set
+    log_denominator = torch.logsumexp(risk[None, :].masked_fill(~at_risk, float("-inf")), dim=1)
+    if not events.any():
+        return risk.sum() * 0.0  # no event in the batch: no information, keep the graph
+    return -(risk - log_denominator)[events].mean()
