@@ -20,6 +20,10 @@ from runner.storage import open_storage, split_run_uri
 
 EXIT_BAD_INPUT = 2
 
+# Bit-exact resume across processes on CPU: without this MKL may pick different kernels by memory alignment,
+# so a resumed process could differ from the uninterrupted one in the last bits. Set before torch loads.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 app = typer.Typer(
     help="Train EHR sequence models on ephemeral GPU pods; every run leaves a bundle in storage.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,

@@ -36,7 +36,7 @@ def test_small_job_runs_end_to_end_and_leaves_a_complete_run_folder(cli, tmp_pat
     assert sum(t.numel() for t in weights.values()) >= summary["params_total"] - 1  # tied decoder stored once
     assert "![plots/loss.png](plots/loss.png)" in (run / "SUMMARY.md").read_text()
 
-    status_cmd = cli("status", f"file://{run}")
+    status_cmd = cli("status", "--json", f"file://{run}")
     assert status_cmd.returncode == 0 and json.loads(status_cmd.stdout)["state"] == "completed"
     assert "behrt-small-mlm" in cli("list", "file://./runs").stdout
     again = cli("run", str(SMALL_SPEC), "--set", "train.max_steps=60")
