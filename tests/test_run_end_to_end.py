@@ -9,8 +9,9 @@ from conftest import SMALL_SPEC
 
 @pytest.mark.slow
 def test_small_job_runs_end_to_end_and_leaves_a_complete_run_folder(cli, tmp_path):
-    result = cli("run", str(SMALL_SPEC), "--set", "train.max_steps=60", "--set", "train.log_every=1",
-                 "--set", "data.num_patients=400", "--set", "train.eval_every=20")
+    args = ["run", str(SMALL_SPEC), "--set", "train.max_steps=60", "--set", "train.log_every=1",
+            "--set", "data.num_patients=400", "--set", "train.eval_every=20"]
+    result = cli(*args)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "behrt-small-mlm"
     for name in ["spec.yaml", "status.json", "metrics.jsonl", "summary.json", "SUMMARY.md", "vocab.json",
@@ -39,7 +40,7 @@ def test_small_job_runs_end_to_end_and_leaves_a_complete_run_folder(cli, tmp_pat
     status_cmd = cli("status", "--json", f"file://{run}")
     assert status_cmd.returncode == 0 and json.loads(status_cmd.stdout)["state"] == "completed"
     assert "behrt-small-mlm" in cli("list", "file://./runs").stdout
-    again = cli("run", str(SMALL_SPEC), "--set", "train.max_steps=60")
+    again = cli(*args)
     assert again.returncode == 0 and "already completed" in again.stderr
     missing = cli("status", "file://./runs/nope")
     assert missing.returncode == 2 and "no such run" in missing.stderr
