@@ -74,13 +74,6 @@ class Syncer:
         self._queue_status()
         self._wake.set()
 
-    @property
-    def lag_s(self) -> float:
-        """Seconds the oldest unsent change has waited (0 when storage is up to date)."""
-        with self._lock:
-            oldest = min((q for _, q in self._pending.values()), default=None)
-        return 0.0 if oldest is None else time.monotonic() - oldest
-
     def flush(self, deadline: float | None = None) -> bool:
         """Sends everything pending now; False if storage is still failing at `deadline`."""
         try:
@@ -102,6 +95,7 @@ class Syncer:
         self.put_bytes("status.json", json.dumps(record, indent=2).encode())
 
     def _lag_locked(self) -> float:
+        """Seconds the oldest unsent change has waited (0 when storage is up to date); hold the lock."""
         oldest = min((q for _, q in self._pending.values()), default=None)
         return 0.0 if oldest is None else time.monotonic() - oldest
 
