@@ -22,6 +22,7 @@ from runner.spec import JobSpec
 from runner.sync import retry_transient
 
 PREDICTIONS = "predictions/held_out.parquet"
+ADAPTER = "adapter.safetensors"  # LoRA runs: adapters and head, in place of model.safetensors
 
 
 def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | None,

@@ -160,6 +160,22 @@ def pull(
     console.print(f"pulled {len(files)} files into {dest}")
 
 
+@app.command()
+def export(
+    run_uri: Annotated[str, typer.Argument(help="A completed run.")],
+    dest: Annotated[Path, typer.Argument(help="Local folder to write the weights, vocab.json and config.json into.")],
+    merge: Annotated[bool, typer.Option(
+        "--merge", help="LoRA runs: fold the adapters into the base (fetched from model.init_from and checked "
+        "against its sha256) and write full weights a plain BEHRTForPrediction loads.")] = False,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Export a run's weights: as stored (full weights, or a LoRA run's adapters and head), or merged."""
+    from runner.export import export_run
+
+    files = export_run(_run_folder(run_uri, endpoint_url), dest, merge, endpoint_url)
+    console.print(f"exported {', '.join(files)} into {dest}")
+
+
 def _register_subcommands() -> None:
     from runner.bench import bench_app
     from runner.data_cli import data_app

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 from rich.console import Console
+from safetensors.torch import save_file
 
 from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
 from ehrseq.data.meds_io import MedsDataset
@@ -30,19 +31,20 @@ from ehrseq.errors import InputError
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
 from ehrseq.models.baselines import fit_baseline
+from ehrseq.models.lora import LoraSettings, apply_lora
 from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.device import resolve_device
 from ehrseq.training.progress import ProgressReporter
-from ehrseq.training.state import load_snapshot, set_rng_state
+from ehrseq.training.state import load_snapshot, set_rng_state, trainable_state_dict
 from ehrseq.training.trainer import TrainConfig, Trainer
-from runner.bundle import write_bundle
+from runner.bundle import ADAPTER, write_bundle
 from runner.checkpointing import Checkpointer
 from runner.checkpoints import CheckpointStore, checkpoint_dir
 from runner.metrics_log import MetricsLog
 from runner.preemption import EXIT_PREEMPTED, StopRequest
-from runner.pretrained import Pretrained, fetch_pretrained, load_encoder
+from runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
 from runner.run_folder import RunFolder
 from runner.spec import SUPERVISED, JobSpec, check_supported
 from runner.storage import open_storage
@@ -133,6 +135,8 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
         task = SupervisedTask(spec.task.kind, data.labelled.values(), spec.task.horizon_days)
         if pretrained is not None:
             load_encoder(model.behrt, pretrained)
+        if spec.lora:
+            model = apply_lora(model, LoraSettings(**spec.lora.model_dump()))
     t = spec.train
     train_config = TrainConfig(
         max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
@@ -175,6 +179,8 @@ class Job:
         device = resolve_device(spec.train.device)
         pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url) if spec.model.init_from \
             else None
+        if pretrained:
+            check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
         with console.status("preparing data"):
             data = prepare_data(spec, work.parent / "datasets", vocab=pretrained.vocab if pretrained else None)
         if self.stop():
@@ -187,10 +193,11 @@ class Job:
         trainer = make_trainer(spec, data, device, should_stop=self.stop, pretrained=pretrained)
         model, config = trainer.model, trainer.model.config
         params_total, params_trainable = count_parameters(model)
-        metrics = MetricsLog(work / "metrics.jsonl", self.syncer, self._resume(trainer, device))
+        base = {"init_from": pretrained.provenance()} if pretrained else {}
+        metrics = MetricsLog(work / "metrics.jsonl", self.syncer, self._resume(trainer, device, base))
         checkpointer = Checkpointer(
             self.store, work / "checkpoints", spec.checkpoint.interval_seconds, spec.checkpoint.keep_last,
-            metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions()},
+            metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
             on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
             best_metric={"mlm": "mlm_loss", "binary": "brier"}.get(spec.task.kind), durable_step=trainer.state.step)
@@ -214,8 +221,12 @@ class Job:
             held_out = trainer.evaluate(encoded["held_out"])
         if held_out is None:
             return self._preempted(lost=0, durable_step=checkpointer.durable_step)
-        extra = {"init_from": pretrained.provenance()} if pretrained else {}
-        write_bundle(self.run_folder, work, spec, model, held_out, metrics.records, {
+        extra = {**base, **self._weights_facts(metrics.records)}
+        if spec.lora:  # the bundle keeps the adapter and head only; `ehrseq export --merge` folds in the base
+            extra["lora"] = spec.lora.model_dump()
+            save_file({k: v.cpu().contiguous() for k, v in trainable_state_dict(model).items()}, work / ADAPTER)
+            self.run_folder.put_file(ADAPTER, work / ADAPTER)
+        write_bundle(self.run_folder, work, spec, None if spec.lora else model, held_out, metrics.records, {
             "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(config),
             "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **extra,
             **self._common_facts(data, held_out, str(device)),
@@ -267,13 +278,28 @@ class Job:
                            + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
         return EXIT_COMPLETED
 
-    def _resume(self, trainer: Trainer, device: torch.device) -> bytes:
-        """Loads the newest verified checkpoint from storage, if any; returns its metrics.jsonl."""
+    def _weights_facts(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Checkpoint size and time per step: what a LoRA run saves against full fine-tuning."""
+        newest = self.store.manifests()[-1:]
+        step_times = sorted(r["seconds_per_step"] for r in records if "seconds_per_step" in r)
+        return {"checkpoint_bytes": sum(f["size"] for f in newest[0]["files"].values()) if newest else None,
+                "seconds_per_step": step_times[len(step_times) // 2] if step_times else None}
+
+    def _resume(self, trainer: Trainer, device: torch.device, base: dict[str, Any]) -> bytes:
+        """Loads the newest verified checkpoint from storage, if any; returns its metrics.jsonl.
+
+        A fine-tuning checkpoint holds only what trained (a LoRA run: adapters and head); the base it
+        was trained on must be the same weights, byte for byte, or the resumed model would be a different one.
+        """
         resumed = self.store.fetch_latest(self.work / "resume", warn=self.warn)
         if resumed is None:
             return b""
         manifest, folder = resumed
         snapshot = load_snapshot(folder, device)
+        stored_base = snapshot["trainer"].get("init_from")
+        if stored_base != base.get("init_from"):
+            raise InputError(f"{self.run_folder.uri} was trained on base {stored_base} but model.init_from now "
+                             f"gives {base.get('init_from')}; resume with the original base or pass --fresh")
         trainer.load_state_dict(snapshot)
         set_rng_state(snapshot["rng"])
         self.console.print(f"[bold]resuming[/] {self.run_folder.uri} from step {manifest['step']} "

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load
 from torch import nn
 
@@ -25,6 +27,7 @@ class Pretrained:
     sha256: str
     vocab: Vocabulary
     encoder: dict[str, torch.Tensor]  # BEHRT encoder weights, without the `behrt.` prefix
+    cohort: dict[str, Any]  # the pretraining spec's seed and data section: which patients it trained on
 
     def provenance(self) -> dict[str, str]:
         return {"uri": self.uri, "sha256": self.sha256}
@@ -37,13 +40,29 @@ def fetch_pretrained(run_uri: str, endpoint_url: str | None = None) -> Pretraine
     try:
         weights = run.storage.get_bytes(run.key("model.safetensors"))
         vocab = Vocabulary.from_json(run.storage.get_bytes(run.key("vocab.json")).decode())
+        spec = yaml.safe_load(run.storage.get_bytes(run.key("spec.yaml")))
     except FileNotFoundError as e:
         raise InputError(f"model.init_from: {run_uri} has no finished model ({e}); "
                          "pretrain it to completion first") from None
     encoder = {k.removeprefix("behrt."): v for k, v in load(weights).items() if k.startswith("behrt.")}
     if not encoder:
         raise InputError(f"model.init_from: {run_uri}/model.safetensors holds no BEHRT encoder (keys behrt.*)")
-    return Pretrained(run_uri, hashlib.sha256(weights).hexdigest(), vocab, encoder)
+    return Pretrained(run_uri, hashlib.sha256(weights).hexdigest(), vocab, encoder,
+                      {"seed": spec["seed"], **spec["data"]})
+
+
+def check_no_leakage(pretrained: Pretrained, seed: int, data: dict[str, Any]) -> None:
+    """Pretraining on the same dataset must have used the same splits, or its training patients could be
+    this run's held-out patients: splits depend on the seed and, for a synthetic cohort, its size."""
+    ours = {"seed": seed, **data}
+    if (ours["source"], ours["path"]) != (pretrained.cohort["source"], pretrained.cohort["path"]):
+        return  # another dataset: its subjects are not ours
+    diffs = [f"{k}: {pretrained.cohort.get(k)!r} there, {ours[k]!r} here" for k in ("seed", "num_patients")
+             if pretrained.cohort.get(k) != ours[k]]
+    if diffs:
+        raise InputError(f"model.init_from: {pretrained.uri} was pretrained on the same dataset with other splits "
+                         f"({'; '.join(diffs)}), so its training patients may be held out here; "
+                         "use the pretraining run's seed and data.num_patients")
 
 
 def load_encoder(encoder: nn.Module, pretrained: Pretrained) -> None:

@@ -85,11 +85,15 @@ class RuntimeSpec(Section):
     price_per_hour: float | None = Field(None, ge=0)
 
 
+LoraTarget = Literal["query", "key", "value", "output", "up", "down"]  # BEHRT's Linear layers
+
+
 class LoraSpec(Section):
     rank: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0)
+    alpha: float = Field(16, gt=0)  # the adapter update is scaled by alpha / rank
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    targets: list[str] = ["query", "key", "value", "output"]
+    targets: list[LoraTarget] = Field(["query", "key", "value", "output"], min_length=1)
+    trained_in_full: list[Literal["head"]] = ["head"]  # modules trained without adapters
 
 
 class JobSpec(Section):
@@ -183,8 +187,9 @@ def check_supported(spec: JobSpec) -> None:
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")
-    if spec.lora:
-        raise InputError("lora: fine-tuning with LoRA is not supported yet")
+    if spec.lora and (spec.model.kind != "behrt" or not spec.model.init_from):
+        raise InputError("lora: LoRA adapts a pretrained BEHRT; set model.kind behrt and model.init_from to a "
+                         "pretraining run's URI")
     if spec.model.init_from:
         if spec.model.kind != "behrt" or spec.task.kind not in SUPERVISED:
             raise InputError("model.init_from: fine-tuning starts BEHRT on a binary or survival task from a "

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -31,6 +32,24 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+def frozen_parameter_names(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without frozen parameters: a LoRA run's base comes from its base checkpoint instead."""
+    frozen = frozen_parameter_names(model)
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The inverse of `trainable_state_dict`: only frozen parameters may be absent from `state`."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - frozen_parameter_names(model):
+        raise ValueError(f"weights do not fit the model: missing {sorted(set(missing))[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
 
 
 def rng_state() -> dict[str, Any]:

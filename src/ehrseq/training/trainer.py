@@ -19,6 +19,7 @@ from ehrseq.data.batching import Batch, EpochOrder, collate
 from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.seeding import EVALUATION, TRAIN_STEP, derive_seed
 from ehrseq.training.optim import build_optimizer, warmup_linear_decay
+from ehrseq.training.state import load_trainable_state_dict, trainable_state_dict
 
 
 @dataclass
@@ -124,7 +125,8 @@ class Trainer:
                 seconds = time.perf_counter() - window_start
                 self._emit({"step": st.step, "split": "train", "loss": st.window_loss / st.window_steps,
                             "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                            "epoch": st.epoch, "tokens_per_s": window_tokens / max(seconds, 1e-9)})
+                            "epoch": st.epoch, "tokens_per_s": window_tokens / max(seconds, 1e-9),
+                            "seconds_per_step": seconds / st.window_steps})
                 st.window_loss, st.window_steps = 0.0, 0
                 window_start, window_tokens = time.perf_counter(), 0
 
@@ -159,11 +161,12 @@ class Trainer:
 
     # -- state for checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """Frozen parameters (a LoRA run's base) are left out: they come from the base checkpoint."""
+        return {"model": trainable_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "train_state": asdict(self.state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        load_trainable_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(**state["train_state"])

@@ -1,0 +1,199 @@
+"""LoRA fine-tuning that provably trains: gradients reach the adapters, the base never moves, adapters reload
+exactly, merging changes nothing, checkpoints hold only what trained, and resume is exact and checks its base."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file, save_file
+
+from ehrseq.data.batching import collate
+from ehrseq.errors import InputError
+from ehrseq.models import BEHRTConfig
+from ehrseq.models.lora import LoraSettings, apply_lora, merge_lora
+from ehrseq.models.prediction import BEHRTForPrediction
+from ehrseq.tasks.supervised import SupervisedTask
+from ehrseq.training.device import resolve_device
+from ehrseq.training.state import load_trainable_state_dict, trainable_state_dict
+from runner.export import export_run
+from runner.job import make_trainer, prepare_data, run_job
+from runner.preemption import EXIT_PREEMPTED
+from runner.pretrained import fetch_pretrained
+from runner.run_folder import RunFolder
+from runner.spec import JobSpec
+from runner.storage import open_storage
+
+DATA = {"num_patients": 300, "max_seq_len": 32}
+TRAIN = {"batch_size": 16, "device": "cpu", "log_every": 1, "eval_every": 4}
+
+
+def make_spec(root: Path, name: str, task: str = "binary", max_steps: int = 8, lora: dict | None = None,
+              **sections) -> JobSpec:
+    raw = {"name": name, "data": DATA, "model": {"kind": "behrt"}, "task": {"kind": task},
+           "train": {**TRAIN, "max_steps": max_steps}, "storage": {"uri": f"file://{root}/runs"},
+           "runtime": {"work_dir": str(root / "work")}, **sections}
+    if lora is not None:
+        raw["model"]["init_from"] = f"file://{root}/runs/pre"
+        raw["lora"] = lora
+    return JobSpec.model_validate(raw)
+
+
+def run(spec: JobSpec) -> int:
+    return run_job(spec, Console(quiet=True))
+
+
+def run_dir(spec: JobSpec) -> Path:
+    return Path(spec.storage.uri.removeprefix("file://")) / spec.resolved_run_id
+
+
+@pytest.fixture(scope="module")
+def pretrained_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    assert run(make_spec(root, "pre", task="mlm", max_steps=6)) == 0
+    return root
+
+
+def lora_trainer(root: Path, settings: dict):
+    spec = make_spec(root, "unit", lora=settings)
+    pretrained = fetch_pretrained(spec.model.init_from)
+    data = prepare_data(spec, root / "work" / "datasets", vocab=pretrained.vocab)
+    return make_trainer(spec, data, resolve_device("cpu"), pretrained=pretrained), data, pretrained
+
+
+def logits(model, patients):
+    model.eval()
+    b = collate(patients)
+    with torch.no_grad():
+        return model(b.codes, b.ages, b.segments, b.positions, b.attention_mask)
+
+
+def test_adapters_get_gradients_and_train_while_the_base_stays_bit_identical(pretrained_root):
+    trainer, data, pretrained = lora_trainer(pretrained_root, {"rank": 4, "targets": ["query", "value", "up"]})
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".head." in n for n in trainable)
+    # one backward: every adapter matrix gets a gradient (B starts at zero, so A's first gradient is zero: check B)
+    task: SupervisedTask = trainer.task
+    loss = task.training_loss(model, collate(data.encoded["train"][:16]), torch.Generator(), torch.device("cpu"))
+    loss.backward()
+    lora_b = [n for n in trainable if "lora_B" in n]
+    assert len(lora_b) == 3 * BEHRTConfig.small(vocab_size=1).num_layers  # 3 targets in every layer
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    model.zero_grad(set_to_none=True)
+
+    assert trainer.fit()
+    for name, p in model.named_parameters():
+        if name in trainable:
+            assert not torch.equal(p, before[name]), f"{name} did not train"
+        else:
+            assert torch.equal(p, before[name]), f"frozen {name} changed"
+    for key, value in pretrained.encoder.items():  # the base is still exactly the pretraining run's weights
+        layer = key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        peft_key = next(n for n in (f"base_model.model.behrt.{layer}", f"base_model.model.behrt.{key}")
+                        if n in dict(model.named_parameters()))
+        assert torch.equal(dict(model.named_parameters())[peft_key], value), key
+
+    # the adapters reloaded onto a fresh base give exactly the same outputs
+    patients = data.encoded["held_out"][:20]
+    trained_out = logits(model, patients)
+    fresh, _, _ = lora_trainer(pretrained_root, {"rank": 4, "targets": ["query", "value", "up"]})
+    assert not torch.equal(logits(fresh.model, patients), trained_out)
+    load_trainable_state_dict(fresh.model, trainable_state_dict(model))
+    assert torch.equal(logits(fresh.model, patients), trained_out)
+
+    # merged and unmerged agree
+    merged = merge_lora(fresh.model)
+    assert type(merged) is BEHRTForPrediction
+    assert torch.allclose(logits(merged, patients), trained_out, atol=1e-5)
+
+
+def test_lora_run_keeps_only_what_trained_and_exports_merged_weights(pretrained_root, tmp_path):
+    spec = make_spec(pretrained_root, "lora", lora={"rank": 4})
+    assert run(spec) == 0
+    folder = run_dir(spec)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["params_trainable"] / summary["params_total"] < 0.05
+    assert summary["lora"]["rank"] == 4 and summary["init_from"]["uri"].endswith("/runs/pre")
+    assert (folder / "adapter.safetensors").is_file() and not (folder / "model.safetensors").exists()
+    adapter = load_file(folder / "adapter.safetensors")
+    assert all("lora_" in k or ".head." in k for k in adapter)
+    assert sum(v.numel() for v in adapter.values()) == summary["params_trainable"]
+
+    def newest_checkpoint_bytes(run_folder: Path) -> int:
+        newest = sorted((run_folder / "checkpoints").iterdir())[-1]
+        return sum(f.stat().st_size for f in newest.iterdir() if f.name in ("model.safetensors", "optimizer.pt"))
+
+    full = make_spec(pretrained_root, "full", **{"model": {"kind": "behrt",
+                                                           "init_from": f"file://{pretrained_root}/runs/pre"}})
+    assert run(full) == 0
+    ratio = newest_checkpoint_bytes(folder) / newest_checkpoint_bytes(run_dir(full))
+    assert ratio < 0.1, ratio
+    assert summary["checkpoint_bytes"] < json.loads((run_dir(full) / "summary.json").read_text())["checkpoint_bytes"]
+
+    run_folder = RunFolder(open_storage(f"file://{pretrained_root}/runs"), "lora")
+    assert export_run(run_folder, tmp_path / "merged", merge=True)[0] == "model.safetensors"
+    plain = BEHRTForPrediction(BEHRTConfig(**summary["model_config"]))
+    plain.load_state_dict(load_file(tmp_path / "merged" / "model.safetensors"))  # strict: a plain model loads them
+    trainer, data, _ = lora_trainer(pretrained_root, {"rank": 4})
+    load_trainable_state_dict(trainer.model, adapter)
+    patients = data.encoded["held_out"][:20]
+    assert torch.allclose(logits(plain, patients), logits(trainer.model, patients), atol=1e-5)
+    assert export_run(run_folder, tmp_path / "adapter", merge=False)[0] == "adapter.safetensors"
+
+
+def test_lora_resume_is_exact_and_refuses_a_different_base(pretrained_root, monkeypatch):
+    straight = make_spec(pretrained_root, "lora-straight", lora={"rank": 4, "dropout": 0.1})
+    assert run(straight) == 0
+    spec = make_spec(pretrained_root, "lora-resumed", lora={"rank": 4, "dropout": 0.1},
+                     checkpoint={"interval_seconds": 1e-6})
+    original, calls = SupervisedTask.training_loss, {"n": 0}
+
+    def training_loss(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(SupervisedTask, "training_loss", training_loss)
+        assert run(spec) == EXIT_PREEMPTED
+    assert run(spec) == 0
+
+    def losses(s: JobSpec) -> list[tuple[int, float]]:
+        rows = [json.loads(line) for line in (run_dir(s) / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
+
+    assert losses(spec) == losses(straight) and len(losses(spec)) == 8
+
+    weights = run_dir(make_spec(pretrained_root, "pre")) / "model.safetensors"
+    original_bytes = weights.read_bytes()
+    try:
+        tensors = load_file(weights)
+        tensors["behrt.embeddings.norm.bias"] += 0.01  # someone re-trained the base in place
+        save_file(tensors, weights)
+        with pytest.raises(InputError, match="was trained on base"):
+            run(make_spec(pretrained_root, "lora-resumed", max_steps=10, lora={"rank": 4, "dropout": 0.1},
+                          checkpoint={"interval_seconds": 1e-6}))
+    finally:
+        weights.write_bytes(original_bytes)
+
+
+def test_fine_tuning_on_other_splits_of_the_same_cohort_is_refused(pretrained_root):
+    spec = make_spec(pretrained_root, "leaky", lora={"rank": 4}, data={**DATA, "num_patients": 400})
+    with pytest.raises(InputError, match="num_patients: 300 there, 400 here"):
+        run(spec)
+
+
+def test_lora_settings_are_checked():
+    with pytest.raises(ValueError, match="not BEHRT Linear layers"):
+        LoraSettings(targets=["out_proj"])
+    model = apply_lora(BEHRTForPrediction(BEHRTConfig.small(vocab_size=50)), LoraSettings(targets=["output", "down"]))
+    adapted = {n.split(".")[-4] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert adapted == {"output", "down"}
