@@ -14,14 +14,21 @@ from torch import nn
 from ehrseq.evaluation.binary import calibration_curve
 from ehrseq.evaluation.bootstrap import bootstrap_ci
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
-from ehrseq.reports.plots import plot_loss, plot_lr_throughput
+from ehrseq.reports.compare import PREDICTIONS
+from ehrseq.reports.plots import (
+    plot_calibration,
+    plot_km_risk_groups,
+    plot_loss,
+    plot_lr_throughput,
+    plot_roc_pr,
+    plot_tuning_metrics,
+)
 from ehrseq.reports.summary import render_summary_md
 from ehrseq.tasks.mlm import MLMEvaluation
 from runner.run_folder import RunFolder
 from runner.spec import JobSpec
 from runner.sync import retry_transient
 
-PREDICTIONS = "predictions/held_out.parquet"
 ADAPTER = "adapter.safetensors"  # LoRA runs: adapters and head, in place of model.safetensors
 
 
@@ -40,9 +47,8 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
         files.append("model.safetensors")
     label = f"{spec.model.kind}-{spec.model.size}" if spec.model.kind == "behrt" else spec.model.kind
     title = f"{spec.resolved_run_id}: {label}, {spec.task.kind}"
-    plots = [plot_loss(records, work / "plots" / "loss.png", title),
-             plot_lr_throughput(records, work / "plots" / "lr_throughput.png", title)] if records else []
-    plot_names = [p.relative_to(work).as_posix() for p in plots]
+    plot_names = [p.relative_to(work).as_posix() for p in bundle_plots(work / "plots", title, spec.task.kind,
+                                                                        records, held_out)]
     if isinstance(held_out, (BinaryPredictions, SurvivalPredictions)):
         (work / "predictions").mkdir(parents=True, exist_ok=True)
         pq.write_table(held_out.to_table(), work / PREDICTIONS)
@@ -61,3 +67,22 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
         retry_transient(lambda name=name: run.put_file(name, work / name),
                         on_retry=lambda e, wait: warn(f"uploading the bundle: {e}; retrying in {wait:.0f} s"))
     return summary
+
+
+LOSS_LABELS = {"mlm": "masked-token cross-entropy (nats)", "binary": "binary cross-entropy (nats)",
+               "survival": "Cox partial negative log-likelihood (nats)"}
+
+
+def bundle_plots(folder: Path, title: str, task: str, records: list[dict[str, Any]],
+                 held_out: MLMEvaluation | BinaryPredictions | SurvivalPredictions) -> list[Path]:
+    """Training curves (runs with steps), then what the held-out predictions show for the task."""
+    plots = [plot_loss(records, folder / "loss.png", title, loss_label=LOSS_LABELS.get(task, "training loss")),
+             plot_lr_throughput(records, folder / "lr_throughput.png", title),
+             plot_tuning_metrics(records, folder / "tuning_metrics.png", title)] if records else []
+    if isinstance(held_out, BinaryPredictions):
+        plots += [plot_roc_pr(held_out.labels, held_out.probabilities, folder / "roc_pr.png", title),
+                  plot_calibration(held_out.labels, held_out.probabilities, folder / "calibration.png", title)]
+    elif isinstance(held_out, SurvivalPredictions):
+        plots.append(plot_km_risk_groups(held_out.times, held_out.events, held_out.risks,
+                                         folder / "km_risk_groups.png", title, horizon=held_out.horizon))
+    return [p for p in plots if p is not None]

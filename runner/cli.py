@@ -176,6 +176,27 @@ def export(
     console.print(f"exported {', '.join(files)} into {dest}")
 
 
+@app.command()
+def compare(
+    run_uris: Annotated[list[str], typer.Argument(help="Two or more runs; the first is the baseline of the tests.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md, comparison.csv and plots/.")],
+    force: Annotated[bool, typer.Option("--force", help="Compare runs on different data or tasks anyway.")] = False,
+    resamples: Annotated[int, typer.Option(min=100, help="Paired bootstrap resamples of patients.")] = 1000,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Compare finished runs: metrics with CIs, size, time and cost, plots, paired bootstrap tests vs the first.
+
+    Runs must share a data fingerprint (dataset, splits, held-out patients) and task; otherwise exit 2 with the
+    reason, unless --force.
+    """
+    from runner.compare import compare as compare_runs
+
+    result = compare_runs(run_uris, out, force=force, endpoint_url=endpoint_url, num_resamples=resamples)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"compared {len(result.runs)} runs: {result.report} and {result.table}")
+
+
 def _register_subcommands() -> None:
     from runner.bench import bench_app
     from runner.data_cli import data_app

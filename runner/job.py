@@ -33,6 +33,7 @@ from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
 from ehrseq.models.baselines import fit_baseline
 from ehrseq.models.lora import LoraSettings, apply_lora
 from ehrseq.models.prediction import BEHRTForPrediction
+from ehrseq.reports.provenance import compute_facts, data_fingerprint, dataset_identity, git_commit
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.device import resolve_device
@@ -254,11 +255,12 @@ class Job:
         return self._completed(held_out, 0)
 
     def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:
-        spec = self.spec
+        spec, dataset = self.spec, dataset_identity(data.dataset)
         facts: dict[str, Any] = {
-            "wall_time_s": time.time() - self.started, "device": device, "versions": _versions(),
-            "spec_fingerprint": spec.fingerprint(),
-            "data": {"source": spec.data.source,
+            **compute_facts(time.time() - self.started, device, spec.runtime.price_per_hour),
+            "versions": _versions(), "git_commit": git_commit(), "spec_fingerprint": spec.fingerprint(),
+            "data_fingerprint": data_fingerprint(dataset, data.dataset.splits, held_out.subject_ids),
+            "data": {"source": spec.data.source, "dataset": dataset,
                      "description": f"{spec.data.source} cohort" + (
                          f" ({spec.data.num_patients} patients, seed {spec.seed})"
                          if spec.data.source == "synthetic" else f" from {spec.data.path}"),
@@ -318,9 +320,10 @@ class Job:
         return EXIT_PREEMPTED
 
 
-def _versions() -> dict[str, str]:
+def _versions() -> dict[str, str | None]:
     try:
         version = importlib.metadata.version("ehrseq")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    return {"torch": torch.__version__, "python": platform.python_version(), "ehrseq": version}
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "ehrseq": version}

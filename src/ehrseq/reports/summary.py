@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+PLOT_CAPTIONS = {
+    "loss.png": "Training and tuning loss", "lr_throughput.png": "Learning rate and throughput",
+    "tuning_metrics.png": "Tuning evaluations over training", "roc_pr.png": "Held-out ROC and precision-recall",
+    "calibration.png": "Held-out calibration", "km_risk_groups.png": "Held-out survival by predicted-risk group",
+}
+
 
 def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
+    """The summary as markdown: metrics with CIs (and the oracle ceiling), run facts, plots, model card."""
     ci = summary.get("metrics_ci", {})
     oracle = summary.get("oracle", {})  # synthetic cohorts: the true risk scored the same way
     rows = "\n".join(
@@ -18,18 +25,26 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     facts = [
         ("Run", summary["run_id"]), ("Model", summary["model"]), ("Task", summary["task"]),
         ("Parameters (total / trainable)", f"{summary['params_total']:,} / {summary['params_trainable']:,}"),
-        ("Steps", summary["steps"]), ("Device", summary["device"]),
+        ("Steps", summary["steps"]), ("Device", summary["device"] + (
+            f" ({summary['device_name']})" if summary.get("device_name") else "")),
         ("Wall time", f"{summary['wall_time_s'] / 60:.1f} min"),
+        ("GPU-hours", f"{summary['gpu_hours']:.3f}" if summary.get("gpus") else f"0 (ran on {summary['device']})"),
+        ("Cost", f"${summary['cost']:.2f} at ${summary['price_per_hour']}/h" if summary.get("cost") is not None
+         else "not recorded (set runtime.price_per_hour)"),
         ("Data", summary["data"]["description"]),
+        ("Dataset", summary["data"].get("dataset", "-")),
         ("Subjects train / tuning / held-out", " / ".join(str(summary["data"]["subjects"][s])
                                                          for s in ("train", "tuning", "held_out"))),
         ("Vocabulary", f"{summary['data']['vocab_size']:,} tokens"),
+        ("Data fingerprint (dataset, splits, held-out subjects)", summary.get("data_fingerprint", "-")),
         ("Spec fingerprint", summary["spec_fingerprint"]),
+        ("torch / CUDA", f"{summary['versions']['torch']} / {summary['versions'].get('cuda') or 'none'}"),
+        ("Git commit", summary.get("git_commit") or "unknown"),
     ]
     if "init_from" in summary:
         facts.append(("Fine-tuned from", f"{summary['init_from']['uri']} (sha256 {summary['init_from']['sha256']})"))
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
-    images = "\n\n".join(f"![{p}]({p})" for p in plots)
+    images = "\n\n".join(f"### {PLOT_CAPTIONS.get(p.rsplit('/', 1)[-1], p)}\n\n![{p}]({p})" for p in plots)
     return f"""# {summary['run_id']}
 
 Held-out metrics ({summary['data']['subjects']['held_out']} subjects never seen in training or tuning;
@@ -43,13 +58,16 @@ Held-out metrics ({summary['data']['subjects']['held_out']} subjects never seen 
 |---|---|
 {fact_rows}
 
+## Plots
+
 {images}
 
 ## Model card
 
 - **Data**: {summary['data']['description']}. Splits are by patient; the vocabulary is built from the
-  training split only.
-- **Task**: {summary['task']}.
+  training split only. Runs with the same data fingerprint ({summary.get('data_fingerprint', '-')}) used the
+  same dataset, splits and held-out subjects and can be compared with `ehrseq compare`.
+- **Task**: {summary['task']}{f" (labels {summary['labels']})" if summary.get('labels') else ""}.
 - **Intended use**: research comparison of EHR sequence models; not for clinical decisions.
 - **Limitations**: synthetic or de-identified cohorts differ from any real population; metrics carry the
   uncertainty shown above and should be compared with paired tests across runs on the same held-out set.

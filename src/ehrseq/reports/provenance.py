@@ -1,0 +1,65 @@
+"""What a summary records so that runs can be trusted side by side: the code, the data, the compute.
+
+The data fingerprint decides whether two runs may be compared at all: equal fingerprints mean the same
+dataset, the same patient-level splits and the same held-out subjects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ehrseq.data.meds_io import MedsDataset
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """EHRSEQ_GIT_COMMIT (set it when building an image), else `git rev-parse HEAD` of the code; None otherwise."""
+    if os.environ.get("EHRSEQ_GIT_COMMIT"):
+        return os.environ["EHRSEQ_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def dataset_identity(dataset: MedsDataset) -> str:
+    """The dataset's name (metadata/dataset.json) and event count: which data, without hashing every row."""
+    name = "unnamed"
+    if dataset.path is not None:
+        with contextlib.suppress(OSError, ValueError):  # a dataset without metadata still has its events
+            name = json.loads((dataset.path / "metadata" / "dataset.json").read_text()).get("dataset_name", name)
+    return f"{name} ({dataset.data.num_rows} events)"
+
+
+def data_fingerprint(identity: str, splits: Mapping[int, str], held_out_ids: Iterable[int]) -> str:
+    """Hash of the dataset identity, every subject's split and the evaluated held-out subjects."""
+    ids = np.sort(np.fromiter(splits.keys(), dtype=np.int64))
+    h = hashlib.sha256(identity.encode() + b"\0")
+    h.update(ids.tobytes())
+    h.update("\n".join(splits[int(i)] for i in ids).encode() + b"\0")
+    h.update(np.sort(np.fromiter(held_out_ids, dtype=np.int64)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def compute_facts(wall_time_s: float, device: str, price_per_hour: float | None) -> dict[str, Any]:
+    """Wall time, GPU-hours (one GPU per run on cuda, none elsewhere) and cost at the pod's hourly price."""
+    hours = wall_time_s / 3600
+    gpus = 1 if device.startswith("cuda") else 0
+    facts: dict[str, Any] = {"wall_time_s": wall_time_s, "device": device, "gpus": gpus,
+                             "gpu_hours": hours * gpus, "price_per_hour": price_per_hour,
+                             "cost": None if price_per_hour is None else hours * price_per_hour}
+    if gpus:
+        import torch
+
+        facts["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return facts
