@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -48,7 +49,10 @@ def run(
     from runner.job import run_job  # imports torch: keep `--help` and `validate` fast
 
     job = load_spec(spec, set_ or [])
-    code = run_job(job, console, fresh=fresh)
+    _exit(run_job(job, console, fresh=fresh))
+
+
+def _exit(code: int) -> None:
     if code == EXIT_PREEMPTED:
         # Whatever could be committed is; don't let interpreter shutdown wait on (or abort in) a checkpoint
         # thread that missed the grace budget.
@@ -195,6 +199,34 @@ def compare(
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"compared {len(result.runs)} runs: {result.report} and {result.table}")
+
+
+@app.command()
+def ladder(
+    task: Annotated[str, typer.Option(help="binary | survival (survival adds the Cox baseline).")] = "survival",
+    scale: Annotated[str, typer.Option(help="tiny (minutes on a laptop CPU) | full (a pod GPU).")] = "tiny",
+    storage: Annotated[str, typer.Option(help="Where the runs go (file:// or s3://).")] = "file://./runs/ladder",
+    out: Annotated[Path, typer.Option(help="Folder for the comparison report.")] = Path("ladder-report"),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    seed: Annotated[int, typer.Option(help="Cohort, splits and initialisation seed.")] = 0,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Train every model on one synthetic cohort and task, then write one comparison report.
+
+    Bag-of-codes, Cox (survival), Med2Vec, BEHRT small / medium / large (pretrained, then fine-tuned) and
+    BEHRT-large + LoRA. Each rung is an ordinary run: re-running the ladder skips completed rungs and resumes
+    an interrupted one. Exit 75 after a preemption.
+    """
+    from runner.ladder import SCALES, ladder_specs, run_ladder
+
+    if scale not in SCALES:
+        raise InputError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
+    try:
+        specs = ladder_specs(task, SCALES[scale], storage, seed=seed, device=device, endpoint_url=endpoint_url)
+    except (ValueError, ValidationError) as e:
+        raise InputError(f"ladder: {e}") from None
+    code = run_ladder(specs, out, console, endpoint_url=endpoint_url)
+    _exit(code)
 
 
 def _register_subcommands() -> None:
