@@ -13,6 +13,7 @@ from torch import nn
 
 from ehrseq.evaluation.binary import calibration_curve
 from ehrseq.evaluation.bootstrap import bootstrap_ci
+from ehrseq.evaluation.next_visit import NextVisitPredictions
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.compare import PREDICTIONS
 from ehrseq.reports.plots import (
@@ -49,7 +50,7 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
     title = f"{spec.resolved_run_id}: {label}, {spec.task.kind}"
     plot_names = [p.relative_to(work).as_posix() for p in bundle_plots(work / "plots", title, spec.task.kind,
                                                                         records, held_out)]
-    if isinstance(held_out, (BinaryPredictions, SurvivalPredictions)):
+    if isinstance(held_out, (BinaryPredictions, SurvivalPredictions, NextVisitPredictions)):
         (work / "predictions").mkdir(parents=True, exist_ok=True)
         pq.write_table(held_out.to_table(), work / PREDICTIONS)
         files.append(PREDICTIONS)

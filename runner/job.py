@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
 from ehrseq.data.meds_io import MedsDataset
-from ehrseq.data.supervised import LabelledSplit, labelled_splits, oracle_risks
+from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, labelled_splits, next_visit_splits, oracle_risks
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
@@ -35,6 +35,7 @@ from ehrseq.models.lora import LoraSettings, apply_lora
 from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.reports.provenance import compute_facts, data_fingerprint, dataset_identity, git_commit
 from ehrseq.tasks.mlm import MLMTask
+from ehrseq.tasks.next_visit import NextVisitTask
 from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.device import resolve_device
 from ehrseq.training.progress import ProgressReporter
@@ -107,7 +108,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class PreparedData:
     vocab: Vocabulary
     encoded: dict[str, list[EncodedPatient]]  # split -> encoded patients
-    labelled: dict[str, LabelledSplit] | None = None  # supervised tasks: labels, histories cut before them
+    # supervised tasks: labels (next_visit: the last visit's codes), histories cut before them
+    labelled: dict[str, LabelledSplit] | dict[str, NextVisitSplit] | None = None
     dataset: MedsDataset | None = None
 
 
@@ -117,7 +119,10 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     Supervised tasks keep only labelled subjects, with histories cut strictly before the prediction time.
     """
     dataset = load_dataset(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir)
-    labelled = labelled_splits(dataset, spec.task.label_task, SPLITS) if spec.task.kind in SUPERVISED else None
+    if spec.task.kind == "next_visit":  # labels from the data: the last visit's codes
+        labelled = next_visit_splits(dataset, SPLITS)
+    else:
+        labelled = labelled_splits(dataset, spec.task.label_task, SPLITS) if spec.task.kind in SUPERVISED else None
     patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset)
     vocab = vocab or Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
     return PreparedData(vocab, {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]]
@@ -132,8 +137,9 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
     if spec.task.kind == "mlm":
         model, task = BEHRTForMLM(config), MLMTask(data.vocab, mask_prob=spec.task.mask_prob)
     else:
-        model = BEHRTForPrediction(config)
-        task = SupervisedTask(spec.task.kind, data.labelled.values(), spec.task.horizon_days)
+        task = NextVisitTask(data.vocab, data.labelled.values()) if spec.task.kind == "next_visit" \
+            else SupervisedTask(spec.task.kind, data.labelled.values(), spec.task.horizon_days)
+        model = BEHRTForPrediction(config, num_outputs=task.num_outputs)
         if pretrained is not None:
             load_encoder(model.behrt, pretrained)
         if spec.lora:
@@ -201,7 +207,8 @@ class Job:
             metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
             on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
-            best_metric={"mlm": "mlm_loss", "binary": "brier"}.get(spec.task.kind), durable_step=trainer.state.step)
+            best_metric={"mlm": "mlm_loss", "binary": "brier", "next_visit": "bce"}.get(spec.task.kind),
+            durable_step=trainer.state.step)
         console.print(f"[bold]{self.run_folder.uri}[/]: BEHRT-{spec.model.size} {spec.task.kind} "
                       f"({params_total:,} parameters) "
                       f"on {device}; {len(vocab):,} tokens; subjects "

@@ -18,7 +18,7 @@ from runner.storage import open_storage, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
 DEFAULT_LABELS = {"binary": "outcome_within_365d", "survival": "outcome_survival"}
-SUPERVISED = ("binary", "survival")
+SUPERVISED = ("binary", "survival", "next_visit")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -49,6 +49,7 @@ class TaskSpec(Section):
     kind: Literal["mlm", "next_visit", "binary", "survival"] = "mlm"
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)  # mlm: share of code tokens masked
     labels: str | None = None  # binary/survival: the label task in <dataset>/labels/; default per kind below
+    # (next_visit derives its labels from the visits themselves)
     horizon_days: float = Field(365.0, gt=0)  # survival: horizon of the AUROC at a horizon (and bag_of_codes target)
 
     @property
@@ -184,6 +185,12 @@ def check_supported(spec: JobSpec) -> None:
             raise InputError(f"{field}: {value!r} is not supported yet; supported: {', '.join(sorted(ok))}")
     if spec.task.kind == "mlm" and spec.model.kind != "behrt":
         raise InputError(f"task.kind: mlm needs model.kind behrt (got {spec.model.kind!r})")
+    if spec.task.kind == "next_visit" and spec.model.kind in ("bag_of_codes", "cox"):
+        raise InputError(f"model.kind: {spec.model.kind} cannot predict a next visit's codes (one score per "
+                         "subject); use model.kind behrt with task.kind next_visit")
+    if spec.task.kind == "next_visit" and spec.task.labels:
+        raise InputError(f"task.labels: {spec.task.labels!r} is not used by next_visit, whose targets come from "
+                         "each subject's last visit; leave it null")
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")
@@ -192,7 +199,7 @@ def check_supported(spec: JobSpec) -> None:
                          "pretraining run's URI")
     if spec.model.init_from:
         if spec.model.kind != "behrt" or spec.task.kind not in SUPERVISED:
-            raise InputError("model.init_from: fine-tuning starts BEHRT on a binary or survival task from a "
+            raise InputError("model.init_from: fine-tuning starts BEHRT on a supervised task from a "
                              "pretrained run; other combinations are not supported yet")
         open_storage(split_run_uri(spec.model.init_from)[0])  # validates the URI
     open_storage(spec.storage.uri)  # validates the URI scheme

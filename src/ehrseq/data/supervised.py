@@ -65,3 +65,39 @@ def oracle_risks(dataset: MedsDataset, task: str, subject_ids: np.ndarray) -> np
         return None
     risk = dict(zip(oracle.column("subject_id").to_pylist(), oracle.column("true_risk").to_pylist(), strict=True))
     return np.array([risk[int(s)] for s in subject_ids], dtype=float)
+
+
+@dataclass
+class NextVisitSplit:
+    """Subjects' histories cut before their last visit, and the codes of that visit: the next-visit target."""
+
+    patients: list[Patient]  # row-aligned with the fields below
+    prediction_times: np.ndarray  # (S,) datetime64[us]: the first event of the subject's last visit
+    next_codes: list[tuple[str, ...]]  # the distinct codes recorded at that visit (that calendar day)
+
+    @property
+    def subject_ids(self) -> np.ndarray:
+        return np.array([p.subject_id for p in self.patients], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+
+def next_visit_splits(dataset: MedsDataset, splits: tuple[str, ...]) -> dict[str, NextVisitSplit]:
+    """Labels from the data itself: for each subject with two or more visits, predict the last visit's codes.
+
+    The prediction time is that visit's first event, and the rows are cut strictly before it
+    (`events_before`), so nothing of that day, or later, reaches the input.
+    """
+    full = [p for p in patients_from_meds(dataset.data) if len(p.visits) >= 2]
+    times = pa.array([p.visits[-1].time for p in full], pa.timestamp("us"))
+    cut_at = pa.table({"subject_id": pa.array([p.subject_id for p in full], pa.int64()), "prediction_time": times})
+    cut = {p.subject_id: p for p in patients_from_meds(events_before(dataset.data, cut_at))}
+    out: dict[str, NextVisitSplit] = {}
+    for split in splits:
+        rows = [i for i, p in enumerate(full) if dataset.splits.get(p.subject_id) == split]
+        if not rows:
+            raise InputError(f"task next_visit: the {split!r} split has no subjects with two or more visits")
+        out[split] = NextVisitSplit([cut[full[i].subject_id] for i in rows], times.to_numpy()[rows],
+                                    [full[i].visits[-1].codes for i in rows])
+    return out

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from ehrseq.evaluation.binary import binary_metrics
+from ehrseq.evaluation.next_visit import NextVisitPredictions
 from ehrseq.evaluation.survival import survival_metrics
 
 
@@ -79,7 +80,10 @@ class SurvivalPredictions:
                    horizon)
 
 
-def predictions_from_table(table: pa.Table) -> BinaryPredictions | SurvivalPredictions:
-    """Whichever kind the file holds (survival files carry `predicted_risk`)."""
+def predictions_from_table(table: pa.Table) -> BinaryPredictions | SurvivalPredictions | NextVisitPredictions:
+    """Whichever kind the file holds (survival files carry `predicted_risk`, next-visit files
+    `predicted_probabilities`)."""
+    if "predicted_probabilities" in table.column_names:
+        return NextVisitPredictions.from_table(table)
     return SurvivalPredictions.from_table(table) if "predicted_risk" in table.column_names \
         else BinaryPredictions.from_table(table)

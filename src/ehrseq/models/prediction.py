@@ -1,4 +1,5 @@
-"""BEHRT with a one-logit head on the [CLS] hidden state, for binary outcomes and survival risk scores."""
+"""BEHRT with a linear head on the [CLS] hidden state: one logit for binary outcomes and survival risk scores,
+one per code for next-visit prediction."""
 
 from __future__ import annotations
 
@@ -9,22 +10,25 @@ from ehrseq.models.behrt import BEHRT, BEHRTConfig, init_weights
 
 
 class BEHRTForPrediction(nn.Module):
-    """`forward(...)` -> (B,) logits: log-odds for a binary task, log relative hazard for survival.
+    """`forward(...)` -> (B,) logits: log-odds for a binary task, log relative hazard for survival; with
+    `num_outputs` > 1, (B, num_outputs) logits (next visit: the log-odds of each code).
 
     The encoder sits at `self.behrt`, as in BEHRTForMLM, so pretrained `behrt.*` weights load by name.
     """
 
-    def __init__(self, config: BEHRTConfig) -> None:
+    def __init__(self, config: BEHRTConfig, num_outputs: int = 1) -> None:
         super().__init__()
         self.config = config
         self.behrt = BEHRT(config)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, 1)
+        self.num_outputs = num_outputs
+        self.head = nn.Linear(config.hidden_size, num_outputs)
         init_weights(self.head)
 
     def forward(self, codes, ages, segments, positions, attention_mask) -> torch.Tensor:
         h = self.behrt(codes, ages, segments, positions, attention_mask)  # (B, T, C)
-        return self.head(self.dropout(h[:, 0])).squeeze(-1)  # [CLS] is token 0
+        logits = self.head(self.dropout(h[:, 0]))  # [CLS] is token 0
+        return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
 
 def cox_partial_nll(risk: torch.Tensor, times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:

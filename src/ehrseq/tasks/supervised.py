@@ -21,6 +21,8 @@ from ehrseq.models.prediction import BEHRTForPrediction, cox_partial_nll
 class SupervisedTask:
     """`kind` is "binary" or "survival"; `splits` are every labelled split the trainer will see."""
 
+    num_outputs = 1  # one logit per subject: log-odds or log relative hazard
+
     def __init__(self, kind: str, splits: Iterable[LabelledSplit], horizon: float = 365.0) -> None:
         if kind not in ("binary", "survival"):
             raise ValueError(f"unknown supervised task kind {kind!r}")
