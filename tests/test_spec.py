@@ -17,7 +17,7 @@ def test_overrides_are_type_checked_and_applied():
     spec = load_spec(SMALL_SPEC, ["train.max_steps=7", "train.lr=1e-3", "data.source=meds", "data.path=/d"])
     assert spec.train.max_steps == 7 and spec.train.lr == pytest.approx(1e-3)
     assert spec.data.source == "meds" and spec.data.path == "/d"
-    with pytest.raises(SpecError, match="not supported yet"):  # null section filled in, then refused
+    with pytest.raises(SpecError, match="set model.kind behrt and model.init_from"):  # null section filled in
         load_spec(SMALL_SPEC, ["lora.rank=4"])
     with pytest.raises(SpecError, match=r"train\.max_steps"):
         load_spec(SMALL_SPEC, ["train.max_steps=many"])
@@ -44,7 +44,7 @@ BAD = {
     "bad enum": ("model:\n  kind: gpt\n", "model.kind"),
     "yaml syntax": ("train: [unclosed\n", "YAML syntax error"),
     "not a mapping": ("- a\n- b\n", "expected a mapping"),
-    "unsupported yet": ("task:\n  kind: next_visit\n", "task.kind: 'next_visit' is not supported yet"),
+    "lora without a base": ("lora:\n  rank: 4\n", "lora: LoRA adapts a pretrained BEHRT"),
     "cox on binary": ("model:\n  kind: cox\ntask:\n  kind: binary\n", "model.kind: cox needs event times"),
     "mlm baseline": ("model:\n  kind: bag_of_codes\n", "task.kind: mlm needs model.kind behrt"),
 }
