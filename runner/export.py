@@ -51,10 +51,12 @@ def _merged(run: RunFolder, summary: dict[str, Any], endpoint_url: str | None) -
     if pretrained.sha256 != base["sha256"]:
         raise InputError(f"{run.uri} was trained on {base['uri']} with sha256 {base['sha256'][:12]}..., which now "
                          f"holds {pretrained.sha256[:12]}...: the base changed, so the adapters cannot be merged")
-    model = BEHRTForPrediction(BEHRTConfig(**summary["model_config"]))
+    adapter = load(_get(run, ADAPTER))
+    head = next(v for k, v in adapter.items() if k.endswith("head.modules_to_save.default.weight"))
+    model = BEHRTForPrediction(BEHRTConfig(**summary["model_config"]), num_outputs=head.shape[0])
     load_encoder(model.behrt, pretrained)
     adapted = apply_lora(model, LoraSettings(**summary["lora"]))
-    load_trainable_state_dict(adapted, load(_get(run, ADAPTER)))
+    load_trainable_state_dict(adapted, adapter)
     return merge_lora(adapted)
 
 

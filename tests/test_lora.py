@@ -197,3 +197,14 @@ def test_lora_settings_are_checked():
     model = apply_lora(BEHRTForPrediction(BEHRTConfig.small(vocab_size=50)), LoraSettings(targets=["output", "down"]))
     adapted = {n.split(".")[-4] for n, _ in model.named_parameters() if "lora_A" in n}
     assert adapted == {"output", "down"}
+
+
+def test_a_next_visit_lora_run_exports_merged_weights_with_one_output_per_code(pretrained_root, tmp_path):
+    spec = make_spec(pretrained_root, "lora-next", task="next_visit", max_steps=3, lora={"rank": 2})
+    assert run(spec) == 0
+    export_run(RunFolder(open_storage(f"file://{pretrained_root}/runs"), "lora-next"), tmp_path, merge=True)
+    weights = load_file(tmp_path / "model.safetensors")
+    summary = json.loads((run_dir(spec) / "summary.json").read_text())
+    plain = BEHRTForPrediction(BEHRTConfig(**summary["model_config"]), num_outputs=weights["head.weight"].shape[0])
+    plain.load_state_dict(weights)
+    assert plain.num_outputs > 100  # a logit per vocabulary code
