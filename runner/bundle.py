@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ ADAPTER = "adapter.safetensors"  # LoRA runs: adapters and head, in place of mod
 def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | None,
                  held_out: MLMEvaluation | BinaryPredictions | SurvivalPredictions,
                  records: list[dict[str, Any]], facts: dict[str, Any],
-                 warn: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+                 warn: Callable[[str], None] = lambda message: None, extra_files: Sequence[str] = (),
+                 summary_md_extra: str = "") -> dict[str, Any]:
     """Writes the bundle locally, then copies it to the run folder; returns summary.json's content.
 
     `model` None (the non-neural baselines) writes no weights; no training records, no plots. Supervised
@@ -54,6 +55,8 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
         (work / "predictions").mkdir(parents=True, exist_ok=True)
         pq.write_table(held_out.to_table(), work / PREDICTIONS)
         files.append(PREDICTIONS)
+    files += [f for f in extra_files if not f.startswith("plots/")]  # written under `work` by the caller
+    plot_names += [f for f in extra_files if f.startswith("plots/")]
     summary = {
         "run_id": spec.resolved_run_id, "model": label, "task": spec.task.kind,
         "metrics": held_out.metrics(),
@@ -63,7 +66,7 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
     if isinstance(held_out, BinaryPredictions):  # observed vs predicted rate in 10 probability bins
         summary["calibration"] = calibration_curve(held_out.labels, held_out.probabilities)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
-    (work / "SUMMARY.md").write_text(render_summary_md(summary, plot_names))
+    (work / "SUMMARY.md").write_text(render_summary_md(summary, plot_names) + summary_md_extra)
     for name in [*files, *plot_names, "summary.json", "SUMMARY.md"]:
         retry_transient(lambda name=name: run.put_file(name, work / name),
                         on_retry=lambda e, wait: warn(f"uploading the bundle: {e}; retrying in {wait:.0f} s"))

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
 from ehrseq.data.meds_io import MedsDataset
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, labelled_splits, next_visit_splits, oracle_risks
+from ehrseq.data.synthetic import code_clusters
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
@@ -32,8 +33,11 @@ from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
 from ehrseq.models.baselines import fit_baseline
 from ehrseq.models.lora import LoraSettings, apply_lora
+from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
 from ehrseq.models.prediction import BEHRTForPrediction
+from ehrseq.reports.embeddings import EmbeddingReport, write_code_embeddings
 from ehrseq.reports.provenance import compute_facts, data_fingerprint, dataset_identity, git_commit
+from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.tasks.next_visit import NextVisitTask
 from ehrseq.tasks.supervised import SupervisedTask
@@ -48,7 +52,7 @@ from runner.metrics_log import MetricsLog
 from runner.preemption import EXIT_PREEMPTED, StopRequest
 from runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
 from runner.run_folder import RunFolder
-from runner.spec import SUPERVISED, JobSpec, check_supported
+from runner.spec import BASELINES, SUPERVISED, JobSpec, check_supported
 from runner.storage import open_storage
 from runner.sync import Syncer
 
@@ -69,7 +73,7 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     if previous is not None:
         check_compatible(run, spec)
         # baselines have no steps: once completed, done
-        trained_out = previous["durable_step"] >= spec.train.max_steps or spec.model.kind != "behrt"
+        trained_out = previous["durable_step"] >= spec.train.max_steps or spec.model.kind in BASELINES
         if previous["state"] == "completed" and trained_out:
             console.print(f"[green]{run.uri} already completed[/] (step {previous['durable_step']}); "
                           "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
@@ -132,16 +136,20 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
 def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
                  should_stop: Callable[[], bool] = lambda: False, pretrained: Pretrained | None = None) -> Trainer:
     """A freshly initialised model and its trainer; the same spec always gives the same weights."""
-    config = BEHRTConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout)
+    med2vec = spec.model.kind == "med2vec"
+    config = (Med2VecConfig if med2vec else BEHRTConfig).preset(spec.model.size, vocab_size=len(data.vocab),
+                                                                 dropout=spec.model.dropout)
     torch.manual_seed(spec.seed)  # weight initialisation
     if spec.task.kind == "mlm":
         model, task = BEHRTForMLM(config), MLMTask(data.vocab, mask_prob=spec.task.mask_prob)
+    elif spec.task.kind == "med2vec":  # Med2Vec's own self-supervised objective
+        model, task = Med2VecForPretraining(config), Med2VecTask(data.vocab, config.num_negatives)
     else:
         task = NextVisitTask(data.vocab, data.labelled.values()) if spec.task.kind == "next_visit" \
             else SupervisedTask(spec.task.kind, data.labelled.values(), spec.task.horizon_days)
-        model = BEHRTForPrediction(config, num_outputs=task.num_outputs)
+        model = (Med2VecForPrediction if med2vec else BEHRTForPrediction)(config, num_outputs=task.num_outputs)
         if pretrained is not None:
-            load_encoder(model.behrt, pretrained)
+            load_encoder(model.med2vec if med2vec else model.behrt, pretrained)
         if spec.lora:
             model = apply_lora(model, LoraSettings(**spec.lora.model_dump()))
     t = spec.train
@@ -184,8 +192,8 @@ class Job:
     def _train_and_report(self) -> int:
         spec, console, work = self.spec, self.console, self.work
         device = resolve_device(spec.train.device)
-        pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url) if spec.model.init_from \
-            else None
+        pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url, spec.model.kind) \
+            if spec.model.init_from else None
         if pretrained:
             check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
         with console.status("preparing data"):
@@ -195,7 +203,7 @@ class Job:
         vocab, encoded = data.vocab, data.encoded
         vocab.save(work / "vocab.json")
         self.run_folder.put_file("vocab.json", work / "vocab.json")
-        if spec.model.kind != "behrt":
+        if spec.model.kind in BASELINES:
             return self._fit_baseline(data)
         trainer = make_trainer(spec, data, device, should_stop=self.stop, pretrained=pretrained)
         model, config = trainer.model, trainer.model.config
@@ -207,9 +215,10 @@ class Job:
             metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
             on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
-            best_metric={"mlm": "mlm_loss", "binary": "brier", "next_visit": "bce"}.get(spec.task.kind),
+            best_metric={"mlm": "mlm_loss", "med2vec": "med2vec_loss",
+                         "binary": "brier", "next_visit": "bce"}.get(spec.task.kind),
             durable_step=trainer.state.step)
-        console.print(f"[bold]{self.run_folder.uri}[/]: BEHRT-{spec.model.size} {spec.task.kind} "
+        console.print(f"[bold]{self.run_folder.uri}[/]: {spec.model.kind}-{spec.model.size} {spec.task.kind} "
                       f"({params_total:,} parameters) "
                       f"on {device}; {len(vocab):,} tokens; subjects "
                       + " / ".join(f"{s} {len(encoded[s])}" for s in SPLITS))
@@ -229,6 +238,7 @@ class Job:
             held_out = trainer.evaluate(encoded["held_out"])
         if held_out is None:
             return self._preempted(lost=0, durable_step=checkpointer.durable_step)
+        embeddings = self._code_embeddings(model, vocab) if spec.model.kind == "med2vec" else None
         extra = {**base, **self._weights_facts(metrics.records)}
         if spec.lora:  # the bundle keeps the adapter and head only; `ehrseq export --merge` folds in the base
             extra["lora"] = spec.lora.model_dump()
@@ -238,7 +248,9 @@ class Job:
             "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(config),
             "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **extra,
             **self._common_facts(data, held_out, str(device)),
-        }, warn=self.warn)
+            **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
+        }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
+            summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "")
         return self._completed(held_out, checkpointer.durable_step)
 
     def _fit_baseline(self, data: PreparedData) -> int:
@@ -286,6 +298,15 @@ class Job:
         self.console.print(f"[green]completed[/] {self.run_folder.uri}: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
         return EXIT_COMPLETED
+
+    def _code_embeddings(self, model: torch.nn.Module, vocab: Vocabulary) -> EmbeddingReport:
+        """Med2Vec's code vectors with their index, nearest neighbours and a 2-D map; on the synthetic cohort the
+        map colours its planted comorbidity clusters, the structure the vectors should recover."""
+        synthetic = self.spec.data.source == "synthetic"
+        groups = {code: f"cluster {k}" for code, k in code_clusters().items()} if synthetic else None
+        return write_code_embeddings(model.med2vec.code_vectors(), vocab, self.work,
+                                     f"{self.spec.resolved_run_id}: Med2Vec code vectors (PCA)", groups,
+                                     "planted comorbidity cluster" if synthetic else "coding system")
 
     def _weights_facts(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Checkpoint size and time per step: what a LoRA run saves against full fine-tuning."""

@@ -26,15 +26,16 @@ class Pretrained:
     uri: str
     sha256: str
     vocab: Vocabulary
-    encoder: dict[str, torch.Tensor]  # BEHRT encoder weights, without the `behrt.` prefix
+    encoder: dict[str, torch.Tensor]  # encoder weights, without their `behrt.` / `med2vec.` prefix
     cohort: dict[str, Any]  # the pretraining spec's seed and data section: which patients it trained on
 
     def provenance(self) -> dict[str, str]:
         return {"uri": self.uri, "sha256": self.sha256}
 
 
-def fetch_pretrained(run_uri: str, endpoint_url: str | None = None) -> Pretrained:
-    """Reads `model.safetensors` (BEHRTForMLM, keys `behrt.*`) and `vocab.json` of the run at `run_uri`."""
+def fetch_pretrained(run_uri: str, endpoint_url: str | None = None, kind: str = "behrt") -> Pretrained:
+    """Reads `model.safetensors` and `vocab.json` of the run at `run_uri`; the encoder is the weights under
+    `kind.` (model.kind: `behrt.*` of BEHRTForMLM, `med2vec.*` of Med2VecForPretraining)."""
     base, run_id = split_run_uri(run_uri)
     run = RunFolder(open_storage(base, endpoint_url), run_id)
     try:
@@ -44,9 +45,9 @@ def fetch_pretrained(run_uri: str, endpoint_url: str | None = None) -> Pretraine
     except FileNotFoundError as e:
         raise InputError(f"model.init_from: {run_uri} has no finished model ({e}); "
                          "pretrain it to completion first") from None
-    encoder = {k.removeprefix("behrt."): v for k, v in load(weights).items() if k.startswith("behrt.")}
+    encoder = {k.removeprefix(f"{kind}."): v for k, v in load(weights).items() if k.startswith(f"{kind}.")}
     if not encoder:
-        raise InputError(f"model.init_from: {run_uri}/model.safetensors holds no BEHRT encoder (keys behrt.*)")
+        raise InputError(f"model.init_from: {run_uri}/model.safetensors holds no {kind} encoder (keys {kind}.*)")
     return Pretrained(run_uri, hashlib.sha256(weights).hexdigest(), vocab, encoder,
                       {"seed": spec["seed"], **spec["data"]})
 

@@ -18,6 +18,7 @@ from runner.storage import open_storage, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
 DEFAULT_LABELS = {"binary": "outcome_within_365d", "survival": "outcome_survival"}
+BASELINES = ("bag_of_codes", "cox")  # fitted in one go: no steps, checkpoints or resume
 SUPERVISED = ("binary", "survival", "next_visit")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -46,7 +47,9 @@ class ModelSpec(Section):
 
 
 class TaskSpec(Section):
-    kind: Literal["mlm", "next_visit", "binary", "survival"] = "mlm"
+    # mlm: BEHRT's masked-code pretraining; med2vec: Med2Vec's own pretraining (codes of a visit predict each
+    # other, a visit predicts the codes of its neighbours); next_visit, binary, survival: supervised
+    kind: Literal["mlm", "med2vec", "next_visit", "binary", "survival"] = "mlm"
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)  # mlm: share of code tokens masked
     labels: str | None = None  # binary/survival: the label task in <dataset>/labels/; default per kind below
     # (next_visit derives its labels from the visits themselves)
@@ -177,14 +180,18 @@ def _describe(err: dict[str, Any]) -> str:
 
 def check_supported(spec: JobSpec) -> None:
     """What this version can run; valid-but-unsupported values fail here, before anything is written."""
-    unsupported = [("model.kind", spec.model.kind, {"behrt", "bag_of_codes", "cox"}),
-                   ("task.kind", spec.task.kind, {"mlm", *SUPERVISED}),
+    unsupported = [("model.kind", spec.model.kind, {"behrt", "med2vec", "bag_of_codes", "cox"}),
+                   ("task.kind", spec.task.kind, {"mlm", "med2vec", *SUPERVISED}),
                    ("data.source", spec.data.source, {"synthetic", "meds", "fhir", "synthea-csv"})]
     for field, value, ok in unsupported:
         if value not in ok:
             raise InputError(f"{field}: {value!r} is not supported yet; supported: {', '.join(sorted(ok))}")
     if spec.task.kind == "mlm" and spec.model.kind != "behrt":
-        raise InputError(f"task.kind: mlm needs model.kind behrt (got {spec.model.kind!r})")
+        raise InputError(f"task.kind: mlm needs model.kind behrt (got {spec.model.kind!r}); "
+                         "Med2Vec pretrains with task.kind med2vec")
+    if spec.task.kind == "med2vec" and spec.model.kind != "med2vec":
+        raise InputError(f"task.kind: med2vec is Med2Vec's pretraining objective; it needs model.kind med2vec "
+                         f"(got {spec.model.kind!r})")
     if spec.task.kind == "next_visit" and spec.model.kind in ("bag_of_codes", "cox"):
         raise InputError(f"model.kind: {spec.model.kind} cannot predict a next visit's codes (one score per "
                          "subject); use model.kind behrt with task.kind next_visit")
@@ -198,7 +205,7 @@ def check_supported(spec: JobSpec) -> None:
         raise InputError("lora: LoRA adapts a pretrained BEHRT; set model.kind behrt and model.init_from to a "
                          "pretraining run's URI")
     if spec.model.init_from:
-        if spec.model.kind != "behrt" or spec.task.kind not in SUPERVISED:
+        if spec.model.kind not in ("behrt", "med2vec") or spec.task.kind not in SUPERVISED:
             raise InputError("model.init_from: fine-tuning starts BEHRT on a supervised task from a "
                              "pretrained run; other combinations are not supported yet")
         open_storage(split_run_uri(spec.model.init_from)[0])  # validates the URI

@@ -122,6 +122,14 @@ class SyntheticCohort:
     oracle: dict[str, pa.Table]
 
 
+def code_clusters() -> dict[str, int]:
+    """Each comorbidity-cluster code (diagnoses and drugs) -> its planted cluster, 0..NUM_CLUSTERS-1.
+
+    The ground truth that code embeddings should recover: codes of one cluster co-occur in patients.
+    """
+    return {_CODES[i]: k for k, row in enumerate(_CLUSTER_TABLE.tolist()) for i in row}
+
+
 def generate_cohort(num_patients: int, seed: int) -> pa.Table:
     """A MEDS data table of `num_patients` synthetic subjects, deterministic in (num_patients, seed)."""
     return generate_synthetic(num_patients, seed).data
