@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 
 from ehrseq.errors import InputError
+from ehrseq.evaluation.next_visit import NextVisitPredictions
 from ehrseq.evaluation.paired import join_predictions, paired_bootstrap
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.compare import compare_runs
@@ -166,6 +167,20 @@ def test_join_pairs_rows_by_subject_and_time_and_refuses_different_patients():
         join_predictions(a, SurvivalPredictions(ids, times, a.times, ~a.events, a.risks))
     with pytest.raises(InputError, match="share no"):
         join_predictions(a, SurvivalPredictions(ids + 1000, times, a.times, a.events, a.risks))
+
+
+def test_next_visit_predictions_pair_on_the_same_vocabulary_only():
+    n, codes, rng = 40, ["A", "B", "C"], np.random.default_rng(4)
+    ids, times = np.arange(n, dtype=np.int64), np.full(n, np.datetime64("2022-01-01", "us"))
+    targets = rng.random((n, 3)) < 0.4
+    a = NextVisitPredictions(ids, times, codes, targets, rng.random((n, 3)))
+    order = rng.permutation(n)
+    b = NextVisitPredictions(ids[order], times[order], codes, targets[order], a.probabilities[order])
+    ja, jb = join_predictions(a, b)
+    result = paired_bootstrap(ja.metrics, jb.metrics, n, num_resamples=100)
+    assert result and all(d.difference == 0 and d.p_value == 1.0 for d in result.values())
+    with pytest.raises(InputError, match="vocabularies"):
+        join_predictions(a, NextVisitPredictions(ids, times, ["A", "B", "D"], targets, a.probabilities))
 
 
 def test_compare_two_runs_on_the_same_cohort(runs, tmp_path):

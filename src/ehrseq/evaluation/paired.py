@@ -15,9 +15,12 @@ import numpy as np
 
 from ehrseq.errors import InputError
 from ehrseq.evaluation.bootstrap import bootstrap_draws
+from ehrseq.evaluation.next_visit import NextVisitPredictions
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 
-Predictions = BinaryPredictions | SurvivalPredictions
+Predictions = BinaryPredictions | SurvivalPredictions | NextVisitPredictions
+OUTCOMES = {BinaryPredictions: ("labels",), SurvivalPredictions: ("events", "times"),
+            NextVisitPredictions: ("targets",)}  # what both runs must agree on for a shared row
 MetricFn = Callable[[np.ndarray | None], dict[str, float]]
 
 
@@ -68,14 +71,15 @@ def join_predictions(a: Predictions, b: Predictions) -> tuple[Predictions, Predi
     """
     if type(a) is not type(b):
         raise InputError(f"cannot pair {type(a).__name__} with {type(b).__name__}")
+    if isinstance(a, NextVisitPredictions) and a.codes != b.codes:
+        raise InputError("the runs predict different code vocabularies")
     index = {key: i for i, key in enumerate(_keys(a))}
     pairs = [(index[key], j) for j, key in enumerate(_keys(b)) if key in index]
     if not pairs:
         raise InputError("the runs share no held-out (subject_id, prediction_time)")
     rows_a, rows_b = (np.array(r) for r in zip(*pairs, strict=True))
     a, b = _take(a, rows_a), _take(b, rows_b)
-    outcome = ("labels",) if isinstance(a, BinaryPredictions) else ("events", "times")
-    for name in outcome:
+    for name in OUTCOMES[type(a)]:
         if not np.array_equal(getattr(a, name), getattr(b, name), equal_nan=name == "times"):
             raise InputError(f"the runs disagree on the {name} of shared subjects: not the same patients")
     return a, b
