@@ -25,8 +25,9 @@ PREDICTIONS = "predictions/held_out.parquet"  # in a run's bundle: the rows ever
 HEADLINE = {"binary": "auroc", "survival": "c_index", "mlm": "mlm_loss"}
 LOWER_IS_BETTER = {"brier", "mlm_loss", "perplexity"}
 NOT_COMPARED = {"prevalence"}  # a property of the held-out patients, the same for every model
+# summary.json fields, as they are, in comparison.csv
 SUMMARY_COLUMNS = ["model", "task", "params_total", "params_trainable", "steps", "device", "wall_time_s",
-                   "gpu_hours", "cost", "data_fingerprint"]  # summary.json fields, as they are, in comparison.csv
+                   "seconds_per_step", "checkpoint_bytes", "gpu_hours", "cost", "data_fingerprint"]
 
 
 @dataclass
@@ -219,7 +220,8 @@ def render_report(c: Comparison, num_resamples: int) -> str:
     """report.md: the metrics table, the paired differences against the baseline, notes, plots, provenance."""
     metrics = _metric_names(c.runs)
     base = c.runs[0].summary
-    header = ["run", "model", "parameters (trainable)", "steps", "device", "wall time", "GPU-hours", "cost",
+    header = ["run", "model", "parameters (trainable)", "steps", "device", "wall time", "s / step", "checkpoint",
+              "GPU-hours", "cost",
               *(f"{m}{' ↓' if m in LOWER_IS_BETTER else ''}" for m in metrics)]
     rows = []
     for label, run in zip(c.labels, c.runs, strict=True):
@@ -227,10 +229,11 @@ def render_report(c: Comparison, num_resamples: int) -> str:
         cost = s.get("cost")
         rows.append([label, s.get("model", "?"), f"{s.get('params_total', 0):,} ({s.get('params_trainable', 0):,})",
                      str(s.get("steps", "-")), s.get("device", "-"), _wall(s.get("wall_time_s")),
+                     _number(s.get("seconds_per_step"), "{:.3f}"), _number(s.get("checkpoint_bytes"), "{:,} B"),
                      f"{s.get('gpu_hours', 0):.3f}", "-" if cost is None else f"${cost:.2f}",
                      *(_with_ci(s.get("metrics", {}).get(m), s.get("metrics_ci", {}).get(m)) for m in metrics)])
     if base.get("oracle") and not any(n.startswith("forced") for n in c.notes):
-        rows.append(["oracle (true risk)", "-", "-", "-", "-", "-", "-", "-",
+        rows.append(["oracle (true risk)", "-", "-", "-", "-", "-", "-", "-", "-", "-",
                      *(_with_ci(base["oracle"].get(m), None) for m in metrics)])
     lines = [f"# Comparison of {len(c.runs)} runs: {_task(base)}", "",
              f"Held-out patients: {base.get('data', {}).get('subjects', {}).get('held_out', '?')} "
@@ -257,6 +260,10 @@ def render_report(c: Comparison, num_resamples: int) -> str:
     lines += ["## Runs", "", _md_table(["run", "URI", "spec fingerprint", "data fingerprint", "git commit",
                                         "torch / CUDA"], provenance), ""]
     return "\n".join(lines)
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
