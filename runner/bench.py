@@ -24,7 +24,8 @@ from rich.table import Table
 from runner.run_folder import RunFolder
 from runner.storage import open_storage
 
-bench_app = typer.Typer(help="Benchmarks: checkpoint/preemption timing, checkpoint overhead, step speed, memory.",
+bench_app = typer.Typer(help="Benchmarks: checkpoint/preemption timing, checkpoint overhead, memory, step time "
+                        "against HuggingFace BERT, data pipeline throughput.",
                         no_args_is_help=True)
 console = Console(stderr=True)
 SPEC = Path(__file__).resolve().parents[1] / "jobs" / "behrt_small.yaml"
@@ -156,3 +157,178 @@ def memory(
                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
         rows.append({"preset": preset, **json.loads(result.stdout.strip().splitlines()[-1])})
     _print("Peak memory while training (batch 32, 128 tokens)", rows, out)
+
+
+def hf_comparison(preset: str, vocab_size: int = 1000, batch_size: int = 32, seq_len: int = 128,
+                  steps: int = 2, rounds: int = 10, precision: str = "auto", **config: Any) -> dict[str, Any]:
+    """Median training-step time of BEHRT and of HF `BertForMaskedLM` of the same shape, alternated.
+
+    Both get the same batch (rows padded to lengths between T/2 and T, 15% of real tokens masked),
+    the same AdamW recipe, clipping and precision. BEHRT projects only masked positions onto the
+    vocabulary while HF projects every token, so a third side times BEHRT with HF's full projection.
+    `config` overrides BEHRTConfig fields (tests use a tiny shape).
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertForMaskedLM
+
+    from ehrseq.data.masking import mask_codes
+    from ehrseq.data.vocab import Vocabulary
+    from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
+    from ehrseq.training.device import resolve_device
+    from ehrseq.training.optim import build_optimizer
+    from ehrseq.training.precision import autocast, grad_scaler, resolve_precision
+
+    device = resolve_device("auto")
+    precision = resolve_precision(precision, device)
+    cfg = BEHRTConfig.preset(preset, vocab_size=vocab_size, **config)
+    torch.manual_seed(0)
+    behrt = BEHRTForMLM(cfg).to(device)
+    hf = BertForMaskedLM(BertConfig(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, hidden_act="gelu",
+        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attention_dropout,
+        layer_norm_eps=cfg.layer_norm_eps, max_position_embeddings=max(512, seq_len), type_vocab_size=2,
+        pad_token_id=cfg.pad_id, attn_implementation="sdpa")).to(device)
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch_size, 1), generator=g)
+    real = torch.arange(seq_len)[None, :] < lengths  # (B, T)
+    special = len(Vocabulary.SPECIALS)
+    codes = torch.randint(special, vocab_size, (batch_size, seq_len), generator=g) * real  # PAD = 0 after the end
+    inputs, labels = mask_codes(codes, mask_id=Vocabulary.MASK, num_special=special, vocab_size=vocab_size,
+                                generator=g)
+    ages = torch.randint(0, cfg.max_age, (batch_size, seq_len), generator=g)
+    positions = torch.randint(0, cfg.max_position, (batch_size, seq_len), generator=g)
+    segments = positions % 2
+    inputs, labels, ages, positions, segments, mask = (
+        t.to(device) for t in (inputs, labels, ages, positions, segments, real))
+
+    def masked_only() -> torch.Tensor:
+        return behrt(inputs, ages, segments, positions, mask, labels)[0]
+
+    def full_vocab() -> torch.Tensor:
+        logits = behrt.head(behrt.behrt(inputs, ages, segments, positions, mask))  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+    def huggingface() -> torch.Tensor:
+        return hf(input_ids=inputs, attention_mask=mask, token_type_ids=segments, labels=labels).loss
+
+    def trainer_step(model: torch.nn.Module, loss_fn):
+        optimizer, scaler = build_optimizer(model, 1e-4, 0.01), grad_scaler(precision, device)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(precision, device):
+                loss = loss_fn()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+        return step
+
+    sides = {"behrt": trainer_step(behrt, masked_only), "behrt_full_vocab": trainer_step(behrt, full_vocab),
+             "hf": trainer_step(hf, huggingface)}
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds + 1):  # round 0 warms up (allocator, kernels) and is not counted
+        for name, step in list(sides.items())[::1 if r % 2 else -1]:  # ABC CBA ...: no side always goes first
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            if r:
+                seconds[name].append((time.perf_counter() - start) / steps)
+    ms = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
+    return {"preset": preset, "shape": f"B{batch_size} T{seq_len} C{cfg.hidden_size} L{cfg.num_layers} "
+            f"H{cfg.num_heads} I{cfg.intermediate_size} V{vocab_size}",
+            "params behrt/hf": f"{count_parameters(behrt)[0]:,}/{count_parameters(hf)[0]:,}",
+            "masked": float((labels != -100).sum() / mask.sum()),
+            "behrt_ms": ms["behrt"], "behrt_full_vocab_ms": ms["behrt_full_vocab"], "hf_ms": ms["hf"],
+            "behrt/hf": ms["behrt"] / ms["hf"], "full_vocab/hf": ms["behrt_full_vocab"] / ms["hf"],
+            "device": f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else
+            torch.cuda.get_device_name(device) if device.type == "cuda" else str(device), "precision": precision}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@bench_app.command("hf")
+def hf_step(
+    presets: Annotated[list[str], typer.Option("--preset", help="Presets to measure (repeatable).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Patients per batch.")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Tokens per patient (rows padded to lengths in [T/2, T]).")] = 128,
+    vocab_size: Annotated[int, typer.Option(help="Codes in the vocabulary.")] = 1000,
+    steps: Annotated[int, typer.Option(help="Steps per side per round.")] = 2,
+    rounds: Annotated[int, typer.Option(help="Alternations (after one warm-up round).")] = 10,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16, for both models.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
+) -> None:
+    """BEHRT training step vs HuggingFace BertForMaskedLM of the same shape, alternated in one process.
+
+    behrt/hf < 1: BEHRT is faster. HF computes logits on every token, BEHRT only on masked ones;
+    full_vocab/hf times BEHRT doing HF's full projection, the like-for-like figure.
+    """
+    rows = [hf_comparison(p, vocab_size, batch_size, seq_len, steps, rounds, precision)
+            for p in presets or ["small"]]
+    _print("Training step: BEHRT vs HF BertForMaskedLM (median ms per step)", rows, out)
+
+
+@bench_app.command("data")
+def data_pipeline(
+    num_patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 20000,
+    max_seq_len: Annotated[int, typer.Option(help="Tokens per patient.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Patients per batch.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Runs of the pipeline; each stage's median is reported.")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
+) -> None:
+    """Data pipeline throughput in MEDS events/s: synthetic cohort -> MEDS -> tokenised patients -> batches."""
+    rows = data_throughput(num_patients, max_seq_len, batch_size, repeats)
+    _print(f"Data pipeline ({num_patients} synthetic patients)", rows, out)
+
+
+def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int = 32,
+                    repeats: int = 3) -> list[dict[str, Any]]:
+    """Seconds per stage (median of `repeats` fresh runs) and events/s through it, plus the whole pipeline."""
+    from ehrseq.data.batching import EpochOrder, collate
+    from ehrseq.data.cohort import patients_by_split, synthetic_dataset
+    from ehrseq.data.meds_io import read_meds_dataset
+    from ehrseq.data.tokenize import encode_patient
+    from ehrseq.data.vocab import Vocabulary
+
+    timings: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            clock = time.perf_counter()
+
+            def lap(stage: str) -> None:
+                nonlocal clock
+                now = time.perf_counter()
+                timings.setdefault(stage, []).append(now - clock)
+                clock = now
+
+            folder = synthetic_dataset(num_patients, 0, Path(tmp))
+            lap("synthetic cohort -> MEDS parquet")
+            dataset = read_meds_dataset(folder)
+            splits = patients_by_split(dataset)
+            lap("MEDS -> patients")
+            vocab = Vocabulary.build(splits["train"], min_count=5)
+            encoded = [encode_patient(p, vocab, max_seq_len) for patients in splits.values() for p in patients]
+            lap("patients -> vocabulary, tokens")
+            order = EpochOrder([len(p.codes) for p in encoded], batch_size, seed=0)
+            tokens = sum(collate([encoded[i] for i in order.batch_indices(0, b)]).num_tokens
+                         for b in range(len(order)))
+            lap("tokens -> padded batches (one epoch)")
+    events = dataset.data.num_rows
+    rows = [{"stage": stage, "seconds": statistics.median(s), "events_per_s": events / statistics.median(s)}
+            for stage, s in timings.items()]
+    total = sum(r["seconds"] for r in rows)
+    rows.append({"stage": "whole pipeline", "seconds": total, "events_per_s": events / total})
+    for row in rows:
+        row |= {"events": events, "tokens_batched": tokens}
+    return rows

@@ -91,7 +91,7 @@ def check_compatible(run: RunFolder, spec: JobSpec) -> None:
     if stored.fingerprint() == spec.fingerprint():
         return
     old, new = _flatten(stored.model_dump(mode="json")), _flatten(spec.model_dump(mode="json"))
-    ignored = ("storage.", "runtime.", "checkpoint.", "run_id", "train.max_steps")
+    ignored = ("storage.", "runtime.", "checkpoint.", "run_id", "train.max_steps", "train.compile")
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not k.startswith(ignored)]
     raise InputError(f"{run.uri} exists with a different spec ({'; '.join(diffs)}); resume with the "
@@ -157,7 +157,8 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
         max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
         warmup_steps=t.warmup_steps if t.warmup_steps is not None else max(1, t.max_steps // 10),
         grad_clip=t.grad_clip, log_every=t.log_every, eval_every=t.eval_every,
-        eval_batch_size=t.eval_batch_size, seed=spec.seed)
+        eval_batch_size=t.eval_batch_size, seed=spec.seed, precision=t.precision,
+        grad_accum_steps=t.grad_accum_steps, compile=t.compile)
     return Trainer(model, task, data.encoded["train"], data.encoded["tuning"], train_config, device,
                    should_stop=should_stop)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ehrseq.errors import InputError
 from runner.storage import open_storage, split_run_uri
@@ -71,6 +71,17 @@ class TrainSpec(Section):
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(500, ge=0)  # 0: evaluate only at the end
     eval_batch_size: int = Field(64, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on CPU/MPS
+    grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step; batch_size is the step's whole batch
+    compile: bool = False  # torch.compile the model: speed only, so not part of the fingerprint
+
+    @field_validator("grad_accum_steps")
+    @classmethod
+    def _divides_batch(cls, k: int, info: ValidationInfo) -> int:
+        batch = info.data.get("batch_size")
+        if batch is not None and batch % k:
+            raise ValueError(f"must divide batch_size {batch} (each step's batch is split into that many parts)")
+        return k
 
 
 class CheckpointSpec(Section):
@@ -121,9 +132,10 @@ class JobSpec(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def fingerprint(self) -> str:
-        """Hash of everything that decides the model and data (not storage, runtime or step budget)."""
+        """Hash of everything that decides the model and data (not storage, runtime, step budget or compile)."""
         d = self.model_dump(mode="json", exclude={"storage", "runtime", "checkpoint", "run_id"})
-        d["train"].pop("max_steps")
+        for key in ("max_steps", "compile"):  # compile changes speed, not the math
+            d["train"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

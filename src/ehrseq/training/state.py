@@ -4,7 +4,7 @@
 run on another thread while training goes on. Files:
 
 - `model.safetensors`   weights (safetensors)
-- `optimizer.pt`        optimizer and LR-scheduler state (tensors and plain values: `weights_only` load)
+- `optimizer.pt`        optimizer, LR-scheduler, fp16 grad-scaler state (tensors, plain values: `weights_only` load)
 - `rng.pt`              Python, NumPy, torch CPU/CUDA/MPS generator states
 - `trainer.json`        step, epoch, offset in the epoch, loss window, extras (spec hash, versions)
 - any extra files the caller adds (vocabulary, metrics so far)
@@ -80,7 +80,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class TrainingSnapshot:
     step: int
     model: dict[str, torch.Tensor]
-    optim: dict[str, Any]  # {"optimizer": ..., "scheduler": ...}
+    optim: dict[str, Any]  # {"optimizer": ..., "scheduler": ..., "scaler": ...}
     rng: dict[str, Any]
     trainer: dict[str, Any]  # JSON-able: train state, spec hash, versions, ...
     extra_files: dict[str, bytes] = field(default_factory=dict)
@@ -115,7 +115,8 @@ def capture(trainer_state: dict[str, Any], step: int, extra_json: dict[str, Any]
         seen[key] = name
         t = tensor.detach()
         model[name] = t.to("cpu", copy=True) if copy else t.cpu().contiguous()
-    optim = {"optimizer": trainer_state["optimizer"], "scheduler": trainer_state["scheduler"]}
+    optim = {"optimizer": trainer_state["optimizer"], "scheduler": trainer_state["scheduler"],
+             "scaler": trainer_state.get("scaler", {})}
     return TrainingSnapshot(
         step=step, model=model, optim=_to_cpu(optim) if copy else optim, rng=rng_state(),
         trainer={"train_state": trainer_state["train_state"], "aliases": aliases, **extra_json},
@@ -129,6 +130,6 @@ def load_snapshot(folder: Path, device: torch.device) -> dict[str, Any]:
     model = load_file(folder / "model.safetensors", device=str(device))
     model.update({alias: model[name] for alias, name in trainer.get("aliases", {}).items()})
     return {"model": model,
-            "optimizer": optim["optimizer"], "scheduler": optim["scheduler"],
+            "optimizer": optim["optimizer"], "scheduler": optim["scheduler"], "scaler": optim.get("scaler", {}),
             "train_state": trainer["train_state"], "trainer": trainer,
             "rng": torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)}

@@ -3,6 +3,14 @@
 Every random draw of step `s` (masks, dropout) comes from a seed derived from (seed, s), and
 the batch order from (seed, epoch). With the state below saved, a resumed run repeats the
 uninterrupted run's losses bit for bit on CPU.
+
+An optimizer step takes one batch of `batch_size` patients. With `grad_accum_steps` k > 1 the
+batch (length-sorted) is cut into k contiguous micro-batches, run one after another with their
+gradients summed; each micro-batch's loss is weighted 1/k, so the step's gradient and loss are
+the mean of the micro-batches' (exactly the full batch's for per-patient losses such as binary
+cross-entropy; for MLM, whose loss is a mean over masked tokens, the micro-batches weigh equally
+rather than by their masked-token counts). Each micro-batch draws its masks and dropout from its
+own seed. The logged `loss` is the mean of the step losses since the last record.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from ehrseq.data.batching import Batch, EpochOrder, collate
 from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.seeding import EVALUATION, TRAIN_STEP, derive_seed
 from ehrseq.training.optim import build_optimizer, warmup_linear_decay
+from ehrseq.training.precision import autocast, grad_scaler, resolve_precision
 from ehrseq.training.state import load_trainable_state_dict, trainable_state_dict
 
 
@@ -34,6 +43,9 @@ class TrainConfig:
     eval_every: int = 500  # steps between tuning evaluations; 0 = only at the end
     eval_batch_size: int = 64
     seed: int = 0
+    precision: str = "auto"  # auto|fp32|bf16|fp16 (ehrseq.training.precision)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step; batch_size is the whole step's batch
+    compile: bool = False  # torch.compile the model (speed only: same math)
 
 
 @dataclass
@@ -90,6 +102,11 @@ class Trainer:
         self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
         self.scheduler = warmup_linear_decay(self.optimizer, config.warmup_steps, config.max_steps)
         self.state = TrainState()
+        self.precision = resolve_precision(config.precision, device)
+        self.scaler = grad_scaler(self.precision, device)
+        self._pending_losses: list[torch.Tensor] = []  # step losses not yet added to the window (on device)
+        if config.compile:
+            self.model.compile()  # in place: parameter names, and so checkpoints, stay the same
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> bool:
@@ -102,26 +119,36 @@ class Trainer:
         while st.step < cfg.max_steps:
             if self.should_stop():
                 return False
-            batch = collate([self.train_set[i] for i in self.order.batch_indices(st.epoch, st.offset)])
-            step_seed = derive_seed(cfg.seed, TRAIN_STEP, st.step)
-            torch.manual_seed(step_seed)  # dropout
-            loss = self.task.training_loss(self.model, batch, torch.Generator().manual_seed(step_seed),
-                                           self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = 0.0
+            for seed, indices in self.micro_batches(st.step, self.order.batch_indices(st.epoch, st.offset)):
+                batch = collate([self.train_set[i] for i in indices])
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory()  # lets the copy to the GPU overlap with compute
+                torch.manual_seed(seed)  # dropout
+                with autocast(self.precision, self.device):
+                    loss = self.task.training_loss(self.model, batch, torch.Generator().manual_seed(seed),
+                                                   self.device) / cfg.grad_accum_steps
+                self.scaler.scale(loss).backward()
+                step_loss += loss.detach()
+                window_tokens += batch.num_tokens
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # fp16: skipped when a gradient overflowed
+            self.scaler.update()
             self.scheduler.step()
 
             st.step += 1
             st.offset += 1
             if st.offset == len(self.order):
                 st.epoch, st.offset = st.epoch + 1, 0
-            st.window_loss += loss.item()
+            self._pending_losses.append(step_loss)  # no .item() here: the GPU runs ahead of the host
             st.window_steps += 1
-            window_tokens += batch.num_tokens
+            if len(self._pending_losses) >= 100:
+                self._fold_losses()
 
             if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
+                self._fold_losses()
                 seconds = time.perf_counter() - window_start
                 self._emit({"step": st.step, "split": "train", "loss": st.window_loss / st.window_steps,
                             "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
@@ -139,6 +166,24 @@ class Trainer:
                 cb.on_step_end(self)
         return True
 
+    def micro_batches(self, step: int, indices: list[int]) -> list[tuple[int, list[int]]]:
+        """The step's batch as `grad_accum_steps` contiguous (similar-length) parts, each with its seed.
+
+        A single part keeps the step's own seed, so a run without accumulation draws what it always did.
+        """
+        k = self.config.grad_accum_steps
+        step_seed = derive_seed(self.config.seed, TRAIN_STEP, step)
+        n = len(indices)
+        return [(step_seed if k == 1 else derive_seed(step_seed, TRAIN_STEP, j), indices[j * n // k:(j + 1) * n // k])
+                for j in range(k)]
+
+    def _fold_losses(self) -> None:
+        """Adds the pending step losses to the loss window, in step order (one host sync for all)."""
+        if self._pending_losses:
+            for value in torch.stack(self._pending_losses).tolist():
+                self.state.window_loss += value
+            self._pending_losses.clear()
+
     def _tuning_evaluation(self) -> bool:
         result = self.evaluate(self.tuning_set)
         if result is None:
@@ -151,8 +196,9 @@ class Trainer:
         """The task's evaluation on `patients` (fixed masks); None if stopped mid-way."""
         size = self.config.eval_batch_size
         batches = (collate(patients[i : i + size]) for i in range(0, len(patients), size))
-        return self.task.evaluate(self.model, batches, self.device,
-                                  derive_seed(self.config.seed, EVALUATION), self.should_stop)
+        with autocast(self.precision, self.device):
+            return self.task.evaluate(self.model, batches, self.device,
+                                      derive_seed(self.config.seed, EVALUATION), self.should_stop)
 
     def _emit(self, record: dict[str, Any]) -> None:
         record["time"] = time.time()
@@ -162,11 +208,16 @@ class Trainer:
     # -- state for checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Frozen parameters (a LoRA run's base) are left out: they come from the base checkpoint."""
+        self._fold_losses()
         return {"model": trainable_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "train_state": asdict(self.state)}
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "train_state": asdict(self.state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_trainable_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # fp16 runs only: empty for fp32/bf16 (and absent in older checkpoints)
+            self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(**state["train_state"])
+        self._pending_losses.clear()

@@ -1,0 +1,148 @@
+"""Mixed precision, gradient accumulation and the speed benchmarks (no timed assertions: the machine is noisy)."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ehrseq.data.batching import Batch
+from ehrseq.data.tokenize import EncodedPatient
+from ehrseq.errors import InputError
+from ehrseq.models import BEHRT, BEHRTConfig
+from ehrseq.training.precision import resolve_precision
+from ehrseq.training.state import capture, load_snapshot
+from ehrseq.training.trainer import TrainConfig, Trainer
+from ehrseq.training.verify import verify_resume
+from runner.bench import data_throughput, hf_comparison
+from runner.spec import load_spec
+
+from conftest import SMALL_SPEC
+
+CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+
+
+@pytest.mark.parametrize("requested,device,bf16,expected", [
+    ("auto", CPU, False, "fp32"), ("auto", MPS, False, "fp32"),
+    ("auto", CUDA, True, "bf16"), ("auto", CUDA, False, "fp16"),
+    ("fp32", CUDA, True, "fp32"), ("fp16", CUDA, True, "fp16"), ("bf16", CPU, False, "bf16"),
+    ("fp16", MPS, False, "fp16"),
+])
+def test_precision_resolution(requested, device, bf16, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert resolve_precision(requested, device) == expected
+
+
+def test_precision_refuses_what_the_device_cannot_do(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(InputError, match="bf16"):
+        resolve_precision("bf16", CUDA)
+    with pytest.raises(InputError, match="train.precision"):
+        resolve_precision("fp8", CPU)
+
+
+def test_precision_and_accumulation_change_the_fingerprint_compile_does_not():
+    base = load_spec(SMALL_SPEC).fingerprint()
+    assert load_spec(SMALL_SPEC, ["train.compile=true"]).fingerprint() == base
+    assert load_spec(SMALL_SPEC, ["train.precision=bf16"]).fingerprint() != base
+    assert load_spec(SMALL_SPEC, ["train.grad_accum_steps=2"]).fingerprint() != base
+
+
+class FirstTokenTask:
+    """A per-patient loss (mean over patients of a function of the [CLS] state): accumulation is exact."""
+
+    name = "first_token"
+
+    def training_loss(self, model, batch: Batch, generator, device):
+        b = batch.to(device)
+        h = model(b.codes, b.ages, b.segments, b.positions, b.attention_mask)
+        return (h[:, 0] ** 2).sum(-1).mean()
+
+    def evaluate(self, model, batches, device, seed, should_stop):
+        return SimpleNamespace(metrics=dict)
+
+
+def tiny_config(vocab_size: int, **kw) -> BEHRTConfig:
+    return BEHRTConfig(vocab_size, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, **kw)
+
+
+def patients(n: int, vocab: int = 40, seed: int = 0) -> list[EncodedPatient]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = int(torch.randint(4, 20, (1,), generator=g))
+        codes = [1, *torch.randint(5, vocab, (length - 1,), generator=g).tolist()]
+        out.append(EncodedPatient(i, codes, [300 + j for j in range(length)], [j % 2 for j in range(length)],
+                                  [j // 3 for j in range(length)]))
+    return out
+
+
+def one_step_gradients(grad_accum_steps: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = BEHRT(tiny_config(40, dropout=0.0))
+    train = patients(32)
+    trainer = Trainer(model, FirstTokenTask(), train, train, TrainConfig(
+        max_steps=1, batch_size=batch_size, grad_accum_steps=grad_accum_steps, eval_every=0, grad_clip=1e9), CPU)
+    trainer.fit()  # gradients of the step stay in .grad (they are cleared at the start of the next)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_two_micro_batches_give_the_gradient_of_the_whole_batch():
+    whole, accumulated = one_step_gradients(1), one_step_gradients(2)
+    assert whole.keys() == accumulated.keys() and len(whole) > 10
+    for name in whole:
+        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_micro_batches_split_the_step_batch_in_order():
+    train = patients(16)
+    trainer = Trainer(BEHRT(tiny_config(40)), FirstTokenTask(), train, train,
+                      TrainConfig(batch_size=8, grad_accum_steps=4), CPU)
+    parts = trainer.micro_batches(7, list(range(8)))
+    assert [p for _, p in parts] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert len({seed for seed, _ in parts}) == 4  # each micro-batch has its own masks and dropout
+    one = Trainer(BEHRT(tiny_config(40)), FirstTokenTask(), train, train,
+                  TrainConfig(batch_size=8), CPU)
+    assert one.micro_batches(7, list(range(8)))[0][1] == list(range(8))
+
+
+def mlm_trainer(precision: str, max_steps: int = 6) -> Trainer:
+    from ehrseq.data.vocab import Vocabulary
+    from ehrseq.models import BEHRTForMLM
+    from ehrseq.tasks.mlm import MLMTask
+
+    vocab = Vocabulary({f"c{i}": 10 for i in range(35)})
+    torch.manual_seed(0)
+    model = BEHRTForMLM(tiny_config(len(vocab)))
+    train = patients(32)
+    return Trainer(model, MLMTask(vocab), train, train[:8], TrainConfig(
+        max_steps=max_steps, batch_size=8, log_every=1, eval_every=0, precision=precision), CPU)
+
+
+def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
+    trainer = mlm_trainer("fp16", max_steps=3)
+    trainer.fit()
+    saved = trainer.scaler.state_dict()
+    assert trainer.scaler.is_enabled() and saved != torch.amp.GradScaler("cpu").state_dict()  # it moved
+    capture(trainer.state_dict(), 3, {}, {}).write(tmp_path)
+    restored = mlm_trainer("fp16")
+    restored.load_state_dict(load_snapshot(tmp_path, CPU))
+    assert restored.scaler.state_dict() == saved
+
+
+def test_fp16_with_its_scaler_resumes_exactly_on_cpu():
+    result = verify_resume(lambda: mlm_trainer("fp16"))
+    assert result.losses_match and result.parameters_match
+
+
+def test_bench_hf_returns_finite_ratios_on_a_tiny_shape():
+    row = hf_comparison("small", vocab_size=50, batch_size=4, seq_len=16, steps=1, rounds=2,
+                        hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    assert math.isfinite(row["behrt/hf"]) and row["behrt/hf"] > 0 and math.isfinite(row["full_vocab/hf"])
+    assert 0.05 < row["masked"] < 0.3 and row["precision"] == "fp32"
+
+
+def test_bench_data_counts_every_event():
+    rows = data_throughput(num_patients=60, repeats=1)
+    assert rows[-1]["stage"] == "whole pipeline" and len(rows) == 5
+    assert all(r["events"] > 0 and r["events_per_s"] > 0 for r in rows)
