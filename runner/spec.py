@@ -218,7 +218,8 @@ def check_supported(spec: JobSpec) -> None:
                          "pretraining run's URI")
     if spec.model.init_from:
         if spec.model.kind not in ("behrt", "med2vec") or spec.task.kind not in SUPERVISED:
-            raise InputError("model.init_from: fine-tuning starts BEHRT on a supervised task from a "
-                             "pretrained run; other combinations are not supported yet")
+            raise InputError("model.init_from: fine-tuning starts BEHRT or Med2Vec on a supervised task "
+                             f"({', '.join(SUPERVISED)}) from its pretraining run; got model.kind "
+                             f"{spec.model.kind!r}, task.kind {spec.task.kind!r}")
         open_storage(split_run_uri(spec.model.init_from)[0])  # validates the URI
     open_storage(spec.storage.uri)  # validates the URI scheme
