@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from ehrseq.evaluation.bootstrap import bootstrap_ci
+from ehrseq.evaluation.predictions import predictions_from_table
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SPEC = REPO / "jobs" / "behrt_small.yaml"
 
@@ -35,3 +38,13 @@ def s3_env(s3, monkeypatch):
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     return s3.env
+
+
+def assert_summary_matches_predictions(table, summary, seed: int) -> None:
+    """Every held-out figure and interval in summary.json is what the predictions file gives."""
+    assert table.num_rows == summary["data"]["subjects"]["held_out"]
+    recomputed = predictions_from_table(table)
+    assert recomputed.metrics() == pytest.approx(summary["metrics"], nan_ok=True)
+    assert bootstrap_ci(recomputed.metrics, table.num_rows, seed=seed) == summary["metrics_ci"]
+    for name, (low, high) in summary["metrics_ci"].items():
+        assert low <= summary["metrics"][name] <= high, name

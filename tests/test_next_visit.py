@@ -18,10 +18,11 @@ from ehrseq.data.patients import Visit
 from ehrseq.data.supervised import next_visit_splits
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
-from ehrseq.evaluation.bootstrap import bootstrap_ci
 from ehrseq.evaluation.next_visit import NextVisitPredictions, recall_at_k
 from ehrseq.evaluation.predictions import predictions_from_table
 from runner.spec import JobSpec, SpecError, check_supported, load_spec
+
+from conftest import assert_summary_matches_predictions
 
 
 def meds(rows):
@@ -177,12 +178,7 @@ def test_fine_tuned_next_visit_run_summary_equals_what_the_predictions_give(tmp_
     table = pq.read_table(folder / "predictions" / "held_out.parquet")
     assert table.column_names == ["subject_id", "prediction_time", "codes", "predicted_probabilities"]
     assert json.loads(table.schema.metadata[b"codes"]) == codes
-    assert table.num_rows == summary["data"]["subjects"]["held_out"]
-    recomputed = predictions_from_table(table)
-    assert recomputed.metrics() == pytest.approx(summary["metrics"], nan_ok=True)
-    assert bootstrap_ci(recomputed.metrics, table.num_rows, seed=spec.seed) == summary["metrics_ci"]
-    for name, (low, high) in summary["metrics_ci"].items():
-        assert low <= summary["metrics"][name] <= high, name
+    assert_summary_matches_predictions(table, summary, spec.seed)
 
     # the file's true codes are each held-out subject's last visit, as far as the vocabulary knows its codes
     dataset = load_dataset("synthetic", None, spec.data.num_patients, spec.seed, tmp_path / "work" / "datasets")

@@ -12,13 +12,13 @@ from rich.console import Console
 
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
-from ehrseq.evaluation.bootstrap import bootstrap_ci
-from ehrseq.evaluation.predictions import predictions_from_table
 from ehrseq.models import BEHRTConfig
 from ehrseq.models.prediction import BEHRTForPrediction, cox_partial_nll
 from runner.job import run_job
 from runner.pretrained import fetch_pretrained, load_encoder
 from runner.spec import JobSpec
+
+from conftest import assert_summary_matches_predictions
 
 MEDS_COLUMNS = ["subject_id", "prediction_time", "boolean_value", "predicted_boolean_value",
                 "predicted_boolean_probability"]
@@ -54,12 +54,7 @@ def test_supervised_run_summary_equals_what_the_predictions_give(tmp_path, model
     assert table.column_names[:5] == MEDS_COLUMNS
     if task == "survival":
         assert {"time", "event", "predicted_risk"} <= set(table.column_names)
-    assert table.num_rows == summary["data"]["subjects"]["held_out"]
-    recomputed = predictions_from_table(table)
-    assert recomputed.metrics() == pytest.approx(summary["metrics"], nan_ok=True)
-    assert bootstrap_ci(recomputed.metrics, table.num_rows, seed=spec.seed) == summary["metrics_ci"]
-    for name, (low, high) in summary["metrics_ci"].items():
-        assert low <= summary["metrics"][name] <= high, name
+    assert_summary_matches_predictions(table, summary, spec.seed)
     headline = "auroc" if task == "binary" else "c_index"
     assert set(summary["oracle"]) == expected and 0.5 < summary["oracle"][headline] <= 1.0
     assert "oracle" in (folder / "SUMMARY.md").read_text()
