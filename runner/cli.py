@@ -39,6 +39,9 @@ def run(
     spec: Annotated[str, typer.Argument(help="Job spec YAML, e.g. jobs/behrt_small.yaml.")],
     set_: SetOption = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run's stored results and start over.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help=(
+        "Processes for DistributedDataParallel, one per GPU (CPU: gloo), launched through torchrun; "
+        "each takes its share of every batch and rank 0 writes the run."))] = 1,
 ) -> None:
     """Run a job, or resume it from its latest committed checkpoint in storage.
 
@@ -49,6 +52,11 @@ def run(
     from runner.job import run_job  # imports torch: keep `--help` and `validate` fast
 
     job = load_spec(spec, set_ or [])
+    if nproc > 1:
+        from runner.distributed import launch
+
+        argv = [spec, *(a for item in set_ or [] for a in ("--set", item)), *(["--fresh"] if fresh else [])]
+        _exit(launch(job, argv, nproc))
     _exit(run_job(job, console, fresh=fresh))
 
 

@@ -41,6 +41,7 @@ from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.tasks.next_visit import NextVisitTask
 from ehrseq.tasks.supervised import SupervisedTask
+from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.progress import ProgressReporter
 from ehrseq.training.state import load_snapshot, set_rng_state, trainable_state_dict
@@ -48,6 +49,7 @@ from ehrseq.training.trainer import TrainConfig, Trainer
 from runner.bundle import ADAPTER, write_bundle
 from runner.checkpointing import Checkpointer
 from runner.checkpoints import CheckpointStore, checkpoint_dir
+from runner.distributed import run_worker
 from runner.metrics_log import MetricsLog
 from runner.preemption import EXIT_PREEMPTED, StopRequest
 from runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
@@ -66,9 +68,11 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     storage = open_storage(spec.storage.uri, spec.storage.endpoint_url)
     storage.check()  # unreachable storage or a missing bucket: exit 2 before any work
     run = RunFolder(storage, spec.resolved_run_id)
-    if fresh:
+    distributed.init_from_env(resolve_device(spec.train.device))  # under torchrun: join the other processes
+    if fresh and distributed.rank() == 0:
         for key in storage.list(run.key("")):
             storage.delete(key)
+    distributed.barrier()
     previous = run.read_status()
     if previous is not None:
         check_compatible(run, spec)
@@ -79,6 +83,8 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
                           "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
             return EXIT_COMPLETED
     with StopRequest() as stop:
+        if distributed.rank() != 0:
+            return run_worker(spec, run, stop, console)
         return Job(spec, run, stop, console).run()
 
 
@@ -197,9 +203,9 @@ class Job:
             if spec.model.init_from else None
         if pretrained:
             check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
-        with console.status("preparing data"):
+        with console.status("preparing data"), distributed.rank_zero_first():
             data = prepare_data(spec, work.parent / "datasets", vocab=pretrained.vocab if pretrained else None)
-        if self.stop():
+        if distributed.any_rank(self.stop()):
             return self._preempted(lost=0)
         vocab, encoded = data.vocab, data.encoded
         vocab.save(work / "vocab.json")
@@ -229,10 +235,12 @@ class Job:
             finished = trainer.fit()
         if not finished:
             committed = checkpointer.save_now(trainer, deadline=self.stop.deadline(spec.checkpoint.grace_seconds))
+            distributed.barrier()  # the other processes exit once the checkpoint is committed
             metrics.close()
             return self._preempted(lost=trainer.state.step - checkpointer.durable_step, committed=committed,
                                    durable_step=checkpointer.durable_step)
         checkpointer.save_now(trainer)  # the final state, so a larger max_steps can continue this run
+        distributed.barrier()
         metrics.close()
 
         with console.status("evaluating on held-out patients"):

@@ -11,10 +11,15 @@ the mean of the micro-batches' (exactly the full batch's for per-patient losses 
 cross-entropy; for MLM, whose loss is a mean over masked tokens, the micro-batches weigh equally
 rather than by their masked-token counts). Each micro-batch draws its masks and dropout from its
 own seed. The logged `loss` is the mean of the step losses since the last record.
+
+Under torchrun (ehrseq.training.distributed) the model is wrapped in DistributedDataParallel and the
+batch is cut into (processes x grad_accum_steps) parts; each process takes every world-size-th part, so
+all get similar lengths. Stop requests are agreed across processes each step, so all stop at the same one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -22,10 +27,12 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ehrseq.data.batching import Batch, EpochOrder, collate
 from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.seeding import EVALUATION, TRAIN_STEP, derive_seed
+from ehrseq.training import distributed
 from ehrseq.training.optim import build_optimizer, warmup_linear_decay
 from ehrseq.training.precision import autocast, grad_scaler, resolve_precision
 from ehrseq.training.state import load_trainable_state_dict, trainable_state_dict
@@ -107,6 +114,11 @@ class Trainer:
         self._pending_losses: list[torch.Tensor] = []  # step losses not yet added to the window (on device)
         if config.compile:
             self.model.compile()  # in place: parameter names, and so checkpoints, stay the same
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        # training steps go through the DDP wrapper (gradients averaged across processes); `model` stays the
+        # plain module for evaluation and checkpoints
+        self.train_model = self.model if self.world_size == 1 else DistributedDataParallel(
+            self.model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> bool:
@@ -117,21 +129,26 @@ class Trainer:
             return False
         window_start, window_tokens = time.perf_counter(), 0
         while st.step < cfg.max_steps:
-            if self.should_stop():
+            if self._stop_requested():
                 return False
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for seed, indices in self.micro_batches(st.step, self.order.batch_indices(st.epoch, st.offset)):
+            parts = self.micro_batches(st.step, self.order.batch_indices(st.epoch, st.offset))
+            for j, (seed, indices) in enumerate(parts):
                 batch = collate([self.train_set[i] for i in indices])
                 if self.device.type == "cuda":
                     batch = batch.pin_memory()  # lets the copy to the GPU overlap with compute
                 torch.manual_seed(seed)  # dropout
-                with autocast(self.precision, self.device):
-                    loss = self.task.training_loss(self.model, batch, torch.Generator().manual_seed(seed),
-                                                   self.device) / cfg.grad_accum_steps
-                self.scaler.scale(loss).backward()
+                with self._gradient_sync(last=j == len(parts) - 1):
+                    with autocast(self.precision, self.device):
+                        loss = self.task.training_loss(self.train_model, batch,
+                                                       torch.Generator().manual_seed(seed),
+                                                       self.device) / cfg.grad_accum_steps
+                    self.scaler.scale(loss).backward()
                 step_loss += loss.detach()
                 window_tokens += batch.num_tokens
+            if self.world_size > 1:
+                step_loss = distributed.sum_over_ranks(step_loss) / self.world_size
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.scaler.step(self.optimizer)  # fp16: skipped when a gradient overflowed
@@ -149,6 +166,7 @@ class Trainer:
 
             if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
                 self._fold_losses()
+                window_tokens = int(distributed.sum_over_ranks(torch.tensor(window_tokens)))
                 seconds = time.perf_counter() - window_start
                 self._emit({"step": st.step, "split": "train", "loss": st.window_loss / st.window_steps,
                             "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
@@ -167,15 +185,25 @@ class Trainer:
         return True
 
     def micro_batches(self, step: int, indices: list[int]) -> list[tuple[int, list[int]]]:
-        """The step's batch as `grad_accum_steps` contiguous (similar-length) parts, each with its seed.
+        """This process's parts of the step's batch, each with its seed (masks, dropout).
 
-        A single part keeps the step's own seed, so a run without accumulation draws what it always did.
+        The batch is cut into grad_accum_steps x world_size contiguous (similar-length) parts; this process
+        takes every world_size-th. A single part keeps the step's own seed, so a single-process run without
+        accumulation draws what it always did.
         """
-        k = self.config.grad_accum_steps
+        k = self.config.grad_accum_steps * self.world_size
         step_seed = derive_seed(self.config.seed, TRAIN_STEP, step)
         n = len(indices)
         return [(step_seed if k == 1 else derive_seed(step_seed, TRAIN_STEP, j), indices[j * n // k:(j + 1) * n // k])
-                for j in range(k)]
+                for j in range(self.rank, k, self.world_size)]
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP averages gradients across processes once per step, on the last micro-batch's backward."""
+        return contextlib.nullcontext() if last or self.world_size == 1 else self.train_model.no_sync()
+
+    def _stop_requested(self) -> bool:
+        """This process's stop request, or any other's: every process stops at the same step."""
+        return distributed.any_rank(self.should_stop())
 
     def _fold_losses(self) -> None:
         """Adds the pending step losses to the loss window, in step order (one host sync for all)."""
@@ -185,20 +213,20 @@ class Trainer:
             self._pending_losses.clear()
 
     def _tuning_evaluation(self) -> bool:
-        result = self.evaluate(self.tuning_set)
+        result = self.evaluate(self.tuning_set, self._stop_requested)  # every process evaluates, so all can stop
         if result is None:
             return False
         self.state.eval_pending = False
         self._emit({"step": self.state.step, "split": "tuning", **result.metrics()})
         return True
 
-    def evaluate(self, patients: Sequence[EncodedPatient]) -> Any:
+    def evaluate(self, patients: Sequence[EncodedPatient], should_stop: Callable[[], bool] | None = None) -> Any:
         """The task's evaluation on `patients` (fixed masks); None if stopped mid-way."""
         size = self.config.eval_batch_size
         batches = (collate(patients[i : i + size]) for i in range(0, len(patients), size))
         with autocast(self.precision, self.device):
             return self.task.evaluate(self.model, batches, self.device,
-                                      derive_seed(self.config.seed, EVALUATION), self.should_stop)
+                                      derive_seed(self.config.seed, EVALUATION), should_stop or self.should_stop)
 
     def _emit(self, record: dict[str, Any]) -> None:
         record["time"] = time.time()

@@ -1,0 +1,86 @@
+"""`ehrseq run SPEC --nproc N`: DistributedDataParallel training, launched through torchrun.
+
+The launcher runs `python -m torch.distributed.run --standalone --nproc-per-node N -m runner run SPEC ...`;
+each process trains on its share of every batch (see ehrseq.training.trainer). Rank 0 is the run exactly as a
+single process runs it: status, metrics, checkpoints and the bundle. The other ranks (`run_worker`) read
+the same data and checkpoint and write nothing to storage. A stop request on any rank stops every rank at
+the same step (the flag is reduced across ranks each step); rank 0 commits its checkpoint within
+checkpoint.grace_seconds while the others wait for it at a barrier, and all exit 75.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from ehrseq.errors import InputError
+from ehrseq.training import distributed
+from ehrseq.training.device import resolve_device
+from ehrseq.training.state import load_snapshot, set_rng_state
+from runner.checkpoints import CheckpointStore
+from runner.preemption import EXIT_PREEMPTED, StopRequest
+from runner.run_folder import RunFolder
+from runner.spec import BASELINES, JobSpec
+from runner.storage import open_storage
+
+
+def launch(spec: JobSpec, argv: list[str], nproc: int) -> int:
+    """Runs `ehrseq run argv...` in `nproc` processes under torchrun; the exit code follows single-process runs.
+
+    torchrun runs in its own session, so a Ctrl-C reaches it once, from here, as SIGTERM: each rank then gets
+    one stop request (a second SIGINT would make a rank exit at once). torchrun gives ranks 30 s after
+    forwarding the signal before killing them.
+    """
+    if spec.model.kind in BASELINES:
+        raise InputError(f"--nproc: model.kind {spec.model.kind} is fitted in one go, not trained in steps")
+    parts = nproc * spec.train.grad_accum_steps
+    if spec.train.batch_size % parts:
+        raise InputError(f"train.batch_size: {spec.train.batch_size} does not split into {nproc} processes x "
+                         f"{spec.train.grad_accum_steps} micro-batches")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "runner", "run", *argv]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    forward = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+               for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for signum, handler in forward.items():
+            signal.signal(signum, handler)
+    run = RunFolder(open_storage(spec.storage.uri, spec.storage.endpoint_url), spec.resolved_run_id)
+    if code != 0 and (run.read_status() or {}).get("state") == "preempted":
+        return EXIT_PREEMPTED  # torchrun reports a rank's exit 75 as its own failure (1)
+    return code
+
+
+def run_worker(spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console) -> int:
+    """A rank other than 0: the same data, model, checkpoint and steps as rank 0; no storage writes."""
+    from runner.job import make_trainer, prepare_data
+    from runner.pretrained import fetch_pretrained
+
+    base = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq")
+    work = base / spec.resolved_run_id / f"rank-{distributed.rank()}"
+    device = resolve_device(spec.train.device)
+    pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url, spec.model.kind) \
+        if spec.model.init_from else None
+    with distributed.rank_zero_first():  # rank 0 fills the dataset cache
+        data = prepare_data(spec, base / "datasets", vocab=pretrained.vocab if pretrained else None)
+    if distributed.any_rank(stop()):
+        return EXIT_PREEMPTED
+    trainer = make_trainer(spec, data, device, should_stop=stop, pretrained=pretrained)
+    resumed = CheckpointStore(run).fetch_latest(work / "resume", warn=lambda message: None)
+    if resumed is not None:  # the checkpoint rank 0 resumes from (no rank writes one before training)
+        snapshot = load_snapshot(resumed[1], device)
+        trainer.load_state_dict(snapshot)
+        set_rng_state(snapshot["rng"])
+    finished = trainer.fit()
+    distributed.barrier()  # rank 0 has committed its checkpoint
+    if finished:
+        return 0
+    console.print(f"rank {distributed.rank()}: stopped at step {trainer.state.step}", highlight=False)
+    return EXIT_PREEMPTED
