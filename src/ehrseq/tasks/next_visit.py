@@ -19,6 +19,7 @@ from ehrseq.data.supervised import NextVisitSplit
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.evaluation.next_visit import NextVisitPredictions
 from ehrseq.models.prediction import BEHRTForPrediction
+from ehrseq.tasks.supervised import score_subjects
 
 
 class NextVisitTask:
@@ -57,24 +58,13 @@ class NextVisitTask:
         targets = torch.from_numpy(self.targets(batch.subject_ids.tolist())).to(device)
         return F.binary_cross_entropy_with_logits(logits, targets.float())
 
-    @torch.no_grad()
     def evaluate(self, model: BEHRTForPrediction, batches: Iterable[Batch], device: torch.device, seed: int,
                  should_stop: Callable[[], bool] = lambda: False) -> NextVisitPredictions | None:
         """Scores every subject; None if `should_stop()` turned true mid-way."""
-        was_training = model.training
-        model.eval()
-        ids, probabilities = [], []
-        try:
-            for batch in batches:
-                if should_stop():
-                    return None
-                probabilities.append(torch.sigmoid(self._logits(model, batch.to(device))).cpu().numpy())
-                ids.append(batch.subject_ids.numpy())
-        finally:
-            model.train(was_training)
-        if not ids:
-            raise ValueError("evaluation split is empty")
-        subject_ids = np.concatenate(ids)
+        scored = score_subjects(model, batches, device, should_stop,
+                                lambda b: torch.sigmoid(self._logits(model, b)))
+        if scored is None:
+            return None
+        subject_ids, probabilities = scored
         times = np.array([self.rows[int(s)][0] for s in subject_ids], dtype="datetime64[us]")
-        return NextVisitPredictions(subject_ids, times, self.codes, self.targets(subject_ids.tolist()),
-                                    np.concatenate(probabilities))
+        return NextVisitPredictions(subject_ids, times, self.codes, self.targets(subject_ids.tolist()), probabilities)

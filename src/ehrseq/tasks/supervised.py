@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ehrseq.data.batching import Batch
 from ehrseq.data.supervised import LabelledSplit
@@ -47,25 +48,12 @@ class SupervisedTask:
             return F.binary_cross_entropy_with_logits(logits, labels.float())
         return cox_partial_nll(logits, times, labels)
 
-    @torch.no_grad()
     def evaluate(self, model: BEHRTForPrediction, batches: Iterable[Batch], device: torch.device, seed: int,
                  should_stop: Callable[[], bool] = lambda: False) -> BinaryPredictions | SurvivalPredictions | None:
         """Scores every subject; None if `should_stop()` turned true mid-way."""
-        was_training = model.training
-        model.eval()
-        ids, scores = [], []
-        try:
-            for batch in batches:
-                if should_stop():
-                    return None
-                b = batch.to(device)
-                scores.append(model(b.codes, b.ages, b.segments, b.positions, b.attention_mask).float().cpu().numpy())
-                ids.append(batch.subject_ids.numpy())
-        finally:
-            model.train(was_training)
-        if not ids:
-            raise ValueError("evaluation split is empty")
-        return self.predictions(np.concatenate(ids), np.concatenate(scores).astype(float))
+        scored = score_subjects(model, batches, device, should_stop,
+                                lambda b: model(b.codes, b.ages, b.segments, b.positions, b.attention_mask))
+        return None if scored is None else self.predictions(scored[0], scored[1].astype(float))
 
     def predictions(self, subject_ids: np.ndarray, logits: np.ndarray) -> BinaryPredictions | SurvivalPredictions:
         """Binary: probability = sigmoid(logit). Survival: the logit is the risk (log relative hazard)."""
@@ -75,3 +63,23 @@ class SupervisedTask:
         if self.kind == "binary":
             return BinaryPredictions(subject_ids, times, labels, 1.0 / (1.0 + np.exp(-logits)))
         return SurvivalPredictions(subject_ids, times, np.array([r[2] for r in rows]), labels, logits, self.horizon)
+
+
+@torch.no_grad()
+def score_subjects(model: nn.Module, batches: Iterable[Batch], device: torch.device, should_stop: Callable[[], bool],
+                   score: Callable[[Batch], torch.Tensor]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(subject ids, `score(batch)` stacked) over every batch in eval mode; None if stopped mid-way."""
+    was_training = model.training
+    model.eval()
+    ids, scores = [], []
+    try:
+        for batch in batches:
+            if should_stop():
+                return None
+            scores.append(score(batch.to(device)).float().cpu().numpy())
+            ids.append(batch.subject_ids.numpy())
+    finally:
+        model.train(was_training)
+    if not ids:
+        raise ValueError("evaluation split is empty")
+    return np.concatenate(ids), np.concatenate(scores)
