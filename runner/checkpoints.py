@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ehrseq.errors import InputError
 from runner.run_folder import RunFolder
+from runner.safe_paths import check_name, inside
 
 MANIFEST = "manifest.json"
 
@@ -56,20 +58,23 @@ class CheckpointStore:
         manifest = {"step": step, "files": entries, "committed_at": time.time(), **meta}
         self.run.put_text(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2))
 
-    def manifests(self) -> list[dict[str, Any]]:
-        """Committed checkpoints, oldest first."""
+    def manifests(self, warn: Callable[[str], None] = lambda message: None) -> list[dict[str, Any]]:
+        """Committed checkpoints, oldest first; a damaged or tampered manifest is no commit (`warn` names it)."""
         out = []
+        root = self.run.key("")
         for key in self.run.storage.list(self.run.key("checkpoints/")):
             if key.endswith(f"/{MANIFEST}"):
                 try:
-                    out.append(json.loads(self.run.storage.get_bytes(key)))
-                except (ValueError, FileNotFoundError):
-                    continue  # pruned or damaged meanwhile: not a commit
+                    out.append(parse_manifest(key[len(root):], self.run.storage.get_bytes(key)))
+                except FileNotFoundError:
+                    continue  # pruned meanwhile
+                except (ValueError, InputError) as e:
+                    warn(f"ignoring checkpoint manifest {key}: {e}")
         return sorted(out, key=lambda m: m["step"])
 
     def fetch_latest(self, dest: Path, warn: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
         """Downloads the newest checkpoint whose files match its manifest; falls back past corrupt ones."""
-        for manifest in reversed(self.manifests()):
+        for manifest in reversed(self.manifests(warn)):
             folder = dest / f"step-{manifest['step']:09d}"
             shutil.rmtree(folder, ignore_errors=True)
             problem = self._download_verified(manifest, folder)
@@ -82,7 +87,7 @@ class CheckpointStore:
     def _download_verified(self, manifest: dict[str, Any], folder: Path) -> str | None:
         prefix = checkpoint_dir(manifest["step"])
         for name, entry in manifest["files"].items():
-            path = folder / name
+            path = inside(folder, name, "checkpoint file name")  # parse_manifest checked it; symlinks too here
             try:
                 self.run.storage.get_file(self.run.key(f"{prefix}/{name}"), path)
             except FileNotFoundError:
@@ -110,6 +115,26 @@ class CheckpointStore:
                 keys.sort(key=lambda k: not k.endswith(MANIFEST))  # un-commit first
                 for key in keys:
                     storage.delete(key)
+
+
+def parse_manifest(name: str, data: bytes) -> dict[str, Any]:
+    """A stored manifest checked before it is trusted (its writer may be hostile): its step names the folder
+    it sits in, every file name is a plain relative path, sizes and checksums have their types. ValueError
+    or UnsafeName otherwise."""
+    manifest = json.loads(data)
+    step = manifest.get("step") if isinstance(manifest, dict) else None
+    if type(step) is not int or step < 0 or name != f"{checkpoint_dir(step)}/{MANIFEST}":
+        raise ValueError(f"its step {step!r} does not name its own folder")
+    files, tuning = manifest.get("files"), manifest.get("tuning", {})
+    if not isinstance(files, dict) or not isinstance(tuning, dict):
+        raise ValueError("'files' and 'tuning' must be mappings")
+    for file_name, entry in files.items():
+        check_name(file_name, "checkpoint file name")
+        if not (isinstance(entry, dict) and type(entry.get("size")) is int and isinstance(entry.get("sha256"), str)):
+            raise ValueError(f"file {file_name!r} has no integer size and sha256")
+    if not all(isinstance(v, (int, float)) for v in tuning.values()):
+        raise ValueError("'tuning' values must be numbers")
+    return manifest
 
 
 def best_manifest(manifests: list[dict[str, Any]]) -> dict[str, Any] | None:

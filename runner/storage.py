@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ehrseq.errors import InputError
+from runner.safe_paths import check_name
 
 
 class StorageUnavailable(ConnectionError):
@@ -40,7 +41,7 @@ class LocalStorage:
         self.uri = uri or f"file://{root}"
 
     def _path(self, key: str) -> Path:
-        return self.root / key
+        return self.root / check_name(key.rstrip("/"), "storage key")  # never a file outside the root
 
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -112,6 +113,6 @@ def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
 def split_run_uri(run_uri: str) -> tuple[str, str]:
     """'file://./runs/my-run' -> ('file://./runs', 'my-run')."""
     base, sep, run_id = run_uri.rstrip("/").rpartition("/")
-    if not sep or not run_id or base.endswith(":/"):
+    if not sep or run_id in ("", ".", "..") or base.endswith(":/"):
         raise InputError(f"{run_uri!r} is not a run URI; expected STORAGE_URI/RUN_ID, e.g. file://./runs/my-run")
     return base, run_id

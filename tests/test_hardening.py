@@ -1,0 +1,87 @@
+"""Issue 19: a hostile bucket writes nothing outside its folder; bad specs and values exit 2 with one line."""
+
+import json
+
+import pytest
+
+from ehrseq.errors import InputError
+from runner.checkpoints import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
+from runner.run_folder import RunFolder
+from runner.safe_paths import check_name, inside
+from runner.storage import open_storage, split_run_uri
+
+
+@pytest.mark.parametrize("name", ["/etc/x", "../x", "a/../../x", "a//b", "./x", "", "a\\..\\x", "x\0", 3, None])
+def test_only_plain_relative_names_pass(tmp_path, name):
+    with pytest.raises(InputError, match="refusing"):
+        inside(tmp_path, name)
+
+
+def test_plain_names_pass_and_symlinks_out_are_caught(tmp_path):
+    assert check_name("plots/loss.png") == "plots/loss.png"
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "plots").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="outside"):
+        inside(tmp_path / "dest", "plots/loss.png")
+
+
+def files_outside(root, dest):
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_relative_to(dest))
+
+
+def plant_evil_checkpoint(root, run, step, names):
+    """A manifest naming files outside the checkpoint folder, with those files present where an unchecked
+    download would read them (`root`/key), so it really would have written them."""
+    entries = {}
+    for name in names:
+        source = root / f"{run.key(checkpoint_dir(step))}/{name}"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_bytes(b"#!/bin/sh\necho PWNED\n")
+        entries[name] = {"size": 20, "sha256": "0" * 64}
+    run.put_text(f"{checkpoint_dir(step)}/{MANIFEST}", json.dumps({"step": step, "files": entries}))
+
+
+def committed_run(storage, tmp_path):
+    run = RunFolder(storage, "r")
+    good = tmp_path / "good.bin"
+    good.write_bytes(b"weights")
+    CheckpointStore(run).commit(1, [good], {})
+    return run, good
+
+
+def test_resume_skips_a_manifest_that_names_files_outside_its_folder(tmp_path):
+    storage = open_storage(f"file://{tmp_path}/bucket")
+    run, good = committed_run(storage, tmp_path)
+    target = tmp_path / "outside" / "PWNED"
+    plant_evil_checkpoint(tmp_path / "bucket", run, 2, ["../../PWNED", str(target)])
+    run.put_text(f"{checkpoint_dir(3)}/{MANIFEST}", json.dumps({"step": "../../3", "files": {}}))
+    run.put_text(f"{checkpoint_dir(4)}/{MANIFEST}", "{not json")
+    before = files_outside(tmp_path, tmp_path / "resume")
+    warnings = []
+    manifest, folder = CheckpointStore(run).fetch_latest(tmp_path / "resume", warnings.append)
+    assert manifest["step"] == 1 and sha256_file(folder / "good.bin") == sha256_file(good)
+    assert files_outside(tmp_path, tmp_path / "resume") == before
+    assert not target.exists() and not (tmp_path / "PWNED").exists()
+    assert [p.name for p in (tmp_path / "resume").rglob("*") if p.is_file()] == ["good.bin"]
+    for step in (2, 3, 4):
+        assert sum(f"r/{checkpoint_dir(step)}/{MANIFEST}" in w for w in warnings) == 1, warnings
+    assert any("../../PWNED" in w and "not a plain relative path" in w for w in warnings)
+
+
+def test_a_manifest_in_another_checkpoints_folder_is_not_a_commit(tmp_path):
+    run, _ = committed_run(open_storage(str(tmp_path / "bucket")), tmp_path)
+    run.put_text(f"{checkpoint_dir(9)}/{MANIFEST}", json.dumps({"step": 1, "files": {}}))  # claims step 1
+    assert [m["step"] for m in CheckpointStore(run).manifests()] == [1]
+
+
+def test_local_storage_never_touches_files_outside_its_root(tmp_path):
+    storage = open_storage(str(tmp_path / "bucket"))
+    (tmp_path / "secret").write_text("s")
+    for key in ("../secret", "/etc/passwd", "r/../../secret"):
+        with pytest.raises(InputError, match="refusing storage key"):
+            storage.get_bytes(key)
+        with pytest.raises(InputError, match="refusing storage key"):
+            storage.put_bytes(key, b"x")
+    assert (tmp_path / "secret").read_text() == "s"
+    with pytest.raises(InputError, match="not a run URI"):
+        split_run_uri("file://./runs/..")
