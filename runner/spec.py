@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
 from runner.storage import open_storage, split_run_uri
 
@@ -31,8 +33,29 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SyntheticSpec(Section):
+    """The synthetic generator's planted outcome: a named preset, then any parameter overridden (None keeps the
+    preset's value). `order` and `presence` are the positive and negative controls (ehrseq.data.synthetic)."""
+
+    preset: Literal["default", "order", "presence"] = "default"
+    prevalence_a: float | None = Field(None, ge=0.0, le=1.0)  # share of patients given code A
+    prevalence_b: float | None = Field(None, ge=0.0, le=1.0)
+    order_window: int | None = Field(None, ge=1, le=MAX_VISITS_BEFORE - 1)  # visits from A to B that count
+    order_effect: float | None = Field(None, ge=-4.0, le=4.0)  # log hazard ratios from here on
+    presence_effect: float | None = Field(None, ge=-4.0, le=4.0)
+    age_effect: float | None = Field(None, ge=-2.0, le=2.0)  # per decade
+    cluster_effect: float | None = Field(None, ge=-4.0, le=4.0)
+    male_effect: float | None = Field(None, ge=-4.0, le=4.0)
+    base_hazard: float | None = Field(None, gt=0.0, le=0.01)  # per day at age 50 without risk factors
+
+    def params(self) -> SyntheticParams:
+        overrides = self.model_dump(exclude={"preset"}, exclude_none=True)
+        return replace(PRESETS[self.preset], **overrides)
+
+
 class DataSpec(Section):
     source: Literal["synthetic", "meds", "synthea-csv", "fhir"] = "synthetic"
+    synthetic: SyntheticSpec = SyntheticSpec()  # synthetic only: the planted outcome's effect sizes
     path: str | None = None  # dataset folder for meds / synthea-csv / fhir
     num_patients: int = Field(2000, ge=10)  # synthetic only
     max_seq_len: int = Field(128, ge=8, le=4096)  # tokens per patient, most recent visits kept
@@ -65,7 +88,7 @@ class TrainSpec(Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3.0e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
-    warmup_steps: int | None = Field(None, ge=0)  # default: 10% of max_steps
+    warmup_steps: int | None = Field(None, ge=0)  # default: 10% of the steps the run trains for
     grad_clip: float = Field(1.0, gt=0.0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     log_every: int = Field(10, ge=1)
@@ -74,6 +97,12 @@ class TrainSpec(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on CPU/MPS
     grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step; batch_size is the step's whole batch
     compile: bool = False  # torch.compile the model: speed only, so not part of the fingerprint
+    # length in epochs: ceil(epochs x training examples / batch_size) steps, max_steps an upper bound
+    epochs: float | None = Field(None, gt=0)
+    evals_per_epoch: int | None = Field(None, ge=1)  # when set, replaces eval_every (rounded to whole steps)
+    patience: int | None = Field(None, ge=1)  # stop after this many tuning evaluations without improvement
+    label_budget: int | None = Field(None, ge=1)  # train on a seeded, stratified k of the labelled training split
+    replicate: int = Field(0, ge=0)  # picks the label-budget subsample, initialisation and batch order
 
     @field_validator("grad_accum_steps")
     @classmethod
@@ -142,6 +171,19 @@ class JobSpec(Section):
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     """Reads, overrides and validates a spec; every failure is a one-line SpecError."""
     path = Path(path)
+    raw = read_spec_file(path, overrides, "name, data, model, ...")
+    try:
+        spec = JobSpec.model_validate(raw)
+        check_supported(spec)
+    except ValidationError as e:
+        raise SpecError(f"{path}: {describe_errors(e)}") from None
+    except InputError as e:
+        raise SpecError(f"{path}: {e}") from None
+    return spec
+
+
+def read_spec_file(path: Path, overrides: list[str], sections: str) -> dict[str, Any]:
+    """A spec file's YAML mapping with `--set` overrides applied (job specs and ladder specs alike)."""
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
@@ -151,17 +193,15 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         line = f" line {where.line + 1}" if where else ""
         raise SpecError(f"{path}:{line} YAML syntax error: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping of sections (name, data, model, ...), got {type(raw).__name__}")
+        raise SpecError(f"{path}: expected a mapping of sections ({sections}), got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item, path)
-    try:
-        spec = JobSpec.model_validate(raw)
-        check_supported(spec)
-    except ValidationError as e:
-        raise SpecError(f"{path}: " + "; ".join(_describe(err) for err in e.errors())) from None
-    except InputError as e:
-        raise SpecError(f"{path}: {e}") from None
-    return spec
+    return raw
+
+
+def describe_errors(e: ValidationError) -> str:
+    """A pydantic error as one line: each failing field by its dotted path, what is wrong, the value given."""
+    return "; ".join(_describe(err) for err in e.errors())
 
 
 def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
@@ -198,6 +238,9 @@ def check_supported(spec: JobSpec) -> None:
     for field, value, ok in unsupported:
         if value not in ok:
             raise InputError(f"{field}: {value!r} is not supported yet; supported: {', '.join(sorted(ok))}")
+    if spec.data.source != "synthetic" and spec.data.synthetic != SyntheticSpec():
+        raise InputError(f"data.synthetic: sets the synthetic generator, but data.source is {spec.data.source!r}; "
+                         "remove it or use data.source synthetic")
     if spec.task.kind == "mlm" and spec.model.kind != "behrt":
         raise InputError(f"task.kind: mlm needs model.kind behrt (got {spec.model.kind!r}); "
                          "Med2Vec pretrains with task.kind med2vec")
@@ -210,6 +253,9 @@ def check_supported(spec: JobSpec) -> None:
     if spec.task.kind == "next_visit" and spec.task.labels:
         raise InputError(f"task.labels: {spec.task.labels!r} is not used by next_visit, whose targets come from "
                          "each subject's last visit; leave it null")
+    if spec.train.label_budget is not None and spec.task.kind not in SUPERVISED:
+        raise InputError(f"train.label_budget: {spec.train.label_budget} subsamples labelled training examples; "
+                         f"task.kind {spec.task.kind!r} has no labels (pretraining uses every training patient)")
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")
