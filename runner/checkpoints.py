@@ -69,7 +69,7 @@ class CheckpointStore:
                 except FileNotFoundError:
                     continue  # pruned meanwhile
                 except (ValueError, InputError) as e:
-                    warn(f"ignoring checkpoint manifest {key}: {e}")
+                    warn(f"ignoring checkpoint manifest {self.run.storage.uri.rstrip('/')}/{key}: {e}")
         return sorted(out, key=lambda m: m["step"])
 
     def fetch_latest(self, dest: Path, warn: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
@@ -83,6 +83,15 @@ class CheckpointStore:
             warn(f"checkpoint at step {manifest['step']} is unusable ({problem}); trying the previous one")
             shutil.rmtree(folder, ignore_errors=True)
         return None
+
+    def fetch(self, manifest: dict[str, Any], dest: Path) -> Path:
+        """Downloads one committed checkpoint (e.g. the best) into dest/step-N; ValueError if unusable."""
+        folder = dest / f"step-{manifest['step']:09d}"
+        shutil.rmtree(folder, ignore_errors=True)
+        problem = self._download_verified(manifest, folder)
+        if problem is not None:
+            raise ValueError(f"checkpoint at step {manifest['step']} is unusable ({problem})")
+        return folder
 
     def _download_verified(self, manifest: dict[str, Any], folder: Path) -> str | None:
         prefix = checkpoint_dir(manifest["step"])
@@ -138,6 +147,6 @@ def parse_manifest(name: str, data: bytes) -> dict[str, Any]:
 
 
 def best_manifest(manifests: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The checkpoint with the lowest tuning `best_metric` evaluated at its own step, if any."""
-    scored = [m for m in manifests if m.get("best_metric") in m.get("tuning", {})]
-    return min(scored, key=lambda m: m["tuning"][m["best_metric"]]) if scored else None
+    """The checkpoint of the best tuning evaluation, as the newest manifest names it (`best_step`), if any."""
+    best_step = manifests[-1].get("best_step") if manifests else None
+    return next((m for m in manifests if m["step"] == best_step), None)

@@ -1,14 +1,20 @@
 """Issue 19: a hostile bucket writes nothing outside its folder; bad specs and values exit 2 with one line."""
 
+import io
 import json
 
 import pytest
+from rich.console import Console
 
 from ehrseq.errors import InputError
 from runner.checkpoints import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
+from runner.job import run_job
 from runner.run_folder import RunFolder
 from runner.safe_paths import check_name, inside
+from runner.spec import load_spec
 from runner.storage import open_storage, split_run_uri
+
+from conftest import SMALL_SPEC
 
 
 @pytest.mark.parametrize("name", ["/etc/x", "../x", "a/../../x", "a//b", "./x", "", "a\\..\\x", "x\0", 3, None])
@@ -85,3 +91,41 @@ def test_local_storage_never_touches_files_outside_its_root(tmp_path):
     assert (tmp_path / "secret").read_text() == "s"
     with pytest.raises(InputError, match="not a run URI"):
         split_run_uri("file://./runs/..")
+
+
+@pytest.mark.slow
+def test_resume_from_s3_writes_nothing_a_tampered_manifest_names(s3_env, tmp_path):
+    """On S3 the server resolves '..' and '//' in a GET, so the planted objects sit at their resolved keys."""
+    storage = open_storage("s3://ehrseq-test/hardening")
+    run, good = committed_run(storage, tmp_path)
+    target = tmp_path / "outside" / "PWNED"
+    for key in ("r/PWNED", f"r/{checkpoint_dir(2)}{target}"):
+        storage.put_bytes(key, b"#!/bin/sh\necho PWNED\n")
+    names = ["../../PWNED", str(target)]
+    run.put_text(f"{checkpoint_dir(2)}/{MANIFEST}", json.dumps(
+        {"step": 2, "files": {n: {"size": 20, "sha256": "0" * 64} for n in names}}))
+    warnings = []
+    manifest, folder = CheckpointStore(run).fetch_latest(tmp_path / "resume", warnings.append)
+    assert manifest["step"] == 1 and (folder / "good.bin").read_bytes() == good.read_bytes()
+    assert files_outside(tmp_path, tmp_path / "resume") == [good] and not target.exists()
+    assert len(warnings) == 1 and f"s3://ehrseq-test/hardening/r/{checkpoint_dir(2)}/{MANIFEST}:" in warnings[0]
+
+
+@pytest.mark.slow
+def test_a_run_resumes_past_a_tampered_manifest_and_writes_nothing_it_names(tmp_path):
+    spec = load_spec(SMALL_SPEC, ["data.num_patients=100", "data.max_seq_len=24", "train.batch_size=8",
+                                  "train.eval_every=0", f"runtime.work_dir={tmp_path}/w", "name=r",
+                                  f"storage.uri=file://{tmp_path}/bucket", "train.max_steps=2"])
+    assert run_job(spec, Console(quiet=True)) == 0
+    run = RunFolder(open_storage(str(tmp_path / "bucket")), "r")
+    plant_evil_checkpoint(tmp_path / "bucket", run, 99, ["../../../PWNED", str(tmp_path / "outside" / "PWNED")])
+    before = files_outside(tmp_path, tmp_path / "w")
+    console = Console(record=True, width=1000, file=io.StringIO())
+    spec.train.max_steps = 3
+    assert run_job(spec, console) == 0
+    said = console.export_text()
+    assert f"ignoring checkpoint manifest file://{tmp_path}/bucket/r/{checkpoint_dir(99)}/{MANIFEST}" in said
+    assert "resuming file://" in said and "from step 2" in said
+    new = set(files_outside(tmp_path, tmp_path / "w")) - set(before)
+    assert new and all(p.is_relative_to(tmp_path / "bucket" / "r") for p in new) and "PWNED" not in str(new)
+    assert not [p for p in (tmp_path / "bucket" / "r" / checkpoint_dir(99)).rglob("*") if p.is_file()]  # pruned
