@@ -3,8 +3,9 @@
 On the training thread only a snapshot is taken (tensors copied to CPU); writing the files,
 uploading them and committing the manifest happen on a background thread, at most one in
 flight. A timed checkpoint due while one is in flight waits for the next interval; a new best
-(by the tuning metric) is queued behind it instead, so training never waits on storage. The
-durable step in status.json moves only after a commit.
+(the trainer's `best_step`, by its monitored tuning metric) is queued behind it instead, so training
+never waits on storage, and every manifest names the best step so far, which pruning keeps: the runner
+scores held-out with that checkpoint's weights. The durable step in status.json moves only after a commit.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ class Checkpointer(Callback):
         self.durable_step = durable_step
         self.tuning: dict[str, float] = {}  # the latest tuning evaluation
         self.tuning_step = -1
-        self.best: float | None = None
-        self._best_pending = False  # the evaluation just done is the best so far: checkpoint this step
         self.error: BaseException | None = None
         self._last = time.monotonic()
         self._thread: threading.Thread | None = None
@@ -59,19 +58,17 @@ class Checkpointer(Callback):
         if record["split"] == "tuning":
             self.tuning = {k: v for k, v in record.items() if isinstance(v, float) and k != "time"}
             self.tuning_step = record["step"]
-            value = self.tuning.get(self.best_metric) if self.best_metric else None
-            if value is not None and (self.best is None or value < self.best):
-                self.best, self._best_pending = value, True
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.error is not None:
             raise RuntimeError("background checkpoint failed") from self.error
-        if not (self._best_pending or time.monotonic() - self._last >= self.interval):
+        new_best = trainer.state.best_step == trainer.state.step  # this step's evaluation is the best so far
+        if not (new_best or time.monotonic() - self._last >= self.interval):
             return
         with self._lock:
-            if self._running and not self._best_pending:
+            if self._running and not new_best:
                 return
-            self._last, self._best_pending = time.monotonic(), False
+            self._last = time.monotonic()
             snapshot = self._snapshot(trainer)
             if self._running:
                 self._queued = snapshot  # committed as soon as the in-flight one is
@@ -119,7 +116,8 @@ class Checkpointer(Callback):
         try:
             folder = self.local_dir / f"step-{snapshot.step:09d}"
             files = snapshot.write(folder)
-            meta = {"tuning": snapshot.trainer["tuning"], "best_metric": self.best_metric}
+            meta = {"tuning": snapshot.trainer["tuning"], "best_metric": self.best_metric,
+                    "best_step": snapshot.trainer["train_state"]["best_step"]}
 
             def retrying(e: Exception, wait: float) -> None:
                 self.warn(f"checkpoint {snapshot.step}: storage unavailable ({e}); retrying in {wait:.0f} s")

@@ -22,6 +22,7 @@ import yaml
 from rich.console import Console
 from safetensors.torch import save_file
 
+from ehrseq.data.budget import subsample
 from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
 from ehrseq.data.meds_io import MedsDataset
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, labelled_splits, next_visit_splits, oracle_risks
@@ -37,14 +38,22 @@ from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecFo
 from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.reports.embeddings import EmbeddingReport, write_code_embeddings
 from ehrseq.reports.provenance import compute_facts, data_fingerprint, dataset_identity, git_commit
+from ehrseq.seeding import LABEL_BUDGET, REPLICATE, derive_seed
 from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.tasks.next_visit import NextVisitTask
 from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
+from ehrseq.training.length import epoch_steps, eval_interval
 from ehrseq.training.progress import ProgressReporter
-from ehrseq.training.state import load_snapshot, set_rng_state, trainable_state_dict
+from ehrseq.training.state import (
+    load_model_weights,
+    load_snapshot,
+    load_trainable_state_dict,
+    set_rng_state,
+    trainable_state_dict,
+)
 from ehrseq.training.trainer import TrainConfig, Trainer
 from runner.bundle import ADAPTER, write_bundle
 from runner.checkpointing import Checkpointer
@@ -60,6 +69,10 @@ from runner.sync import Syncer
 
 EXIT_COMPLETED = 0
 FAILED_STATUS_BUDGET_S = 10.0
+# the tuning metric that picks the best evaluation (early stopping, the kept checkpoint, and for supervised
+# tasks the weights held-out is scored with), and whether higher is better
+MONITOR = {"mlm": ("mlm_loss", False), "med2vec": ("med2vec_loss", False), "binary": ("auroc", True),
+           "survival": ("c_index", True), "next_visit": ("bce", False)}
 
 
 def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
@@ -76,9 +89,7 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     previous = run.read_status()
     if previous is not None:
         check_compatible(run, spec)
-        # baselines have no steps: once completed, done
-        trained_out = previous["durable_step"] >= spec.train.max_steps or spec.model.kind in BASELINES
-        if previous["state"] == "completed" and trained_out:
+        if previous["state"] == "completed" and _trained_out(previous, spec):
             console.print(f"[green]{run.uri} already completed[/] (step {previous['durable_step']}); "
                           "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
             return EXIT_COMPLETED
@@ -86,6 +97,20 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
         if distributed.rank() != 0:
             return run_worker(spec, run, stop, console)
         return Job(spec, run, stop, console).run()
+
+
+def _trained_out(status: dict[str, Any], spec: JobSpec) -> bool:
+    """A completed run with nothing left to train: a baseline (no steps), stopped early by patience, or at
+    its step budget (max_steps, or fewer set by train.epochs). Raising max_steps continues a run that hit it."""
+    if spec.model.kind in BASELINES or status.get("stopped_early"):
+        return True
+    return status["durable_step"] >= min(spec.train.max_steps, status.get("epoch_steps") or spec.train.max_steps)
+
+
+def training_seed(spec: JobSpec) -> int:
+    """Initialisation, batch order, dropout: `seed` itself for replicate 0, else one derived per replicate
+    (the cohort and its splits always come from `seed`)."""
+    return spec.seed if spec.train.replicate == 0 else derive_seed(spec.seed, REPLICATE, spec.train.replicate)
 
 
 def check_compatible(run: RunFolder, spec: JobSpec) -> None:
@@ -127,6 +152,8 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     """The dataset, the vocabulary (training split only, unless given) and every split tokenised.
 
     Supervised tasks keep only labelled subjects, with histories cut strictly before the prediction time.
+    With `train.label_budget` k, the training split is a seeded, stratified k of them (every model kind gets
+    the same k); the vocabulary, which uses no labels, still comes from the whole training split.
     """
     dataset = load_dataset(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir)
     if spec.task.kind == "next_visit":  # labels from the data: the last visit's codes
@@ -135,6 +162,10 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
         labelled = labelled_splits(dataset, spec.task.label_task, SPLITS) if spec.task.kind in SUPERVISED else None
     patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset)
     vocab = vocab or Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
+    if labelled and spec.train.label_budget is not None:
+        labelled["train"] = subsample(labelled["train"], spec.train.label_budget,
+                                      derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
+        patients["train"] = labelled["train"].patients
     return PreparedData(vocab, {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]]
                                 for s in SPLITS}, labelled, dataset)
 
@@ -145,7 +176,8 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
     med2vec = spec.model.kind == "med2vec"
     config = (Med2VecConfig if med2vec else BEHRTConfig).preset(spec.model.size, vocab_size=len(data.vocab),
                                                                  dropout=spec.model.dropout)
-    torch.manual_seed(spec.seed)  # weight initialisation
+    seed = training_seed(spec)
+    torch.manual_seed(seed)  # weight initialisation
     if spec.task.kind == "mlm":
         model, task = BEHRTForMLM(config), MLMTask(data.vocab, mask_prob=spec.task.mask_prob)
     elif spec.task.kind == "med2vec":  # Med2Vec's own self-supervised objective
@@ -158,13 +190,17 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
             load_encoder(model.med2vec if med2vec else model.behrt, pretrained)
         if spec.lora:
             model = apply_lora(model, LoraSettings(**spec.lora.model_dump()))
-    t = spec.train
+    t, n = spec.train, len(data.encoded["train"])
+    steps = min(t.max_steps, epoch_steps(t.epochs, n, t.batch_size)) if t.epochs else t.max_steps
+    monitor, higher_is_better = MONITOR[spec.task.kind]
     train_config = TrainConfig(
-        max_steps=t.max_steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_steps if t.warmup_steps is not None else max(1, t.max_steps // 10),
-        grad_clip=t.grad_clip, log_every=t.log_every, eval_every=t.eval_every,
-        eval_batch_size=t.eval_batch_size, seed=spec.seed, precision=t.precision,
-        grad_accum_steps=t.grad_accum_steps, compile=t.compile)
+        max_steps=steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps if t.warmup_steps is not None else max(1, steps // 10),
+        grad_clip=t.grad_clip, log_every=t.log_every,
+        eval_every=eval_interval(t.evals_per_epoch, n, t.batch_size) if t.evals_per_epoch else t.eval_every,
+        eval_batch_size=t.eval_batch_size, seed=seed, precision=t.precision,
+        grad_accum_steps=t.grad_accum_steps, compile=t.compile,
+        monitor=monitor, higher_is_better=higher_is_better, patience=t.patience)
     return Trainer(model, task, data.encoded["train"], data.encoded["tuning"], train_config, device,
                    should_stop=should_stop)
 
@@ -222,15 +258,13 @@ class Job:
             metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
             on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
-            best_metric={"mlm": "mlm_loss", "med2vec": "med2vec_loss",
-                         "binary": "brier", "next_visit": "bce"}.get(spec.task.kind),
-            durable_step=trainer.state.step)
+            best_metric=trainer.config.monitor, durable_step=trainer.state.step)
         console.print(f"[bold]{self.run_folder.uri}[/]: {spec.model.kind}-{spec.model.size} {spec.task.kind} "
                       f"({params_total:,} parameters) "
                       f"on {device}; {len(vocab):,} tokens; subjects "
                       + " / ".join(f"{s} {len(encoded[s])}" for s in SPLITS))
 
-        with ProgressReporter(spec.train.max_steps, start_step=trainer.state.step, console=console) as progress:
+        with ProgressReporter(trainer.config.max_steps, start_step=trainer.state.step, console=console) as progress:
             trainer.callbacks = [metrics, checkpointer, progress]
             finished = trainer.fit()
         if not finished:
@@ -242,6 +276,7 @@ class Job:
         checkpointer.save_now(trainer)  # the final state, so a larger max_steps can continue this run
         distributed.barrier()
         metrics.close()
+        selection = self._select_best(trainer, device) if spec.task.kind in SUPERVISED else {}
 
         with console.status("evaluating on held-out patients"):
             held_out = trainer.evaluate(encoded["held_out"])
@@ -255,12 +290,26 @@ class Job:
             self.run_folder.put_file(ADAPTER, work / ADAPTER)
         write_bundle(self.run_folder, work, spec, None if spec.lora else model, held_out, metrics.records, {
             "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(config),
-            "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **extra,
+            "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **selection, **extra,
             **self._common_facts(data, held_out, str(device)),
             **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
         }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
             summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "")
-        return self._completed(held_out, checkpointer.durable_step)
+        return self._completed(held_out, checkpointer.durable_step, stopped_early=trainer.state.stopped_early,
+                               epoch_steps=trainer.config.max_steps if spec.train.epochs else None)
+
+    def _select_best(self, trainer: Trainer, device: torch.device) -> dict[str, Any]:
+        """Loads the weights of the best tuning evaluation (its checkpoint, which pruning keeps) for scoring
+        held-out and for the bundle; the final state stays the latest checkpoint, to continue from."""
+        st = trainer.state
+        if st.best_step is not None and st.best_step != st.step:
+            manifest = next((m for m in self.store.manifests() if m["step"] == st.best_step), None)
+            if manifest is None:
+                raise RuntimeError(f"the best tuning evaluation's checkpoint (step {st.best_step}) is missing")
+            folder = self.store.fetch(manifest, self.work / "best")
+            load_trainable_state_dict(trainer.model, load_model_weights(folder, device))
+        return {"best_metric": trainer.config.monitor, "best_step": st.best_step,
+                "best_tuning_value": st.best_value, "stopped_early": st.stopped_early}
 
     def _fit_baseline(self, data: PreparedData) -> int:
         """bag_of_codes / cox: fitted in one go (no steps, no checkpoints), reported like BEHRT."""
@@ -302,8 +351,8 @@ class Job:
                 facts["oracle"] = oracle.metrics()
         return facts
 
-    def _completed(self, held_out: Any, durable_step: int) -> int:
-        self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time())
+    def _completed(self, held_out: Any, durable_step: int, **fields: Any) -> int:
+        self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time(), **fields)
         self.console.print(f"[green]completed[/] {self.run_folder.uri}: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
         return EXIT_COMPLETED

@@ -43,6 +43,10 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     ]
     if "init_from" in summary:
         facts.append(("Fine-tuned from", f"{summary['init_from']['uri']} (sha256 {summary['init_from']['sha256']})"))
+    if summary.get("best_step") is not None:  # supervised runs: the weights of the best tuning evaluation
+        facts.append(("Held-out scored with", f"step {summary['best_step']}'s weights, the best tuning "
+                      f"{summary['best_metric']} ({summary['best_tuning_value']:.4f})"
+                      + (" (patience ran out: stopped early)" if summary.get("stopped_early") else "")))
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
     images = "\n\n".join(f"### {PLOT_CAPTIONS.get(p.rsplit('/', 1)[-1], p)}\n\n![{p}]({p})" for p in plots)
     return f"""# {summary['run_id']}

@@ -123,13 +123,19 @@ def capture(trainer_state: dict[str, Any], step: int, extra_json: dict[str, Any]
         extra_files=extra_files)
 
 
+def load_model_weights(folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """A snapshot's model state (tied weights restored from their aliases), e.g. the best checkpoint's."""
+    trainer = json.loads((folder / "trainer.json").read_text())
+    model = load_file(folder / "model.safetensors", device=str(device))
+    model.update({alias: model[name] for alias, name in trainer.get("aliases", {}).items()})
+    return model
+
+
 def load_snapshot(folder: Path, device: torch.device) -> dict[str, Any]:
     """The inverse of `write`, as a `Trainer.load_state_dict` input plus `trainer.json` contents."""
     optim = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     trainer = json.loads((folder / "trainer.json").read_text())
-    model = load_file(folder / "model.safetensors", device=str(device))
-    model.update({alias: model[name] for alias, name in trainer.get("aliases", {}).items()})
-    return {"model": model,
+    return {"model": load_model_weights(folder, device),
             "optimizer": optim["optimizer"], "scheduler": optim["scheduler"], "scaler": optim.get("scaler", {}),
             "train_state": trainer["train_state"], "trainer": trainer,
             "rng": torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)}

@@ -12,6 +12,11 @@ cross-entropy; for MLM, whose loss is a mean over masked tokens, the micro-batch
 rather than by their masked-token counts). Each micro-batch draws its masks and dropout from its
 own seed. The logged `loss` is the mean of the step losses since the last record.
 
+Each tuning evaluation is compared with the best so far on `monitor` (e.g. AUROC, higher is better); the
+state keeps the best step, so the runner can score held-out with that step's checkpointed weights, and with
+`patience` set training stops after that many evaluations in a row without improvement. Being part of the
+checkpointed state, a resumed run stops at the same step as an uninterrupted one.
+
 Under torchrun (ehrseq.training.distributed) the model is wrapped in DistributedDataParallel and the
 batch is cut into (processes x grad_accum_steps) parts; each process takes every world-size-th part, so
 all get similar lengths. Stop requests are agreed across processes each step, so all stop at the same one.
@@ -20,6 +25,7 @@ all get similar lengths. Stop requests are agreed across processes each step, so
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -53,6 +59,9 @@ class TrainConfig:
     precision: str = "auto"  # auto|fp32|bf16|fp16 (ehrseq.training.precision)
     grad_accum_steps: int = 1  # micro-batches per optimizer step; batch_size is the whole step's batch
     compile: bool = False  # torch.compile the model (speed only: same math)
+    monitor: str | None = None  # tuning metric that picks the best evaluation (a key of the task's metrics)
+    higher_is_better: bool = False  # True for AUROC / C-index, False for losses
+    patience: int | None = None  # evaluations in a row without improvement before stopping; None: never stop
 
 
 @dataclass
@@ -63,6 +72,10 @@ class TrainState:
     window_loss: float = 0.0  # summed loss of the steps since the last training record
     window_steps: int = 0
     eval_pending: bool = False  # a tuning evaluation was interrupted: run it first on resume
+    best_value: float | None = None  # best tuning `monitor` value so far
+    best_step: int | None = None  # the step it was measured at
+    evals_since_best: int = 0
+    stopped_early: bool = False  # patience ran out before max_steps
 
 
 class Task(Protocol):
@@ -122,13 +135,13 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> bool:
-        """Trains until `max_steps`; returns False if stopped early by `should_stop`."""
+        """Trains until `max_steps` or patience runs out; returns False if stopped by `should_stop`."""
         cfg, st = self.config, self.state
         self.model.train()
         if st.eval_pending and not self._tuning_evaluation():
             return False
         window_start, window_tokens = time.perf_counter(), 0
-        while st.step < cfg.max_steps:
+        while st.step < cfg.max_steps and not st.stopped_early:
             if self._stop_requested():
                 return False
             self.optimizer.zero_grad(set_to_none=True)
@@ -217,8 +230,22 @@ class Trainer:
         if result is None:
             return False
         self.state.eval_pending = False
-        self._emit({"step": self.state.step, "split": "tuning", **result.metrics()})
+        metrics = result.metrics()
+        self._track_best(metrics.get(self.config.monitor) if self.config.monitor else None)
+        self._emit({"step": self.state.step, "split": "tuning", **metrics})
         return True
+
+    def _track_best(self, value: float | None) -> None:
+        """Best value and step of the monitored metric, and whether patience has run out (NaN never improves)."""
+        cfg, st = self.config, self.state
+        improved = value is not None and not math.isnan(value) and (
+            st.best_value is None or (value > st.best_value if cfg.higher_is_better else value < st.best_value))
+        if improved:
+            st.best_value, st.best_step, st.evals_since_best = float(value), st.step, 0
+        else:
+            st.evals_since_best += 1
+        st.stopped_early = (cfg.patience is not None and st.evals_since_best >= cfg.patience
+                            and st.step < cfg.max_steps)
 
     def evaluate(self, patients: Sequence[EncodedPatient], should_stop: Callable[[], bool] | None = None) -> Any:
         """The task's evaluation on `patients` (fixed masks); None if stopped mid-way."""
