@@ -155,7 +155,8 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     With `train.label_budget` k, the training split is a seeded, stratified k of them (every model kind gets
     the same k); the vocabulary, which uses no labels, still comes from the whole training split.
     """
-    dataset = load_dataset(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir)
+    dataset = load_dataset(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir,
+                           spec.data.synthetic.params())
     if spec.task.kind == "next_visit":  # labels from the data: the last visit's codes
         labelled = next_visit_splits(dataset, SPLITS)
     else:
@@ -339,16 +340,19 @@ class Job:
             "data_fingerprint": data_fingerprint(dataset, data.dataset.splits, held_out.subject_ids),
             "data": {"source": spec.data.source, "dataset": dataset,
                      "description": f"{spec.data.source} cohort" + (
-                         f" ({spec.data.num_patients} patients, seed {spec.seed})"
+                         f" ({spec.data.num_patients} patients, seed {spec.seed}, "
+                         f"preset {spec.data.synthetic.preset})"
                          if spec.data.source == "synthetic" else f" from {spec.data.path}"),
                      "subjects": {s: len(data.encoded[s]) for s in SPLITS}, "vocab_size": len(data.vocab)}}
         if data.labelled:
             facts["labels"] = spec.task.label_task
-            risks = oracle_risks(data.dataset, spec.task.label_task, held_out.subject_ids)
-            if risks is not None:  # the true risk scored like a model: the ceiling on these subjects
-                oracle = (replace(held_out, probabilities=risks) if spec.task.kind == "binary"
-                          else replace(held_out, risks=risks))
-                facts["oracle"] = oracle.metrics()
+            # the true risk scored like a model: the ceiling on these subjects, and the ceiling without order
+            for name, column in (("oracle", "true_risk"), ("oracle_order_blind", "true_risk_order_blind")):
+                risks = oracle_risks(data.dataset, spec.task.label_task, held_out.subject_ids, column)
+                if risks is not None:
+                    oracle = (replace(held_out, probabilities=risks) if spec.task.kind == "binary"
+                              else replace(held_out, risks=risks))
+                    facts[name] = oracle.metrics()
         return facts
 
     def _completed(self, held_out: Any, durable_step: int, **fields: Any) -> int:

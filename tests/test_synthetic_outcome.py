@@ -15,8 +15,8 @@ from ehrseq.data.patients import patients_from_meds
 from ehrseq.data.synthetic import (
     BINARY_TASK,
     HORIZON_DAYS,
-    ORDER_WINDOW,
     OUTCOME_CODE,
+    PRESETS,
     PROGRESSION_A,
     PROGRESSION_B,
     SURVIVAL_TASK,
@@ -84,11 +84,11 @@ def test_labels_agree_with_the_data(cohort):
 
 
 def _order(visits, t0) -> str:
-    """'AB' / 'BA' when both progression codes precede t0 within ORDER_WINDOW visits, else 'other'."""
+    """'AB' / 'BA' when both progression codes precede t0 within the order window, else 'other'."""
     before = [v.codes for v in visits if v.time < t0]
     a = [i for i, codes in enumerate(before) if PROGRESSION_A in codes]
     b = [i for i, codes in enumerate(before) if PROGRESSION_B in codes]
-    if len(a) == 1 and len(b) == 1 and abs(a[0] - b[0]) <= ORDER_WINDOW:
+    if len(a) == 1 and len(b) == 1 and abs(a[0] - b[0]) <= PRESETS["default"].order_window:
         return "AB" if a[0] < b[0] else "BA"
     return "other"
 

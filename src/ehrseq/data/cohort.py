@@ -7,17 +7,19 @@ from pathlib import Path
 from ehrseq.data.labels import label_path, oracle_path
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset, write_meds_dataset
 from ehrseq.data.patients import Patient, patients_from_meds
-from ehrseq.data.synthetic import SURVIVAL_TASK, assign_splits, generate_synthetic
+from ehrseq.data.synthetic import PRESETS, SURVIVAL_TASK, SyntheticParams, assign_splits, generate_synthetic
 from ehrseq.errors import InputError
 
 SPLITS = ("train", "tuning", "held_out")
 
 
-def load_dataset(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path) -> MedsDataset:
-    """A MEDS dataset for the source. Synthetic cohorts and conversions of Synthea output (fhir, synthea-csv)
-    are written once as real MEDS datasets under `cache_dir` and reused; `meds` is read in place."""
+def load_dataset(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path,
+                 synthetic: SyntheticParams = PRESETS["default"]) -> MedsDataset:
+    """A MEDS dataset for the source. Synthetic cohorts (with the generator's `synthetic` parameters) and
+    conversions of Synthea output (fhir, synthea-csv) are written once as real MEDS datasets under `cache_dir`
+    and reused; `meds` is read in place."""
     if source == "synthetic":
-        dest = synthetic_dataset(num_patients, seed, cache_dir)
+        dest = synthetic_dataset(num_patients, seed, cache_dir, synthetic)
         return read_meds_dataset(dest)
     if source in ("fhir", "synthea-csv"):
         from ehrseq.data.convert import convert, source_fingerprint  # converters load only when used
@@ -40,12 +42,18 @@ def load_dataset(source: str, path: str | None, num_patients: int, seed: int, ca
     raise InputError(f"data.source: {source!r} is not supported; use synthetic, meds, fhir or synthea-csv")
 
 
-def synthetic_dataset(num_patients: int, seed: int, cache_dir: Path) -> Path:
+def synthetic_dataset(num_patients: int, seed: int, cache_dir: Path,
+                      params: SyntheticParams = PRESETS["default"]) -> Path:
     """The folder of the seeded synthetic cohort as a MEDS dataset with its labels and oracle risks
-    (ehrseq.data.labels reads them), generated on first use."""
-    dest = Path(cache_dir) / f"synthetic-v2-n{num_patients}-seed{seed}"
+    (ehrseq.data.labels reads them), generated on first use.
+
+    The folder name, which is also the dataset's name and so part of its identity and fingerprint, carries the
+    preset's name (readability) and a hash of every generator parameter (so a changed effect size never reuses
+    a cache nor compares as the same data)."""
+    preset = next((name for name, p in PRESETS.items() if p == params), "custom")
+    dest = Path(cache_dir) / f"synthetic-v3-{preset}-{params.key()}-n{num_patients}-seed{seed}"
     if not (dest / "metadata" / "dataset.json").is_file():
-        cohort = generate_synthetic(num_patients, seed)
+        cohort = generate_synthetic(num_patients, seed, params)
         extra = {label_path(task): table for task, table in cohort.labels.items()}
         extra |= {oracle_path(task): table for task, table in cohort.oracle.items()}
         splits = assign_splits(cohort.labels[SURVIVAL_TASK].column("subject_id").to_numpy(), seed)

@@ -4,7 +4,8 @@ Labels (`subject_id`, `prediction_time`, `boolean_value`, ...; survival tasks us
 event and `float_value` for days from prediction time to event or censoring) are validated against the
 `meds` LabelSchema on read, and problems name the file and column. Synthetic cohorts also know each
 patient's true risk: `<dataset>/oracle/<task>.parquet` (`subject_id`, `prediction_time`, `true_risk`,
-row-aligned with the labels) gives the oracle ceiling a model can be compared with. It is kept out of
+`true_risk_order_blind`, row-aligned with the labels) gives the oracle ceiling a model can be compared with,
+and the order-blind ceiling (the same risk without the planted order term). It is kept out of
 `labels/` so nothing that reads labels can mistake it for one.
 """
 

@@ -56,14 +56,16 @@ def labelled_splits(dataset: MedsDataset, task: str, splits: tuple[str, ...]) ->
     return out
 
 
-def oracle_risks(dataset: MedsDataset, task: str, subject_ids: np.ndarray) -> np.ndarray | None:
-    """The true risk of each subject (same order), or None when the dataset has no oracle (real data)."""
+def oracle_risks(dataset: MedsDataset, task: str, subject_ids: np.ndarray,
+                 column: str = "true_risk") -> np.ndarray | None:
+    """The true risk of each subject (same order), or None when the dataset has no oracle (real data) or the
+    oracle lacks `column` (`true_risk_order_blind`: the risk without the planted order term)."""
     if dataset.path is None:
         return None
     oracle = read_oracle(dataset.path, task)
-    if oracle is None:
+    if oracle is None or column not in oracle.column_names:
         return None
-    risk = dict(zip(oracle.column("subject_id").to_pylist(), oracle.column("true_risk").to_pylist(), strict=True))
+    risk = dict(zip(oracle.column("subject_id").to_pylist(), oracle.column(column).to_pylist(), strict=True))
     return np.array([risk[int(s)] for s in subject_ids], dtype=float)
 
 

@@ -8,22 +8,31 @@ to learn; a Zipf-shaped background of common codes and a few numeric labs add re
 The known answer. Each patient has a prediction time (the end of the day of a visit part-way through the
 history) and an outcome (OUTCOME_CODE) whose hazard after it is
 
-    hazard/day = BASE_HAZARD * exp(AGE_EFFECT * (age - 50) / 10 + CLUSTER_EFFECT * [cluster 0 present]
-                                   + ORDER_EFFECT * [A then B within ORDER_WINDOW visits] + MALE_EFFECT * male)
+    hazard/day = base_hazard * exp(age_effect * (age - 50) / 10 + cluster_effect * [cluster 0 present]
+                                   + order_effect * [A then B within order_window visits]
+                                   + presence_effect * [A and B both present] + male_effect * male)
 
 where A and B (PROGRESSION_A/B) are planted at random visits before the prediction time. B then A, or A
-and B far apart, add nothing, so a model that ignores order (a bag of codes) cannot see the strongest
-effect. The event comes at least a day after the prediction time; follow-up is censored uniformly in
-CENSOR_DAYS. Labels: a binary task (event within the horizon; patients censored earlier without an event
-are left out, their answer is unknown) and a survival task (days to event or censoring, event flag), in the
-MEDS label layout, plus each labelled patient's true risk P(event within horizon) for oracle figures.
+and B far apart, add nothing to the order term, so a model that ignores order (a bag of codes) cannot see
+it. The effect sizes are a `SyntheticParams`; PRESETS name three: `default` (the original cohort, weak
+order signal, strong age), `order` (a positive control: the order term drives the outcome on >= 10% of
+patients, age is weak) and `presence` (its negative control: the same codes and prevalences, the outcome
+driven by A and B being present in any order, so knowing the order gains nothing).
+
+The event comes at least a day after the prediction time; follow-up is censored uniformly in CENSOR_DAYS.
+Labels: a binary task (event within the horizon; patients censored earlier without an event are left out,
+their answer is unknown) and a survival task (days to event or censoring, event flag), in the MEDS label
+layout, plus each labelled patient's true risk P(event within horizon) for oracle figures, and the same risk
+recomputed without the order term (the order-blind ceiling).
 Records continue after the prediction time, so inputs must be cut there (see ehrseq.data.cutoff).
 
 Everything is vectorised with numpy and generated in chunks of patients, so 1M patients fit in memory.
 """
 
+import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import meds
 import numpy as np
@@ -49,13 +58,35 @@ SEX_CODES = ("SEX//F", "SEX//M")
 PROGRESSION_A = "ICD10//N18.3"
 PROGRESSION_B = "ICD10//I50.9"
 OUTCOME_CODE = "ICD10//I21.9"
-PREVALENCE_A = PREVALENCE_B = 0.25
-ORDER_WINDOW = 3  # B at most this many visits after A
-BASE_HAZARD = 0.08 / 365  # per day, at age 50 with no risk factor
-AGE_EFFECT = 0.5  # log hazard ratio per decade of age
-CLUSTER_EFFECT = 0.7  # comorbidity cluster 0
-ORDER_EFFECT = 1.6  # A followed by B within ORDER_WINDOW visits
-MALE_EFFECT = 0.2
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """The planted outcome's effect sizes (log hazard ratios) and how often A and B are planted."""
+
+    prevalence_a: float = 0.25  # share of patients given A (at one random visit before the prediction time)
+    prevalence_b: float = 0.25
+    order_window: int = 3  # A then B counts when B is at most this many visits after A
+    order_effect: float = 1.6  # A followed by B within order_window visits
+    presence_effect: float = 0.0  # A and B both present, in any order
+    age_effect: float = 0.5  # per decade of age
+    cluster_effect: float = 0.7  # comorbidity cluster 0
+    male_effect: float = 0.2
+    base_hazard: float = 0.08 / 365  # per day, at age 50 with no risk factor
+
+    def key(self) -> str:
+        """A short hash of every parameter: part of the cached dataset's name, so no change reuses a cache."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+PRESETS = {
+    "default": SyntheticParams(),
+    # Positive control: A then B (within 3 visits) on ~15% of patients, a strong order effect, weak age.
+    "order": SyntheticParams(prevalence_a=0.6, prevalence_b=0.6, order_effect=1.6, age_effect=0.1),
+    # Negative control: the same codes and prevalences; A and B together (any order) carry the effect.
+    "presence": SyntheticParams(prevalence_a=0.6, prevalence_b=0.6, order_effect=0.0, presence_effect=1.2,
+                                age_effect=0.1),
+}
 CENSOR_DAYS = (180.0, 1095.0)
 HORIZON_DAYS = 365
 BINARY_TASK = f"outcome_within_{HORIZON_DAYS}d"
@@ -114,7 +145,8 @@ _LAB_MEAN, _LAB_SD = np.array([(mean, sd) for _, mean, sd in LABS]).T
 class SyntheticCohort:
     """MEDS events (including those after each prediction time), labels by task, and the oracle risks.
 
-    `oracle[task]` is row-aligned with `labels[task]`: `subject_id`, `prediction_time`, `true_risk`.
+    `oracle[task]` is row-aligned with `labels[task]`: `subject_id`, `prediction_time`, `true_risk` and
+    `true_risk_order_blind` (the same hazard without the order term).
     """
 
     data: pa.Table
@@ -130,20 +162,21 @@ def code_clusters() -> dict[str, int]:
     return {_CODES[i]: k for k, row in enumerate(_CLUSTER_TABLE.tolist()) for i in row}
 
 
-def generate_cohort(num_patients: int, seed: int) -> pa.Table:
-    """A MEDS data table of `num_patients` synthetic subjects, deterministic in (num_patients, seed)."""
-    return generate_synthetic(num_patients, seed).data
+def generate_cohort(num_patients: int, seed: int, params: SyntheticParams = PRESETS["default"]) -> pa.Table:
+    """A MEDS data table of `num_patients` synthetic subjects, deterministic in (num_patients, seed, params)."""
+    return generate_synthetic(num_patients, seed, params).data
 
 
-def generate_synthetic(num_patients: int, seed: int, chunk_size: int = 100_000) -> SyntheticCohort:
-    """The cohort, its labels and true risks; deterministic in (num_patients, seed, chunk_size)."""
+def generate_synthetic(num_patients: int, seed: int, params: SyntheticParams = PRESETS["default"],
+                       chunk_size: int = 100_000) -> SyntheticCohort:
+    """The cohort, its labels and true risks; deterministic in (num_patients, seed, params, chunk_size)."""
     if num_patients < 1:
         raise ValueError(f"num_patients must be at least 1, got {num_patients}")
     sizes = [min(chunk_size, num_patients - start) for start in range(0, num_patients, chunk_size)]
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(sizes))]
     tables, outcomes, last_id = [], [], 10_000
     for n, rng in zip(sizes, rngs, strict=True):
-        table, outcome = _simulate_chunk(n, rng, first_id=last_id)
+        table, outcome = _simulate_chunk(n, rng, params, first_id=last_id)
         tables.append(table)
         outcomes.append(outcome)
         last_id = int(outcome["subject_id"][-1])
@@ -152,7 +185,8 @@ def generate_synthetic(num_patients: int, seed: int, chunk_size: int = 100_000) 
     return SyntheticCohort(data=pa.concat_tables(tables), labels=labels, oracle=oracle)
 
 
-def _simulate_chunk(n: int, rng: np.random.Generator, first_id: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
+def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
+                    first_id: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """`n` patients: their MEDS rows (sorted by subject then time, static rows first) and outcomes."""
     # Patients.
     subject_ids = first_id + np.cumsum(rng.integers(1, 20, n))
@@ -182,19 +216,21 @@ def _simulate_chunk(n: int, rng: np.random.Generator, first_id: int) -> tuple[pa
     prediction_us = (prediction_day + 1) * _DAY_US - 1_000_000  # 23:59:59 on the last visit's day
 
     # The planted progression: A and B at random visits before the prediction time.
-    has_a, has_b = rng.random(n) < PREVALENCE_A, rng.random(n) < PREVALENCE_B
+    has_a, has_b = rng.random(n) < params.prevalence_a, rng.random(n) < params.prevalence_b
     visit_a = (rng.random(n) * num_pre).astype(np.int64)
     visit_b = (rng.random(n) * num_pre).astype(np.int64)
     step = np.where(rng.random(n) < 0.5, 1, -1)  # never the same visit; either side, so neither order gains
     visit_b = np.where(visit_b == visit_a, (visit_a + step) % num_pre, visit_b)
-    a_then_b = has_a & has_b & (visit_b > visit_a) & (visit_b - visit_a <= ORDER_WINDOW)
+    a_then_b = has_a & has_b & (visit_b > visit_a) & (visit_b - visit_a <= params.order_window)
 
     # The outcome: true hazard, event and censoring times in days after the prediction time.
     age_at_prediction = (prediction_day - birth_day) / 365.25
     in_cluster0 = (cluster_rank == 0) & (np.arange(NUM_CLUSTERS) < num_active[:, None])
-    log_hr = (AGE_EFFECT * (age_at_prediction - 50) / 10 + CLUSTER_EFFECT * in_cluster0.any(axis=1)
-              + ORDER_EFFECT * a_then_b + MALE_EFFECT * (sex == 1))
-    hazard = BASE_HAZARD * np.exp(log_hr)
+    p = params  # terms summed in the original order, so the default preset's output stays bit-identical
+    base = p.age_effect * (age_at_prediction - 50) / 10 + p.cluster_effect * in_cluster0.any(axis=1)
+    rest = p.presence_effect * (has_a & has_b) + p.male_effect * (sex == 1)
+    hazard = p.base_hazard * np.exp(base + p.order_effect * a_then_b + rest)
+    hazard_blind = p.base_hazard * np.exp(base + rest)  # the order-blind ceiling: no order term
     event_days = 1 + rng.exponential(1 / hazard)
     censor_days = rng.uniform(*CENSOR_DAYS, n)
     observed = event_days <= censor_days
@@ -242,7 +278,8 @@ def _simulate_chunk(n: int, rng: np.random.Generator, first_id: int) -> tuple[pa
         }
     )
     outcome = {"subject_id": subject_ids, "prediction_us": prediction_us, "event_days": event_days,
-               "censor_days": censor_days, "true_risk": -np.expm1(-hazard * (HORIZON_DAYS - 1))}
+               "censor_days": censor_days, "true_risk": -np.expm1(-hazard * (HORIZON_DAYS - 1)),
+               "true_risk_order_blind": -np.expm1(-hazard_blind * (HORIZON_DAYS - 1))}
     return meds.DataSchema.align(table), outcome
 
 
@@ -280,12 +317,9 @@ def _labels(outcome: dict[str, np.ndarray]) -> tuple[dict[str, pa.Table], dict[s
                                  "boolean_value": pa.array(observed),
                                  "float_value": pa.array(followed.astype(np.float32))}),
     }
-    risk = pa.array(outcome["true_risk"])
-    oracle = {
-        BINARY_TASK: pa.table({"subject_id": subject_id.filter(mask), "prediction_time": prediction_time.filter(mask),
-                               "true_risk": risk.filter(mask)}),
-        SURVIVAL_TASK: pa.table({"subject_id": subject_id, "prediction_time": prediction_time, "true_risk": risk}),
-    }
+    oracle = pa.table({"subject_id": subject_id, "prediction_time": prediction_time,
+                       "true_risk": outcome["true_risk"], "true_risk_order_blind": outcome["true_risk_order_blind"]})
+    oracle = {BINARY_TASK: oracle.filter(mask), SURVIVAL_TASK: oracle}
     return {task: meds.LabelSchema.align(t) for task, t in labels.items()}, oracle
 
 

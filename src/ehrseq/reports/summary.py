@@ -14,14 +14,16 @@ PLOT_CAPTIONS = {
 def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     """The summary as markdown: metrics with CIs (and the oracle ceiling), run facts, plots, model card."""
     ci = summary.get("metrics_ci", {})
-    oracle = summary.get("oracle", {})  # synthetic cohorts: the true risk scored the same way
+    # synthetic cohorts: the true risk scored the same way, and the true risk without the planted order term
+    ceilings = {title: summary[key] for key, title in (("oracle", "oracle"), ("oracle_order_blind", "order-blind"))
+                if summary.get(key)}
     rows = "\n".join(
         f"| {name} | {value:.4f} | " + (f"[{ci[name][0]:.4f}, {ci[name][1]:.4f}]" if name in ci else "-") + " |"
-        + (f" {oracle[name]:.4f} |" if name in oracle else (" - |" if oracle else ""))
+        + "".join(f" {c[name]:.4f} |" if name in c else " - |" for c in ceilings.values())
         for name, value in summary["metrics"].items()
     )
-    header = "| metric | value | 95% CI |" + (" oracle |" if oracle else "")
-    rule = "|---|---|---|" + ("---|" if oracle else "")
+    header = "| metric | value | 95% CI |" + "".join(f" {title} |" for title in ceilings)
+    rule = "|---|---|---|" + "---|" * len(ceilings)
     facts = [
         ("Run", summary["run_id"]), ("Model", summary["model"]), ("Task", summary["task"]),
         ("Parameters (total / trainable)", f"{summary['params_total']:,} / {summary['params_trainable']:,}"),

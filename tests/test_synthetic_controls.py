@@ -1,0 +1,110 @@
+"""The synthetic controls: `order` (order drives the outcome) and `presence` (order adds nothing), by construction."""
+
+from dataclasses import replace
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from ehrseq.data.cohort import load_dataset, synthetic_dataset
+from ehrseq.data.synthetic import (
+    BINARY_TASK,
+    PRESETS,
+    PROGRESSION_A,
+    PROGRESSION_B,
+    SURVIVAL_TASK,
+    generate_synthetic,
+)
+from ehrseq.evaluation.binary import auroc
+from ehrseq.reports.provenance import data_fingerprint, dataset_identity
+from runner.spec import SpecError, load_spec
+
+
+@pytest.fixture(scope="module", params=["order", "presence"])
+def control(request):
+    return request.param, generate_synthetic(50_000, seed=3, params=PRESETS[request.param])
+
+
+def _order_gain(cohort) -> float:
+    """Oracle AUROC minus order-blind oracle AUROC on the binary task."""
+    labels, oracle = cohort.labels[BINARY_TASK], cohort.oracle[BINARY_TASK]
+    y = labels.column("boolean_value").to_numpy(zero_copy_only=False)
+    return (auroc(y, oracle.column("true_risk").to_numpy())
+            - auroc(y, oracle.column("true_risk_order_blind").to_numpy()))
+
+
+def _share_with(cohort, code: str) -> float:
+    data = cohort.data
+    with_code = pc.unique(data.filter(pc.equal(data.column("code"), code)).column("subject_id"))
+    return len(with_code) / cohort.labels[SURVIVAL_TASK].num_rows
+
+
+def test_order_gain_is_known(control):
+    name, cohort = control
+    gain = _order_gain(cohort)
+    if name == "order":
+        assert gain >= 0.04
+    else:  # no order term at all: the two oracles are the same numbers
+        oracle = cohort.oracle[SURVIVAL_TASK]
+        assert gain == 0.0 and oracle.column("true_risk").equals(oracle.column("true_risk_order_blind"))
+
+
+def test_order_touches_at_least_a_tenth_of_patients(control):
+    name, cohort = control
+    oracle = cohort.oracle[SURVIVAL_TASK]  # every patient; the two risks differ exactly where A then B counts
+    a_then_b = np.mean(oracle.column("true_risk").to_numpy() != oracle.column("true_risk_order_blind").to_numpy())
+    assert a_then_b >= 0.10 if name == "order" else a_then_b == 0.0
+
+
+def test_controls_share_codes_and_prevalence(control):
+    _, cohort = control
+    order, presence = PRESETS["order"], PRESETS["presence"]
+    assert (order.prevalence_a, order.prevalence_b) == (presence.prevalence_a, presence.prevalence_b)
+    for code, planned in ((PROGRESSION_A, order.prevalence_a), (PROGRESSION_B, order.prevalence_b)):
+        assert abs(_share_with(cohort, code) - planned) < 0.01
+
+
+def test_default_preset_keeps_its_weak_order_signal():
+    cohort = generate_synthetic(20_000, seed=3)  # the original cohort: order is a small part of the risk
+    assert 0.0 < _order_gain(cohort) < 0.03
+
+
+def test_params_name_the_dataset_and_change_its_fingerprint(tmp_path):
+    folders = {name: synthetic_dataset(40, 1, tmp_path, params) for name, params in
+               [("default", PRESETS["default"]), ("order", PRESETS["order"]),
+                ("order+", replace(PRESETS["order"], order_effect=2.0))]}
+    assert folders["default"].name.startswith("synthetic-v3-default-")
+    assert folders["order+"].name.startswith("synthetic-v3-custom-")
+    assert len(set(folders.values())) == 3
+    assert synthetic_dataset(40, 1, tmp_path, replace(PRESETS["order"])) == folders["order"]  # cached by value
+
+    datasets = {"order": load_dataset("synthetic", None, 40, 1, tmp_path, PRESETS["order"]),
+                "order+": load_dataset("synthetic", None, 40, 1, tmp_path, replace(PRESETS["order"], order_effect=2.0))}
+    fingerprints = {name: data_fingerprint(dataset_identity(d), d.splits, list(d.splits))
+                    for name, d in datasets.items()}
+    assert datasets["order"].splits == datasets["order+"].splits  # same subjects and splits ...
+    assert fingerprints["order"] != fingerprints["order+"]  # ... but other data
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.synthetic.preset=strong", r"data\.synthetic\.preset: Input should be 'default', 'order' or 'presence'"),
+    ("data.synthetic.order_effect=9", r"data\.synthetic\.order_effect: .*less than or equal to 4"),
+    ("data.synthetic.prevalence_a=1.5", r"data\.synthetic\.prevalence_a: .*less than or equal to 1"),
+    ("data.synthetic.order_window=0", r"data\.synthetic\.order_window: .*greater than or equal to 1"),
+    ("data.synthetic.effect=1", r"data\.synthetic\.effect: unknown field"),
+])
+def test_spec_rejects_bad_generator_settings(tmp_path, override, message):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: t\ndata: {synthetic: {preset: order}}\n")
+    with pytest.raises(SpecError, match=message):
+        load_spec(path, [override])
+
+
+def test_spec_resolves_preset_and_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: t\ndata: {synthetic: {preset: presence, age_effect: 0.3}}\n")
+    assert load_spec(path).data.synthetic.params() == replace(PRESETS["presence"], age_effect=0.3)
+    assert load_spec(path, ["data.synthetic.preset=default", "data.synthetic.age_effect=null"]) \
+        .data.synthetic.params() == PRESETS["default"]
+    with pytest.raises(SpecError, match=r"data\.synthetic: sets the synthetic generator, but data\.source is 'meds'"):
+        load_spec(path, ["data.source=meds", f"data.path={tmp_path}"])
