@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
-from runner.storage import open_storage, split_run_uri
+from runner.storage import open_storage, refuse_credentials, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
 DEFAULT_LABELS = {"binary": "outcome_within_365d", "survival": "outcome_survival"}
 BASELINES = ("bag_of_codes", "cox")  # fitted in one go: no steps, checkpoints or resume
 SUPERVISED = ("binary", "survival", "next_visit")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MAX_COUNT = 10**8  # upper bound of step counts, cohort sizes and budgets: anything larger is a typo
 
 
 class SpecError(InputError):
@@ -30,7 +31,7 @@ class SpecError(InputError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticSpec(Section):
@@ -57,9 +58,9 @@ class DataSpec(Section):
     source: Literal["synthetic", "meds", "synthea-csv", "fhir"] = "synthetic"
     synthetic: SyntheticSpec = SyntheticSpec()  # synthetic only: the planted outcome's effect sizes
     path: str | None = None  # dataset folder for meds / synthea-csv / fhir
-    num_patients: int = Field(2000, ge=10)  # synthetic only
+    num_patients: int = Field(2000, ge=10, le=MAX_COUNT)  # synthetic only
     max_seq_len: int = Field(128, ge=8, le=4096)  # tokens per patient, most recent visits kept
-    min_code_count: int = Field(5, ge=1)  # rarer codes (in the train split) become [UNK]
+    min_code_count: int = Field(5, ge=1, le=MAX_COUNT)  # rarer codes (in the train split) become [UNK]
 
 
 class ModelSpec(Section):
@@ -76,7 +77,7 @@ class TaskSpec(Section):
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)  # mlm: share of code tokens masked
     labels: str | None = None  # binary/survival: the label task in <dataset>/labels/; default per kind below
     # (next_visit derives its labels from the visits themselves)
-    horizon_days: float = Field(365.0, gt=0)  # survival: horizon of the AUROC at a horizon (and bag_of_codes target)
+    horizon_days: float = Field(365.0, gt=0, le=36500)  # survival: the AUROC's horizon (and bag_of_codes target)
 
     @property
     def label_task(self) -> str:
@@ -84,25 +85,25 @@ class TaskSpec(Section):
 
 
 class TrainSpec(Section):
-    max_steps: int = Field(2000, ge=1)
-    batch_size: int = Field(32, ge=1)
+    max_steps: int = Field(2000, ge=1, le=MAX_COUNT)
+    batch_size: int = Field(32, ge=1, le=65536)
     lr: float = Field(3.0e-4, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.01, ge=0.0)
-    warmup_steps: int | None = Field(None, ge=0)  # default: 10% of the steps the run trains for
-    grad_clip: float = Field(1.0, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
+    warmup_steps: int | None = Field(None, ge=0, le=MAX_COUNT)  # default: 10% of the steps the run trains for
+    grad_clip: float = Field(1.0, gt=0.0, le=1e6)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    log_every: int = Field(10, ge=1)
-    eval_every: int = Field(500, ge=0)  # 0: evaluate only at the end
-    eval_batch_size: int = Field(64, ge=1)
+    log_every: int = Field(10, ge=1, le=MAX_COUNT)
+    eval_every: int = Field(500, ge=0, le=MAX_COUNT)  # 0: evaluate only at the end
+    eval_batch_size: int = Field(64, ge=1, le=65536)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on CPU/MPS
-    grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step; batch_size is the step's whole batch
+    grad_accum_steps: int = Field(1, ge=1, le=65536)  # micro-batches per optimizer step; batch_size: the whole step
     compile: bool = False  # torch.compile the model: speed only, so not part of the fingerprint
     # length in epochs: ceil(epochs x training examples / batch_size) steps, max_steps an upper bound
-    epochs: float | None = Field(None, gt=0)
-    evals_per_epoch: int | None = Field(None, ge=1)  # when set, replaces eval_every (rounded to whole steps)
-    patience: int | None = Field(None, ge=1)  # stop after this many tuning evaluations without improvement
-    label_budget: int | None = Field(None, ge=1)  # train on a seeded, stratified k of the labelled training split
-    replicate: int = Field(0, ge=0)  # picks the label-budget subsample, initialisation and batch order
+    epochs: float | None = Field(None, gt=0, le=100000)
+    evals_per_epoch: int | None = Field(None, ge=1, le=10000)  # when set, replaces eval_every (rounded to whole steps)
+    patience: int | None = Field(None, ge=1, le=MAX_COUNT)  # stop after this many tuning evals without improvement
+    label_budget: int | None = Field(None, ge=1, le=MAX_COUNT)  # a seeded, stratified k of the labelled train split
+    replicate: int = Field(0, ge=0, le=MAX_COUNT)  # picks the label-budget subsample, initialisation and batch order
 
     @field_validator("grad_accum_steps")
     @classmethod
@@ -114,9 +115,9 @@ class TrainSpec(Section):
 
 
 class CheckpointSpec(Section):
-    interval_seconds: float = Field(600, gt=0)
-    keep_last: int = Field(3, ge=1)
-    grace_seconds: float = Field(5.0, gt=0)
+    interval_seconds: float = Field(600, gt=0, le=7 * 86400)
+    keep_last: int = Field(3, ge=1, le=1000)
+    grace_seconds: float = Field(5.0, gt=0, le=3600)
 
 
 class StorageSpec(Section):
@@ -126,15 +127,15 @@ class StorageSpec(Section):
 
 class RuntimeSpec(Section):
     work_dir: str | None = None  # fast local scratch; default: a temp folder
-    price_per_hour: float | None = Field(None, ge=0)
+    price_per_hour: float | None = Field(None, ge=0, le=10000)
 
 
 LoraTarget = Literal["query", "key", "value", "output", "up", "down"]  # BEHRT's Linear layers
 
 
 class LoraSpec(Section):
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0)  # the adapter update is scaled by alpha / rank
+    rank: int = Field(8, ge=1, le=4096)
+    alpha: float = Field(16, gt=0, le=1e6)  # the adapter update is scaled by alpha / rank
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     targets: list[LoraTarget] = Field(["query", "key", "value", "output"], min_length=1)
     trained_in_full: list[Literal["head"]] = ["head"]  # modules trained without adapters
@@ -143,7 +144,7 @@ class LoraSpec(Section):
 class JobSpec(Section):
     name: str = Field(pattern=RUN_ID_PATTERN)
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)  # default: name
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy seeds are 32-bit
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     task: TaskSpec = TaskSpec()
@@ -232,6 +233,9 @@ def _describe(err: dict[str, Any]) -> str:
 
 def check_supported(spec: JobSpec) -> None:
     """What this version can run; valid-but-unsupported values fail here, before anything is written."""
+    for field, url in (("storage.uri", spec.storage.uri), ("storage.endpoint_url", spec.storage.endpoint_url),
+                       ("model.init_from", spec.model.init_from)):
+        refuse_credentials(url, field)  # first: later messages echo these URLs
     unsupported = [("model.kind", spec.model.kind, {"behrt", "med2vec", "bag_of_codes", "cox"}),
                    ("task.kind", spec.task.kind, {"mlm", "med2vec", *SUPERVISED}),
                    ("data.source", spec.data.source, {"synthetic", "meds", "fhir", "synthea-csv"})]

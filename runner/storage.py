@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from ehrseq.errors import InputError
 from runner.safe_paths import check_name
@@ -96,8 +97,18 @@ class LocalStorage:
         self._path(key).unlink(missing_ok=True)
 
 
+def refuse_credentials(url: str | None, field: str) -> None:
+    """A URL with user:password@ would carry a secret into spec.yaml, logs and `validate` output: refused,
+    without echoing the URL."""
+    if url and "://" in url and "@" in urlsplit(url).netloc:
+        raise InputError(f"{field}: the URL holds credentials (user:password@host); put credentials in AWS_* "
+                         "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never in a URL")
+
+
 def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
     """`file://path` (relative to the working directory), a plain path, or `s3://bucket/prefix`."""
+    refuse_credentials(uri, "storage URI")
+    refuse_credentials(endpoint_url, "endpoint URL")
     if uri.startswith("file://"):
         return LocalStorage(Path(uri[len("file://"):]), uri)
     if uri.startswith("s3://"):

@@ -129,3 +129,27 @@ def test_a_run_resumes_past_a_tampered_manifest_and_writes_nothing_it_names(tmp_
     new = set(files_outside(tmp_path, tmp_path / "w")) - set(before)
     assert new and all(p.is_relative_to(tmp_path / "bucket" / "r") for p in new) and "PWNED" not in str(new)
     assert not [p for p in (tmp_path / "bucket" / "r" / checkpoint_dir(99)).rglob("*") if p.is_file()]  # pruned
+
+
+# Integers below 2**63 (pydantic already refuses larger ones), floats up to inf and nan.
+ABSURD = {"train.max_steps": "1.0e+15", "train.batch_size": "1.0e+15", "train.eval_batch_size": "1.0e+15",
+          "task.horizon_days": "1.0e+300", "checkpoint.keep_last": "1.0e+15", "checkpoint.interval_seconds": ".inf",
+          "train.lr": ".nan", "train.weight_decay": ".inf", "train.log_every": "1.0e+12", "seed": "1.0e+15",
+          "data.num_patients": "1.0e+12", "train.grad_accum_steps": "1048576", "runtime.price_per_hour": "1.0e+9"}
+
+
+@pytest.mark.parametrize("field", sorted(ABSURD))
+def test_absurd_numbers_are_refused_at_validation_naming_the_field(field):
+    with pytest.raises(InputError, match=rf"{field}: Input should be (less than or equal to|a finite number)"):
+        load_spec(SMALL_SPEC, [f"{field}={ABSURD[field]}"])
+
+
+@pytest.mark.parametrize("field", ["storage.uri=s3://AKIA1:SECRETXYZ@bucket/runs",
+                                   "storage.endpoint_url=http://AKIA1:SECRETXYZ@minio:9000",
+                                   "model.init_from=s3://AKIA1:SECRETXYZ@bucket/runs/pretrain"])
+def test_credentials_in_urls_are_refused_without_echoing_them(field):
+    with pytest.raises(InputError, match="put credentials in AWS_") as refused:
+        load_spec(SMALL_SPEC, [field, "model.kind=behrt", "task.kind=binary"])
+    assert field.split("=")[0] in str(refused.value) and "SECRETXYZ" not in str(refused.value)
+    with pytest.raises(InputError, match="put credentials in AWS_"):
+        open_storage("s3://bucket/runs", "https://user:SECRETXYZ@r2.example.com")
