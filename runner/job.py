@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from rich.console import Console
@@ -30,6 +31,7 @@ from ehrseq.data.synthetic import code_clusters
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
+from ehrseq.evaluation.order_probe import logit, order_probe
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
 from ehrseq.models.baselines import fit_baseline
@@ -293,6 +295,8 @@ class Job:
             "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(config),
             "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **selection, **extra,
             **self._common_facts(data, held_out, str(device)),
+            **self._order_probe(data, lambda s: _scores(trainer.evaluate(
+                [encode_patient(p, vocab, spec.data.max_seq_len) for p in s.patients], lambda: False))),
             **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
         }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
             summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "")
@@ -328,9 +332,19 @@ class Job:
         write_bundle(self.run_folder, self.work, spec, None, held_out, [], {
             "params_total": num_params, "params_trainable": num_params, "steps": 0, "durable_step": 0,
             "baseline": {"features": len(baseline.codes) + 1, **baseline.chosen},
-            **self._common_facts(data, held_out, "cpu"),
+            **self._common_facts(data, held_out, "cpu"), **self._order_probe(data, baseline.score),
         }, warn=self.warn)
         return self._completed(held_out, 0)
+
+    def _order_probe(self, data: PreparedData, score: Callable[[LabelledSplit], np.ndarray]) -> dict[str, Any]:
+        """Synthetic binary/survival runs: the A-then-B vs B-then-A probe on held-out patients, its true answer
+        the generator's order effect. `score` gives probabilities (binary; probed as log-odds) or risks."""
+        if self.spec.data.source != "synthetic" or self.spec.task.kind not in ("binary", "survival"):
+            return {}
+        as_logits = logit if self.spec.task.kind == "binary" else np.asarray
+        probe = order_probe(data.labelled["held_out"], lambda s: as_logits(score(s)),
+                            self.spec.data.synthetic.params().order_effect)
+        return {"order_probe": probe.to_dict()}
 
     def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:
         spec, dataset = self.spec, dataset_identity(data.dataset)
@@ -408,6 +422,11 @@ class Job:
         self.console.print(f"[yellow]preempted[/] by {self.stop.name}: durable step {durable}, {lost} steps lost"
                            f"{note}. Run the same command again to resume.")
         return EXIT_PREEMPTED
+
+
+def _scores(predictions: BinaryPredictions | SurvivalPredictions) -> np.ndarray:
+    """Probabilities (binary) or risks (survival), as a baseline's `score` gives them."""
+    return predictions.probabilities if isinstance(predictions, BinaryPredictions) else predictions.risks
 
 
 def _versions() -> dict[str, str | None]:

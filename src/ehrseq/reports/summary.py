@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ehrseq.evaluation.order_probe import OrderProbe
+
 PLOT_CAPTIONS = {
     "loss.png": "Training and tuning loss", "lr_throughput.png": "Learning rate and throughput",
     "tuning_metrics.png": "Tuning evaluations over training", "roc_pr.png": "Held-out ROC and precision-recall",
@@ -49,6 +51,7 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         facts.append(("Held-out scored with", f"step {summary['best_step']}'s weights, the best tuning "
                       f"{summary['best_metric']} ({summary['best_tuning_value']:.4f})"
                       + (" (patience ran out: stopped early)" if summary.get("stopped_early") else "")))
+    probe = f"\n{OrderProbe(**summary['order_probe']).sentence()}\n" if summary.get("order_probe") else ""
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
     images = "\n\n".join(f"### {PLOT_CAPTIONS.get(p.rsplit('/', 1)[-1], p)}\n\n![{p}]({p})" for p in plots)
     return f"""# {summary['run_id']}
@@ -59,7 +62,7 @@ Held-out metrics ({summary['data']['subjects']['held_out']} subjects never seen 
 {header}
 {rule}
 {rows}
-
+{probe}
 | | |
 |---|---|
 {fact_rows}

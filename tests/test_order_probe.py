@@ -1,0 +1,100 @@
+"""The order probe: counterfactual A-then-B / B-then-A histories, scored by any model, against a known answer."""
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from ehrseq.data.patients import Patient, Visit
+from ehrseq.data.supervised import LabelledSplit
+from ehrseq.data.synthetic import PRESETS, PROGRESSION_A, PROGRESSION_B
+from ehrseq.evaluation.order_probe import logit, order_probe, swapped_histories
+from runner.job import run_job
+from runner.spec import JobSpec
+
+A, B = PROGRESSION_A, PROGRESSION_B
+T0 = datetime(2020, 1, 1)
+
+
+def _patient(sid: int, *visits: tuple[str, ...]) -> Patient:
+    return Patient(sid, T0 - timedelta(days=365 * 60),
+                   tuple(Visit(T0 + timedelta(days=30 * i), codes) for i, codes in enumerate(visits)), ("SEX//F",))
+
+
+def _split(*patients: Patient) -> LabelledSplit:
+    n = len(patients)
+    return LabelledSplit(list(patients), np.full(n, np.datetime64("2021-01-01", "us")), np.zeros(n, bool),
+                         np.full(n, np.nan))
+
+
+def _a_before_b(p: Patient) -> bool:
+    first = {code: next(i for i, v in enumerate(p.visits) if code in v.codes) for code in (A, B)}
+    return first[A] < first[B]
+
+
+def test_swapped_histories_move_a_and_b_to_the_last_two_visits():
+    p = _patient(1, ("X", B), (A,), ("Y", "Z"), ("W",))
+    ab, ba = swapped_histories(p)
+    # the visit that held only A is dropped; the old B is removed from its visit; nothing else changes
+    assert [v.codes for v in ab.visits] == [("X",), ("Y", "Z", A), ("W", B)]
+    assert [v.codes for v in ba.visits] == [("X",), ("Y", "Z", B), ("W", A)]
+    assert [v.time for v in ab.visits] == [p.visits[i].time for i in (0, 2, 3)]
+    assert (ab.subject_id, ab.birth, ab.static) == (p.subject_id, p.birth, p.static)
+    assert swapped_histories(_patient(2, ("X",))) is None
+    assert swapped_histories(_patient(3, (A,), ("X",))) is None  # one visit left once A is removed
+
+
+def test_probe_recovers_a_known_order_effect():
+    split = _split(_patient(1, ("X",), ("Y",)), _patient(2, (B,), ("X", A), ("Y",), ("Z",)),
+                   _patient(3, ("X",)), _patient(4, ("X", "Y"), ("Z",), (A, "W")))
+    seen: list[int] = []
+
+    def order_aware(s: LabelledSplit) -> np.ndarray:  # +1 log-odds when A precedes B, on any history
+        seen.append(len(s))
+        return np.array([0.2 + float(_a_before_b(p)) for p in s.patients])
+
+    probe = order_probe(split, order_aware, true_log_hr=1.0)
+    assert (probe.mean_shift, probe.share_positive, probe.true_log_hr, probe.n) == (1.0, 1.0, 1.0, 3)
+    assert seen == [3, 3]  # patient 3 (a single visit) is left out of both copies
+
+    def counts(s: LabelledSplit) -> np.ndarray:  # a bag of codes without recency: blind to order
+        return np.array([sum(c in (A, B) for v in p.visits for c in v.codes) for p in s.patients], float)
+
+    blind = order_probe(split, counts, true_log_hr=0.0)
+    assert (blind.mean_shift, blind.share_positive) == (0.0, 0.0)
+    assert "+1.000 (true log-HR +1.000), positive for 100%" in probe.sentence()
+
+
+def test_logit_inverts_the_sigmoid_and_stays_finite():
+    x = np.array([-3.0, 0.0, 2.5])
+    assert np.allclose(logit(1 / (1 + np.exp(-x))), x)
+    assert np.isfinite(logit(np.array([0.0, 1.0]))).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,preset", [("bag_of_codes", "order"), ("behrt", "presence")])
+def test_synthetic_runs_report_the_probe_and_both_ceilings(tmp_path, model, preset):
+    spec = JobSpec.model_validate({
+        "name": f"{model}-{preset}", "data": {"num_patients": 300, "max_seq_len": 32, "synthetic": {"preset": preset}},
+        "model": {"kind": model}, "task": {"kind": "binary"},
+        "train": {"max_steps": 4, "batch_size": 16, "eval_every": 2, "device": "cpu", "log_every": 2},
+        "storage": {"uri": f"file://{tmp_path}/runs"}, "runtime": {"work_dir": str(tmp_path / "work")}})
+    assert run_job(spec, Console(quiet=True)) == 0
+    folder = Path(tmp_path) / "runs" / spec.name
+    summary = json.loads((folder / "summary.json").read_text())
+    probe = summary["order_probe"]
+    assert probe["true_log_hr"] == PRESETS[preset].order_effect
+    held_out = summary["data"]["subjects"]["held_out"]  # less those left with one visit once A and B are removed
+    assert 0.9 * held_out <= probe["n"] <= held_out and 0.0 <= probe["share_positive"] <= 1.0
+    assert np.isfinite(probe["mean_shift"])
+    assert set(summary["oracle_order_blind"]) == set(summary["oracle"])
+    if preset == "presence":  # no order term: the two ceilings are the same numbers
+        assert summary["oracle_order_blind"] == summary["oracle"]
+    else:
+        assert summary["oracle_order_blind"]["auroc"] < summary["oracle"]["auroc"]
+    assert f"synthetic-v3-{preset}-" in summary["data"]["dataset"]
+    text = (folder / "SUMMARY.md").read_text()
+    assert "Order probe (A then B vs B then A" in text and "| order-blind |" in text
