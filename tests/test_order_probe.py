@@ -21,7 +21,7 @@ T0 = datetime(2020, 1, 1)
 
 def _patient(sid: int, *visits: tuple[str, ...]) -> Patient:
     return Patient(sid, T0 - timedelta(days=365 * 60),
-                   tuple(Visit(T0 + timedelta(days=30 * i), codes) for i, codes in enumerate(visits)), ("SEX//F",))
+                   tuple(Visit(T0 + timedelta(days=30 * i), codes) for i, codes in enumerate(visits)))
 
 
 def _split(*patients: Patient) -> LabelledSplit:
@@ -42,7 +42,7 @@ def test_swapped_histories_move_a_and_b_to_the_last_two_visits():
     assert [v.codes for v in ab.visits] == [("X",), ("Y", "Z", A), ("W", B)]
     assert [v.codes for v in ba.visits] == [("X",), ("Y", "Z", B), ("W", A)]
     assert [v.time for v in ab.visits] == [p.visits[i].time for i in (0, 2, 3)]
-    assert (ab.subject_id, ab.birth, ab.static) == (p.subject_id, p.birth, p.static)
+    assert (ab.subject_id, ab.birth) == (p.subject_id, p.birth)
     assert swapped_histories(_patient(2, ("X",))) is None
     assert swapped_histories(_patient(3, (A,), ("X",))) is None  # one visit left once A is removed
 
