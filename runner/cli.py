@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -211,30 +210,23 @@ def compare(
 
 @app.command()
 def ladder(
-    task: Annotated[str, typer.Option(help="binary | survival (survival adds the Cox baseline).")] = "survival",
-    scale: Annotated[str, typer.Option(help="tiny (minutes on a laptop CPU) | full (a pod GPU).")] = "tiny",
-    storage: Annotated[str, typer.Option(help="Where the runs go (file:// or s3://).")] = "file://./runs/ladder",
-    out: Annotated[Path, typer.Option(help="Folder for the comparison report.")] = Path("ladder-report"),
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
-    seed: Annotated[int, typer.Option(help="Cohort, splits and initialisation seed.")] = 0,
-    endpoint_url: EndpointOption = None,
+    spec: Annotated[str, typer.Argument(help="Ladder spec YAML, e.g. jobs/ladder_tiny.yaml.")],
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for report.md, ladder.csv and plots/ (default: ladder-<name>).")] = None,
 ) -> None:
-    """Train every model on one synthetic cohort and task, then write one comparison report.
+    """Run a ladder: every rung x cohort x label budget x replicate as its own run, then one report.
 
-    Bag-of-codes, Cox (survival), Med2Vec, BEHRT small / medium / large (pretrained, then fine-tuned) and
-    BEHRT-large + LoRA. Each rung is an ordinary run: re-running the ladder skips completed rungs and resumes
-    an interrupted one. Exit 75 after a preemption.
+    The report has learning curves, a rung x k table, paired bootstrap verdicts against the best count baseline
+    at each k, compute per rung and, for synthetic controls, whether the verdict is the known one. Each run is
+    ordinary: re-running the ladder skips completed runs and resumes an interrupted one. Exit 2 on a bad spec,
+    75 after a preemption (run the same command again to continue).
     """
-    from runner.ladder import SCALES, ladder_specs, run_ladder
+    from runner.ladder import run_ladder  # imports torch: keep `--help` fast
+    from runner.ladder_spec import load_ladder
 
-    if scale not in SCALES:
-        raise InputError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
-    try:
-        specs = ladder_specs(task, SCALES[scale], storage, seed=seed, device=device, endpoint_url=endpoint_url)
-    except (ValueError, ValidationError) as e:
-        raise InputError(f"ladder: {e}") from None
-    code = run_ladder(specs, out, console, endpoint_url=endpoint_url)
-    _exit(code)
+    study, runs = load_ladder(spec, set_ or [])
+    _exit(run_ladder(study, runs, out or Path(f"ladder-{study.name}"), console))
 
 
 def _register_subcommands() -> None:

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -14,7 +15,7 @@ from safetensors import safe_open
 
 from ehrseq.data.batching import collate
 from ehrseq.data.synthetic import code_clusters
-from ehrseq.data.tokenize import EncodedPatient
+from ehrseq.data.tokenize import STATIC_SEGMENT, EncodedPatient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
@@ -45,35 +46,40 @@ def records(folder):
             for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-# Three visits: [7, 8, UNK] at 600 months, [9] at 610, [10, 11, 12] at 620 (UNK is not a code).
-PATIENT = EncodedPatient(1, codes=[CLS, 7, 8, UNK, SEP, 9, SEP, 10, 11, 12, SEP],
-                         ages=[600] * 5 + [610] * 2 + [620] * 4, segments=[0] * 5 + [1] * 2 + [0] * 4,
-                         positions=[0] * 5 + [1] * 2 + [2] * 4)
+# A static code (6), then three visits: [7, 8, UNK] at 600 months, [9] at 610, [10, 11, 12] at 620 (UNK is not a
+# code).
+PATIENT = EncodedPatient(1, codes=[CLS, 6, 7, 8, UNK, SEP, 9, SEP, 10, 11, 12, SEP],
+                         ages=[600] * 6 + [610] * 2 + [620] * 4,
+                         segments=[0, STATIC_SEGMENT] + [0] * 4 + [1] * 2 + [0] * 4,
+                         positions=[0] * 6 + [1] * 2 + [2] * 4)
 
 
 def test_visits_pool_their_codes_and_skip_special_tokens():
     model = Med2VecForPretraining(Med2VecConfig(vocab_size=13, code_size=4, visit_size=3, window=1)).med2vec
     b = collate([PATIENT, EncodedPatient(2, [CLS, 9, SEP], [300] * 3, [0] * 3, [0] * 3)])
-    visits = model(b.codes, b.ages, b.positions, b.attention_mask)
+    visits = model(b.codes, b.ages, b.segments, b.positions, b.attention_mask)
     assert visits.vectors.shape == (2, 3, 3)
     assert visits.mask.tolist() == [[True, True, True], [True, False, False]]
     assert visits.ages.tolist() == [[600, 610, 620], [300, 0, 0]]
     W, bias = model.code.weight, model.code_bias
-    for t, codes in enumerate([[7, 8], [9], [10, 11, 12]]):  # u_t = ReLU(W_c x_t + b_c); v_t = ReLU(W_v [u_t; age])
+    gaps = [0, 10, 10]  # months since the previous visit
+    for t, codes in enumerate([[7, 8], [9], [10, 11, 12]]):  # u_t = ReLU(W_c x_t + b_c); v_t = ReLU(W_v [u_t; d_t])
         u = torch.relu(W[codes].sum(0) + bias)
-        v = torch.relu(model.visit(torch.cat([u, torch.tensor([visits.ages[0, t] / 1440.0])])))
-        torch.testing.assert_close(visits.vectors[0, t], v)
+        d_t = torch.tensor([visits.ages[0, t] / 1440.0, math.log1p(gaps[t])])
+        torch.testing.assert_close(visits.vectors[0, t], torch.relu(model.visit(torch.cat([u, d_t]))))
+    torch.testing.assert_close(visits.static[0], torch.relu(W[6] + bias))  # static code: u_s, not in a visit
+    torch.testing.assert_close(visits.static[1], torch.relu(bias))
 
 
 def test_code_pairs_and_visit_targets_are_counted_as_the_paper_defines_them():
     model = Med2VecForPretraining(Med2VecConfig(vocab_size=13, window=1, num_negatives=2))
     b = collate([PATIENT])
-    code_sum, pairs, visit_sum, targets = model(b.codes, b.ages, b.positions, b.attention_mask,
+    code_sum, pairs, visit_sum, targets = model(b.codes, b.ages, b.segments, b.positions, b.attention_mask,
                                                 torch.full((1, len(PATIENT.codes), 2), 9))
     assert pairs.tolist() == [2 * 1 + 0 + 3 * 2]  # ordered pairs of distinct codes within each visit
     assert targets.tolist() == [1 + (2 + 3) + 1]  # visit 0 -> visit 1; visit 1 -> visits 0, 2; visit 2 -> visit 1
     two = Med2VecForPretraining(Med2VecConfig(vocab_size=13, window=2, num_negatives=2))
-    wide = two(b.codes, b.ages, b.positions, b.attention_mask, torch.full((1, 11, 2), 9))[3]
+    wide = two(b.codes, b.ages, b.segments, b.positions, b.attention_mask, torch.full((1, 12, 2), 9))[3]
     assert wide.tolist() == [(1 + 3) + (2 + 3) + (2 + 1)]
     assert code_sum.item() > 0 and visit_sum.item() > 0
 

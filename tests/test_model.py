@@ -6,6 +6,7 @@ from ehrseq.data.cohort import load_dataset, patients_by_split
 from ehrseq.data.tokenize import encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.models import BEHRT, BEHRTConfig, BEHRTForMLM, count_parameters
+from ehrseq.models.behrt import time_features
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.training.trainer import Callback, TrainConfig, Trainer
 
@@ -37,6 +38,38 @@ def test_padding_does_not_change_real_tokens():
     long = model(torch.cat([codes, pad], 1), torch.cat([ages, pad], 1), torch.cat([seg, pad], 1),
                  torch.cat([pos, pad], 1), mask)
     torch.testing.assert_close(long[:, :6], short, atol=1e-5, rtol=1e-5)
+
+
+def test_continuous_age_and_visit_gap_reach_the_hidden_states():
+    """With every month-bucket vector zeroed, age and the gap between visits still change the output (and only
+    through `time_features`, which reads them from the month ages and visit positions)."""
+    model = BEHRT(BEHRTConfig.small(vocab_size=50)).eval()
+    with torch.no_grad():
+        model.embeddings.age.weight.zero_()
+    codes = torch.tensor([[1, 7, 8, 2, 9, 2]])  # [CLS] visit 0: two codes [SEP], visit 1: one code [SEP]
+    seg, pos, mask = torch.tensor([[0, 0, 0, 0, 1, 1]]), torch.tensor([[0, 0, 0, 0, 1, 1]]), torch.ones(1, 6).bool()
+
+    def hidden(first: int, second: int) -> torch.Tensor:
+        ages = torch.tensor([[first] * 4 + [second] * 2])
+        return model(codes, ages, seg, pos, mask)
+
+    young, old = hidden(240, 243), hidden(840, 843)  # 20 vs 70 years, same 3-month gap
+    assert (young - old).abs().max() > 1e-3
+    soon, late = (model.embeddings(codes, torch.tensor([[840] * 4 + [second] * 2]), seg, pos) for second in (841, 870))
+    assert (soon[:, :4] - late[:, :4]).abs().max() < 1e-6  # the first visit's tokens carry only its own time
+    assert (soon[:, 4:] - late[:, 4:]).abs().max() > 1e-3  # the gap (1 vs 30 months) reaches the next visit
+    with torch.no_grad():
+        model.embeddings.time.weight.zero_()
+    torch.testing.assert_close(hidden(240, 243), hidden(840, 843))  # no month embedding, no time projection
+
+
+def test_time_features_read_age_and_the_gap_to_the_previous_visit():
+    ages = torch.tensor([[10, 10, 10, 10, 22, 22, 30, 30, 0, 0]])  # [CLS] static v0 v0 | v1 v1 | v2 v2 | pad pad
+    positions = torch.tensor([[0, 0, 0, 0, 1, 1, 2, 2, 0, 0]])
+    f = time_features(ages, positions)  # (1, 10, 2)
+    torch.testing.assert_close(f[0, :, 0], ages[0].float() / 1200)
+    gaps = torch.tensor([0, 0, 0, 0, 12, 12, 8, 8, 0, 0]).float()
+    torch.testing.assert_close(f[0, :, 1], torch.log1p(gaps))
 
 
 def test_attention_uses_explicit_linear_layers_that_receive_gradients():

@@ -36,16 +36,18 @@ def test_visit_grouping_by_calendar_day():
         1,
         datetime(1980, 2, 3),
         (Visit(datetime(2010, 5, 6, 8, 30), ("X", "Y")), Visit(datetime(2010, 5, 7, 0, 30), ("Z",))),
+        ("SEX//F",),
     )
     assert p2 == Patient(2, None, (Visit(datetime(2020, 1, 1, 9), ("B",)),))
-    assert p3 == Patient(3, None, ())
+    assert p3 == Patient(3, None, (), ("SEX//M",))
 
 
-def test_synthetic_patients_have_no_birth_or_static_codes():
+def test_synthetic_patients_keep_sex_as_a_static_code_not_a_visit_code():
     patients = patients_from_meds(generate_cohort(50, seed=1))
     assert len(patients) == 50
     for p in patients:
         assert p.birth is not None and len(p.visits) >= 2
+        assert p.static in (("SEX//F",), ("SEX//M",))
         times = [v.time for v in p.visits]
         assert times == sorted(times) and len({t.date() for t in times}) == len(times)
         for v in p.visits:
@@ -79,6 +81,13 @@ def test_vocab_counts_order_and_min_count():
     frequent = Vocabulary.build(patients, min_count=2)
     assert frequent.itos[5:] == ["z", "b"]
     assert frequent.encode("c") == Vocabulary.UNK
+
+
+def test_vocab_counts_static_codes_once_per_patient():
+    patients = [Patient(i, None, _patient(("z",)).visits, static=("SEX//F",) if i < 3 else ("SEX//M",))
+                for i in range(4)]
+    vocab = Vocabulary.build(patients, min_count=2)
+    assert vocab.counts == {"z": 4, "SEX//F": 3}  # SEX//M (one patient) falls under min_count
 
 
 def test_vocab_round_trip(tmp_path: Path):

@@ -7,7 +7,7 @@ import pytest
 
 from ehrseq.data.patients import Patient, Visit, patients_from_meds
 from ehrseq.data.synthetic import generate_cohort
-from ehrseq.data.tokenize import MAX_AGE_MONTHS, encode_patient
+from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT, encode_patient
 from ehrseq.data.vocab import Vocabulary
 
 CLS, SEP = Vocabulary.CLS, Vocabulary.SEP
@@ -80,13 +80,18 @@ def test_invariants_on_synthetic_cohort(cohort):
             assert enc.positions[-1] == num_kept - 1
             assert all(0 <= x <= MAX_AGE_MONTHS for x in enc.ages)
             assert enc.ages == sorted(enc.ages)
-            assert all(s == p % 2 for s, p in zip(enc.segments, enc.positions, strict=True))
+            assert len(patient.static) == 1  # the sex code: kept whenever there is room beside [CLS] and a [SEP]
+            static = [vocab.encode(code) for code in patient.static][: max_len - 2]
+            assert enc.codes[1 : 1 + len(static)] == static
+            assert enc.segments[1 : 1 + len(static)] == [STATIC_SEGMENT] * len(static)
+            visits = slice(1 + len(static), None)
+            assert all(s == p % 2 for s, p in zip(enc.segments[visits], enc.positions[visits], strict=True))
             seps = [i for i, code in enumerate(enc.codes) if code == SEP]
-            for visit_index, (start, end) in enumerate(zip([0, *seps[:-1]], seps, strict=True)):
+            for visit_index, (start, end) in enumerate(zip([len(static), *seps[:-1]], seps, strict=True)):
                 assert set(enc.positions[start + 1 : end + 1]) == {visit_index}
             # The kept visits are the latest ones, whole except possibly a cut single latest visit.
             latest = patient.visits[-num_kept:]
-            expected = [CLS]
+            expected = [CLS, *static]
             for visit in latest:
                 expected += [vocab.encode(code) for code in visit.codes] + [SEP]
             if num_kept == 1 and len(expected) > max_len:
@@ -94,3 +99,16 @@ def test_invariants_on_synthetic_cohort(cohort):
             assert enc.codes == expected
             if num_kept < len(patient.visits):  # dropping was needed: the next older visit does not fit
                 assert n + len(patient.visits[-num_kept - 1].codes) + 1 > max_len
+
+
+def test_static_codes_follow_cls_in_their_segment_and_survive_truncation():
+    patient, _ = _hand_patient()
+    patient = Patient(patient.subject_id, patient.birth, patient.visits, static=("SEX//F", "zz-unseen"))
+    vocab = Vocabulary.build([Patient(0, None, patient.visits, static=("SEX//F",))])
+    sex, d, e, f = (vocab.encode(x) for x in ("SEX//F", "d", "e", "f"))
+    enc = encode_patient(patient, vocab, max_len=6)  # only the latest visit fits beside [CLS] and the sex code
+    assert enc.codes == [CLS, sex, d, e, f, SEP]  # the code outside the vocabulary is left out, not [UNK]
+    assert enc.segments == [0, STATIC_SEGMENT, 0, 0, 0, 0]
+    assert enc.positions == [0, 0, 0, 0, 0, 0]
+    assert enc.ages == [120] * 6  # [CLS] and static codes take the first kept visit's age
+    assert encode_patient(patient, vocab, max_len=4).codes == [CLS, sex, d, SEP]

@@ -32,11 +32,16 @@ class Visit:
 
 @dataclass(frozen=True)
 class Patient:
-    """A subject's birth datetime (None when the data lacks MEDS_BIRTH) and visits in time order."""
+    """A subject's birth datetime (None when the data lacks MEDS_BIRTH), visits in time order, and static codes.
+
+    `static` holds the distinct codes of the subject's null-time MEDS rows (sex, and any other code recorded
+    without a time), sorted: they hold at every time, so every model may see them at any prediction time.
+    """
 
     subject_id: int
     birth: datetime | None
     visits: tuple[Visit, ...]
+    static: tuple[str, ...] = ()
 
 
 def _boundaries(keys: np.ndarray) -> np.ndarray:
@@ -47,7 +52,7 @@ def _boundaries(keys: np.ndarray) -> np.ndarray:
 def patients_from_meds(data: pa.Table) -> list[Patient]:
     """One Patient per subject in `data` (MEDS data schema), ordered by subject_id.
 
-    Static (null-time) rows and MEDS_BIRTH are not visit codes; MEDS_BIRTH sets `birth`.
+    Static (null-time) rows and MEDS_BIRTH are not visit codes: static rows give `static`, MEDS_BIRTH `birth`.
     """
     table = pa.table(
         {
@@ -68,6 +73,8 @@ def patients_from_meds(data: pa.Table) -> list[Patient]:
         zip(birth_subject.tolist(), time_us[is_birth & has_time][first_birth].tolist(), strict=True)
     )
 
+    is_static = ~has_time & ~is_birth
+    static = _static_codes(subject[is_static], table.column("code").filter(pa.array(is_static)))
     events = has_time & ~is_birth
     subject, time_us = subject[events], time_us[events]
     codes = pc.dictionary_encode(table.column("code").filter(pa.array(events)).combine_chunks())
@@ -100,5 +107,23 @@ def patients_from_meds(data: pa.Table) -> list[Patient]:
     for i, s in enumerate(all_subjects.tolist()):
         birth = births.get(s)
         birth_dt = None if birth is None else np.datetime64(birth, "us").astype(datetime)
-        patients.append(Patient(s, birth_dt, tuple(visits[bounds[i] : bounds[i + 1]])))
+        patients.append(Patient(s, birth_dt, tuple(visits[bounds[i] : bounds[i + 1]]), static.get(s, ())))
     return patients
+
+
+def _static_codes(subject: np.ndarray, code: pa.ChunkedArray) -> dict[int, tuple[str, ...]]:
+    """Subject -> its distinct static codes, sorted; `subject` and `code` are the null-time rows."""
+    if not len(subject):
+        return {}
+    codes = pc.dictionary_encode(code.combine_chunks())
+    names = np.array(codes.dictionary.to_pylist(), dtype=object)
+    order = np.argsort(names.astype(str), kind="stable")
+    rank = np.empty(len(names), np.int64)
+    rank[order] = np.arange(len(names))  # dictionary index -> alphabetical rank
+    code_rank = rank[codes.indices.to_numpy(zero_copy_only=False)]
+    rows = np.lexsort((code_rank, subject))  # by subject, then code
+    subject, code_rank = subject[rows], code_rank[rows]
+    first = np.r_[True, (np.diff(subject) != 0) | (np.diff(code_rank) != 0)]  # drop repeats
+    subject, names = subject[first], names[order][code_rank[first]]
+    starts = _boundaries(subject)
+    return {int(subject[a]): tuple(names[a:b].tolist()) for a, b in zip(starts[:-1], starts[1:], strict=True)}

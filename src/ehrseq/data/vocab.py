@@ -26,8 +26,10 @@ class Vocabulary:
 
     @classmethod
     def build(cls, patients: Iterable[Patient], min_count: int = 1) -> "Vocabulary":
-        """Count every code occurrence across all visits and keep those seen at least `min_count` times."""
+        """Count every code occurrence across all visits, and each static code once per patient; keep those seen
+        at least `min_count` times."""
         counts = Counter(code for patient in patients for visit in patient.visits for code in visit.codes)
+        counts.update(code for patient in patients for code in patient.static)
         return cls({code: n for code, n in counts.items() if n >= min_count})
 
     def __len__(self) -> int:

@@ -1,7 +1,11 @@
 """BEHRT: a BERT encoder over patient histories (Li et al., 2020).
 
 Each token is a medical code; its embedding is the sum of code, age (months), visit
-position and segment embeddings. Attention is written with explicit query/key/value/output
+position and segment embeddings, plus a linear projection of two continuous time features
+(`time_features`: age in years / 100 and log1p(months since the previous visit)). A month
+bucket is one of 1,441 independent vectors that each must be learned; the continuous age makes
+"older" one direction from the first step, which a few thousand patients cannot otherwise teach.
+Attention is written with explicit query/key/value/output
 `nn.Linear` layers and `F.scaled_dot_product_attention`, so that LoRA (peft) can target
 those layers; `nn.MultiheadAttention` hides them behind a fused kernel whose `out_proj.forward`
 is never called.
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+NUM_TIME_FEATURES = 2  # continuous inputs per token: see time_features
 
 @dataclass
 class BEHRTConfig:
@@ -25,7 +30,7 @@ class BEHRTConfig:
     intermediate_size: int = 512
     max_age: int = 1441  # age buckets: months 0..1440 (120 years)
     max_position: int = 256  # visit index buckets
-    num_segments: int = 2  # segment alternates per visit
+    num_segments: int = 3  # 0/1 alternate per visit; 2 marks static codes (ehrseq.data.tokenize.STATIC_SEGMENT)
     dropout: float = 0.1  # embeddings and residual branches
     attention_dropout: float = 0.0  # on attention weights; > 0 sends CPU SDPA to a ~10x slower kernel
     layer_norm_eps: float = 1e-12
@@ -74,6 +79,7 @@ class BEHRTEmbeddings(nn.Module):
         self.age = nn.Embedding(config.max_age, config.hidden_size)
         self.position = nn.Embedding(config.max_position, config.hidden_size)
         self.segment = nn.Embedding(config.num_segments, config.hidden_size)
+        self.time = nn.Linear(NUM_TIME_FEATURES, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
         self.max_age = config.max_age
@@ -81,9 +87,25 @@ class BEHRTEmbeddings(nn.Module):
 
     def forward(self, codes, ages, segments, positions):  # each (B, T) long
         ages = ages.clamp(0, self.max_age - 1)
+        continuous = self.time(time_features(ages, positions))  # (B, T, C)
         positions = positions.clamp(0, self.max_position - 1)
-        x = self.code(codes) + self.age(ages) + self.position(positions) + self.segment(segments)
+        x = self.code(codes) + self.age(ages) + self.position(positions) + self.segment(segments) + continuous
         return self.dropout(self.norm(x))  # (B, T, C)
+
+
+def time_features(ages: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, T) month ages and visit indices -> (B, T, 2) float: [age in years / 100, log1p(months since the
+    previous visit)] (0 for the first visit, [CLS] and static codes, which sit at position 0).
+
+    Derived from what every batch carries: every token of a visit has the visit's age, so a visit's age is the
+    largest age at its position. Two scatter/gather ops on (B, T): no cost next to one attention layer.
+    """
+    B, T = ages.shape
+    index = positions.clamp(0, T - 1)  # a visit index never exceeds its first token's index
+    visit_age = torch.zeros_like(ages).scatter_reduce(1, index, ages, "amax")  # (B, T): age of visit p at [:, p]
+    previous = visit_age.gather(1, (index - 1).clamp(min=0))  # (B, T): the previous visit's age
+    gap = torch.where(index > 0, ages - previous, 0).clamp(min=0)  # (B, T) months
+    return torch.stack([ages.float() / 1200.0, torch.log1p(gap.float())], dim=-1)
 
 
 class SelfAttention(nn.Module):

@@ -10,13 +10,17 @@ Two levels, trained together:
   No (pairs × vocabulary) matrix per batch. The softmax is shift-invariant and the sigmoid is not: with
   non-negative vectors every score is >= 0, and the noise terms alone would shrink all vectors to zero, so a
   learned offset β, started at -log k (where positive and noise pulls balance), stands in for the normaliser.
-- **Visit level**: a visit's codes x_t give u_t = ReLU(W_c x_t + b_c); demographics d_t (age: the patient
-  sequences here carry no sex) are concatenated and v_t = ReLU(W_v [u_t; d_t] + b_v). v_t predicts, with a
+- **Visit level**: a visit's codes x_t give u_t = ReLU(W_c x_t + b_c); demographics d_t (age / 120 years and
+  log1p(months since the previous visit), the continuous time BEHRT also reads) are concatenated and
+  v_t = ReLU(W_v [u_t; d_t] + b_v). Static codes (sex, ...) are the time-invariant part of the paper's
+  demographics: they are kept out of the visits and pooled the same way, u_s = ReLU(W_c x_s + b_c), which the
+  downstream head reads beside the visits. v_t predicts, with a
   softmax over codes, every code of the visits within ±w of it (the paper's first cross-entropy term; its
   (1 - x)·log(1 - ŷ) term is left out).
 
-The input is the same `(B, T)` token batch BEHRT reads (`[CLS] v1 codes [SEP] v2 codes [SEP] ...`, visit
-index as position): special tokens and [UNK] are skipped, tokens are pooled into visits by position.
+The input is the same `(B, T)` token batch BEHRT reads (`[CLS] static codes v1 codes [SEP] v2 codes [SEP] ...`,
+visit index as position, static codes in STATIC_SEGMENT): special tokens and [UNK] are skipped, tokens are pooled
+into visits by position.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrseq.data.tokenize import MAX_AGE_MONTHS
+from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 
 
 @dataclass
@@ -58,38 +62,49 @@ class Visits:
     vectors: torch.Tensor  # (B, P, n) visit representations v_t
     mask: torch.Tensor  # (B, P) bool, True for visits holding at least one known code
     ages: torch.Tensor  # (B, P) long, months
+    static: torch.Tensor  # (B, m) u_s: the pooled static codes (ReLU(b_c) when a patient has none)
 
 
 class Med2Vec(nn.Module):
-    """The encoder: `(codes, ages, positions, attention_mask)` (B, T) -> Visits (B, P, n)."""
+    """The encoder: `(codes, ages, segments, positions, attention_mask)` (B, T) -> Visits (B, P, n)."""
 
     def __init__(self, config: Med2VecConfig) -> None:
         super().__init__()
         self.config = config
         self.code = nn.Embedding(config.vocab_size, config.code_size)  # W_c, one row per code
         self.code_bias = nn.Parameter(torch.zeros(config.code_size))  # b_c
-        self.visit = nn.Linear(config.code_size + 1, config.visit_size)  # W_v over [u_t; age]
+        self.visit = nn.Linear(config.code_size + 2, config.visit_size)  # W_v over [u_t; age; log1p(gap)]
         nn.init.uniform_(self.code.weight, -0.1, 0.1)
 
     def code_vectors(self) -> torch.Tensor:
         """ReLU(W_c): the non-negative code representations, (V, m)."""
         return F.relu(self.code.weight)
 
-    def forward(self, codes, ages, positions, attention_mask) -> Visits:  # (B, T) each
+    def forward(self, codes, ages, segments, positions, attention_mask) -> Visits:  # (B, T) each
         B = codes.shape[0]
         m = self.config.code_size
-        known = attention_mask.bool() & (codes >= self.config.num_special)  # (B, T)
+        known = visit_codes(codes, segments, attention_mask, self.config.num_special)  # (B, T)
         P = int(positions[known].max()) + 1 if known.any() else 1
         index = positions.clamp(0, P - 1)  # (B, T)
-        x = self.code(codes) * known[..., None]  # (B, T, m)
+        embedded = self.code(codes)  # (B, T, m)
+        x = embedded * known[..., None]  # (B, T, m)
         u = torch.zeros(B, P, m, dtype=x.dtype, device=x.device).scatter_add_(1, index[..., None].expand(B, -1, m), x)
         u = F.relu(u + self.code_bias)  # (B, P, m)  u_t = ReLU(W_c x_t + b_c)
+        is_static = attention_mask.bool() & (segments == STATIC_SEGMENT) & (codes >= self.config.num_special)
+        static = F.relu((embedded * is_static[..., None]).sum(1) + self.code_bias)  # (B, m) u_s
         mask = torch.zeros(B, P, dtype=torch.long, device=codes.device).scatter_add_(1, index, known.long()) > 0
         visit_ages = torch.zeros(B, P, dtype=torch.long, device=codes.device).scatter_reduce_(
             1, index, ages * known, "amax")  # (B, P); every token of a visit carries its age
-        demographics = (visit_ages.to(x.dtype) / MAX_AGE_MONTHS)[..., None]  # (B, P, 1) age in 120-year units
+        gap = (visit_ages[:, 1:] - visit_ages[:, :-1]).clamp(min=0)  # (B, P-1) months from the previous visit
+        gap = torch.cat([torch.zeros_like(gap[:, :1]), gap], dim=1).to(x.dtype)  # (B, P)
+        demographics = torch.stack([visit_ages.to(x.dtype) / MAX_AGE_MONTHS, torch.log1p(gap)], dim=-1)  # (B, P, 2)
         v = F.relu(self.visit(torch.cat([u, demographics], dim=-1)))  # (B, P, n)
-        return Visits(v, mask, visit_ages)
+        return Visits(v, mask, visit_ages, static)
+
+
+def visit_codes(codes, segments, attention_mask, num_special: int) -> torch.Tensor:
+    """(B, T) bool: the tokens that are codes of a visit (not special, [UNK], padding or static codes)."""
+    return attention_mask.bool() & (codes >= num_special) & (segments != STATIC_SEGMENT)
 
 
 class Med2VecForPretraining(nn.Module):
@@ -105,12 +120,12 @@ class Med2VecForPretraining(nn.Module):
         self.visit_head = nn.Linear(config.visit_size, config.vocab_size)  # W_s
         self.pair_bias = nn.Parameter(torch.tensor(-math.log(config.num_negatives)))  # see _code_level
 
-    def forward(self, codes, ages, positions, attention_mask, negatives) -> tuple[torch.Tensor, ...]:
+    def forward(self, codes, ages, segments, positions, attention_mask, negatives) -> tuple[torch.Tensor, ...]:
         """negatives (B, T, k): noise codes per token. Returns per patient (B,) each:
-        code-level loss sum, code pairs, visit-level loss sum, visit-level targets."""
-        known = attention_mask.bool() & (codes >= self.config.num_special)  # (B, T)
+        code-level loss sum, code pairs, visit-level loss sum, visit-level targets (visit codes only)."""
+        known = visit_codes(codes, segments, attention_mask, self.config.num_special)  # (B, T)
         code_sum, pairs = self._code_level(codes, positions, known, negatives)
-        visit_sum, targets = self._visit_level(codes, ages, positions, attention_mask, known)
+        visit_sum, targets = self._visit_level(codes, ages, segments, positions, attention_mask, known)
         return code_sum, pairs, visit_sum, targets
 
     def _code_level(self, codes, positions, known, negatives):
@@ -127,8 +142,8 @@ class Med2VecForPretraining(nn.Module):
         noise = -F.logsigmoid(-noise_logits).sum(-1)  # (B, T)
         return (positive.sum(-1) + noise * context).sum(-1), context.sum(-1)  # each pair gets k noise codes
 
-    def _visit_level(self, codes, ages, positions, attention_mask, known):
-        visits = self.med2vec(codes, ages, positions, attention_mask)
+    def _visit_level(self, codes, ages, segments, positions, attention_mask, known):
+        visits = self.med2vec(codes, ages, segments, positions, attention_mask)
         B, P = visits.mask.shape
         V = self.config.vocab_size
         log_p = F.log_softmax(self.visit_head(visits.vectors).float(), dim=-1).reshape(B, P * V)  # (B, P*V)
@@ -145,8 +160,8 @@ class Med2VecForPretraining(nn.Module):
 
 
 class Med2VecForPrediction(nn.Module):
-    """`forward(...)` -> (B,) logits from a recency-weighted mean of the visit vectors; with `num_outputs` > 1,
-    (B, num_outputs) (next visit: one per code).
+    """`forward(...)` -> (B,) logits from a recency-weighted mean of the visit vectors beside the pooled static
+    codes; with `num_outputs` > 1, (B, num_outputs) (next visit: one per code).
 
     Same call as BEHRTForPrediction, so the supervised tasks run it unchanged; the encoder sits at
     `self.med2vec`, so a pretraining run's `med2vec.*` weights load by name.
@@ -158,17 +173,17 @@ class Med2VecForPrediction(nn.Module):
         self.med2vec = Med2Vec(config)
         self.dropout = nn.Dropout(config.dropout)
         self.num_outputs = num_outputs
-        self.head = nn.Linear(config.visit_size, num_outputs)
+        self.head = nn.Linear(config.visit_size + config.code_size, num_outputs)
 
-    def forward(self, codes, ages, segments, positions, attention_mask) -> torch.Tensor:  # segments unused
-        logits = self.head(self.dropout(self.patient(codes, ages, positions, attention_mask)))  # (B, num_outputs)
-        return logits.squeeze(-1) if self.num_outputs == 1 else logits
+    def forward(self, codes, ages, segments, positions, attention_mask) -> torch.Tensor:
+        logits = self.head(self.dropout(self.patient(codes, ages, segments, positions, attention_mask)))
+        return logits.squeeze(-1) if self.num_outputs == 1 else logits  # (B,) or (B, num_outputs)
 
-    def patient(self, codes, ages, positions, attention_mask) -> torch.Tensor:
-        """(B, n): visits weighted by exp(-months before the patient's last visit / recency_months)."""
-        visits = self.med2vec(codes, ages, positions, attention_mask)
+    def patient(self, codes, ages, segments, positions, attention_mask) -> torch.Tensor:
+        """(B, n + m): visits weighted by exp(-months before the patient's last visit / recency_months), then u_s."""
+        visits = self.med2vec(codes, ages, segments, positions, attention_mask)
         ages = visits.ages.masked_fill(~visits.mask, -1)
         months_before = (ages.max(1, keepdim=True).values - ages).to(visits.vectors.dtype)  # (B, P)
         weight = torch.exp(-months_before / self.config.recency_months) * visits.mask  # (B, P)
         weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)
-        return (weight[..., None] * visits.vectors).sum(1)  # (B, n)
+        return torch.cat([(weight[..., None] * visits.vectors).sum(1), visits.static], dim=-1)  # (B, n + m)

@@ -57,7 +57,7 @@ class Med2VecTask:
                 device: torch.device) -> tuple[torch.Tensor, ...]:
         negatives = self._negatives(batch, generator)  # drawn on CPU: identical on every device
         b = batch.to(device)
-        return model(b.codes, b.ages, b.positions, b.attention_mask, negatives.to(device))
+        return model(b.codes, b.ages, b.segments, b.positions, b.attention_mask, negatives.to(device))
 
     def training_loss(self, model: Med2VecForPretraining, batch: Batch, generator: torch.Generator,
                       device: torch.device) -> torch.Tensor:
