@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ehrseq.errors import InputError
@@ -168,7 +169,7 @@ def pull(
     from runner.pull import pull as pull_run
 
     files = pull_run(_run_folder(run_uri, endpoint_url), dest, what)
-    console.print(f"pulled {len(files)} files into {dest}")
+    console.print(f"pulled {len(files)} files into {escape(str(dest))}")
 
 
 @app.command()
@@ -184,7 +185,7 @@ def export(
     from runner.export import export_run
 
     files = export_run(_run_folder(run_uri, endpoint_url), dest, merge, endpoint_url)
-    console.print(f"exported {', '.join(files)} into {dest}")
+    console.print(f"exported {', '.join(files)} into {escape(str(dest))}")
 
 
 @app.command()
@@ -204,8 +205,8 @@ def compare(
 
     result = compare_runs(run_uris, out, force=force, endpoint_url=endpoint_url, num_resamples=resamples)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    console.print(f"compared {len(result.runs)} runs: {result.report} and {result.table}")
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    console.print(escape(f"compared {len(result.runs)} runs: {result.report} and {result.table}"))
 
 
 @app.command()
@@ -244,5 +245,5 @@ def main() -> None:
     try:
         app()
     except InputError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # user text: no markup
         sys.exit(EXIT_BAD_INPUT)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
+from rich.markup import escape
 from safetensors.torch import save_file
 
 from ehrseq.data.budget import subsample
@@ -57,6 +57,7 @@ from ehrseq.training.state import (
     trainable_state_dict,
 )
 from ehrseq.training.trainer import TrainConfig, Trainer
+from runner import safe_yaml
 from runner.bundle import ADAPTER, write_bundle
 from runner.checkpointing import Checkpointer
 from runner.checkpoints import CheckpointStore, checkpoint_dir
@@ -92,7 +93,7 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     if previous is not None:
         check_compatible(run, spec)
         if previous["state"] == "completed" and _trained_out(previous, spec):
-            console.print(f"[green]{run.uri} already completed[/] (step {previous['durable_step']}); "
+            console.print(f"[green]{escape(run.uri)} already completed[/] (step {previous['durable_step']}); "
                           "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
             return EXIT_COMPLETED
     with StopRequest() as stop:
@@ -118,7 +119,8 @@ def training_seed(spec: JobSpec) -> int:
 def check_compatible(run: RunFolder, spec: JobSpec) -> None:
     """Refuses to resume a run whose model or data would change; a new step budget is fine."""
     try:
-        stored = JobSpec.model_validate(yaml.safe_load(run.storage.get_bytes(run.key("spec.yaml"))))
+        stored = JobSpec.model_validate(safe_yaml.load(run.storage.get_bytes(run.key("spec.yaml")),
+                                                       f"{run.uri}/spec.yaml"))
     except FileNotFoundError:
         return
     if stored.fingerprint() == spec.fingerprint():
@@ -217,7 +219,7 @@ class Job:
         self.syncer = Syncer(run, warn=self.warn)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # may hold stored keys
 
     def run(self) -> int:
         shutil.rmtree(self.work / "checkpoints", ignore_errors=True)
@@ -262,7 +264,7 @@ class Job:
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
             on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
             best_metric=trainer.config.monitor, durable_step=trainer.state.step)
-        console.print(f"[bold]{self.run_folder.uri}[/]: {spec.model.kind}-{spec.model.size} {spec.task.kind} "
+        console.print(f"[bold]{escape(self.run_folder.uri)}[/]: {spec.model.kind}-{spec.model.size} {spec.task.kind} "
                       f"({params_total:,} parameters) "
                       f"on {device}; {len(vocab):,} tokens; subjects "
                       + " / ".join(f"{s} {len(encoded[s])}" for s in SPLITS))
@@ -371,7 +373,7 @@ class Job:
 
     def _completed(self, held_out: Any, durable_step: int, **fields: Any) -> int:
         self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time(), **fields)
-        self.console.print(f"[green]completed[/] {self.run_folder.uri}: "
+        self.console.print(f"[green]completed[/] {escape(self.run_folder.uri)}: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
         return EXIT_COMPLETED
 
@@ -408,8 +410,8 @@ class Job:
                              f"gives {base.get('init_from')}; resume with the original base or pass --fresh")
         trainer.load_state_dict(snapshot)
         set_rng_state(snapshot["rng"])
-        self.console.print(f"[bold]resuming[/] {self.run_folder.uri} from step {manifest['step']} "
-                           f"({self.run_folder.uri}/{checkpoint_dir(manifest['step'])})")
+        self.console.print("[bold]resuming[/] " + escape(f"{self.run_folder.uri} from step {manifest['step']} "
+                                                         f"({self.run_folder.uri}/{checkpoint_dir(manifest['step'])})"))
         return (folder / "metrics.jsonl").read_bytes()
 
     def _preempted(self, lost: int, committed: bool = True, durable_step: int | None = None) -> int:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import load
 from torch import nn
 
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
+from runner import safe_yaml
 from runner.run_folder import RunFolder
 from runner.storage import open_storage, split_run_uri
 
@@ -41,7 +41,7 @@ def fetch_pretrained(run_uri: str, endpoint_url: str | None = None, kind: str = 
     try:
         weights = run.storage.get_bytes(run.key("model.safetensors"))
         vocab = Vocabulary.from_json(run.storage.get_bytes(run.key("vocab.json")).decode())
-        spec = yaml.safe_load(run.storage.get_bytes(run.key("spec.yaml")))
+        spec = safe_yaml.load(run.storage.get_bytes(run.key("spec.yaml")), f"{run_uri}/spec.yaml")
     except FileNotFoundError as e:
         raise InputError(f"model.init_from: {run_uri} has no finished model ({e}); "
                          "pretrain it to completion first") from None

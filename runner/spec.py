@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
+from runner import safe_yaml
 from runner.storage import open_storage, refuse_credentials, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
@@ -188,11 +189,11 @@ def read_spec_file(path: Path, overrides: list[str], sections: str) -> dict[str,
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" line {where.line + 1}" if where else ""
-        raise SpecError(f"{path}:{line} YAML syntax error: {getattr(e, 'problem', e)}") from None
+        raw = safe_yaml.load(path.read_bytes(), str(path))
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the spec ({e.strerror or e})") from None
+    except InputError as e:
+        raise SpecError(str(e)) from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of sections ({sections}), got {type(raw).__name__}")
     for item in overrides:
@@ -217,8 +218,8 @@ def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
             node[part] = {}
         node = node[part]
     try:
-        node[parts[-1]] = yaml.safe_load(value) if value else ""
-    except yaml.YAMLError:
+        node[parts[-1]] = safe_yaml.load(value, "--set") if value else ""
+    except InputError:
         node[parts[-1]] = value
 
 

@@ -2,6 +2,10 @@
 
 import io
 import json
+import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -153,3 +157,59 @@ def test_credentials_in_urls_are_refused_without_echoing_them(field):
     assert field.split("=")[0] in str(refused.value) and "SECRETXYZ" not in str(refused.value)
     with pytest.raises(InputError, match="put credentials in AWS_"):
         open_storage("s3://bucket/runs", "https://user:SECRETXYZ@r2.example.com")
+
+
+def cli_in_process(monkeypatch, capsys, *args):
+    """`ehrseq ARGS` through the real entry point (error mapping included), without a subprocess."""
+    from runner.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ehrseq", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+def bad_spec_files(tmp_path):
+    name = "name: x\n"
+    unreadable = tmp_path / "unreadable.yaml"
+    unreadable.write_text(name)
+    unreadable.chmod(0)
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(12))
+    files = {"latin-1": name.encode() + "data: {path: caf\u00e9}\n".encode("latin-1"),
+             "utf-16 without BOM": name.encode("utf-16-le"),
+             "deeply nested": name.encode() + b"data: " + b"[" * 100_000 + b"]" * 100_000,
+             "billion laughs": name.encode() + laughs.encode(),
+             "s3:// without bucket": b"name: x\nstorage: {uri: 's3://'}\n",
+             "huge": name.encode() + b"# " + b"x" * (2 << 20)}
+    paths = {}
+    for label, data in files.items():
+        paths[label] = tmp_path / f"{len(paths)}.yaml"
+        paths[label].write_bytes(data)
+    paths["unreadable"] = unreadable if os.geteuid() else Path("/proc/self/mem")  # root reads mode 000 files
+    return paths
+
+
+EXPECTED = {"latin-1": "not UTF-8 text", "utf-16 without BOM": "YAML syntax error", "deeply nested": "nested deeper",
+            "billion laughs": "aliases", "s3:// without bucket": "expected s3://BUCKET[/PREFIX]",
+            "huge": "too large", "unreadable": "cannot read the spec"}
+
+
+def test_bad_spec_files_exit_2_with_one_line_fast(tmp_path, monkeypatch, capsys):
+    for label, path in bad_spec_files(tmp_path).items():
+        started = time.monotonic()
+        code, err = cli_in_process(monkeypatch, capsys, "validate", str(path))
+        assert (code, len(err.strip().splitlines())) == (2, 1), (label, err)
+        assert EXPECTED[label] in err and "Traceback" not in err, (label, err)
+        assert time.monotonic() - started < 2, label
+
+
+def test_utf16_and_bom_specs_are_read(tmp_path):
+    for encoding in ("utf-16", "utf-8-sig"):  # how Windows editors save
+        (tmp_path / "s.yaml").write_bytes("name: x\ntrain: {max_steps: 7}\n".encode(encoding))
+        assert load_spec(tmp_path / "s.yaml").train.max_steps == 7
+
+
+def test_markup_in_stored_names_is_printed_not_parsed(tmp_path, monkeypatch, capsys):
+    code, err = cli_in_process(monkeypatch, capsys, "status", f"file://{tmp_path}/[/PREFIX]/[bold]r")
+    assert code == 2 and "[/PREFIX]/[bold]r: no such run" in err
