@@ -229,7 +229,8 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{field}: unknown field (check the spelling; see `ehrseq validate --help`)"
     if err["type"] == "missing":
         return f"{field}: required field is missing"
-    return f"{field}: {err['msg']} (got {err['input']!r})"
+    given = repr(err["input"])
+    return f"{field}: {err['msg']} (got {given if len(given) <= 200 else given[:200] + '...'})"
 
 
 def check_supported(spec: JobSpec) -> None:

@@ -213,3 +213,10 @@ def test_utf16_and_bom_specs_are_read(tmp_path):
 def test_markup_in_stored_names_is_printed_not_parsed(tmp_path, monkeypatch, capsys):
     code, err = cli_in_process(monkeypatch, capsys, "status", f"file://{tmp_path}/[/PREFIX]/[bold]r")
     assert code == 2 and "[/PREFIX]/[bold]r: no such run" in err
+
+
+def test_a_huge_wrong_value_is_not_echoed_whole(tmp_path):
+    (tmp_path / "s.yaml").write_text(f"name: x\ntrain: {{max_steps: [{', '.join(['1'] * 100_000)}]}}\n")
+    with pytest.raises(InputError, match=r"train.max_steps: Input should be a valid integer") as refused:
+        load_spec(tmp_path / "s.yaml")
+    assert len(str(refused.value)) < 400
