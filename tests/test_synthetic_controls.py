@@ -1,5 +1,6 @@
 """The synthetic controls: `order` (order drives the outcome) and `presence` (order adds nothing), by construction."""
 
+import hashlib
 from dataclasses import replace
 
 import numpy as np
@@ -62,6 +63,15 @@ def test_controls_share_codes_and_prevalence(control):
     assert (order.prevalence_a, order.prevalence_b) == (presence.prevalence_a, presence.prevalence_b)
     for code, planned in ((PROGRESSION_A, order.prevalence_a), (PROGRESSION_B, order.prevalence_b)):
         assert abs(_share_with(cohort, code) - planned) < 0.01
+
+
+def test_default_preset_output_is_unchanged():
+    """Pinned digest of the original generator's output (data and labels), so cached datasets keep their meaning."""
+    cohort, h = generate_synthetic(200, seed=5), hashlib.sha256()
+    for table in (cohort.data, *cohort.labels.values()):
+        for column in table.columns:
+            h.update(str(column.to_pylist()).encode())
+    assert h.hexdigest()[:16] == "74fc43a7f7f68064"
 
 
 def test_default_preset_keeps_its_weak_order_signal():
