@@ -1,54 +1,201 @@
-"""The ladder: every model on one cohort and task, then one report; a preempted ladder continues where it stopped."""
+"""The ladder: a spec expands into ordinary runs, a preempted ladder continues, and the report's verdicts are right."""
 
 import csv
+import json
+from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from runner.ladder import SCALES, LadderScale, ladder_specs, run_ladder
+from ehrseq.evaluation.binary import auroc
+from ehrseq.evaluation.predictions import BinaryPredictions
+from runner.ladder import run_ladder
+from runner.ladder_spec import load_ladder
 from runner.preemption import EXIT_PREEMPTED
+from runner.spec import SpecError
 
-MICRO = LadderScale(num_patients=200, max_seq_len=32, pretrain_steps=3, finetune_steps=3, batch_size=16,
-                    eval_every=3)
+LADDER = """\
+name: lad
+seed: 3
+cohorts:
+  - {name: order, data: {num_patients: 200, max_seq_len: 32, synthetic: {preset: order}}}
+  - {name: presence, data: {num_patients: 200, max_seq_len: 32, synthetic: {preset: presence}}}
+task: {kind: binary}
+label_budgets: [16, null]
+replicates: 2
+resamples: 200
+train: {max_steps: 4, batch_size: 8, device: cpu}
+rungs:
+  - {name: bag, model: {kind: bag_of_codes}}
+  - {name: behrt-large, model: {kind: behrt, size: large}, pretrain: {task: mlm, train: {max_steps: 3}}}
+  - {name: behrt-large-lora, model: {kind: behrt, size: large}, pretrain: {task: mlm, train: {max_steps: 3}},
+     lora: {rank: 4}, train: {lr: 0.001}}
+storage: {uri: "file://STORAGE"}
+"""
 
 
-def test_rungs_share_one_cohort_and_fine_tune_from_their_own_pretraining():
-    specs = ladder_specs("survival", SCALES["tiny"], "file://./runs/ladder")
-    names = [s.resolved_run_id for s in specs]
-    assert names.index("pretrain-behrt-large") < names.index("survival-behrt-large") < \
-        names.index("survival-behrt-large-lora")
-    finals = [s for s in specs if s.task.kind == "survival"]
-    assert {(s.model.kind, s.model.size if s.model.kind == "behrt" else None, bool(s.lora)) for s in finals} == {
-        ("bag_of_codes", None, False), ("cox", None, False), ("med2vec", None, False), ("behrt", "small", False),
-        ("behrt", "medium", False), ("behrt", "large", False), ("behrt", "large", True)}
-    assert len({(s.seed, s.data.model_dump_json()) for s in specs}) == 1  # same patients and splits everywhere
-    for s in specs:
-        if s.model.init_from:
-            assert s.model.init_from.rsplit("/", 1)[1] in names[:names.index(s.resolved_run_id)]
-    assert "survival-cox" not in [s.resolved_run_id for s in ladder_specs("binary", MICRO, "file://x")]
+def write_ladder(tmp_path: Path, text: str = LADDER) -> Path:
+    path = tmp_path / "ladder.yaml"
+    path.write_text(text.replace("STORAGE", str(tmp_path / "runs")))
+    return path
 
 
-def test_a_preempted_rung_stops_the_ladder_and_a_rerun_continues(tmp_path):
-    specs = ladder_specs("binary", MICRO, f"file://{tmp_path}/runs")
-    calls: list[str] = []
+def test_a_ladder_expands_into_readable_runs_with_one_pretraining_per_cohort(tmp_path):
+    ladder, runs = load_ladder(write_ladder(tmp_path), ["train.batch_size=4"])
+    ids = [r.spec.resolved_run_id for r in runs]
+    assert ids[:7] == ["lad-order-behrt-large-pretrain", "lad-order-bag-k16-r0", "lad-order-behrt-large-k16-r0",
+                       "lad-order-behrt-large-lora-k16-r0", "lad-order-bag-k16-r1", "lad-order-behrt-large-k16-r1",
+                       "lad-order-behrt-large-lora-k16-r1"]
+    assert len(ids) == len(set(ids)) == 2 * (1 + 2 * 2 * 3)
+    pretraining = [r for r in runs if r.pretraining]
+    assert [(r.cohort, r.spec.task.kind, r.spec.train.max_steps, r.spec.train.label_budget) for r in pretraining] \
+        == [("order", "mlm", 3, None), ("presence", "mlm", 3, None)]  # identical pretrainings are run once
+    for r in runs:
+        assert r.spec.seed == 3 and r.spec.train.batch_size == 4  # the same cohort and splits everywhere
+        if r.pretraining:
+            continue
+        assert (r.spec.train.label_budget, r.spec.train.replicate) == (r.budget, r.replicate)
+        assert r.spec.task.kind == "binary"
+        if r.rung == "bag":
+            assert r.spec.model.init_from is None
+        else:  # every budget and replicate fine-tunes from its cohort's single pretraining run
+            assert r.spec.model.init_from == f"file://{tmp_path}/runs/lad-{r.cohort}-behrt-large-pretrain"
+            assert ids.index(r.spec.model.init_from.rsplit("/", 1)[1]) < ids.index(r.spec.resolved_run_id)
+    lora = [r.spec for r in runs if r.rung == "behrt-large-lora"]
+    assert all(s.lora.rank == 4 and s.train.lr == 0.001 and s.train.max_steps == 4 for s in lora)
+    assert {r.spec.data.synthetic.preset for r in runs if r.cohort == "presence"} == {"presence"}
 
-    def fake_run(spec, console):
-        calls.append(spec.resolved_run_id)
-        return EXIT_PREEMPTED if len(calls) == 3 else 0
 
-    assert run_ladder(specs, tmp_path / "report", Console(quiet=True), run=fake_run) == EXIT_PREEMPTED
-    assert calls == [s.resolved_run_id for s in specs[:3]]
-    assert not (tmp_path / "report").exists()
+BAD = {
+    "unknown key": ("replicates: 2\n", "replicates: 2\nrepeats: 3\n", "repeats: unknown field"),
+    "bad budget": ("label_budgets: [16, null]", "label_budgets: [0, null]", "label_budgets: Value error"),
+    "repeated budget": ("label_budgets: [16, null]", "label_budgets: [16, 16]", "budgets repeat"),
+    "budget by hand": ("train: {max_steps: 4,", "train: {label_budget: 8, max_steps: 4,", "come from label_budgets"),
+    "pretraining task": ("task: {kind: binary}", "task: {kind: mlm}", "task: Value error, a ladder compares"),
+    "unknown rung key": ("{name: bag, model:", "{name: bag, layers: 2, model:", "rungs.0.layers: unknown field"),
+    "invalid job": ("{name: bag, model: {kind: bag_of_codes}}", "{name: bag, model: {kind: cox}}",
+                    "cohort order, rung bag (lad-order-bag-k16-r0): model.kind: cox needs event times"),
+    "repeated rung": ("name: behrt-large-lora,", "name: bag,", "names must be unique; repeated: bag"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_ladder_is_one_error_naming_the_file_and_field(case, tmp_path):
+    old, new, expected = BAD[case]
+    assert old in LADDER
+    with pytest.raises(SpecError) as e:
+        load_ladder(write_ladder(tmp_path, LADDER.replace(old, new, 1)))
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'ladder.yaml'}: ") and expected in message and "\n" not in message
 
 
 @pytest.mark.slow
-def test_micro_ladder_runs_every_model_and_writes_one_report(tmp_path):
-    specs = ladder_specs("binary", MICRO, f"file://{tmp_path}/runs", device="cpu",
-                         work_dir=str(tmp_path / "work"))
-    assert run_ladder(specs, tmp_path / "report", Console(quiet=True)) == 0
-    with (tmp_path / "report" / "comparison.csv").open() as f:
+def test_the_cli_exits_2_with_one_line_on_a_bad_ladder(cli, tmp_path):
+    result = cli("ladder", str(write_ladder(tmp_path, LADDER.replace("replicates: 2", "replicates: 0"))))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ladder.yaml" in lines[0] and "replicates" in lines[0], result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+# Hand-made bundles: the report's verdicts on predictions whose answer is known, without training anything.
+HELD_OUT = 400
+LABELS = np.random.default_rng(0).random(HELD_OUT) < 0.3
+
+
+def fake_bundle(root: Path, run, strength: float, tuning: float) -> None:
+    """A finished run's summary.json and predictions: scores = strength x label + noise (0 = chance)."""
+    noise = np.random.default_rng(run.replicate or 0).normal(size=HELD_OUT)
+    scores = 1 / (1 + np.exp(-(strength * LABELS + noise - 0.5)))
+    p = BinaryPredictions(np.arange(HELD_OUT), np.full(HELD_OUT, np.datetime64("2020-01-01", "us")), LABELS, scores)
+    folder = root / run.spec.resolved_run_id
+    (folder / "predictions").mkdir(parents=True)
+    pq.write_table(p.to_table(), folder / "predictions" / "held_out.parquet")
+    count = run.spec.model.kind in ("bag_of_codes", "gbm")
+    summary = {"run_id": run.spec.resolved_run_id, "task": "binary", "labels": "outcome_within_365d",
+               "metrics": p.metrics(), "wall_time_s": 60.0, "gpu_hours": 0.5, "cost": 1.0,
+               "data": {"subjects": {"train": 1000, "tuning": 200, "held_out": HELD_OUT}},
+               "oracle": {"auroc": 0.95}, **({"baseline": {"tuning_score": tuning}} if count else {})}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    if not count:
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 4, "split": "tuning", "auroc": tuning}) + "\n")
+
+
+STRENGTH = {  # (cohort, rung, budget) -> how well the fake model ranks; gbm: better held-out, worse tuning
+    ("order", "bag", 16): 0.4, ("order", "gbm", 16): 0.6, ("order", "behrt", 16): 0.4,
+    ("order", "bag", None): 1.0, ("order", "gbm", None): 1.1, ("order", "behrt", None): 4.0,
+    ("presence", "bag", 16): 0.4, ("presence", "gbm", 16): 0.5, ("presence", "behrt", 16): 0.4,
+    ("presence", "bag", None): 1.0, ("presence", "gbm", None): 1.1, ("presence", "behrt", None): 1.0,
+}
+VERDICT_LADDER = LADDER.replace("replicates: 2", "replicates: 1").split("rungs:")[0] + """\
+rungs:
+  - {name: bag, model: {kind: bag_of_codes}}
+  - {name: gbm, model: {kind: bag_of_codes}}
+  - {name: behrt, model: {kind: behrt}, pretrain: {task: mlm}}
+storage: {uri: "file://STORAGE"}
+"""
+
+
+def test_a_preempted_ladder_continues_and_the_report_gives_the_known_verdicts(tmp_path):
+    ladder, runs = load_ladder(write_ladder(tmp_path, VERDICT_LADDER))
+    root, calls = tmp_path / "runs", []
+
+    def fake_run(spec, console, preempt_at=None):
+        run = next(r for r in runs if r.spec is spec)
+        calls.append(spec.resolved_run_id)
+        if len(calls) == preempt_at:
+            return EXIT_PREEMPTED
+        if not (root / spec.resolved_run_id).exists():  # the runner skips a completed run
+            strength = 0.0 if run.pretraining else STRENGTH[run.cohort, run.rung, run.budget]
+            fake_bundle(root, run, strength, tuning=0.6 if run.rung == "gbm" else 0.7)
+        return 0
+
+    out = tmp_path / "report"
+    first = run_ladder(ladder, runs, out, Console(quiet=True), run=lambda s, c: fake_run(s, c, preempt_at=4))
+    assert first == EXIT_PREEMPTED and not out.exists()
+    made = sorted(p.name for p in root.iterdir())
+    assert made == sorted(r.spec.resolved_run_id for r in runs[:3])
+    calls.clear()
+    assert run_ladder(ladder, runs, out, Console(quiet=True), run=fake_run) == 0
+    assert calls == [r.spec.resolved_run_id for r in runs]
+    assert sorted(p.name for p in root.iterdir()) == sorted(calls)
+
+    with (out / "ladder.csv").open() as f:
+        rows = {(r["cohort"], r["rung"], r["k"]): r for r in csv.DictReader(f)}
+    # the best count baseline is picked on tuning (bag 0.7 > gbm 0.6), though gbm is better held-out
+    assert {r["best_baseline"] for r in rows.values()} == {"bag"}
+    assert float(rows["order", "gbm", "all"]["value"]) > float(rows["order", "bag", "all"]["value"])
+    assert rows["order", "behrt", "all"]["verdict"] == "beats"
+    assert float(rows["order", "behrt", "all"]["difference_ci_low"]) > 0
+    assert rows["presence", "behrt", "all"]["verdict"] == "no difference"  # identical predictions
+    assert float(rows["presence", "behrt", "all"]["difference"]) == 0.0
+    scores = 1 / (1 + np.exp(-(4.0 * LABELS + np.random.default_rng(0).normal(size=HELD_OUT) - 0.5)))
+    assert float(rows["order", "behrt", "all"]["value"]) == pytest.approx(auroc(LABELS, scores))
+    report = (out / "report.md").read_text()
+    assert "at k=all behrt beats the best count baseline (bag) by +0." in report
+    assert "at k=all behrt shows no difference from the best count baseline (bag): +0.000" in report
+    assert report.count("Matches the known answer") == 2 and "oracle (true risk) 0.950" in report
+    assert (out / "plots" / "order_label_efficiency.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_tiny_real_ladder_writes_its_report(tmp_path):
+    text = LADDER.split("rungs:")[0].replace("replicates: 2", "replicates: 1") + """\
+rungs:
+  - {name: bag, model: {kind: bag_of_codes}}
+  - {name: behrt, model: {kind: behrt, size: small}, train: {max_steps: 2}}
+storage: {uri: "file://STORAGE"}
+runtime: {work_dir: WORK}
+""".replace("WORK", str(tmp_path / "work"))
+    ladder, runs = load_ladder(write_ladder(tmp_path, text.replace("  - {name: presence", "  # - {name: presence")))
+    assert run_ladder(ladder, runs, tmp_path / "report", Console(quiet=True)) == 0
+    with (tmp_path / "report" / "ladder.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["run"] for r in rows) == sorted(s.resolved_run_id for s in specs if s.task.kind == "binary")
-    assert all(r["auroc"] for r in rows)
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "binary-behrt-large-lora" in report
+    assert [(r["rung"], r["k"], r["verdict"] != "") for r in rows] == [
+        ("bag", "16", False), ("behrt", "16", True), ("bag", "all", False), ("behrt", "all", True)]
+    for r in rows:  # the figure is the run's own held-out AUROC
+        summary = json.loads((tmp_path / "runs" / f"lad-order-{r['rung']}-k{r['k']}-r0" / "summary.json").read_text())
+        assert float(r["value"]) == pytest.approx(summary["metrics"]["auroc"])
+    assert "Control `order`" in (tmp_path / "report" / "report.md").read_text()

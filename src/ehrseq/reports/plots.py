@@ -205,6 +205,34 @@ def plot_learning_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: Pat
     return _save(fig, path)
 
 
+def plot_label_efficiency(curves: Mapping[str, Sequence[tuple[float, float, Sequence[float]]]], path: Path,
+                          title: str, metric: str, dashed: Sequence[str] = (),
+                          references: Mapping[str, float] | None = None,
+                          tick_labels: Mapping[float, str] | None = None) -> Path:
+    """Held-out metric vs labelled training examples (log x), one line per model with its 95% CI band.
+
+    `curves`: model -> [(k, value, [low, high])]; `dashed`: the count baselines; `references`: horizontal lines
+    (the oracle ceilings); `tick_labels`: names for x positions (k = all).
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    colors = run_colors(list(curves))
+    for label, points in curves.items():
+        points = sorted(points)
+        x = [p[0] for p in points]
+        ax.plot(x, [p[1] for p in points], "o--" if label in dashed else "o-", color=colors[label], label=label)
+        ax.fill_between(x, [p[2][0] for p in points], [p[2][1] for p in points], color=colors[label], alpha=0.15)
+    for (name, value), style in zip((references or {}).items(), (":", "-."), strict=False):
+        ax.axhline(value, linestyle=style, color="grey", label=f"{name} ({value:.3f})")
+    ax.set_xscale("log")
+    ticks = sorted({p[0] for points in curves.values() for p in points})
+    ax.set_xticks(ticks, [(tick_labels or {}).get(t, f"{t:g}") for t in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="labelled training patients k (log scale)", ylabel=f"held-out {metric_label(metric)}", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", title="shaded: 95% CI; dashed: counts")
+    return _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -1,0 +1,213 @@
+"""The ladder spec: rungs x cohorts x label budgets x replicates, each an ordinary job spec.
+
+A ladder YAML names its cohorts (any `data` block a job spec takes), one supervised task, the rungs (a model
+block, an optional pretraining run, LoRA, train overrides), the label budgets and the replicates. `expand`
+turns it into the JobSpecs to run, in order: each cohort's pretraining runs (one per distinct pretraining, on
+every training patient, without labels), then every rung at every budget and replicate, fine-tuned from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ehrseq.errors import InputError
+from ehrseq.reports.ladder import budget_text
+from runner.spec import (
+    CheckpointSpec,
+    DataSpec,
+    JobSpec,
+    LoraSpec,
+    ModelSpec,
+    RuntimeSpec,
+    Section,
+    SpecError,
+    StorageSpec,
+    TaskSpec,
+    TrainSpec,
+    check_supported,
+    describe_errors,
+    read_spec_file,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # short: run ids are <ladder>-<cohort>-<rung>-k<k>-r<r>
+LADDER_TASKS = ("binary", "survival")
+SET_BY_LADDER = ("label_budget", "replicate")  # train fields each run gets from label_budgets / replicates
+
+
+class Cohort(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    data: DataSpec = DataSpec()
+    task: dict[str, Any] = {}  # overrides of the ladder's task for this cohort, e.g. {labels: my_outcome}
+
+    @field_validator("task")
+    @classmethod
+    def _same_kind(cls, task: dict[str, Any]) -> dict[str, Any]:
+        if "kind" in task:
+            raise ValueError(f"every cohort has the ladder's task.kind; remove kind: {task['kind']!r} here")
+        return task
+
+
+class Pretrain(Section):
+    task: Literal["mlm", "med2vec"]  # mlm for BEHRT, med2vec for Med2Vec
+    train: TrainSpec = TrainSpec()  # overrides of the ladder's train block for the pretraining run (not the rung's)
+
+
+class Rung(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: ModelSpec
+    pretrain: Pretrain | None = None  # run once per cohort; every budget and replicate fine-tunes from it
+    lora: LoraSpec | None = None
+    train: TrainSpec = TrainSpec()  # overrides of the ladder's train block for this rung's supervised runs
+
+    @model_validator(mode="after")
+    def _one_base(self) -> Rung:
+        if self.pretrain and self.model.init_from:
+            raise ValueError("set either pretrain (the ladder pretrains on each cohort) or model.init_from "
+                             f"(an existing run), not both; got init_from {self.model.init_from!r}")
+        return self
+
+
+class LadderSpec(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    seed: int = Field(0, ge=0)  # cohort, splits and pretraining; replicates vary subsample and initialisation
+    cohorts: list[Cohort] = Field(min_length=1)
+    task: TaskSpec  # binary or survival; cohorts may override its other fields (labels, horizon_days)
+    rungs: list[Rung] = Field(min_length=1)
+    label_budgets: list[int | None] = Field([None], min_length=1)  # k labelled training patients; null = all
+    replicates: int = Field(1, ge=1)
+    resamples: int = Field(1000, ge=100)  # paired bootstrap resamples of held-out patients in the report
+    train: TrainSpec = TrainSpec()  # defaults for every run; a rung's or a pretraining's train overrides them
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    storage: StorageSpec = StorageSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
+
+    @field_validator("task")
+    @classmethod
+    def _supervised(cls, task: TaskSpec) -> TaskSpec:
+        if task.kind not in LADDER_TASKS:
+            raise ValueError(f"a ladder compares models on {' or '.join(LADDER_TASKS)}, not {task.kind!r}")
+        return task
+
+    @field_validator("label_budgets")
+    @classmethod
+    def _budgets(cls, budgets: list[int | None]) -> list[int | None]:
+        bad = [k for k in budgets if k is not None and k < 1]
+        if bad:
+            raise ValueError(f"each budget is a number of labelled training patients >= 1, or null for all; got {bad}")
+        if len(set(budgets)) != len(budgets):
+            raise ValueError(f"budgets repeat: {budgets}")
+        return budgets
+
+    @field_validator("cohorts", "rungs")
+    @classmethod
+    def _unique_names(cls, items: list[Cohort] | list[Rung]) -> list[Cohort] | list[Rung]:
+        names = [i.name for i in items]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names must be unique; repeated: {', '.join(repeated)}")
+        return items
+
+    @field_validator("train")
+    @classmethod
+    def _not_set_by_hand(cls, train: TrainSpec) -> TrainSpec:
+        given = sorted(set(SET_BY_LADDER) & train.model_fields_set)
+        if given:
+            raise ValueError(f"{', '.join(given)} come from label_budgets and replicates; remove them here")
+        return train
+
+
+@dataclass(frozen=True)
+class LadderRun:
+    """One run of the ladder: a pretraining (budget None, replicate None) or a rung at a budget and replicate."""
+
+    spec: JobSpec
+    cohort: str
+    rung: str  # a pretraining run carries the first rung that asked for it
+    budget: int | None
+    replicate: int | None
+
+    @property
+    def pretraining(self) -> bool:
+        return self.replicate is None
+
+    @property
+    def uri(self) -> str:
+        return f"{self.spec.storage.uri.rstrip('/')}/{self.spec.resolved_run_id}"
+
+
+def load_ladder(path: str | Path, overrides: list[str] = ()) -> tuple[LadderSpec, list[LadderRun]]:
+    """Reads, overrides and validates a ladder and every run it expands to; each failure is a one-line SpecError."""
+    path = Path(path)
+    raw = read_spec_file(path, overrides, "name, cohorts, task, rungs, label_budgets, ...")
+    try:
+        ladder = LadderSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(f"{path}: {describe_errors(e)}") from None
+    try:
+        return ladder, expand(ladder)
+    except InputError as e:
+        raise SpecError(f"{path}: {e}") from None
+
+
+def expand(ladder: LadderSpec) -> list[LadderRun]:
+    """Every run in order; InputError naming the cohort and rung when one of them is not a valid job."""
+    runs: list[LadderRun] = []
+    for cohort in ladder.cohorts:
+        pretrained: dict[str, LadderRun] = {}  # pretraining fingerprint -> its run, shared by identical rungs
+        base_of: dict[str, str] = {}  # rung -> URI its fine-tuning starts from
+        for rung in ladder.rungs:
+            if rung.pretrain is None:
+                continue
+            run = _pretraining(ladder, cohort, rung)
+            run = pretrained.setdefault(run.spec.model_copy(update={"name": ladder.name}).fingerprint(), run)
+            base_of[rung.name] = run.uri
+        runs += pretrained.values()
+        for budget in ladder.label_budgets:
+            for replicate in range(ladder.replicates):
+                for rung in ladder.rungs:
+                    model = rung.model.model_dump(exclude_unset=True)
+                    if rung.name in base_of:
+                        model["init_from"] = base_of[rung.name]
+                    run_id = f"{ladder.name}-{cohort.name}-{rung.name}-k{budget_text(budget)}-r{replicate}"
+                    spec = _job(ladder, cohort, rung.name, run_id, model, ladder.task.model_dump(exclude_unset=True)
+                                | cohort.task, _train(ladder.train, rung.train, label_budget=budget,
+                                                      replicate=replicate),
+                                lora=rung.lora.model_dump() if rung.lora else None)
+                    runs.append(LadderRun(spec, cohort.name, rung.name, budget, replicate))
+    return runs
+
+
+def _pretraining(ladder: LadderSpec, cohort: Cohort, rung: Rung) -> LadderRun:
+    assert rung.pretrain is not None
+    model = rung.model.model_dump(exclude_unset=True)
+    spec = _job(ladder, cohort, rung.name, f"{ladder.name}-{cohort.name}-{rung.name}-pretrain", model,
+                {"kind": rung.pretrain.task}, _train(ladder.train, rung.pretrain.train))
+    return LadderRun(spec, cohort.name, rung.name, None, None)
+
+
+def _train(*layers: TrainSpec, **set_by_ladder: Any) -> dict[str, Any]:
+    """The fields each layer sets, later layers winning, then what the ladder decides for this run."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged |= layer.model_dump(exclude_unset=True)
+    return merged | set_by_ladder
+
+
+def _job(ladder: LadderSpec, cohort: Cohort, rung: str, run_id: str, model: dict[str, Any], task: dict[str, Any],
+         train: dict[str, Any], **extra: Any) -> JobSpec:
+    raw = {"name": run_id, "seed": ladder.seed, "data": cohort.data.model_dump(exclude_unset=True),
+           "model": model, "task": task, "train": train,
+           **{k: getattr(ladder, k).model_dump(exclude_unset=True) for k in ("checkpoint", "storage", "runtime")},
+           **extra}
+    try:
+        spec = JobSpec.model_validate(raw)
+        check_supported(spec)
+    except ValidationError as e:
+        raise InputError(f"cohort {cohort.name}, rung {rung} ({run_id}): {describe_errors(e)}") from None
+    except InputError as e:
+        raise InputError(f"cohort {cohort.name}, rung {rung} ({run_id}): {e}") from None
+    return spec
