@@ -319,21 +319,23 @@ class Job:
                 "best_tuning_value": st.best_value, "stopped_early": st.stopped_early}
 
     def _fit_baseline(self, data: PreparedData) -> int:
-        """bag_of_codes / cox: fitted in one go (no steps, no checkpoints), reported like BEHRT."""
+        """bag_of_codes / cox / gbm: fitted in one go (no steps, no checkpoints), reported like BEHRT."""
         spec, split = self.spec, data.labelled["held_out"]
         with self.console.status(f"fitting {spec.model.kind} on {len(data.labelled['train'])} subjects"):
             baseline = fit_baseline(spec.model.kind, spec.task.kind, data.labelled["train"],
-                                    data.labelled["tuning"], spec.task.horizon_days, spec.data.min_code_count)
+                                    data.labelled["tuning"], spec.task.horizon_days, spec.data.min_code_count,
+                                    age=spec.model.age_feature, seed=spec.seed)
             scores = baseline.score(split)
         if spec.task.kind == "binary":
             held_out = BinaryPredictions(split.subject_ids, split.prediction_times, split.labels, scores)
         else:
             held_out = SurvivalPredictions(split.subject_ids, split.prediction_times, split.times, split.labels,
                                            scores, spec.task.horizon_days)
-        num_params = len(baseline.codes) + 2  # a coefficient per code, age, and an intercept / baseline hazard
+        num_params = baseline.num_params
         write_bundle(self.run_folder, self.work, spec, None, held_out, [], {
             "params_total": num_params, "params_trainable": num_params, "steps": 0, "durable_step": 0,
-            "baseline": {"features": len(baseline.codes) + 1, **baseline.chosen},
+            "baseline": {"features": baseline.features.describe(), "num_features": baseline.features.width,
+                         **baseline.chosen},
             **self._common_facts(data, held_out, "cpu"), **self._order_probe(data, baseline.score),
         }, warn=self.warn)
         return self._completed(held_out, 0)

@@ -21,7 +21,7 @@ from runner.storage import open_storage, refuse_credentials, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
 DEFAULT_LABELS = {"binary": "outcome_within_365d", "survival": "outcome_survival"}
-BASELINES = ("bag_of_codes", "cox")  # fitted in one go: no steps, checkpoints or resume
+BASELINES = ("bag_of_codes", "cox", "gbm")  # count baselines, fitted in one go: no steps, checkpoints or resume
 SUPERVISED = ("binary", "survival", "next_visit")
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MAX_COUNT = 10**8  # upper bound of step counts, cohort sizes and budgets: anything larger is a typo
@@ -65,10 +65,11 @@ class DataSpec(Section):
 
 
 class ModelSpec(Section):
-    kind: Literal["behrt", "med2vec", "bag_of_codes", "cox"] = "behrt"
+    kind: Literal["behrt", "med2vec", "bag_of_codes", "cox", "gbm"] = "behrt"
     size: Literal["small", "medium", "large", "paper"] = "small"
     init_from: str | None = None  # run or checkpoint URI to fine-tune from
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    age_feature: bool = True  # count baselines: age at the prediction time as a feature (false: what age adds)
 
 
 class TaskSpec(Section):
@@ -238,7 +239,7 @@ def check_supported(spec: JobSpec) -> None:
     for field, url in (("storage.uri", spec.storage.uri), ("storage.endpoint_url", spec.storage.endpoint_url),
                        ("model.init_from", spec.model.init_from)):
         refuse_credentials(url, field)  # first: later messages echo these URLs
-    unsupported = [("model.kind", spec.model.kind, {"behrt", "med2vec", "bag_of_codes", "cox"}),
+    unsupported = [("model.kind", spec.model.kind, {"behrt", "med2vec", *BASELINES}),
                    ("task.kind", spec.task.kind, {"mlm", "med2vec", *SUPERVISED}),
                    ("data.source", spec.data.source, {"synthetic", "meds", "fhir", "synthea-csv"})]
     for field, value, ok in unsupported:
@@ -253,7 +254,7 @@ def check_supported(spec: JobSpec) -> None:
     if spec.task.kind == "med2vec" and spec.model.kind != "med2vec":
         raise InputError(f"task.kind: med2vec is Med2Vec's pretraining objective; it needs model.kind med2vec "
                          f"(got {spec.model.kind!r})")
-    if spec.task.kind == "next_visit" and spec.model.kind in ("bag_of_codes", "cox"):
+    if spec.task.kind == "next_visit" and spec.model.kind in BASELINES:
         raise InputError(f"model.kind: {spec.model.kind} cannot predict a next visit's codes (one score per "
                          "subject); use model.kind behrt with task.kind next_visit")
     if spec.task.kind == "next_visit" and spec.task.labels:
@@ -262,6 +263,9 @@ def check_supported(spec: JobSpec) -> None:
     if spec.train.label_budget is not None and spec.task.kind not in SUPERVISED:
         raise InputError(f"train.label_budget: {spec.train.label_budget} subsamples labelled training examples; "
                          f"task.kind {spec.task.kind!r} has no labels (pretraining uses every training patient)")
+    if not spec.model.age_feature and spec.model.kind not in BASELINES:
+        raise InputError(f"model.age_feature: false drops the age column of the count baselines "
+                         f"({', '.join(BASELINES)}); model.kind {spec.model.kind!r} reads age from its tokens")
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")

@@ -42,7 +42,8 @@ def spec_dir(spec):
 
 
 @pytest.mark.parametrize("model,task", [("bag_of_codes", "binary"), ("bag_of_codes", "survival"),
-                                        ("cox", "survival"), ("behrt", "binary"), ("behrt", "survival")])
+                                        ("cox", "survival"), ("gbm", "binary"), ("gbm", "survival"),
+                                        ("behrt", "binary"), ("behrt", "survival")])
 def test_supervised_run_summary_equals_what_the_predictions_give(tmp_path, model, task):
     spec = make_spec(tmp_path, f"{model}-{task}", model, task)
     summary = run(spec)
@@ -61,7 +62,10 @@ def test_supervised_run_summary_equals_what_the_predictions_give(tmp_path, model
     assert (folder / "model.safetensors").is_file() == (model == "behrt")
     if task == "binary":
         assert sum(summary["calibration"]["count"]) == table.num_rows
-    if model != "behrt":  # no steps to continue: a completed baseline is not refitted
+    if model != "behrt":  # the count baselines say what they use; a completed baseline is not refitted
+        assert summary["baseline"]["features"][-2:] == [
+            "2 static codes, one 0/1 column each (SEX//F, SEX//M)", "age at the prediction time in decades"]
+        assert "age at the prediction time in decades" in (folder / "SUMMARY.md").read_text()
         mtime = (folder / "summary.json").stat().st_mtime_ns
         assert run_job(spec, Console(quiet=True)) == 0 and (folder / "summary.json").stat().st_mtime_ns == mtime
 

@@ -47,6 +47,8 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     ]
     if "init_from" in summary:
         facts.append(("Fine-tuned from", f"{summary['init_from']['uri']} (sha256 {summary['init_from']['sha256']})"))
+    if isinstance(summary.get("baseline", {}).get("features"), list):  # count baselines: their hand-made inputs
+        facts.append(("Features", "; ".join(summary["baseline"]["features"])))
     if summary.get("best_step") is not None:  # supervised runs: the weights of the best tuning evaluation
         facts.append(("Held-out scored with", f"step {summary['best_step']}'s weights, the best tuning "
                       f"{summary['best_metric']} ({summary['best_tuning_value']:.4f})"

@@ -1,0 +1,66 @@
+"""Count features of the baselines, by hand: counts, recency weights, days since last, static codes, age."""
+
+import math
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from ehrseq.data.patients import Patient, Visit
+from ehrseq.models.count_features import CountFeatures
+from runner.spec import SpecError, load_spec
+
+from conftest import REPO
+
+ALL = ("count", "recency", "days_since_last")
+PATIENTS = [
+    Patient(1, datetime(1960, 1, 1), (Visit(datetime(2019, 1, 1), ("a", "b")), Visit(datetime(2019, 12, 2), ("a",))),
+            static=("SEX//F",)),
+    Patient(2, None, (Visit(datetime(2019, 6, 1), ("b", "c")),), static=("SEX//M", "X//rare")),
+    Patient(3, datetime(2000, 1, 1), (Visit(datetime(2019, 6, 1), ("a",)),), static=("SEX//F",)),
+]
+TIMES = np.array(["2020-01-01", "2020-01-01", "2019-06-02"], dtype="datetime64[us]")
+
+
+def test_each_feature_kind_by_hand():
+    features = CountFeatures.fit(PATIENTS, ALL, min_count=1)
+    assert features.codes == {"a": 0, "b": 1, "c": 2}  # by patients holding them, ties by code
+    assert features.static == {"SEX//F": 0, "SEX//M": 1, "X//rare": 2}
+    X = features.matrix(PATIENTS, TIMES)
+    assert X.shape == (3, features.width) == (3, 3 * 3 + 3 + 1) and X.dtype == np.float32
+    count, recency, days, static, age = X[:, 0:3], X[:, 3:6], X[:, 6:9], X[:, 9:12], X[:, 12]
+    np.testing.assert_array_equal(count, [[2, 1, 0], [0, 1, 1], [1, 0, 0]])
+    w = lambda d: math.exp(-d / 365)  # noqa: E731
+    np.testing.assert_allclose(recency, [[w(365) + w(30), w(365), 0], [0, w(214), w(214)], [w(1), 0, 0]], rtol=1e-6)
+    np.testing.assert_array_equal(days, [[30, 365, np.nan], [np.nan, 214, 214], [1, np.nan, np.nan]])
+    np.testing.assert_array_equal(static, [[1, 0, 0], [0, 1, 1], [1, 0, 0]])
+    np.testing.assert_allclose(age, [21915 / 3652.5, 0.0, 7092 / 3652.5], rtol=1e-6)  # unknown birth: 0
+    assert features.names()[:2] == ["count:a", "count:b"] and features.names()[-1] == "age_decades"
+
+
+def test_static_codes_need_min_count_and_unseen_ones_are_ignored():
+    features = CountFeatures.fit(PATIENTS, ("recency",), min_count=2)
+    assert features.static == {"SEX//F": 0} and features.codes == {"a": 0, "b": 1}
+    other = [Patient(9, None, (Visit(datetime(2019, 1, 1), ("zz",)),), static=("SEX//F", "never"))]
+    np.testing.assert_array_equal(features.matrix(other, TIMES[:1]), [[0, 0, 1, 0]])
+
+
+def test_age_feature_off_drops_the_age_column_and_says_so():
+    with_age, without = (CountFeatures.fit(PATIENTS, ("recency",), age=age) for age in (True, False))
+    X, Y = with_age.matrix(PATIENTS, TIMES), without.matrix(PATIENTS, TIMES)
+    np.testing.assert_array_equal(X[:, :-1], Y)
+    assert without.width == with_age.width - 1 and "age_decades" not in without.names()
+    assert with_age.describe() == [
+        "recency-weighted counts of 3 codes (each visit weighs exp(-days before / 365))",
+        "3 static codes, one 0/1 column each (SEX//F, SEX//M, X//rare)", "age at the prediction time in decades"]
+    assert without.describe() == with_age.describe()[:-1]
+
+
+def test_age_feature_is_refused_for_models_that_read_age_from_tokens():
+    spec = REPO / "jobs" / "bag_of_codes_binary.yaml"
+    assert not load_spec(spec, ["model.age_feature=false"]).model.age_feature
+    assert load_spec(spec, ["model.kind=gbm"]).model.kind == "gbm"
+    with pytest.raises(SpecError, match="model.age_feature: false drops the age column"):
+        load_spec(spec, ["model.age_feature=false", "model.kind=behrt"])
+    with pytest.raises(SpecError, match="gbm cannot predict a next visit"):
+        load_spec(spec, ["model.kind=gbm", "task.kind=next_visit", "task.labels=null"])
