@@ -16,6 +16,8 @@ from runner.ladder_spec import load_ladder
 from runner.preemption import EXIT_PREEMPTED
 from runner.spec import SpecError
 
+from conftest import REPO
+
 LADDER = """\
 name: lad
 seed: 3
@@ -98,6 +100,16 @@ def test_the_cli_exits_2_with_one_line_on_a_bad_ladder(cli, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ladder.yaml" in lines[0] and "replicates" in lines[0], result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_every_shipped_ladder_validates_and_opens_with_its_command(tmp_path):
+    paths = sorted((REPO / "jobs").glob("ladder_*.yaml"))
+    assert [p.name for p in paths] == ["ladder_cpu.yaml", "ladder_pod.yaml", "ladder_tiny.yaml"]
+    for path in paths:
+        ladder, runs = load_ladder(path, [f"storage.uri=file://{tmp_path}"])  # S3 clients: slow to make x 100 runs
+        assert path.read_text().startswith(f"# ehrseq ladder jobs/{path.name}")
+        assert {c.data.synthetic.preset for c in ladder.cohorts} == {"order", "presence"}
+        assert {r.spec.model.kind for r in runs} >= {"bag_of_codes", "gbm", "behrt"}
 
 
 # Hand-made bundles: the report's verdicts on predictions whose answer is known, without training anything.
