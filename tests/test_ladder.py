@@ -10,7 +10,9 @@ import pytest
 from rich.console import Console
 
 from ehrseq.evaluation.binary import auroc
-from ehrseq.evaluation.predictions import BinaryPredictions
+from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
+from ehrseq.reports.compare import RunResult
+from ehrseq.reports.ladder import LadderCell, analyse_cohort
 from runner.ladder import run_ladder
 from runner.ladder_spec import load_ladder
 from runner.preemption import EXIT_PREEMPTED
@@ -211,3 +213,23 @@ runtime: {work_dir: WORK}
         summary = json.loads((tmp_path / "runs" / f"lad-order-{r['rung']}-k{r['k']}-r0" / "summary.json").read_text())
         assert float(r["value"]) == pytest.approx(summary["metrics"]["auroc"])
     assert "Control `order`" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_survival_verdicts_use_the_c_index():
+    rng = np.random.default_rng(1)
+    n = 200
+    times, events = rng.exponential(300, n), rng.random(n) < 0.7
+    ids, at = np.arange(n), np.full(n, np.datetime64("2020-01-01", "us"))
+
+    def cell(rung, kind, risks, tuning):
+        summary = {"task": "survival", "metrics": {"c_index": 0.0}, "baseline": {"tuning_score": tuning}}
+        table = SurvivalPredictions(ids, at, times, events, risks).to_table()
+        return LadderCell("c", rung, kind, None, 0, RunResult(f"file:///r/{rung}", summary, [], table))
+
+    cells = [cell("cox", "cox", rng.normal(size=n), 0.6), cell("gbm", "gbm", rng.normal(size=n), 0.5),
+             cell("behrt", "behrt", -times / 100 + rng.normal(0, 0.5, n), 0.9)]
+    result = analyse_cohort(cells, "order", num_resamples=100)
+    assert result.metric == "c_index" and result.baselines == {None: "cox"}
+    behrt = next(v for v in result.verdicts if v.rung == "behrt")
+    assert behrt.outcome == "beats" and behrt.difference.other > 0.8
+    assert result.control.matches and "behrt (best sequence model on tuning) beats" in result.control.measured
