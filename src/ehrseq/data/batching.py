@@ -15,7 +15,7 @@ from ehrseq.seeding import EPOCH_ORDER, derive_seed
 class Batch:
     codes: torch.Tensor  # (B, T) long, PAD = 0
     ages: torch.Tensor  # (B, T) long, months
-    segments: torch.Tensor  # (B, T) long, 0/1 alternating per visit
+    segments: torch.Tensor  # (B, T) long, 0/1 alternating per visit, 2 on static codes
     positions: torch.Tensor  # (B, T) long, visit index
     attention_mask: torch.Tensor  # (B, T) bool, True on real tokens
     subject_ids: torch.Tensor  # (B,) long
