@@ -204,7 +204,7 @@ def _write_csv(c: Comparison) -> None:
             writer.writerow(row)
 
 
-def _wall(seconds: float | None) -> str:
+def wall_text(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
@@ -228,7 +228,7 @@ def render_report(c: Comparison, num_resamples: int) -> str:
         s = run.summary
         cost = s.get("cost")
         rows.append([label, s.get("model", "?"), f"{s.get('params_total', 0):,} ({s.get('params_trainable', 0):,})",
-                     str(s.get("steps", "-")), s.get("device", "-"), _wall(s.get("wall_time_s")),
+                     str(s.get("steps", "-")), s.get("device", "-"), wall_text(s.get("wall_time_s")),
                      _number(s.get("seconds_per_step"), "{:.3f}"), _number(s.get("checkpoint_bytes"), "{:,} B"),
                      f"{s.get('gpu_hours', 0):.3f}", "-" if cost is None else f"${cost:.2f}",
                      *(_with_ci(s.get("metrics", {}).get(m), s.get("metrics_ci", {}).get(m)) for m in metrics)])

@@ -29,7 +29,7 @@ from ehrseq.errors import InputError
 from ehrseq.evaluation.bootstrap import bootstrap_draws
 from ehrseq.evaluation.paired import PairedDifference, align_predictions, difference_from_draws
 from ehrseq.evaluation.predictions import predictions_from_table
-from ehrseq.reports.compare import RunResult, headline_metric, md_table
+from ehrseq.reports.compare import RunResult, headline_metric, md_table, wall_text
 from ehrseq.reports.plots import metric_label, plot_label_efficiency
 
 COUNT_KINDS = ("bag_of_codes", "gbm", "cox")  # models on code counts: the baselines a sequence model must beat
@@ -210,7 +210,7 @@ def check_control(result: CohortResult, preset: str) -> ControlCheck:
     else:
         winners = [v.rung for v in sequence if v.outcome == "beats"]
         measured = (f"{', '.join(winners)} beat{'s' if len(winners) == 1 else ''} it" if winners else
-                    f"none of {len(sequence)} sequence models beats it")
+                    f"no sequence model beats it ({len(sequence)} compared)")
         matches = not winners
     return ControlCheck(result.cohort, preset, budget, EXPECTED[preset], measured, matches)
 
@@ -344,7 +344,7 @@ def _render_cohort(r: CohortResult, cells: Sequence[LadderCell], pretraining: Se
     for rung in dict.fromkeys(p.rung for p in r.points):
         runs = [c.run for c in cells if c.rung == rung]
         fit, pre = _compute(runs), _compute([run for name, run in pretraining if name == rung])
-        compute_rows.append([rung, str(len(runs)), f"{fit['wall_time_s'] / 60:.1f} min", f"{fit['gpu_hours']:.3f}",
+        compute_rows.append([rung, str(len(runs)), wall_text(fit["wall_time_s"]), f"{fit['gpu_hours']:.3f}",
                              f"{pre['gpu_hours']:.3f}" if any(name == rung for name, _ in pretraining) else "-",
                              "-" if fit["cost"] is None else f"${fit['cost'] + (pre['cost'] or 0):.2f}"])
     lines += [md_table(["rung", "runs", "wall time", "GPU-hours", "pretraining GPU-hours", "cost"], compute_rows),
