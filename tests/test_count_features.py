@@ -6,7 +6,10 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+from ehrseq.data.cohort import load_dataset
 from ehrseq.data.patients import Patient, Visit
+from ehrseq.data.supervised import labelled_splits
+from ehrseq.models.baselines import fit_baseline
 from ehrseq.models.count_features import CountFeatures
 from runner.spec import SpecError, load_spec
 
@@ -64,3 +67,15 @@ def test_age_feature_is_refused_for_models_that_read_age_from_tokens():
         load_spec(spec, ["model.age_feature=false", "model.kind=behrt"])
     with pytest.raises(SpecError, match="gbm cannot predict a next visit"):
         load_spec(spec, ["model.kind=gbm", "task.kind=next_visit", "task.labels=null"])
+
+
+def test_gbm_is_deterministic_and_its_binary_score_is_a_probability(tmp_path):
+    dataset = load_dataset("synthetic", None, 400, 3, tmp_path)
+    splits = labelled_splits(dataset, "outcome_within_365d", ("train", "tuning", "held_out"))
+    fits = [fit_baseline("gbm", "binary", splits["train"], splits["tuning"], 365.0, min_code_count=5)
+            for _ in range(2)]
+    first, second = (fit.score(splits["held_out"]) for fit in fits)
+    np.testing.assert_array_equal(first, second)
+    assert ((first > 0) & (first < 1)).all() and fits[0].chosen["rounds"] >= 1
+    assert fits[0].num_params == sum(2 * t["num_leaves"] - 1 for t in fits[0].model.dump_model(
+        num_iteration=fits[0].model.best_iteration)["tree_info"])
