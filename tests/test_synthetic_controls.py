@@ -82,14 +82,14 @@ def test_default_preset_keeps_its_weak_order_signal():
 def test_params_name_the_dataset_and_change_its_fingerprint(tmp_path):
     folders = {name: synthetic_dataset(40, 1, tmp_path, params) for name, params in
                [("default", PRESETS["default"]), ("order", PRESETS["order"]),
-                ("order+", replace(PRESETS["order"], order_effect=2.0))]}
+                ("order+", replace(PRESETS["order"], order_effect=2.5))]}
     assert folders["default"].name.startswith("synthetic-v3-default-")
     assert folders["order+"].name.startswith("synthetic-v3-custom-")
     assert len(set(folders.values())) == 3
     assert synthetic_dataset(40, 1, tmp_path, replace(PRESETS["order"])) == folders["order"]  # cached by value
 
     datasets = {"order": load_dataset("synthetic", None, 40, 1, tmp_path, PRESETS["order"]),
-                "order+": load_dataset("synthetic", None, 40, 1, tmp_path, replace(PRESETS["order"], order_effect=2.0))}
+                "order+": load_dataset("synthetic", None, 40, 1, tmp_path, replace(PRESETS["order"], order_effect=2.5))}
     fingerprints = {name: data_fingerprint(dataset_identity(d), d.splits, list(d.splits))
                     for name, d in datasets.items()}
     assert datasets["order"].splits == datasets["order+"].splits  # same subjects and splits ...
