@@ -28,9 +28,9 @@ from runner.spec import (
     StorageSpec,
     TaskSpec,
     TrainSpec,
-    check_supported,
     describe_errors,
     read_spec_file,
+    validate_job,
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # short: run ids are <ladder>-<cohort>-<rung>-k<k>-r<r>
@@ -206,12 +206,4 @@ def _job(ladder: LadderSpec, cohort: Cohort, rung: str, run_id: str, model: dict
            "model": model, "task": task, "train": train,
            **{k: getattr(ladder, k).model_dump(exclude_unset=True) for k in ("checkpoint", "storage", "runtime")},
            **extra}
-    try:
-        spec = JobSpec.model_validate(raw)
-        if check:
-            check_supported(spec)
-    except ValidationError as e:
-        raise InputError(f"cohort {cohort.name}, rung {rung} ({run_id}): {describe_errors(e)}") from None
-    except InputError as e:
-        raise InputError(f"cohort {cohort.name}, rung {rung} ({run_id}): {e}") from None
-    return spec
+    return validate_job(raw, f"cohort {cohort.name}, rung {rung} ({run_id})", check)

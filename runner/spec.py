@@ -174,14 +174,19 @@ class JobSpec(Section):
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     """Reads, overrides and validates a spec; every failure is a one-line SpecError."""
     path = Path(path)
-    raw = read_spec_file(path, overrides, "name, data, model, ...")
+    return validate_job(read_spec_file(path, overrides, "name, data, model, ..."), str(path))
+
+
+def validate_job(raw: dict[str, Any], where: str, check: bool = True) -> JobSpec:
+    """A JobSpec from a mapping; `check` also runs check_supported. Failures are one SpecError prefixed `where`."""
     try:
         spec = JobSpec.model_validate(raw)
-        check_supported(spec)
+        if check:
+            check_supported(spec)
     except ValidationError as e:
-        raise SpecError(f"{path}: {describe_errors(e)}") from None
+        raise SpecError(f"{where}: {describe_errors(e)}") from None
     except InputError as e:
-        raise SpecError(f"{path}: {e}") from None
+        raise SpecError(f"{where}: {e}") from None
     return spec
 
 
