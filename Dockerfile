@@ -1,11 +1,16 @@
 # docker build -t ehrseq-job .                                         (CUDA build of torch, for GPU pods)
 # docker build -t ehrseq-job:cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .   (Macs, compose)
 # docker run --gpus all -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -e AWS_ENDPOINT_URL ehrseq-job jobs/behrt_large.yaml
-ARG PYTHON_VERSION=3.11
+# Both stages start from BASE_IMAGE: scripts/image-check passes a local Debian bookworm (Python 3.11) built without a registry.
+ARG BASE_IMAGE=python:3.11-slim
 
 # --- build: a virtual environment with torch (CUDA wheels bundle their own runtime) and ehrseq -------------------
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
+# Unset on a real host. A build machine with torch on local disk passes a wheel folder (mounted for the build)
+# and a constraints file here; pip reads them from the environment, and they never reach the runtime stage.
+ARG PIP_FIND_LINKS
+ARG PIP_CONSTRAINT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -16,7 +21,7 @@ COPY runner ./runner
 RUN pip install --extra-index-url "${TORCH_INDEX}" .
 
 # --- runtime: the venv, tini as PID 1, a non-root user --------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
 # tini forwards SIGTERM to Python and reaps children; Debian's package is the pinned distribution release.
 # hadolint ignore=DL3008
 RUN apt-get update \
