@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from ehrseq.data.budget import subsample
 from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
+from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, labelled_splits, next_visit_splits, oracle_risks
 from ehrseq.data.synthetic import code_clusters
@@ -150,6 +151,7 @@ class PreparedData:
     # supervised tasks: labels (next_visit: the last visit's codes), histories cut before them
     labelled: dict[str, LabelledSplit] | dict[str, NextVisitSplit] | None = None
     dataset: MedsDataset | None = None
+    label_report: LabelReport | None = None  # binary/survival: what happened to each label row
 
 
 def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None) -> PreparedData:
@@ -161,10 +163,14 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     """
     dataset = load_dataset(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir,
                            spec.data.synthetic.params())
+    report = None
     if spec.task.kind == "next_visit":  # labels from the data: the last visit's codes
         labelled = next_visit_splits(dataset, SPLITS)
+    elif spec.task.kind in SUPERVISED:
+        labelled, report = labelled_splits(dataset, spec.task.label_task, SPLITS, spec.task.kind,
+                                           spec.task.labels_path)
     else:
-        labelled = labelled_splits(dataset, spec.task.label_task, SPLITS) if spec.task.kind in SUPERVISED else None
+        labelled = None
     patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset)
     vocab = vocab or Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
     if labelled and spec.train.label_budget is not None:
@@ -172,7 +178,7 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
                                       derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
         patients["train"] = labelled["train"].patients
     return PreparedData(vocab, {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]]
-                                for s in SPLITS}, labelled, dataset)
+                                for s in SPLITS}, labelled, dataset, report)
 
 
 def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
@@ -249,6 +255,8 @@ class Job:
         if distributed.any_rank(self.stop()):
             return self._preempted(lost=0)
         vocab, encoded = data.vocab, data.encoded
+        if data.label_report:
+            console.print(escape(data.label_report.describe()), highlight=False)
         vocab.save(work / "vocab.json")
         self.run_folder.put_file("vocab.json", work / "vocab.json")
         if spec.model.kind in BASELINES:
@@ -363,9 +371,14 @@ class Job:
                          if spec.data.source == "synthetic" else f" from {spec.data.path}"),
                      "subjects": {s: len(data.encoded[s]) for s in SPLITS}, "vocab_size": len(data.vocab)}}
         if data.labelled:
-            facts["labels"] = spec.task.label_task
+            facts["labels"] = spec.task.labels_path or spec.task.label_task
+            if data.label_report:
+                facts["label_rows"] = data.label_report.to_dict()
             # the true risk scored like a model: the ceiling on these subjects, and the ceiling without order
-            for name, column in (("oracle", "true_risk"), ("oracle_order_blind", "true_risk_order_blind")):
+            # (labels from labels_path are the user's own: no oracle)
+            oracles = () if spec.task.labels_path else (("oracle", "true_risk"),
+                                                        ("oracle_order_blind", "true_risk_order_blind"))
+            for name, column in oracles:
                 risks = oracle_risks(data.dataset, spec.task.label_task, held_out.subject_ids, column)
                 if risks is not None:
                     oracle = (replace(held_out, probabilities=risks) if spec.task.kind == "binary"

@@ -79,10 +79,17 @@ class TaskSpec(Section):
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)  # mlm: share of code tokens masked
     labels: str | None = None  # binary/survival: the label task in <dataset>/labels/; default per kind below
     # (next_visit derives its labels from the visits themselves)
+    # binary/survival: MEDS label parquet anywhere (ACES output): a file, a task's folder, or a folder of tasks
+    # (then `labels` names one: <labels_path>/<labels>.parquet or <labels_path>/<labels>/**/*.parquet)
+    labels_path: str | None = Field(None, min_length=1, max_length=4096)
     horizon_days: float = Field(365.0, gt=0, le=36500)  # survival: the AUROC's horizon (and bag_of_codes target)
 
     @property
-    def label_task(self) -> str:
+    def label_task(self) -> str | None:
+        """The task's name among its labels: `labels`, else (inside the dataset) the default per kind; None
+        when labels_path is the task's own file or folder."""
+        if self.labels_path is not None:
+            return self.labels
         return self.labels or DEFAULT_LABELS.get(self.kind, self.kind)
 
 
@@ -265,6 +272,9 @@ def check_supported(spec: JobSpec) -> None:
     if spec.task.kind == "next_visit" and spec.task.labels:
         raise InputError(f"task.labels: {spec.task.labels!r} is not used by next_visit, whose targets come from "
                          "each subject's last visit; leave it null")
+    if spec.task.labels_path is not None and spec.task.kind not in ("binary", "survival"):
+        raise InputError(f"task.labels_path: labels are read for task.kind binary or survival; task.kind "
+                         f"{spec.task.kind!r} takes none")
     if spec.train.label_budget is not None and spec.task.kind not in SUPERVISED:
         raise InputError(f"train.label_budget: {spec.train.label_budget} subsamples labelled training examples; "
                          f"task.kind {spec.task.kind!r} has no labels (pretraining uses every training patient)")

@@ -71,7 +71,7 @@ def test_age_feature_is_refused_for_models_that_read_age_from_tokens():
 
 def test_gbm_is_deterministic_and_its_binary_score_is_a_probability(tmp_path):
     dataset = load_dataset("synthetic", None, 400, 3, tmp_path)
-    splits = labelled_splits(dataset, "outcome_within_365d", ("train", "tuning", "held_out"))
+    splits, _ = labelled_splits(dataset, "outcome_within_365d", ("train", "tuning", "held_out"))
     fits = [fit_baseline("gbm", "binary", splits["train"], splits["tuning"], 365.0, min_code_count=5)
             for _ in range(2)]
     first, second = (fit.score(splits["held_out"]) for fit in fits)

@@ -26,12 +26,31 @@ def events_before(data: pa.Table, prediction_times: pa.Table) -> pa.Table:
     """
     cut = prediction_times.select(["subject_id", "prediction_time"])
     if len(pc.unique(cut.column("subject_id"))) != cut.num_rows:
-        raise ValueError("events_before: one prediction time per subject (cut each prediction time separately)")
-    cut = cut.rename_columns(["subject_id", "_cut"]).cast(
-        pa.schema([("subject_id", data.schema.field("subject_id").type), ("_cut", data.schema.field("time").type)]))
+        raise ValueError("events_before: one prediction time per subject (events_before_each takes several)")
+    return sort_events(_rows_before(data, cut))
+
+
+def events_before_each(data: pa.Table, prediction_times: pa.Table) -> pa.Table:
+    """`events_before` for any number of prediction times per subject: row i of `prediction_times` gets its own
+    copy of its subject's rows strictly before its time (and the static rows), with `subject_id` set to i, the
+    example's index (map it back through `prediction_times`); examples whose subject has no rows get none."""
+    cut = prediction_times.select(["subject_id", "prediction_time"]).append_column(
+        "_example", pa.array(range(prediction_times.num_rows), pa.int64()))
+    rows = _rows_before(data, cut)
+    example = rows.column("_example").cast(data.schema.field("subject_id").type)
+    rows = rows.set_column(rows.schema.get_field_index("subject_id"), "subject_id", example)
+    return sort_events(rows.drop_columns(["_example"]))
+
+
+def _rows_before(data: pa.Table, cut: pa.Table) -> pa.Table:
+    """`data` joined to `cut` (`subject_id`, `prediction_time`, any other columns carried along) on subject,
+    keeping the rows strictly before their prediction time and the static (null-time) rows."""
+    cut = cut.rename_columns(["subject_id", "_cut", *cut.column_names[2:]])
+    cut = cut.set_column(0, "subject_id", cut.column("subject_id").cast(data.schema.field("subject_id").type))
+    cut = cut.set_column(1, "_cut", cut.column("_cut").cast(data.schema.field("time").type))
     joined = data.join(cut, keys="subject_id", join_type="inner")
     keep = pc.or_kleene(pc.is_null(joined.column("time")), pc.less(joined.column("time"), joined.column("_cut")))
-    return sort_events(joined.filter(keep).drop_columns(["_cut"]))
+    return joined.filter(keep).drop_columns(["_cut"])
 
 
 def cut_patient(patient: Patient, prediction_time: datetime) -> Patient:

@@ -1,22 +1,34 @@
 """Patients and their labels for a supervised task, with every input cut strictly before its prediction time.
 
-The cut happens on the MEDS rows (ehrseq.data.cutoff.events_before), so no event at or after the prediction
-time, not even later the same day, reaches a model. Labelled subjects without any event before the cut are
-left out (there is nothing to predict from).
+The cut happens on the MEDS rows (ehrseq.data.cutoff.events_before_each), so no event at or after the
+prediction time, not even later the same day, reaches a model. Each (subject, prediction time) label row is one
+example with its own cut (binary tasks may have several per subject, as ACES emits them; splits stay by
+subject); rows without any event before the cut are left out (nothing to predict from) and counted, with the
+other dropped rows, in a LabelReport (ehrseq.data.labels states the rules).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from ehrseq.data.cutoff import events_before
-from ehrseq.data.labels import read_labels, read_oracle
+from ehrseq.data.cutoff import events_before, events_before_each
+from ehrseq.data.labels import (
+    LabelReport,
+    drop_duplicates,
+    label_files,
+    label_path,
+    read_label_files,
+    read_labels,
+    read_oracle,
+    require_columns,
+)
 from ehrseq.data.meds_io import MedsDataset
 from ehrseq.data.patients import Patient, patients_from_meds
-from ehrseq.errors import InputError
+from ehrseq.errors import DataError, InputError
 
 
 @dataclass
@@ -34,26 +46,54 @@ class LabelledSplit:
         return len(self.patients)
 
 
-def labelled_splits(dataset: MedsDataset, task: str, splits: tuple[str, ...]) -> dict[str, LabelledSplit]:
-    """Each split's labelled subjects (one prediction time per subject) with their cut histories."""
-    if dataset.path is None:
-        raise InputError("supervised tasks need a dataset folder holding labels/<task>.parquet")
-    labels = read_labels(dataset.path, task)
-    patients = {p.subject_id: p for p in patients_from_meds(events_before(dataset.data, labels))}
+def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, ...], kind: str = "binary",
+                    labels_path: str | Path | None = None) -> tuple[dict[str, LabelledSplit], LabelReport]:
+    """Each split's examples with their cut histories, and the report of the label rows dropped on the way.
+
+    Labels come from `labels_path` (a file or folder anywhere; `task` names the task inside a folder, None when
+    the folder is the task's) or else from the dataset's `labels/<task>.parquet`.
+    """
+    if labels_path is not None:
+        labels, where = read_label_files(label_files(labels_path, task)), str(labels_path)
+    elif dataset.path is None or task is None:
+        raise InputError("supervised tasks need labels: task.labels_path, or a dataset folder holding "
+                         "labels/<task>.parquet")
+    else:
+        labels, where = read_labels(dataset.path, task), str(Path(dataset.path) / label_path(task))
+    require_columns(labels, ("boolean_value", "float_value") if kind == "survival" else ("boolean_value",),
+                    where, kind)
+    report = LabelReport(where, labels.num_rows)
+    labels, report.duplicates = drop_duplicates(labels, where)
     ids = labels.column("subject_id").to_numpy()
+    if kind != "binary" and len(np.unique(ids)) != len(ids):
+        raise DataError(f"{where}: {len(ids) - len(np.unique(ids))} subjects have several prediction times; "
+                        f"a {kind} task takes one per subject (binary tasks take several)")
+    histories = {p.subject_id: replace(p, subject_id=int(ids[p.subject_id]))
+                 for p in patients_from_meds(events_before_each(dataset.data, labels))}
+    in_data = set(dataset.data.column("subject_id").unique().to_pylist())
+    usable = np.zeros(len(ids), dtype=bool)
+    for i, s in enumerate(ids.tolist()):
+        if s not in in_data:
+            report.absent_subjects += 1
+        elif dataset.splits.get(s) not in splits:
+            report.unsplit_subjects += 1
+        elif i not in histories or not histories[i].visits:
+            report.no_history += 1
+        else:
+            usable[i] = True
+    report.examples, report.subjects = int(usable.sum()), len(np.unique(ids[usable]))
     times = labels.column("prediction_time").cast(pa.timestamp("us")).to_numpy()
     flags = labels.column("boolean_value").to_numpy(zero_copy_only=False)
     days = (labels.column("float_value").to_numpy(zero_copy_only=False).astype(float)
             if "float_value" in labels.column_names else np.full(len(ids), np.nan))
     out: dict[str, LabelledSplit] = {}
     for split in splits:
-        rows = [i for i, s in enumerate(ids.tolist())
-                if dataset.splits.get(s) == split and s in patients and patients[s].visits]
+        rows = [i for i, s in enumerate(ids.tolist()) if usable[i] and dataset.splits.get(s) == split]
         if not rows:
-            raise InputError(f"task {task!r}: the {split!r} split has no labelled subjects with history")
-        out[split] = LabelledSplit([patients[int(ids[i])] for i in rows], times[rows],
-                                   flags[rows].astype(bool), days[rows])
-    return out
+            raise InputError(f"task labels {where}: the {split!r} split has no labelled subjects with history "
+                             f"({report.describe()})")
+        out[split] = LabelledSplit([histories[i] for i in rows], times[rows], flags[rows].astype(bool), days[rows])
+    return out, report
 
 
 def oracle_risks(dataset: MedsDataset, task: str, subject_ids: np.ndarray,
