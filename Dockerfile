@@ -7,10 +7,12 @@ ARG BASE_IMAGE=python:3.11-slim
 # --- build: a virtual environment with torch (CUDA wheels bundle their own runtime) and ehrseq -------------------
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
-# Unset on a real host. A build machine with torch on local disk passes a wheel folder (mounted for the build)
-# and a constraints file here; pip reads them from the environment, and they never reach the runtime stage.
+# Unset on a real host. A build machine with torch on local disk and a TLS proxy passes a wheel folder, a
+# constraints file and a CA bundle (mounted for the build); pip reads them from the environment, and they never
+# reach the runtime stage.
 ARG PIP_FIND_LINKS
 ARG PIP_CONSTRAINT
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
