@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ehrseq.errors import InputError
 from ehrseq.training.state import TrainingSnapshot, capture
 from ehrseq.training.trainer import Callback, Trainer
 from runner.checkpoints import CheckpointDeadline, CheckpointStore
@@ -61,6 +62,8 @@ class Checkpointer(Callback):
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.error is not None:
+            if isinstance(self.error, InputError):  # e.g. LeaseLost: one clear line, exit 2
+                raise self.error
             raise RuntimeError("background checkpoint failed") from self.error
         new_best = trainer.state.best_step == trainer.state.step  # this step's evaluation is the best so far
         if not (new_best or time.monotonic() - self._last >= self.interval):

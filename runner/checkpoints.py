@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ehrseq.errors import InputError
+from runner.lease import Lease, read_takeovers, zombie_manifest
 from runner.run_folder import RunFolder
 from runner.safe_paths import check_name, inside
 
@@ -40,8 +41,9 @@ class CheckpointDeadline(TimeoutError):
 
 
 class CheckpointStore:
-    def __init__(self, run: RunFolder) -> None:
+    def __init__(self, run: RunFolder, lease: Lease | None = None) -> None:
         self.run = run
+        self.lease = lease  # the writer's: each commit is fenced by it (checked, its number in the manifest)
 
     def commit(self, step: int, files: list[Path], meta: dict[str, Any],
                deadline: float | None = None) -> None:
@@ -55,6 +57,9 @@ class CheckpointStore:
             self.run.put_file(f"{prefix}/{path.name}", path)
         if deadline is not None and time.monotonic() > deadline:
             raise CheckpointDeadline(f"step {step}: grace budget spent before the manifest")
+        if self.lease is not None:
+            self.lease.check()  # LeaseLost if taken over: a zombie writer never commits
+            meta = {**meta, "fencing": self.lease.fencing}
         manifest = {"step": step, "files": entries, "committed_at": time.time(), **meta}
         self.run.put_text(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2))
 
@@ -62,14 +67,21 @@ class CheckpointStore:
         """Committed checkpoints, oldest first; a damaged or tampered manifest is no commit (`warn` names it)."""
         out = []
         root = self.run.key("")
-        for key in self.run.storage.list(self.run.key("checkpoints/")):
-            if key.endswith(f"/{MANIFEST}"):
-                try:
-                    out.append(parse_manifest(key[len(root):], self.run.storage.get_bytes(key)))
-                except FileNotFoundError:
-                    continue  # pruned meanwhile
-                except (ValueError, InputError) as e:
-                    warn(f"ignoring checkpoint manifest {self.run.storage.uri.rstrip('/')}/{key}: {e}")
+        keys = [k for k in self.run.storage.list(self.run.key("checkpoints/")) if k.endswith(f"/{MANIFEST}")]
+        takeovers = read_takeovers(self.run) if keys else {}
+        for key in keys:
+            try:
+                manifest = parse_manifest(key[len(root):], self.run.storage.get_bytes(key))
+            except FileNotFoundError:
+                continue  # pruned meanwhile
+            except (ValueError, InputError) as e:
+                warn(f"ignoring checkpoint manifest {self.run.storage.uri.rstrip('/')}/{key}: {e}")
+                continue
+            if zombie_manifest(manifest, takeovers):
+                warn(f"ignoring checkpoint {self.run.storage.uri.rstrip('/')}/{key}: committed by a writer whose "
+                     f"lease (fencing number {manifest['fencing']}) had been taken over")
+                continue
+            out.append(manifest)
         return sorted(out, key=lambda m: m["step"])
 
     def fetch_latest(self, dest: Path, warn: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:

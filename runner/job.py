@@ -63,6 +63,7 @@ from runner.bundle import ADAPTER, write_bundle
 from runner.checkpointing import Checkpointer
 from runner.checkpoints import CheckpointStore, checkpoint_dir
 from runner.distributed import run_worker
+from runner.lease import Lease
 from runner.metrics_log import MetricsLog
 from runner.preemption import EXIT_PREEMPTED, StopRequest
 from runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
@@ -86,21 +87,30 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     storage.check()  # unreachable storage or a missing bucket: exit 2 before any work
     run = RunFolder(storage, spec.resolved_run_id)
     distributed.init_from_env(resolve_device(spec.train.device))  # under torchrun: join the other processes
-    if fresh and distributed.rank() == 0:
-        for key in storage.list(run.key("")):
-            storage.delete(key)
-    distributed.barrier()
-    previous = run.read_status()
-    if previous is not None:
-        check_compatible(run, spec)
-        if previous["state"] == "completed" and _trained_out(previous, spec):
-            console.print(f"[green]{escape(run.uri)} already completed[/] (step {previous['durable_step']}); "
-                          "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
-            return EXIT_COMPLETED
-    with StopRequest() as stop:
-        if distributed.rank() != 0:
-            return run_worker(spec, run, stop, console)
-        return Job(spec, run, stop, console).run()
+    # rank 0 is the run's one writer: another live writer makes it exit 2 before anything is touched (--fresh too)
+    lease = Lease(run, warn=lambda message: warn(console, message)) if distributed.rank() == 0 else None
+    if lease is not None:
+        lease.acquire()
+    try:
+        if fresh and lease is not None:
+            for key in storage.list(run.key("")):
+                if key != lease.key:
+                    storage.delete(key)
+        distributed.barrier()
+        previous = run.read_status()
+        if previous is not None:
+            check_compatible(run, spec)
+            if previous["state"] == "completed" and _trained_out(previous, spec):
+                console.print(f"[green]{escape(run.uri)} already completed[/] (step {previous['durable_step']}); "
+                              "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
+                return EXIT_COMPLETED
+        with StopRequest() as stop:
+            if lease is None:
+                return run_worker(spec, run, stop, console)
+            return Job(spec, run, stop, console, lease).run()
+    finally:
+        if lease is not None:
+            lease.release()  # the next writer (a relaunched pod) starts at once
 
 
 def _trained_out(status: dict[str, Any], spec: JobSpec) -> bool:
@@ -216,16 +226,20 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
                    should_stop=should_stop)
 
 
+def warn(console: Console, message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # may hold stored keys
+
+
 class Job:
-    def __init__(self, spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console) -> None:
-        self.spec, self.run_folder, self.stop, self.console = spec, run, stop, console
-        self.store = CheckpointStore(run)
+    def __init__(self, spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console, lease: Lease) -> None:
+        self.spec, self.run_folder, self.stop, self.console, self.lease = spec, run, stop, console, lease
+        self.store = CheckpointStore(run, lease)
         self.work = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq") / spec.resolved_run_id
         self.started = time.time()
-        self.syncer = Syncer(run, warn=self.warn)
+        self.syncer = Syncer(run, warn=self.warn, may_write=lease.holds)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # may hold stored keys
+        warn(self.console, message)
 
     def run(self) -> int:
         shutil.rmtree(self.work / "checkpoints", ignore_errors=True)
@@ -284,11 +298,14 @@ class Job:
             committed = checkpointer.save_now(trainer, deadline=self.stop.deadline(spec.checkpoint.grace_seconds))
             distributed.barrier()  # the other processes exit once the checkpoint is committed
             metrics.close()
+            if self.lease.lost:
+                raise self.lease.lost
             return self._preempted(lost=trainer.state.step - checkpointer.durable_step, committed=committed,
                                    durable_step=checkpointer.durable_step)
         checkpointer.save_now(trainer)  # the final state, so a larger max_steps can continue this run
         distributed.barrier()
         metrics.close()
+        self.lease.check()  # taken over meanwhile: this writer leaves no bundle and no 'completed'
         selection = self._select_best(trainer, device) if spec.task.kind in SUPERVISED else {}
 
         with console.status("evaluating on held-out patients"):

@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ehrseq.errors import InputError
-from runner.storage import StorageUnavailable
+from runner.storage import StorageUnavailable, WriteConflict
 
 PART_SIZE = 64 * 1024 * 1024
 
@@ -96,6 +96,39 @@ class S3Storage:
     def delete(self, key: str) -> None:
         with _transient():
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        with _transient():
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read(), response["ETag"]
+
+    def create(self, key: str, data: bytes) -> str:
+        """PUT with `If-None-Match: *` (AWS S3 since 2024, R2, MinIO, SeaweedFS): 412 if the key exists."""
+        with _transient(), _conflict(key):
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                          IfNoneMatch="*")["ETag"]
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> str:
+        """PUT with `If-Match: ETAG`: 412 if the object changed since it was read."""
+        with _transient(), _conflict(key):
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=tag)["ETag"]
+
+
+class _conflict:
+    """Maps a failed precondition (412; 409 when two conditional writes race; the object gone) to WriteConflict."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
+                raise WriteConflict(self.key) from None
+        return False
 
 
 class _transient:

@@ -6,6 +6,8 @@ old object or the new one, never half of one.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -21,6 +23,10 @@ class StorageUnavailable(ConnectionError):
     """A transient failure talking to storage: retry later; never a reason to stop training."""
 
 
+class WriteConflict(Exception):
+    """A conditional write lost: the object exists (create) or changed since it was read (replace_if)."""
+
+
 class Storage(Protocol):
     uri: str
 
@@ -32,6 +38,10 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> list[str]: ...  # keys under prefix, recursive, sorted
     def delete(self, key: str) -> None: ...
+    # conditional writes (the run's lease): a version tag per object, compare-and-swap on it
+    def get_versioned(self, key: str) -> tuple[bytes, str]: ...  # (data, tag); FileNotFoundError if absent
+    def create(self, key: str, data: bytes) -> str: ...  # WriteConflict if the key exists; returns the tag
+    def replace_if(self, key: str, data: bytes, tag: str) -> str: ...  # WriteConflict unless the tag is current
 
 
 class LocalStorage:
@@ -95,6 +105,43 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def create(self, key: str, data: bytes) -> str:
+        """Written to a temporary file, then hard-linked into place: link fails if the name exists (O_EXCL's
+        guarantee), and a reader never sees a half-written file."""
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, dest)
+        except FileExistsError:
+            raise WriteConflict(key) from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return hashlib.sha256(data).hexdigest()
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> str:
+        """Read, compare and atomic replace under an exclusive lock on a hidden lock file beside the object."""
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.parent / f".{dest.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = self.get_versioned(key)[1]
+            except FileNotFoundError:
+                raise WriteConflict(key) from None
+            if current != tag:
+                raise WriteConflict(key)
+            self.put_bytes(key, data)
+        return hashlib.sha256(data).hexdigest()
 
 
 def refuse_credentials(url: str | None, field: str) -> None:

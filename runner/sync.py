@@ -45,10 +45,12 @@ def retry_transient(fn: Callable[[], T], deadline: float | None = None,
 
 class Syncer:
     def __init__(self, run: RunFolder, interval_s: float = 5.0,
-                 warn: Callable[[str], None] = lambda message: None) -> None:
+                 warn: Callable[[str], None] = lambda message: None,
+                 may_write: Callable[[], bool] = lambda: True) -> None:
         self.run = run
         self.interval_s = interval_s
         self.warn = warn
+        self.may_write = may_write  # False once this writer's lease was taken over: pending changes are dropped
         self.status: dict[str, Any] = {}
         self._pending: dict[str, tuple[bytes, float]] = {}  # name -> (content, first queued at)
         self._lock = threading.Lock()
@@ -120,6 +122,8 @@ class Syncer:
     def _send_pending(self) -> None:
         with self._upload_lock:
             with self._lock:
+                if not self.may_write():
+                    self._pending.clear()
                 items = dict(self._pending)
             for name, (data, _) in items.items():
                 self.run.storage.put_bytes(self.run.key(name), data)
