@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,6 @@ bench_app = typer.Typer(help="Benchmarks: checkpoint/preemption timing, checkpoi
                         "against HuggingFace BERT, data pipeline throughput.",
                         no_args_is_help=True)
 console = Console(stderr=True)
-SPEC = Path(__file__).resolve().parents[1] / "jobs" / "behrt_small.yaml"
 PRESETS = ["small", "medium", "large"]
 
 
@@ -50,31 +48,11 @@ def preemption(
     out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
 ) -> None:
     """SIGTERM -> final checkpoint committed in storage -> process exited, per preset (a real `ehrseq run`)."""
-    rows = []
+    from runner.gpu_check import preemption_timing
+
     with tempfile.TemporaryDirectory() as tmp:
-        uri = storage or f"file://{tmp}/runs"
-        for preset in presets or PRESETS:
-            name = f"bench-preempt-{preset}-{int(time.time())}"
-            args = [sys.executable, "-m", "runner", "run", str(SPEC), "--fresh"] + [
-                a for item in [f"name={name}", f"model.size={preset}", f"storage.uri={uri}", "train.max_steps=100000",
-                               "data.num_patients=2000", "checkpoint.interval_seconds=100000",
-                               f"runtime.work_dir={tmp}/work", "train.eval_every=0"]
-                for a in ("--set", item)]
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            run = RunFolder(open_storage(uri), name)
-            metrics = Path(tmp) / "work" / name / "metrics.jsonl"
-            until = time.monotonic() + 300
-            while not (metrics.is_file() and metrics.stat().st_size > 0) and time.monotonic() < until:
-                time.sleep(0.2)  # training has started
-            time.sleep(warmup_s)
-            sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=120)
-            exited = time.monotonic() - sent
-            status = run.read_status() or {}
-            rows.append({"preset": preset, "sigterm_to_exit_s": exited, "exit_code": proc.returncode,
-                         "state": status.get("state"), "durable_step": status.get("durable_step"),
-                         "steps_lost": status.get("steps_lost"), "storage": uri.split("://")[0]})
+        rows = [preemption_timing(preset, storage or f"file://{tmp}/runs", Path(tmp) / "work", warmup_s, "auto")
+                for preset in presets or PRESETS]
     _print("SIGTERM -> committed -> exit", rows, out)
 
 
@@ -332,3 +310,75 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
     for row in rows:
         row |= {"events": events, "tokens_batched": tokens}
     return rows
+
+
+@bench_app.command("gpu")
+def gpu(
+    out: Annotated[Path, typer.Option(help="Where to write every figure as JSON.")] = Path("bench-gpu.json"),
+    storage: Annotated[str, typer.Option(help="Storage for the SIGTERM timings: file://... (default: a temp "
+                                         "folder) or s3://bucket/prefix.")] = "",
+    num_patients: Annotated[int, typer.Option(help="Synthetic patients for the throughput runs.")] = 20000,
+    batch_size: Annotated[int, typer.Option(help="Patients per step (behrt_large.yaml: 128).")] = 128,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per patient (default: behrt_large.yaml's).")] = None,
+    warmup_steps: Annotated[int, typer.Option(help="Untimed steps per mode (compilation, allocator).")] = 20,
+    steps: Annotated[int, typer.Option(help="Timed steps per mode.")] = 50,
+    sigterm_warmup_s: Annotated[float, typer.Option(help="Seconds of training before each SIGTERM.")] = 5.0,
+    preset: Annotated[str, typer.Option(hidden=True)] = "large",
+    sigterm_presets: Annotated[list[str], typer.Option("--sigterm-preset", hidden=True)] = None,
+    resume_patients: Annotated[int, typer.Option(hidden=True)] = 500,
+    allow_cpu: Annotated[bool, typer.Option("--allow-cpu", hidden=True,
+                                            help="Without CUDA, run the CPU parts (tests).")] = False,
+) -> None:
+    """Every CUDA path in one go (about 5 minutes on one GPU): large-preset tokens/s and MFU for fp32, bf16 and
+    bf16 + compile; host collation vs GPU consumption; peak memory; SIGTERM -> committed -> exit (small, large);
+    verify-resume with deterministic algorithms; a DDP smoke run over NCCL. Exit 2 without a CUDA GPU.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: deterministic cuBLAS
+    import torch
+
+    from runner import gpu_check
+    from runner.job import prepare_data
+
+    if not torch.cuda.is_available() and not allow_cpu:
+        console.print("ehrseq bench gpu: no CUDA GPU visible to torch "
+                      f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU pod")
+        raise typer.Exit(2)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    modes = gpu_check.MODES if cuda else gpu_check.MODES[:1]  # bf16 autocast and compile: CUDA only
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+        "cuda": torch.version.cuda, "gpus": torch.cuda.device_count(),
+        "flops_per_token": "6 N + 12 L C T (N: encoder weight matrices; L layers, width C, padded length T)"}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [gpu_check.large_job(num_patients, batch_size, mode, warmup_steps + steps, device.type, preset,
+                                    seq_len) for mode in modes]
+        data = prepare_data(jobs[0], Path(tmp) / "data")
+        result["training"] = [gpu_check.training_throughput(job, data, mode, device, warmup_steps, steps)
+                              for job, mode in zip(jobs, modes, strict=True)]
+        _print(f"Training {preset} ({result['device']})", result["training"], None)
+
+        collation = gpu_check.collation_throughput(data.encoded["train"], batch_size, pin=cuda)
+        consumed = max(row["tokens_per_s"] for row in result["training"])
+        share = consumed / collation
+        result["collation"] = {"collate_tokens_per_s": collation, "train_tokens_per_s": consumed,
+                               "host_share": share, "gpu_waits_on_host": share > 0.5}
+        _print("Collation (training thread) vs GPU consumption: host_share = fraction of the thread's time "
+               "spent collating", [result["collation"]], None)
+
+        uri = storage or f"file://{tmp}/runs"
+        result["sigterm"] = [gpu_check.preemption_timing(p, uri, Path(tmp) / "work", sigterm_warmup_s, device.type)
+                             for p in sigterm_presets or ["small", "large"]]
+        _print("SIGTERM -> committed -> exit", result["sigterm"], None)
+
+        result["verify_resume"] = gpu_check.resume_check(device, 20, resume_patients)
+        _print("verify-resume (deterministic algorithms on)", [result["verify_resume"]], None)
+
+        nproc = min(torch.cuda.device_count(), 2) if cuda else 1
+        result["ddp"] = gpu_check.ddp_smoke(nproc, f"file://{tmp}/runs", Path(tmp) / "work", device.type)
+        _print("DDP smoke run", [result["ddp"]], None)
+    result["wall_s"] = time.monotonic() - started
+    out.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {out} ({result['wall_s']:.0f} s)")
