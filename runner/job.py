@@ -244,28 +244,37 @@ class Job:
     def run(self) -> int:
         shutil.rmtree(self.work / "checkpoints", ignore_errors=True)
         (self.work / "plots").mkdir(parents=True, exist_ok=True)
-        self.run_folder.put_text("spec.yaml", self.spec.to_yaml())
-        manifests = self.store.manifests()
-        self.syncer.set_status("running", durable_step=manifests[-1]["step"] if manifests else 0,
-                               started_at=self.started)
+        previous = self.run_folder.read_status()
         try:
-            return self._train_and_report()
+            pretrained, data = self._read_inputs()  # bad data or base weights: exit 2 with nothing stored
+            self.run_folder.put_text("spec.yaml", self.spec.to_yaml())
+            manifests = self.store.manifests()
+            self.syncer.set_status("running", durable_step=manifests[-1]["step"] if manifests else 0,
+                                   started_at=self.started)
+            return self._train_and_report(pretrained, data)
         except BaseException as e:
-            if not isinstance(e, InputError):
+            if isinstance(e, InputError) and previous is not None:
+                self.syncer.restore_status(previous)  # refused on input: the stored run stays as it was
+            elif self.syncer.status:
                 self.syncer.set_status("failed", error=f"{type(e).__name__}: {e}")
             raise
         finally:
             self.syncer.close(deadline=time.monotonic() + FAILED_STATUS_BUDGET_S)
 
-    def _train_and_report(self) -> int:
-        spec, console, work = self.spec, self.console, self.work
-        device = resolve_device(spec.train.device)
+    def _read_inputs(self) -> tuple[Pretrained | None, PreparedData]:
+        """The base weights (model.init_from) and the data, each checked: an InputError here stores nothing."""
+        spec = self.spec
         pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url, spec.model.kind) \
             if spec.model.init_from else None
         if pretrained:
             check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
-        with console.status("preparing data"), distributed.rank_zero_first():
-            data = prepare_data(spec, work.parent / "datasets", vocab=pretrained.vocab if pretrained else None)
+        with self.console.status("preparing data"), distributed.rank_zero_first():
+            data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None)
+        return pretrained, data
+
+    def _train_and_report(self, pretrained: Pretrained | None, data: PreparedData) -> int:
+        spec, console, work = self.spec, self.console, self.work
+        device = resolve_device(spec.train.device)
         if distributed.any_rank(self.stop()):
             return self._preempted(lost=0)
         vocab, encoded = data.vocab, data.encoded

@@ -76,6 +76,13 @@ class Syncer:
         self._queue_status()
         self._wake.set()
 
+    def restore_status(self, stored: dict[str, Any]) -> None:
+        """Puts back a status.json read before this run touched it (a run refused on input changes nothing)."""
+        with self._lock:
+            self.status = {k: v for k, v in stored.items() if k not in ("run_id", "updated_at", "sync_lag_s")}
+        self._queue_status()
+        self._wake.set()
+
     def flush(self, deadline: float | None = None) -> bool:
         """Sends everything pending now; False if storage is still failing at `deadline`."""
         try:

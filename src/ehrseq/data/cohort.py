@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import meds
+
 from ehrseq.data.labels import label_path, oracle_path
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset, write_meds_dataset
 from ehrseq.data.patients import Patient, patients_from_meds
@@ -70,5 +72,16 @@ def patients_by_split(dataset: MedsDataset) -> dict[str, list[Patient]]:
             out[split].append(patient)
     for split, patients in out.items():
         if not patients:
-            raise InputError(f"the dataset's {split!r} split has no patients with events")
+            raise InputError(_empty_split(dataset, split))
     return out
+
+
+def _empty_split(dataset: MedsDataset, split: str) -> str:
+    """Why a split has no patients, naming the splits file and the counts in it."""
+    where = dataset.path / meds.subject_splits_filepath if dataset.path else "subject splits"
+    listed = sum(s == split for s in dataset.splits.values())
+    if not listed:
+        counts = ", ".join(f"{s} {sum(v == s for v in dataset.splits.values()):,}" for s in SPLITS)
+        return f"{where}: column 'split' lists no {split!r} subjects ({counts}); every split needs some"
+    data = dataset.path / meds.data_subdirectory if dataset.path else "the data"
+    return f"{where}: split {split!r} lists {listed:,} subjects, 0 of {listed:,} have events in {data}"

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
-from ehrseq.errors import DataError
+from ehrseq.errors import DataError, one_line
 
 
 def _etl_version() -> str:
@@ -165,8 +165,8 @@ def _read_table(path: Path, schema: type) -> pa.Table:
         return schema.align(pq.read_table(path))
     except (SchemaValidationError, TableValidationError) as e:
         raise DataError(f"{path}: {e}") from e
-    except pa.ArrowException as e:
-        raise DataError(f"{path}: not a readable parquet file ({e})") from e
+    except (pa.ArrowException, OSError) as e:  # a damaged footer raises a plain OSError
+        raise DataError(f"{path}: not a readable parquet file ({one_line(e)})") from e
 
 
 def read_meds_dataset(path: Path) -> MedsDataset:
@@ -177,8 +177,14 @@ def read_meds_dataset(path: Path) -> MedsDataset:
         raise DataError(f"{path / meds.data_subdirectory}: no parquet files (is {path} a MEDS dataset?)")
     tables = [_read_table(f, meds.DataSchema) for f in files]
     data = pa.concat_tables(tables, promote_options="default")
+    if data.num_rows and data.column("time").null_count == data.num_rows:
+        raise DataError(f"{path / meds.data_subdirectory}: column 'time' is null in all {data.num_rows:,} rows of "
+                        f"{len(files)} file(s); events need a time (a null time marks a static code)")
     splits = _read_table(path / meds.subject_splits_filepath, meds.SubjectSplitSchema)
     subject_ids = splits.column("subject_id").to_pylist()
+    if len(set(subject_ids)) < len(subject_ids):
+        raise DataError(f"{path / meds.subject_splits_filepath}: column 'subject_id' lists "
+                        f"{len(subject_ids) - len(set(subject_ids)):,} subjects more than once; each has one split")
     return MedsDataset(
         data=data, splits=dict(zip(subject_ids, splits.column("split").to_pylist(), strict=True)), path=path
     )

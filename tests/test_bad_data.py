@@ -1,0 +1,109 @@
+"""Issue 20: bad MEDS data exits 2 with one line naming the file, column and count, before anything is stored."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from ehrseq.data.cohort import synthetic_dataset
+
+from conftest import SMALL_SPEC
+
+SHARD = "data/0.parquet"
+SPLITS = "metadata/subject_splits.parquet"
+
+
+@pytest.fixture(scope="module")
+def good_meds(tmp_path_factory) -> Path:
+    return synthetic_dataset(60, 0, tmp_path_factory.mktemp("meds"))
+
+
+def run_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`ehrseq ARGS` through the real entry point (InputError -> one line, exit 2), without a subprocess."""
+    from runner.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ehrseq", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+def run_on(dataset: Path, tmp_path: Path, *overrides: str) -> list[str]:
+    """`ehrseq run` arguments for a tiny job on `dataset` storing under tmp_path/bucket."""
+    sets = ["data.source=meds", f"data.path={dataset}", f"storage.uri=file://{tmp_path}/bucket", "name=r",
+            f"runtime.work_dir={tmp_path}/work", "train.max_steps=2", "train.batch_size=8", "train.eval_every=0",
+            "data.max_seq_len=24", *overrides]
+    return ["run", str(SMALL_SPEC), *(a for s in sets for a in ("--set", s))]
+
+
+def stored_files(tmp_path: Path) -> list[Path]:
+    """What the run stored, besides the writer lease taken before anything is read (and released at exit)."""
+    return sorted(p for p in (tmp_path / "bucket").rglob("*") if p.is_file() and "lease.json" not in p.name)
+
+
+def rewrite(path: Path, change) -> None:
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+def corrupt_footer(ds: Path) -> None:
+    data = bytearray((ds / SHARD).read_bytes())
+    data[-8:-4] = b"\xff\xff\xff\x7f"  # footer length far beyond the file
+    (ds / SHARD).write_bytes(bytes(data))
+
+
+def scrambled_footer(ds: Path) -> None:
+    data = bytearray((ds / SHARD).read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[-8 - footer:-8 - footer + 40] = b"\xff" * 40  # the thrift metadata itself: pyarrow raises a bare OSError
+    (ds / SHARD).write_bytes(bytes(data))
+
+
+def null_times(ds: Path) -> None:
+    rewrite(ds / SHARD, lambda t: t.set_column(t.schema.get_field_index("time"), "time",
+                                               pa.nulls(t.num_rows, pa.timestamp("us"))))
+
+
+def no_code_column(ds: Path) -> None:
+    rewrite(ds / SHARD, lambda t: t.drop_columns(["code"]))
+
+
+def no_tuning_split(ds: Path) -> None:
+    rewrite(ds / SPLITS, lambda t: t.set_column(1, "split", pc.replace_substring(t.column("split"), "tuning",
+                                                                                 "train")))
+
+
+def splits_for_other_subjects(ds: Path) -> None:
+    rewrite(ds / SPLITS, lambda t: t.set_column(0, "subject_id", pc.add(t.column("subject_id"), 10_000)))
+
+
+def subjects_in_two_splits(ds: Path) -> None:
+    rewrite(ds / SPLITS, lambda t: pa.concat_tables([t, t.slice(0, 3).set_column(1, "split",
+                                                                                 pa.array(["held_out"] * 3))]))
+
+
+BAD_MEDS = {  # name -> (mutation, what the one line must name)
+    "corrupt parquet footer": (corrupt_footer, [SHARD, "not a readable parquet file"]),
+    "scrambled parquet footer": (scrambled_footer, [SHARD, "not a readable parquet file"]),
+    "subjects in two splits": (subjects_in_two_splits, [SPLITS, "'subject_id'", "3 subjects more than once"]),
+    "all event times null": (null_times, ["data", "'time'", "2,241"]),
+    "no code column": (no_code_column, [SHARD, "code"]),
+    "no tuning subjects": (no_tuning_split, [SPLITS, "'tuning'"]),
+    "splits name other subjects": (splits_for_other_subjects, [SPLITS, "'train'", "0 of 48"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MEDS)
+def test_bad_meds_exits_2_naming_file_and_column_and_stores_nothing(case, good_meds, tmp_path, monkeypatch,
+                                                                     capsys):
+    mutate, named = BAD_MEDS[case]
+    ds = tmp_path / "meds"
+    shutil.copytree(good_meds, ds)
+    mutate(ds)
+    code, err = run_in_process(monkeypatch, capsys, *run_on(ds, tmp_path))
+    assert (code, len(err.strip().splitlines())) == (2, 1), err
+    assert "Traceback" not in err and all(n in err for n in named), (named, err)
+    assert stored_files(tmp_path) == []  # no spec.yaml, no status.json: the run never showed as running
