@@ -183,11 +183,11 @@ def resume_check(device: torch.device, steps: int, num_patients: int) -> dict[st
             "tolerance": RESUME_TOLERANCE, "within_tolerance": worst <= RESUME_TOLERANCE}
 
 
-def ddp_smoke(nproc: int, uri: str, work: Path, device: str, steps: int = 20) -> dict[str, Any]:
+def ddp_smoke(nproc: int, uri: str, work: Path, device: str, steps: int = 10) -> dict[str, Any]:
     """`ehrseq run --nproc N` on the small preset to completion: NCCL on CUDA, gloo on CPU."""
     name = f"bench-ddp-{int(time.time())}"
     sets = [f"name={name}", "model.size=small", f"storage.uri={uri}", f"train.max_steps={steps}",
-            "data.num_patients=1000", f"runtime.work_dir={work}", "train.eval_every=0", f"train.device={device}"]
+            "data.num_patients=300", f"runtime.work_dir={work}", "train.eval_every=0", f"train.device={device}"]
     args = [sys.executable, "-m", "runner", "run", str(SPEC), "--fresh", "--nproc", str(nproc)]
     start = time.monotonic()
     proc = subprocess.run(args + [a for s in sets for a in ("--set", s)], capture_output=True, text=True)
