@@ -11,6 +11,7 @@ ignored.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow as pa
 
 from ehrseq.data.convert.codes import is_known_system, namespace, parse_time
 from ehrseq.data.convert.report import Problems
+from ehrseq.errors import one_line
 
 # resourceType -> (field holding the CodeableConcept, fields tried in order for the event's time)
 RESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -34,6 +36,7 @@ RESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "AllergyIntolerance": ("code", ("recordedDate", "onsetDateTime")),
 }
 SEX = {"female": "SEX//F", "male": "SEX//M"}
+FLOAT32_MAX = 3.4028234663852886e38  # MEDS numeric_value is float32: larger magnitudes would become inf
 
 
 class EntryError(ValueError):
@@ -48,13 +51,31 @@ def _get(obj: Any, path: str) -> Any:
     return obj
 
 
+def _show(value: Any) -> str:
+    """A value from the file, short and on one line (an integer of 10^5000 has no printable repr)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"{'-' if value < 0 else ''}(an integer of {value.bit_length():,} bits)"
+    return one_line(repr(value), 80)
+
+
+def _codings(concept: Any, field: str) -> list[dict]:
+    """The codings of a CodeableConcept; EntryError when `coding` is not a list."""
+    coding = concept.get("coding") if isinstance(concept, dict) else None
+    if coding is not None and not isinstance(coding, list):
+        raise EntryError(f"{field}.coding {_show(coding)} is not a list")
+    return [c for c in coding or [] if isinstance(c, dict)]
+
+
 def _code(concept: Any, field: str) -> str:
     """`NAMESPACE//code` from a CodeableConcept (or a list of them, as Encounter.type)."""
     concepts = concept if isinstance(concept, list) else [concept]
-    codings = [c for cc in concepts if isinstance(cc, dict) for c in cc.get("coding") or [] if isinstance(c, dict)]
+    codings = [c for cc in concepts for c in _codings(cc, field)]
     codings = [c for c in codings if isinstance(c.get("code"), str) and c["code"].strip()]
     if not codings:
         raise EntryError(f"missing {field}.coding with a code")
+    for c in codings:
+        if c.get("system") is not None and not isinstance(c["system"], str):
+            raise EntryError(f"{field}.coding system {_show(c['system'])} is not a string")
     best = next((c for c in codings if is_known_system(c.get("system"))), codings[0])
     return f"{namespace(best.get('system'))}//{best['code'].strip()}"
 
@@ -70,22 +91,31 @@ def _time(resource: dict, fields: tuple[str, ...]) -> datetime:
     raise EntryError(f"missing {' / '.join(fields)}")
 
 
+def _number(value: Any, field: str) -> float:
+    """A finite number that fits MEDS numeric_value (float32); NaN, inf and 10^400 are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EntryError(f"{field} {_show(value)} is not a number")
+    if not (isinstance(value, float) and not math.isfinite(value)) and abs(value) <= FLOAT32_MAX:
+        return float(value)
+    raise EntryError(f"{field} {_show(value)} is not a finite number that fits numeric_value (float32)")
+
+
 def _value(obj: dict) -> tuple[float | None, str | None]:
     """(numeric_value, text_value) of an Observation or one of its components."""
     quantity = obj.get("valueQuantity")
     if isinstance(quantity, dict) and "value" in quantity:
-        v = quantity["value"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise EntryError(f"valueQuantity.value {v!r} is not a number")
-        return float(v), None
-    if isinstance(obj.get("valueInteger"), int):
-        return float(obj["valueInteger"]), None
+        return _number(quantity["value"], "valueQuantity.value"), None
+    if "valueInteger" in obj:
+        return _number(obj["valueInteger"], "valueInteger"), None
     if isinstance(obj.get("valueString"), str):
         return None, obj["valueString"]
     concept = obj.get("valueCodeableConcept")
     if isinstance(concept, dict):
-        coding = (concept.get("coding") or [{}])[0]
-        return None, concept.get("text") or coding.get("display") or coding.get("code")
+        coding = (_codings(concept, "valueCodeableConcept") or [{}])[0]
+        text = concept.get("text") or coding.get("display") or coding.get("code")
+        if text is not None and not isinstance(text, str):
+            raise EntryError(f"valueCodeableConcept text {_show(text)} is not a string")
+        return None, text
     return None, None
 
 
@@ -98,9 +128,13 @@ def _events(resource: dict) -> list[tuple[datetime, str, float | None, str | Non
     if kind == "Encounter" and not concept and isinstance(resource.get("class"), dict):
         concept = {"coding": [{"system": "ENCOUNTER", "code": resource["class"].get("code")}]}
     if kind == "Observation" and resource.get("component") and not any(k.startswith("value") for k in resource):
+        if not isinstance(resource["component"], list):
+            raise EntryError("component is not a list")
         out = []
         for i, comp in enumerate(resource["component"]):
             try:
+                if not isinstance(comp, dict):
+                    raise EntryError(f"{_show(comp)} is not an object")
                 out.append((time, _code(comp.get("code"), "code"), *_value(comp)))
             except EntryError as e:
                 raise EntryError(f"component {i}: {e}") from None
@@ -131,7 +165,9 @@ def _patient_events(patient: dict) -> list[tuple[datetime | None, str, float | N
 def _label(i: int, resource: Any) -> str:
     if not isinstance(resource, dict):
         return f"entry {i}"
-    return f"entry {i} ({resource.get('resourceType', '?')} {resource.get('id', '?')})"
+    kind, name = resource.get("resourceType"), resource.get("id")
+    return f"entry {i} ({one_line(kind, 40) if isinstance(kind, str) else '?'} " \
+           f"{one_line(name, 80) if isinstance(name, str) else '?'})"
 
 
 class FhirReader:
@@ -158,8 +194,11 @@ class FhirReader:
         try:
             with open(path, "rb") as f:
                 bundle = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            self.problems.bad_file(path, f"not valid JSON ({e})")
+        except (ValueError, UnicodeDecodeError) as e:  # ValueError: also an integer over 4,300 digits
+            self.problems.bad_file(path, f"not valid JSON ({one_line(e)})")
+            return None
+        except RecursionError:
+            self.problems.bad_file(path, "not valid JSON here (nested deeper than Python's JSON parser allows)")
             return None
         except OSError as e:
             self.problems.bad_file(path, f"cannot read ({e.strerror})")
@@ -173,6 +212,7 @@ class FhirReader:
             return None
         resources = [e.get("resource") if isinstance(e, dict) else None for e in entries]
         kinds = [r.get("resourceType") if isinstance(r, dict) else None for r in resources]
+        kinds = [k if k is None or isinstance(k, str) else False for k in kinds]  # False: not a string
         if "Patient" not in kinds:
             if any(k in RESOURCES for k in kinds):
                 self.problems.bad_file(path, "Bundle has clinical resources but no Patient")
@@ -187,6 +227,11 @@ class FhirReader:
         for i, (resource, kind) in enumerate(zip(resources, kinds, strict=True)):
             if resource is None:
                 self.problems.bad_entries(f"{path}: entry {i}", "missing 'resource'")
+            elif not isinstance(resource, dict):
+                self.problems.bad_entries(f"{path}: entry {i}", f"resource {_show(resource)} is not an object")
+            elif kind is False:
+                self.problems.bad_entries(f"{path}: {_label(i, resource)}",
+                                          f"resourceType {_show(resource['resourceType'])} is not a string")
             elif kind in RESOURCES:
                 try:
                     rows += _events(resource)
