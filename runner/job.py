@@ -68,9 +68,10 @@ from runner.metrics_log import MetricsLog
 from runner.preemption import EXIT_PREEMPTED, StopRequest
 from runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
 from runner.run_folder import RunFolder
-from runner.spec import BASELINES, SUPERVISED, JobSpec, check_supported
+from runner.spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
 from runner.storage import open_storage
 from runner.sync import Syncer
+from runner.tracking import Tracker, check_installed
 
 EXIT_COMPLETED = 0
 FAILED_STATUS_BUDGET_S = 10.0
@@ -83,6 +84,7 @@ MONITOR = {"mlm": ("mlm_loss", False), "med2vec": ("med2vec_loss", False), "bina
 def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     """Runs or resumes the job; returns the exit code (0 completed, 75 preempted)."""
     check_supported(spec)
+    check_installed(spec.tracking)  # a tracker asked for but not installed: exit 2 before any work
     storage = open_storage(spec.storage.uri, spec.storage.endpoint_url)
     storage.check()  # unreachable storage or a missing bucket: exit 2 before any work
     run = RunFolder(storage, spec.resolved_run_id)
@@ -136,22 +138,12 @@ def check_compatible(run: RunFolder, spec: JobSpec) -> None:
         return
     if stored.fingerprint() == spec.fingerprint():
         return
-    old, new = _flatten(stored.model_dump(mode="json")), _flatten(spec.model_dump(mode="json"))
-    ignored = ("storage.", "runtime.", "checkpoint.", "run_id", "train.max_steps", "train.compile")
+    old, new = flatten(stored.model_dump(mode="json")), flatten(spec.model_dump(mode="json"))
+    ignored = ("storage.", "runtime.", "checkpoint.", "tracking.", "run_id", "train.max_steps", "train.compile")
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not k.startswith(ignored)]
     raise InputError(f"{run.uri} exists with a different spec ({'; '.join(diffs)}); resume with the "
                      "original spec, choose a new name, or pass --fresh to overwrite it")
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @dataclass
@@ -237,6 +229,7 @@ class Job:
         self.work = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq") / spec.resolved_run_id
         self.started = time.time()
         self.syncer = Syncer(run, warn=self.warn, may_write=lease.holds)
+        self.tracker = Tracker(spec, run.uri, self.work, self.syncer, self.warn)
 
     def warn(self, message: str) -> None:
         warn(self.console, message)
@@ -253,6 +246,7 @@ class Job:
                                    started_at=self.started)
             return self._train_and_report(pretrained, data)
         except BaseException as e:
+            self.tracker.end("FAILED")
             if isinstance(e, InputError) and previous is not None:
                 self.syncer.restore_status(previous)  # refused on input: the stored run stays as it was
             elif self.syncer.status:
@@ -289,9 +283,12 @@ class Job:
         params_total, params_trainable = count_parameters(model)
         base = {"init_from": pretrained.provenance()} if pretrained else {}
         metrics = MetricsLog(work / "metrics.jsonl", self.syncer, self._resume(trainer, device, base))
+        for line in self.tracker.start(metrics.records, str(device)):
+            console.print(escape(line), highlight=False)
         checkpointer = Checkpointer(
             self.store, work / "checkpoints", spec.checkpoint.interval_seconds, spec.checkpoint.keep_last,
-            metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base},
+            metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base,
+                               **self.tracker.checkpoint_fields()},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
             on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
             best_metric=trainer.config.monitor, durable_step=trainer.state.step)
@@ -301,7 +298,7 @@ class Job:
                       + " / ".join(f"{s} {len(encoded[s])}" for s in SPLITS))
 
         with ProgressReporter(trainer.config.max_steps, start_step=trainer.state.step, console=console) as progress:
-            trainer.callbacks = [metrics, checkpointer, progress]
+            trainer.callbacks = [metrics, checkpointer, progress, self.tracker]
             finished = trainer.fit()
         if not finished:
             committed = checkpointer.save_now(trainer, deadline=self.stop.deadline(spec.checkpoint.grace_seconds))
@@ -355,6 +352,7 @@ class Job:
     def _fit_baseline(self, data: PreparedData) -> int:
         """bag_of_codes / cox / gbm: fitted in one go (no steps, no checkpoints), reported like BEHRT."""
         spec, split = self.spec, data.labelled["held_out"]
+        self.tracker.start([], "cpu")
         with self.console.status(f"fitting {spec.model.kind} on {len(data.labelled['train'])} subjects"):
             baseline = fit_baseline(spec.model.kind, spec.task.kind, data.labelled["train"],
                                     data.labelled["tuning"], spec.task.horizon_days, spec.data.min_code_count,
@@ -414,6 +412,7 @@ class Job:
 
     def _completed(self, held_out: Any, durable_step: int, **fields: Any) -> int:
         self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time(), **fields)
+        self.tracker.finish(self.work / "summary.json")
         self.console.print(f"[green]completed[/] {escape(self.run_folder.uri)}: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
         return EXIT_COMPLETED
@@ -445,6 +444,7 @@ class Job:
             return b""
         manifest, folder = resumed
         snapshot = load_snapshot(folder, device)
+        self.tracker.resume_from(snapshot["trainer"])
         stored_base = snapshot["trainer"].get("init_from")
         if stored_base != base.get("init_from"):
             raise InputError(f"{self.run_folder.uri} was trained on base {stored_base} but model.init_from now "
@@ -457,6 +457,7 @@ class Job:
 
     def _preempted(self, lost: int, committed: bool = True, durable_step: int | None = None) -> int:
         fields = {} if durable_step is None else {"durable_step": durable_step}
+        self.tracker.end("KILLED")  # TensorBoard's file goes with the syncer's last upload
         self.syncer.set_status("preempted", reason=self.stop.name, steps_lost=lost, **fields)
         synced = self.syncer.close(deadline=self.stop.deadline(self.spec.checkpoint.grace_seconds))
         durable = self.syncer.status["durable_step"]

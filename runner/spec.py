@@ -10,6 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -139,6 +140,18 @@ class RuntimeSpec(Section):
     price_per_hour: float | None = Field(None, ge=0, le=10000)
 
 
+class MlflowSpec(Section):
+    tracking_uri: str | None = None  # http(s)://host:port of an MLflow server; null: MLFLOW_TRACKING_URI
+    experiment: str = Field("ehrseq", min_length=1, max_length=500)
+
+
+class TrackingSpec(Section):
+    """Live views of the run (runner/tracking.py): off by default; neither changes what trains."""
+
+    tensorboard: bool = False  # event files under the run folder's tensorboard/
+    mlflow: MlflowSpec | None = None  # one MLflow run across every resume
+
+
 LoraTarget = Literal["query", "key", "value", "output", "up", "down"]  # BEHRT's Linear layers
 
 
@@ -162,6 +175,7 @@ class JobSpec(Section):
     storage: StorageSpec = StorageSpec()
     runtime: RuntimeSpec = RuntimeSpec()
     lora: LoraSpec | None = None
+    tracking: TrackingSpec = TrackingSpec()
 
     @property
     def resolved_run_id(self) -> str:
@@ -171,8 +185,9 @@ class JobSpec(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def fingerprint(self) -> str:
-        """Hash of everything that decides the model and data (not storage, runtime, step budget or compile)."""
-        d = self.model_dump(mode="json", exclude={"storage", "runtime", "checkpoint", "run_id"})
+        """Hash of everything that decides the model and data (not storage, runtime, tracking, step budget or
+        compile)."""
+        d = self.model_dump(mode="json", exclude={"storage", "runtime", "checkpoint", "run_id", "tracking"})
         for key in ("max_steps", "compile"):  # compile changes speed, not the math
             d["train"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -219,6 +234,17 @@ def describe_errors(e: ValidationError) -> str:
     return "; ".join(_describe(err) for err in e.errors())
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted field names: {"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
     """`a.b=v`: v parsed as YAML (numbers, booleans, null), then type-checked with the whole spec."""
     key, sep, value = item.partition("=")
@@ -251,6 +277,10 @@ def check_supported(spec: JobSpec) -> None:
     for field, url in (("storage.uri", spec.storage.uri), ("storage.endpoint_url", spec.storage.endpoint_url),
                        ("model.init_from", spec.model.init_from)):
         refuse_credentials(url, field)  # first: later messages echo these URLs
+    mlflow_uri = spec.tracking.mlflow and spec.tracking.mlflow.tracking_uri
+    if mlflow_uri and "@" in urlsplit(mlflow_uri).netloc:
+        raise InputError("tracking.mlflow.tracking_uri: the URL holds credentials (user:password@host); set "
+                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
     unsupported = [("model.kind", spec.model.kind, {"behrt", "med2vec", *BASELINES}),
                    ("task.kind", spec.task.kind, {"mlm", "med2vec", *SUPERVISED}),
                    ("data.source", spec.data.source, {"synthetic", "meds", "fhir", "synthea-csv"})]
