@@ -13,6 +13,7 @@ from torch import nn
 
 from ehrseq.evaluation.binary import calibration_curve
 from ehrseq.evaluation.bootstrap import bootstrap_ci
+from ehrseq.evaluation.meds_dev import meds_dev_result
 from ehrseq.evaluation.next_visit import NextVisitPredictions
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.compare import PREDICTIONS
@@ -31,6 +32,7 @@ from runner.spec import JobSpec
 from runner.sync import retry_transient
 
 ADAPTER = "adapter.safetensors"  # LoRA runs: adapters and head, in place of model.safetensors
+MEDS_DEV_RESULT = "meds_dev_result.json"  # binary and survival runs: the MEDS-DEV result record
 
 
 def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | None,
@@ -41,7 +43,8 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
     """Writes the bundle locally, then copies it to the run folder; returns summary.json's content.
 
     `model` None (the non-neural baselines) writes no weights; no training records, no plots. Supervised
-    tasks also write their held-out predictions, from which every figure in summary.json can be recomputed.
+    tasks also write their held-out predictions, from which every figure in summary.json can be recomputed,
+    and binary and survival tasks the MEDS-DEV result record of them (meds_dev_result.json).
     """
     files = []
     if model is not None:
@@ -55,6 +58,11 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
         (work / "predictions").mkdir(parents=True, exist_ok=True)
         pq.write_table(held_out.to_table(), work / PREDICTIONS)
         files.append(PREDICTIONS)
+    if isinstance(held_out, (BinaryPredictions, SurvivalPredictions)):  # survival: its labels at the horizon
+        record = meds_dev_result(held_out.to_table(), facts["data"]["dataset_name"], spec.task.label_name,
+                                 f"ehrseq/{label}", facts["versions"]["ehrseq"])
+        (work / MEDS_DEV_RESULT).write_text(json.dumps(record, indent=2))
+        files.append(MEDS_DEV_RESULT)
     files += [f for f in extra_files if not f.startswith("plots/")]  # written under `work` by the caller
     plot_names += [f for f in extra_files if f.startswith("plots/")]
     summary = {

@@ -40,7 +40,7 @@ from ehrseq.models.lora import LoraSettings, apply_lora
 from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
 from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.reports.embeddings import EmbeddingReport, write_code_embeddings
-from ehrseq.reports.provenance import compute_facts, data_fingerprint, dataset_identity, git_commit
+from ehrseq.reports.provenance import compute_facts, data_fingerprint, dataset_identity, dataset_name, git_commit
 from ehrseq.seeding import LABEL_BUDGET, REPLICATE, derive_seed
 from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq.tasks.mlm import MLMTask
@@ -388,7 +388,7 @@ class Job:
             **compute_facts(time.time() - self.started, device, spec.runtime.price_per_hour),
             "versions": _versions(), "git_commit": git_commit(), "spec_fingerprint": spec.fingerprint(),
             "data_fingerprint": data_fingerprint(dataset, data.dataset.splits, held_out.subject_ids),
-            "data": {"source": spec.data.source, "dataset": dataset,
+            "data": {"source": spec.data.source, "dataset": dataset, "dataset_name": dataset_name(data.dataset),
                      "description": f"{spec.data.source} cohort" + (
                          f" ({spec.data.num_patients} patients, seed {spec.seed}, "
                          f"preset {spec.data.synthetic.preset})"

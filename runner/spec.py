@@ -93,6 +93,11 @@ class TaskSpec(Section):
             return self.labels
         return self.labels or DEFAULT_LABELS.get(self.kind, self.kind)
 
+    @property
+    def label_name(self) -> str:
+        """The task's name in reports (MEDS-DEV's `task`): label_task, else labels_path's file or folder name."""
+        return self.label_task or Path(self.labels_path or self.kind).name.removesuffix(".parquet")
+
 
 class TrainSpec(Section):
     max_steps: int = Field(2000, ge=1, le=MAX_COUNT)
@@ -128,6 +133,7 @@ class CheckpointSpec(Section):
     interval_seconds: float = Field(600, gt=0, le=7 * 86400)
     keep_last: int = Field(3, ge=1, le=1000)
     grace_seconds: float = Field(5.0, gt=0, le=3600)
+    local_dir: str | None = None  # first tier on local disk (a spot pod's volume, e.g. /workspace/ckpt)
 
 
 class StorageSpec(Section):

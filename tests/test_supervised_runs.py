@@ -18,7 +18,7 @@ from runner.job import run_job
 from runner.pretrained import fetch_pretrained, load_encoder
 from runner.spec import JobSpec
 
-from conftest import assert_summary_matches_predictions
+from conftest import assert_meds_dev_matches, assert_summary_matches_predictions
 
 MEDS_COLUMNS = ["subject_id", "prediction_time", "boolean_value", "predicted_boolean_value",
                 "predicted_boolean_probability"]
@@ -56,6 +56,7 @@ def test_supervised_run_summary_equals_what_the_predictions_give(tmp_path, model
     if task == "survival":
         assert {"time", "event", "predicted_risk"} <= set(table.column_names)
     assert_summary_matches_predictions(table, summary, spec.seed)
+    assert_meds_dev_matches(folder, summary)
     headline = "auroc" if task == "binary" else "c_index"
     assert set(summary["oracle"]) == expected and 0.5 < summary["oracle"][headline] <= 1.0
     assert "oracle" in (folder / "SUMMARY.md").read_text()

@@ -18,10 +18,16 @@ from ehrseq.evaluation.survival import survival_metrics
 
 @dataclass
 class BinaryPredictions:
+    """Probabilities are kept at float32 precision, the MEDS-DEV PredictionSchema's type, so the file holds exactly
+    the values every figure was computed from (and meds-evaluation reads the same numbers)."""
+
     subject_ids: np.ndarray  # (S,) int64
     prediction_times: np.ndarray  # (S,) datetime64[us]
     labels: np.ndarray  # (S,) bool
-    probabilities: np.ndarray  # (S,) float
+    probabilities: np.ndarray  # (S,) float64 holding float32 values
+
+    def __post_init__(self) -> None:
+        self.probabilities = np.asarray(self.probabilities, dtype=np.float32).astype(np.float64)
 
     def metrics(self, rows: np.ndarray | None = None) -> dict[str, float]:
         sel = slice(None) if rows is None else rows
@@ -33,7 +39,7 @@ class BinaryPredictions:
             "prediction_time": pa.array(self.prediction_times.astype("datetime64[us]"), pa.timestamp("us")),
             "boolean_value": pa.array(self.labels, pa.bool_()),
             "predicted_boolean_value": pa.array(self.probabilities >= 0.5, pa.bool_()),
-            "predicted_boolean_probability": pa.array(self.probabilities, pa.float64()),
+            "predicted_boolean_probability": pa.array(self.probabilities.astype(np.float32), pa.float32()),
         })
 
     @classmethod
@@ -66,7 +72,7 @@ class SurvivalPredictions:
             "prediction_time": pa.array(self.prediction_times.astype("datetime64[us]"), pa.timestamp("us")),
             "boolean_value": pa.array(by_horizon, pa.bool_(), mask=~known),
             "predicted_boolean_value": pa.array(self.risks > np.median(self.risks), pa.bool_()),
-            "predicted_boolean_probability": pa.array(1.0 / (1.0 + np.exp(-self.risks)), pa.float64()),
+            "predicted_boolean_probability": pa.array(1.0 / (1.0 + np.exp(-self.risks)), pa.float32()),
             "time": pa.array(self.times, pa.float64()),
             "event": pa.array(self.events, pa.bool_()),
             "predicted_risk": pa.array(self.risks, pa.float64()),

@@ -34,11 +34,16 @@ def git_commit(repo: Path | None = None) -> str | None:
 
 def dataset_identity(dataset: MedsDataset) -> str:
     """The dataset's name (metadata/dataset.json) and event count: which data, without hashing every row."""
+    return f"{dataset_name(dataset)} ({dataset.data.num_rows} events)"
+
+
+def dataset_name(dataset: MedsDataset) -> str:
+    """`dataset_name` from metadata/dataset.json, or "unnamed"."""
     name = "unnamed"
     if dataset.path is not None:
         with contextlib.suppress(OSError, ValueError):  # a dataset without metadata still has its events
             name = json.loads((dataset.path / "metadata" / "dataset.json").read_text()).get("dataset_name", name)
-    return f"{name} ({dataset.data.num_rows} events)"
+    return name
 
 
 def data_fingerprint(identity: str, splits: Mapping[int, str], held_out_ids: Iterable[int]) -> str:
