@@ -36,6 +36,7 @@ class Checkpointer(Callback):
         warn: Callable[[str], None] = lambda message: None,
         best_metric: str | None = None,
         durable_step: int = 0,
+        first_tier: Callable[[int, list[Path], dict[str, Any]], None] | None = None,
     ) -> None:
         self.store = store
         self.local_dir = local_dir
@@ -46,6 +47,8 @@ class Checkpointer(Callback):
         self.warn = warn
         self.best_metric = best_metric
         self.durable_step = durable_step
+        self.first_tier = first_tier  # commits the written files on local disk before the upload (LocalTier)
+        self._written: tuple[int, tuple[Path, list[Path], dict[str, Any]]] | None = None  # the last step written
         self.tuning: dict[str, float] = {}  # the latest tuning evaluation
         self.tuning_step = -1
         self.error: BaseException | None = None
@@ -90,8 +93,14 @@ class Checkpointer(Callback):
     def save_now(self, trainer: Trainer, deadline: float | None = None) -> bool:
         """Commits the current state before `deadline` (time.monotonic); False if it could not.
 
-        A late checkpoint is abandoned before its manifest, so the previous one stays the latest.
+        A late checkpoint is abandoned before its manifest, so the previous one stays the latest. With a first
+        tier the state is committed there before waiting on any upload.
         """
+        if self.first_tier is not None and trainer.state.step != self.durable_step:
+            try:
+                self._write(self._snapshot(trainer, copy=False))
+            except OSError as e:
+                self.warn(f"checkpoint {trainer.state.step}: the local tier failed ({e}); uploading only")
         if not self.wait(deadline):
             return False
         if trainer.state.step == self.durable_step:
@@ -115,12 +124,22 @@ class Checkpointer(Callback):
         return capture(trainer.state_dict(), trainer.state.step, {**extra_json, "tuning": tuning}, extra_files,
                        copy=copy)
 
+    def _write(self, snapshot: TrainingSnapshot) -> tuple[Path, list[Path], dict[str, Any]]:
+        """Writes a snapshot's files (and commits them on the first tier, if any), once per step."""
+        if self._written is not None and self._written[0] == snapshot.step:
+            return self._written[1]
+        folder = self.local_dir / f"step-{snapshot.step:09d}"
+        files = snapshot.write(folder)
+        meta = {"tuning": snapshot.trainer["tuning"], "best_metric": self.best_metric,
+                "best_step": snapshot.trainer["train_state"]["best_step"]}
+        if self.first_tier is not None:
+            self.first_tier(snapshot.step, files, meta)
+        self._written = (snapshot.step, (folder, files, meta))
+        return folder, files, meta
+
     def _commit_logged(self, snapshot: TrainingSnapshot, deadline: float | None) -> None:
         try:
-            folder = self.local_dir / f"step-{snapshot.step:09d}"
-            files = snapshot.write(folder)
-            meta = {"tuning": snapshot.trainer["tuning"], "best_metric": self.best_metric,
-                    "best_step": snapshot.trainer["train_state"]["best_step"]}
+            folder, files, meta = self._write(snapshot)
 
             def retrying(e: Exception, wait: float) -> None:
                 self.warn(f"checkpoint {snapshot.step}: storage unavailable ({e}); retrying in {wait:.0f} s")
@@ -131,7 +150,7 @@ class Checkpointer(Callback):
             if deadline is None:  # pruning can wait when time is short
                 retry_transient(lambda: self.store.prune(self.keep_last))
             for old in self.local_dir.glob("step-*"):
-                if old != folder:
+                if old.name < folder.name:  # a newer one may be being written (a final one at a stop request)
                     shutil.rmtree(old, ignore_errors=True)
         except (DeadlineExceeded, CheckpointDeadline) as e:  # out of grace time: the previous checkpoint stands
             self.warn(f"checkpoint {snapshot.step} not committed before the deadline: {e}")

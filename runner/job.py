@@ -64,6 +64,7 @@ from runner.checkpointing import Checkpointer
 from runner.checkpoints import CheckpointStore, checkpoint_dir
 from runner.distributed import run_worker
 from runner.lease import Lease
+from runner.local_tier import LocalTier, fetch_newest
 from runner.metrics_log import MetricsLog
 from runner.preemption import EXIT_PREEMPTED, StopRequest
 from runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
@@ -98,6 +99,8 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
             for key in storage.list(run.key("")):
                 if key != lease.key:
                     storage.delete(key)
+            if spec.checkpoint.local_dir:
+                shutil.rmtree(Path(spec.checkpoint.local_dir) / run.run_id, ignore_errors=True)
         distributed.barrier()
         previous = run.read_status()
         if previous is not None:
@@ -226,6 +229,8 @@ class Job:
     def __init__(self, spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console, lease: Lease) -> None:
         self.spec, self.run_folder, self.stop, self.console, self.lease = spec, run, stop, console, lease
         self.store = CheckpointStore(run, lease)
+        local_dir = spec.checkpoint.local_dir
+        self.local = LocalTier(Path(local_dir), spec.resolved_run_id, lease) if local_dir else None
         self.work = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq") / spec.resolved_run_id
         self.started = time.time()
         self.syncer = Syncer(run, warn=self.warn, may_write=lease.holds)
@@ -286,7 +291,8 @@ class Job:
         for line in self.tracker.start(metrics.records, str(device)):
             console.print(escape(line), highlight=False)
         checkpointer = Checkpointer(
-            self.store, work / "checkpoints", spec.checkpoint.interval_seconds, spec.checkpoint.keep_last,
+            self.store, self.local.folder if self.local else work / "checkpoints", spec.checkpoint.interval_seconds,
+            spec.checkpoint.keep_last, first_tier=self.local.commit if self.local else None,
             metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base,
                                **self.tracker.checkpoint_fields()},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
@@ -306,6 +312,9 @@ class Job:
             metrics.close()
             if self.lease.lost:
                 raise self.lease.lost
+            if not committed and self.local and self.local.has(trainer.state.step):
+                self.warn(f"step {trainer.state.step} is committed on the local tier ({self.local.folder}); a run "
+                          "with this checkpoint.local_dir resumes from it")
             return self._preempted(lost=trainer.state.step - checkpointer.durable_step, committed=committed,
                                    durable_step=checkpointer.durable_step)
         checkpointer.save_now(trainer)  # the final state, so a larger max_steps can continue this run
@@ -439,7 +448,8 @@ class Job:
         A fine-tuning checkpoint holds only what trained (a LoRA run: adapters and head); the base it
         was trained on must be the same weights, byte for byte, or the resumed model would be a different one.
         """
-        resumed = self.store.fetch_latest(self.work / "resume", warn=self.warn)
+        tiers = [self.local.store, self.store] if self.local else [self.store]
+        resumed = fetch_newest(tiers, self.work / "resume", warn=self.warn)
         if resumed is None:
             return b""
         manifest, folder = resumed

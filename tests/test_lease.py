@@ -10,16 +10,16 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SMALL_SPEC, run_cli
 
 from runner.checkpoints import CheckpointStore
 from runner.lease import LEASE, STALE_RENEWALS, Lease, LeaseHeld, LeaseLost, LeaseRecord
 from runner.run_folder import RunFolder
 from runner.storage import WriteConflict, open_storage
+
+from conftest import SMALL_SPEC, run_cli
 
 
 @pytest.fixture(params=["file", "s3"])
