@@ -106,6 +106,8 @@ class CheckpointStore:
         return folder
 
     def _download_verified(self, manifest: dict[str, Any], folder: Path) -> str | None:
+        from ehrseq.training.state import UnreadableCheckpoint, check_readable  # torch: keep `pull` fast
+
         prefix = checkpoint_dir(manifest["step"])
         for name, entry in manifest["files"].items():
             path = inside(folder, name, "checkpoint file name")  # parse_manifest checked it; symlinks too here
@@ -115,6 +117,10 @@ class CheckpointStore:
                 return f"{name} is missing"
             if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
                 return f"{name} does not match its checksum"
+            try:
+                check_readable(path)  # matches its checksum, yet may be a pickle payload: never loaded
+            except UnreadableCheckpoint as e:
+                return str(e)
         return None
 
     def prune(self, keep_last: int) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -123,6 +124,36 @@ def capture(trainer_state: dict[str, Any], step: int, extra_json: dict[str, Any]
         extra_files=extra_files)
 
 
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint file that does not load as plain data. A `.pt` file is only ever loaded with
+    weights_only=True: anything else would run whatever code its writer pickled into it."""
+
+
+def load_tensors(path: Path) -> Any:
+    """A `.pt` file of tensors and plain values; UnreadableCheckpoint (torch's text left out) otherwise."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (objects, code), RuntimeError / EOFError (damaged)
+        raise UnreadableCheckpoint(f"{path.name} does not load as plain tensors ({type(e).__name__}); "
+                                   "it is never unpickled") from None
+
+
+def check_readable(path: Path) -> None:
+    """Parses a downloaded checkpoint file by its kind (`.pt`, `.safetensors`, `.json`; others pass), so a
+    file that matches its checksum but cannot be loaded is found before a resume relies on it."""
+    if path.suffix == ".pt":
+        load_tensors(path)
+        return
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        elif path.suffix == ".json":
+            json.loads(path.read_bytes())
+    except Exception as e:  # a safetensors header or JSON that does not parse
+        raise UnreadableCheckpoint(f"{path.name} does not parse ({type(e).__name__})") from None
+
+
 def load_model_weights(folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
     """A snapshot's model state (tied weights restored from their aliases), e.g. the best checkpoint's."""
     trainer = json.loads((folder / "trainer.json").read_text())
@@ -133,9 +164,9 @@ def load_model_weights(folder: Path, device: torch.device) -> dict[str, torch.Te
 
 def load_snapshot(folder: Path, device: torch.device) -> dict[str, Any]:
     """The inverse of `write`, as a `Trainer.load_state_dict` input plus `trainer.json` contents."""
-    optim = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    optim = load_tensors(folder / "optimizer.pt")
     trainer = json.loads((folder / "trainer.json").read_text())
     return {"model": load_model_weights(folder, device),
             "optimizer": optim["optimizer"], "scheduler": optim["scheduler"], "scaler": optim.get("scaler", {}),
             "train_state": trainer["train_state"], "trainer": trainer,
-            "rng": torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)}
+            "rng": load_tensors(folder / "rng.pt")}

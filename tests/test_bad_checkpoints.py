@@ -1,0 +1,82 @@
+"""Issue 20: a checkpoint that fails to load is skipped like a corrupt one (never unpickled), committed and
+pruned checkpoints leave no empty folders, and `pull` never copies what a symlink in the run folder points at."""
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from runner.checkpoints import CheckpointStore, sha256_file
+from runner.job import run_job
+from runner.run_folder import RunFolder
+from runner.spec import load_spec
+from runner.storage import open_storage
+
+from conftest import SMALL_SPEC
+
+NEVER_SAY = ("weights_only=False", "weights_only` set to `False", "weights_only=false")
+
+
+class Payload:
+    """Unpickling this would create the marker file: proof that the checkpoint's code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "PWNED"))
+
+
+def plant_payload_checkpoint(run: RunFolder, step: int, marker: Path, work: Path) -> None:
+    """A committed checkpoint whose optimizer.pt is a pickle payload, with a manifest whose sha256 matches."""
+    folder = work / f"evil-{step}"
+    folder.mkdir(parents=True)
+    (folder / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": Payload(marker)}, protocol=2))
+    torch.save({"python": 1}, folder / "rng.pt")
+    CheckpointStore(run).commit(step, sorted(folder.iterdir()), {})
+
+
+def test_a_checkpoint_that_does_not_load_is_skipped_like_a_corrupt_one(tmp_path):
+    run = RunFolder(open_storage(str(tmp_path / "bucket")), "r")
+    good = tmp_path / "good"
+    good.mkdir()
+    torch.save({"optimizer": {"state": {}}}, good / "optimizer.pt")
+    CheckpointStore(run).commit(1, [good / "optimizer.pt"], {})
+    marker = tmp_path / "marker"
+    plant_payload_checkpoint(run, 2, marker, tmp_path)
+    warnings: list[str] = []
+    manifest, folder = CheckpointStore(run).fetch_latest(tmp_path / "resume", warnings.append)
+    assert manifest["step"] == 1 and sha256_file(folder / "optimizer.pt") == sha256_file(good / "optimizer.pt")
+    assert not marker.exists()
+    assert len(warnings) == 1 and "step 2" in warnings[0] and "optimizer.pt" in warnings[0], warnings
+    assert not any(s in w for w in warnings for s in NEVER_SAY)
+    with pytest.raises(ValueError, match="optimizer.pt") as refused:  # fetching it by name (best) refuses too
+        CheckpointStore(run).fetch(CheckpointStore(run).manifests()[-1], tmp_path / "best")
+    assert not any(s in str(refused.value) for s in NEVER_SAY) and not marker.exists()
+
+
+def tiny_spec(tmp_path: Path, *overrides: str):
+    return load_spec(SMALL_SPEC, ["data.num_patients=100", "data.max_seq_len=24", "train.batch_size=8",
+                                  "train.eval_every=0", f"runtime.work_dir={tmp_path}/w", "name=r",
+                                  f"storage.uri=file://{tmp_path}/bucket", *overrides])
+
+
+@pytest.mark.slow
+def test_a_run_resumes_past_a_checkpoint_that_does_not_load(tmp_path):
+    spec = tiny_spec(tmp_path, "train.max_steps=2")
+    assert run_job(spec, Console(quiet=True)) == 0
+    run = RunFolder(open_storage(str(tmp_path / "bucket")), "r")
+    marker = tmp_path / "marker"
+    plant_payload_checkpoint(run, 3, marker, tmp_path)
+    console = Console(record=True, width=1000, file=io.StringIO())
+    spec.train.max_steps = 4
+    assert run_job(spec, console) == 0
+    said = console.export_text()
+    assert "checkpoint at step 3 is unusable (optimizer.pt" in said and "from step 2" in said, said
+    assert not marker.exists() and not any(s in said for s in NEVER_SAY)
+    status = json.loads((tmp_path / "bucket" / "r" / "status.json").read_text())
+    assert status["state"] == "completed" and status["durable_step"] == 4
