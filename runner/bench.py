@@ -341,7 +341,8 @@ def gpu(
 
     if not torch.cuda.is_available() and not allow_cpu:
         console.print("ehrseq bench gpu: no CUDA GPU visible to torch "
-                      f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU pod", soft_wrap=True)
+                      f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU pod",
+                      soft_wrap=True)
         raise typer.Exit(2)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
