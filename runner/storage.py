@@ -11,12 +11,12 @@ import hashlib
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from ehrseq.errors import InputError
-from runner.safe_paths import check_name
+from runner.safe_paths import UnsafeName, check_name
 
 
 class StorageUnavailable(ConnectionError):
@@ -54,6 +54,18 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / check_name(key.rstrip("/"), "storage key")  # never a file outside the root
 
+    def _stored(self, key: str) -> Path:
+        """The key's path for reading: a symlink below the root could point at any file on this machine
+        (whoever writes the folder chooses), so one anywhere on the way is refused."""
+        path = self._path(key)
+        for part in (path, *path.parents):
+            if part == self.root:
+                return path
+            if part.is_symlink():
+                raise UnsafeName(f"refusing storage key {key!r}: {part} is a symlink (a run folder holds plain "
+                                 "files only)")
+        return path
+
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"storage.uri {self.uri!r}: {self.root} is not a folder")
@@ -87,24 +99,38 @@ class LocalStorage:
             raise
 
     def get_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        return self._stored(key).read_bytes()
 
     def get_file(self, key: str, dest: Path) -> None:
+        source = self._stored(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self._path(key), dest)
+        shutil.copyfile(source, dest)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
-        base = self._path(prefix) if prefix else self.root
+        """Plain files only: symlinks (to files or folders) are skipped, as `get_*` refuses them."""
+        try:
+            base = self._stored(prefix) if prefix else self.root
+        except UnsafeName:
+            return []
         if not base.is_dir():
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
-                      if p.is_file() and not p.name.startswith("."))
+        return sorted((Path(folder) / name).relative_to(self.root).as_posix()
+                      for folder, _, names in os.walk(base)  # a symlinked folder is listed, never entered
+                      for name in names if not name.startswith(".") and not (Path(folder) / name).is_symlink())
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        """Deletes the file and the folders it leaves empty (an object store has no folders to leave behind),
+        up to the key's top-level folder (the run's), which a concurrent writer may be filling."""
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        for folder in list(path.parents)[:max(0, len(PurePosixPath(key).parts) - 2)]:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or gone already
+                return
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         data = self.get_bytes(key)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from runner.checkpoints import CheckpointStore, sha256_file
+from ehrseq.errors import InputError
+from runner.checkpoints import CheckpointStore, checkpoint_dir, sha256_file
 from runner.job import run_job
+from runner.pull import pull
 from runner.run_folder import RunFolder
 from runner.spec import load_spec
 from runner.storage import open_storage
@@ -80,3 +82,34 @@ def test_a_run_resumes_past_a_checkpoint_that_does_not_load(tmp_path):
     assert not marker.exists() and not any(s in said for s in NEVER_SAY)
     status = json.loads((tmp_path / "bucket" / "r" / "status.json").read_text())
     assert status["state"] == "completed" and status["durable_step"] == 4
+
+
+def test_committing_and_pruning_leaves_no_empty_folders(tmp_path):
+    run = RunFolder(open_storage(str(tmp_path / "bucket")), "r")
+    store = CheckpointStore(run)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"w")
+    for step in range(1, 7):
+        store.commit(step, [weights], {})
+        store.prune(keep_last=2)
+    run.put_text(f"{checkpoint_dir(7)}/w.bin", "abandoned before its manifest")  # a killed upload
+    store.commit(8, [weights], {})
+    store.prune(keep_last=2)
+    checkpoints = tmp_path / "bucket" / "r" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [Path(checkpoint_dir(s)).name for s in (6, 8)]
+    assert [p for p in (tmp_path / "bucket").rglob("*") if p.is_dir() and not any(p.iterdir())] == []
+
+
+def test_pull_from_a_folder_skips_symlinks_in_the_run_and_reading_one_is_refused(tmp_path):
+    storage = open_storage(f"file://{tmp_path}/bucket")
+    run = RunFolder(storage, "r")
+    run.put_text("summary.json", "{}")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a file outside the bucket")
+    (tmp_path / "bucket" / "r" / "SUMMARY.md").symlink_to(secret)
+    (tmp_path / "bucket" / "r" / "plots").symlink_to(tmp_path, target_is_directory=True)
+    assert [p.name for p in pull(run, tmp_path / "dest", "all")] == ["summary.json"]
+    assert sorted(p.name for p in (tmp_path / "dest").rglob("*")) == ["summary.json"]
+    for key in ("r/SUMMARY.md", "r/plots/secret.txt"):
+        with pytest.raises(InputError, match="is a symlink"):
+            storage.get_bytes(key)
