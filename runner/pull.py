@@ -8,6 +8,7 @@ from rich.progress import Progress
 
 from ehrseq.errors import InputError
 from runner.checkpoints import CheckpointStore, best_manifest, checkpoint_dir
+from runner.lease import LEASE
 from runner.run_folder import RunFolder
 from runner.safe_paths import inside
 
@@ -25,7 +26,7 @@ def select_keys(run: RunFolder, what: str) -> list[str]:
         return names
     if what == "plots":
         return [n for n in names if n.startswith("plots/") or n in ("SUMMARY.md", "summary.json")]
-    bundle = [n for n in names if not n.startswith("checkpoints/")]
+    bundle = [n for n in names if not n.startswith("checkpoints/") and n != LEASE]  # the writer's lock: not results
     if what == "final":
         return bundle
     best = best_manifest(CheckpointStore(run).manifests())

@@ -183,3 +183,14 @@ def test_second_run_refused_then_first_preempted_releases(tmp_path):
     third = run_cli("run", str(path), "--set", "train.max_steps=1", cwd=tmp_path)  # past the durable step
     assert "being written by another" not in third.stderr and "took over" not in third.stderr, third.stderr
     assert json.loads((run_dir / LEASE).read_text())["fencing"] == 2
+
+
+def test_pull_leaves_the_lease_out_of_the_bundle(tmp_path):
+    from runner.pull import select_keys
+
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "pulled")
+    lease = Lease(run, renew_seconds=60)
+    lease.acquire()
+    run.write_status("running", 0)
+    assert select_keys(run, "final") == ["status.json"] and LEASE in select_keys(run, "all")
+    lease.release()
