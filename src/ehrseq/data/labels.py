@@ -25,6 +25,7 @@ from flexible_schema.exceptions import SchemaValidationError, TableValidationErr
 from ehrseq.errors import DataError
 
 LABELS_DIR = "labels"
+VALUE_COLUMNS = ("boolean_value", "integer_value", "float_value", "categorical_value")
 ORACLE_DIR = "oracle"
 
 
@@ -108,22 +109,30 @@ def _parquet_under(folder: Path) -> list[Path]:
                   if not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def read_label_files(files: list[Path]) -> pa.Table:
-    """The files' rows aligned to the MEDS LabelSchema, one table; errors name the file."""
+def read_label_files(files: list[Path], kind: str) -> pa.Table:
+    """The files' rows aligned to the MEDS LabelSchema, with the columns a `kind` task needs, as one table;
+    errors name the file.
+
+    Value columns that are entirely null are dropped first: ACES writes all four (integer_value, float_value,
+    categorical_value beside boolean_value) and the `meds` schema refuses nulls in a column that is present."""
     tables = []
     for f in files:
         try:
-            tables.append(meds.LabelSchema.align(pq.read_table(f)))
+            table = pq.read_table(f)
+            empty = [c for c in VALUE_COLUMNS if c in table.column_names and table.column(c).null_count == len(table)]
+            tables.append(meds.LabelSchema.align(table.drop_columns(empty)))
         except (SchemaValidationError, TableValidationError) as e:
             raise DataError(f"{f}: {e}") from e
         except pa.ArrowException as e:
             raise DataError(f"{f}: not a readable parquet file ({e})") from e
+        require_columns(tables[-1], kind, str(f))
     return pa.concat_tables(tables)
 
 
-def require_columns(labels: pa.Table, columns: tuple[str, ...], where: str, kind: str) -> None:
-    """Each of `columns` present and without nulls (LabelSchema makes them optional; a task needs them)."""
-    for column in columns:
+def require_columns(labels: pa.Table, kind: str, where: str) -> None:
+    """The label columns a `kind` task reads present and without nulls (LabelSchema makes them optional):
+    `boolean_value` (the outcome, or survival's event flag) and for survival `float_value` (days to event)."""
+    for column in ("boolean_value", "float_value") if kind == "survival" else ("boolean_value",):
         if column not in labels.column_names:
             raise DataError(f"{where}: column {column!r} is missing (a {kind} task needs it; the file has "
                             f"{', '.join(labels.column_names)})")

@@ -54,14 +54,13 @@ def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, .
     the folder is the task's) or else from the dataset's `labels/<task>.parquet`.
     """
     if labels_path is not None:
-        labels, where = read_label_files(label_files(labels_path, task)), str(labels_path)
+        labels, where = read_label_files(label_files(labels_path, task), kind), str(labels_path)
     elif dataset.path is None or task is None:
         raise InputError("supervised tasks need labels: task.labels_path, or a dataset folder holding "
                          "labels/<task>.parquet")
     else:
         labels, where = read_labels(dataset.path, task), str(Path(dataset.path) / label_path(task))
-    require_columns(labels, ("boolean_value", "float_value") if kind == "survival" else ("boolean_value",),
-                    where, kind)
+        require_columns(labels, kind, where)
     report = LabelReport(where, labels.num_rows)
     labels, report.duplicates = drop_duplicates(labels, where)
     ids = labels.column("subject_id").to_numpy()
