@@ -8,9 +8,10 @@ out, so a test can exercise it.
 
 MFU = tokens/s x FLOPs per token / the GPU's peak. FLOPs per token of a training step = 6 N + 12 L C T
 (forward 2 N + 4 L C T, backward twice that): N = the encoder layers' weight-matrix parameters (embeddings,
-biases, norms and the masked-position vocabulary head left out), L layers of width C attending over the padded
-length T (data.max_seq_len). Tokens are the real (unpadded) tokens of each batch. Peaks are dense (no sparsity):
-bf16 tensor-core for bf16, plain FP32 for fp32 (PyTorch leaves TF32 off for float32 matmuls by default).
+biases, norms and the masked-position vocabulary head left out), L layers of width C attending over the
+padded length T of the batch (token-weighted mean over an epoch's batches). Tokens are the real (unpadded)
+ones. Peaks are dense (no sparsity): bf16 tensor-core for bf16, plain FP32 for fp32 (PyTorch leaves TF32 off
+for float32 matmuls by default).
 """
 
 from __future__ import annotations
@@ -59,7 +60,17 @@ def peak_tflops(device_name: str, precision: str) -> float | None:
     return None
 
 
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+def attention_length(patients: list[Any], batch_size: int) -> float:
+    """The padded length T a real token attends over, averaged over one epoch's batches weighted by their tokens."""
+    from ehrseq.data.batching import EpochOrder
+
+    lengths = [len(p.codes) for p in patients]
+    order = EpochOrder(lengths, batch_size, seed=0)
+    batches = [[lengths[i] for i in order.batch_indices(0, b)] for b in range(len(order))]
+    return sum(sum(b) * max(b) for b in batches) / sum(sum(b) for b in batches)
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
     """6 N + 12 L C T for one training token of a BEHRT encoder (see the module docstring)."""
     layers = model.behrt.layers
     weights = sum(p.numel() for p in layers.parameters() if p.dim() >= 2)
@@ -94,10 +105,11 @@ def training_throughput(job: Any, data: Any, mode: Mode, device: torch.device, w
     trainer.config.max_steps, trainer.config.log_every = warmup_steps + steps, steps
     trainer.fit()  # one training record for the timed steps: the Trainer's own tokens/s (host-synced)
     timed = next(r for r in records if r["split"] == "train" and r["step"] == warmup_steps + steps)
-    flops = flops_per_token(trainer.model, job.data.max_seq_len)
+    attended = attention_length(data.encoded["train"], job.train.batch_size)
+    flops = flops_per_token(trainer.model, attended)
     peak = peak_tflops(torch.cuda.get_device_name(device), mode.precision) if device.type == "cuda" else None
     return {"mode": mode.name, "preset": job.model.size, "batch_size": job.train.batch_size,
-            "seq_len": job.data.max_seq_len, "tokens_per_s": timed["tokens_per_s"],
+            "seq_len": job.data.max_seq_len, "attended_len": attended, "tokens_per_s": timed["tokens_per_s"],
             "ms_per_step": 1000 * timed["seconds_per_step"], "gflops_per_token": flops / 1e9,
             "achieved_tflops": timed["tokens_per_s"] * flops / 1e12, "peak_tflops": peak,
             "mfu": timed["tokens_per_s"] * flops / (peak * 1e12) if peak else None,

@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -45,6 +46,10 @@ def test_throughput_collation_and_resume_on_cpu(tmp_path):
     assert row["tokens_per_s"] > 0 and math.isfinite(row["loss"])
     assert row["achieved_tflops"] == pytest.approx(row["tokens_per_s"] * row["gflops_per_token"] / 1000)
     assert row["mfu"] is None and row["peak_memory_gb"] is None  # no peak or allocator on CPU
+    lengths = sorted(len(p.codes) for p in data.encoded["train"])
+    assert lengths[0] <= row["attended_len"] <= 32  # the padded length a token sees, at most max_seq_len
+    patients = [SimpleNamespace(codes=[0] * n) for n in (2, 4, 6, 8)]  # length-grouped batches: (8, 6), (4, 2)
+    assert gpu_check.attention_length(patients, 2) == pytest.approx(((8 + 6) * 8 + (4 + 2) * 4) / 20)
 
     assert gpu_check.collation_throughput(data.encoded["train"], 8, pin=False, seconds=0.2) > 0
 
