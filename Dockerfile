@@ -20,7 +20,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY runner ./runner
-RUN pip install --extra-index-url "${TORCH_INDEX}" .
+# the tracking clients too (tracking.mlflow / tracking.tensorboard in a spec): a pod has no time to install them;
+# "." is this project, its versions are pyproject's ranges
+# hadolint ignore=DL3013
+RUN pip install --extra-index-url "${TORCH_INDEX}" ".[mlflow,tensorboard]"
 
 # --- runtime: the venv, tini as PID 1, a non-root user --------------------------------------------------------------
 FROM ${BASE_IMAGE}
