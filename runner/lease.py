@@ -8,7 +8,9 @@ replace). Another writer refuses a fresh lease (exit 2, naming the holder) and t
 (released; heartbeat older than STALE_RENEWALS renew intervals; or its process is gone from this host), with
 the fencing number + 1. Every checkpoint manifest carries its writer's fencing number and is committed only
 after a read confirms the lease is still its own; readers ignore a manifest committed under fencing number f
-after f + 1 was taken (`zombie_manifest`), the window a paused writer could still slip through.
+after f + 1 was taken from it (`zombie_manifest`), the window a paused writer could still slip through. That
+compares two hosts' clocks: a stale takeover comes at least STALE_RENEWALS renewals (2 min) after the old
+writer's last heartbeat, so skew below that is harmless; a released lease is never judged by it.
 
 Stores that enforce conditional writes: AWS S3 (If-None-Match since Aug 2024, If-Match since Nov 2024),
 Cloudflare R2, MinIO, SeaweedFS (tested). A store that ignores the headers is detected when the lease is
@@ -63,7 +65,9 @@ class LeaseRecord:
     heartbeat: float  # time.time() of the last renewal
     fencing: int
     renew_seconds: float
-    takeovers: dict[str, float] = field(default_factory=dict)  # fencing number -> time.time() it was taken
+    # fencing number -> time.time() it was taken from a writer that had not released (one that may still commit);
+    # a released writer commits nothing more, so its successor's clock never judges its manifests
+    takeovers: dict[str, float] = field(default_factory=dict)
     released: bool = False
 
     def to_bytes(self) -> bytes:
@@ -143,7 +147,7 @@ class Lease:
         """Takes the lease or raises LeaseHeld naming the live holder; starts the heartbeat."""
         storage, now = self.run.storage, time.time()
         fresh = LeaseRecord(self.owner, socket.gethostname(), os.getpid(), _pid_namespace(), now, 1,
-                            self.renew_seconds, {"1": now})
+                            self.renew_seconds)
         try:
             self._tag = storage.create(self.key, fresh.to_bytes())
             self.record = fresh
@@ -159,7 +163,9 @@ class Lease:
                     "know it is dead)") from None
             fencing = (current.fencing if current else 0) + 1
             takeovers = dict(list((current.takeovers if current else {}).items())[-KEPT_TAKEOVERS + 1:])
-            record = replace(fresh, fencing=fencing, takeovers={**takeovers, str(fencing): now})
+            if current is None or not current.released:
+                takeovers[str(fencing)] = now
+            record = replace(fresh, fencing=fencing, takeovers=takeovers)
             try:
                 self._tag = storage.replace_if(self.key, record.to_bytes(), tag)
             except (WriteConflict, FileNotFoundError):
