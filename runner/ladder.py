@@ -18,6 +18,7 @@ from runner.compare import load_run
 from runner.job import EXIT_COMPLETED, run_job
 from runner.ladder_spec import LadderRun, LadderSpec
 from runner.spec import JobSpec
+from runner.tracking import log_ladder
 
 
 def run_ladder(ladder: LadderSpec, runs: Sequence[LadderRun], out: Path, console: Console,
@@ -40,6 +41,11 @@ def run_ladder(ladder: LadderSpec, runs: Sequence[LadderRun], out: Path, console
             console.print(escape(f"{c.cohort}: control {c.control.preset} {verdict} the known answer "
                                  f"({c.control.measured})"), highlight=False, soft_wrap=True)
     console.print(f"[green]ladder report[/]: {escape(f'{report.report}, {report.table}')}")
+    if ladder.tracking.mlflow is not None:
+        parent = log_ladder(ladder.tracking.mlflow, ladder.name, [r.uri for r in runs], out,
+                            lambda message: console.print(f"[yellow]warning:[/] {escape(message)}"))
+        if parent:
+            console.print(escape(f"MLflow: ladder run {parent}, its {len(runs)} runs nested under it"))
     return EXIT_COMPLETED
 
 

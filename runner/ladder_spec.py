@@ -27,6 +27,7 @@ from runner.spec import (
     SpecError,
     StorageSpec,
     TaskSpec,
+    TrackingSpec,
     TrainSpec,
     describe_errors,
     read_spec_file,
@@ -84,6 +85,7 @@ class LadderSpec(Section):
     checkpoint: CheckpointSpec = CheckpointSpec()
     storage: StorageSpec = StorageSpec()
     runtime: RuntimeSpec = RuntimeSpec()
+    tracking: TrackingSpec = TrackingSpec()  # every run's; with mlflow, the report is a parent run of them all
 
     @field_validator("task")
     @classmethod
@@ -204,6 +206,7 @@ def _job(ladder: LadderSpec, cohort: Cohort, rung: str, run_id: str, model: dict
     replicate, so the ladder checks each cohort x rung once (it opens the storage: slow on S3 x 100 runs)."""
     raw = {"name": run_id, "seed": ladder.seed, "data": cohort.data.model_dump(exclude_unset=True),
            "model": model, "task": task, "train": train,
-           **{k: getattr(ladder, k).model_dump(exclude_unset=True) for k in ("checkpoint", "storage", "runtime")},
+           **{k: getattr(ladder, k).model_dump(exclude_unset=True) for k in ("checkpoint", "storage", "runtime",
+                                                                            "tracking")},
            **extra}
     return validate_job(raw, f"cohort {cohort.name}, rung {rung} ({run_id})", check)

@@ -86,6 +86,30 @@ def held_out_record(summary: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def log_ladder(settings: MlflowSpec, name: str, run_uris: list[str], report: Path,
+               warn: Callable[[str], None]) -> str | None:
+    """A ladder's report folder as one parent MLflow run (reused when the ladder is re-run), its runs (found by
+    their `ehrseq.run_uri` tag) nested under it; returns the parent's id, None if MLflow failed (a warning)."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(mlflow_uri(settings))
+        experiment = client.get_experiment_by_name(settings.experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.experiment)
+        found = client.search_runs([experiment_id], f"tags.`ehrseq.ladder` = '{name}'", max_results=1)
+        parent = found[0].info.run_id if found else client.create_run(
+            experiment_id, run_name=f"ladder {name}", tags={"ehrseq.ladder": name}).info.run_id
+        for uri in (u for u in run_uris if "'" not in u):  # a quote would end the filter's string
+            for child in client.search_runs([experiment_id], f"tags.`ehrseq.run_uri` = '{uri}'"):
+                client.set_tag(child.info.run_id, "mlflow.parentRunId", parent)
+        client.log_artifacts(parent, str(report))
+        client.set_terminated(parent, "FINISHED")
+        return parent
+    except Exception as e:  # the report on disk stands; MLflow is the extra view
+        warn(f"MLflow: the ladder report was not logged ({type(e).__name__}: {str(e)[:300]})")
+        return None
+
+
 class TensorBoardLog:
     """One event file, rebuilt from the records so far at each start, copied to storage every few seconds."""
 

@@ -15,6 +15,8 @@ from rich.console import Console
 from ehrseq.errors import InputError
 from ehrseq.tasks.mlm import MLMTask
 from runner.job import run_job
+from runner.ladder import run_ladder
+from runner.ladder_spec import load_ladder
 from runner.spec import SpecError, load_spec
 from runner.tracking import EVENTS_NAME, check_installed
 
@@ -210,3 +212,39 @@ def test_preempted_and_resumed_twice_is_one_mlflow_run_with_every_step_once(mlfl
     assert [s for s, _ in scalars["train/loss"]] == list(range(1, 61))
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in train], rel=1e-6)
     assert [s for s, _ in scalars["tuning/mlm_loss"]] == [20, 40, 60]
+
+
+LADDER = """\
+name: lad
+cohorts: [{name: order, data: {num_patients: 300, max_seq_len: 32, synthetic: {preset: order}}}]
+task: {kind: binary}
+resamples: 100
+rungs: [{name: bag, model: {kind: bag_of_codes}}, {name: bag-no-age, model: {kind: bag_of_codes, age_feature: false}}]
+storage: {uri: "file://STORAGE"}
+runtime: {work_dir: WORK}
+tracking: {mlflow: {tracking_uri: URI, experiment: ladder}}
+"""
+
+
+@pytest.mark.slow
+def test_a_ladder_is_one_parent_mlflow_run_with_its_report_and_its_runs_nested(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path / "ladder.yaml"
+    path.write_text(LADDER.replace("STORAGE", str(tmp_path / "runs")).replace("WORK", str(tmp_path / "work"))
+                    .replace("URI", mlflow_server))
+    ladder, runs = load_ladder(path)
+    assert run_ladder(ladder, runs, tmp_path / "report", Console(quiet=True)) == 0
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("ladder").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`ehrseq.ladder` = 'lad'")
+    assert parent.info.status == "FINISHED"
+    assert {"report.md", "ladder.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["lad-order-bag-kall-r0", "lad-order-bag-no-age-kall-r0"]
+    for child in children:
+        summary = json.loads((tmp_path / "runs" / child.info.run_name / "summary.json").read_text())
+        assert child.info.status == "FINISHED"
+        assert child.data.metrics["held_out/auroc"] == summary["metrics"]["auroc"]
+        assert child.data.metrics["held_out/auroc_ci_low"] == summary["metrics_ci"]["auroc"][0]
