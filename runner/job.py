@@ -27,6 +27,7 @@ from ehrseq.data.budget import subsample
 from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset
+from ehrseq.data.patients import Patient
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, labelled_splits, next_visit_splits, oracle_risks
 from ehrseq.data.synthetic import code_clusters
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
@@ -177,13 +178,25 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     else:
         labelled = None
     patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset)
-    vocab = vocab or Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
+    vocab = vocab or _training_vocabulary(spec, patients["train"])
     if labelled and spec.train.label_budget is not None:
         labelled["train"] = subsample(labelled["train"], spec.train.label_budget,
                                       derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
         patients["train"] = labelled["train"].patients
     return PreparedData(vocab, {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]]
                                 for s in SPLITS}, labelled, dataset, report)
+
+
+def _training_vocabulary(spec: JobSpec, train: list[Patient]) -> Vocabulary:
+    """The training split's codes seen at least data.min_code_count times; none at all would leave models
+    nothing but [UNK] to learn (and MLM nothing to sample replacements from), so that is bad input."""
+    vocab = Vocabulary.build(train, min_count=spec.data.min_code_count)
+    if len(vocab) == vocab.num_special:
+        counts = Vocabulary.build(train).counts
+        raise InputError(f"data.min_code_count: no code occurs {spec.data.min_code_count:,} times in the 'train' "
+                         f"split of {spec.data.path or spec.data.source} ({len(counts):,} distinct codes, the most "
+                         f"frequent {max(counts.values(), default=0):,} times); lower it or use more data")
+    return vocab
 
 
 def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
