@@ -265,9 +265,9 @@ class Job:
             return self._train_and_report(pretrained, data)
         except BaseException as e:
             self.tracker.end("FAILED")
-            if isinstance(e, InputError) and previous is not None:
+            if self.syncer.status and isinstance(e, InputError) and previous is not None:
                 self.syncer.restore_status(previous)  # refused on input: the stored run stays as it was
-            elif self.syncer.status:
+            elif self.syncer.status:  # (an empty status: refused before anything was stored)
                 self.syncer.set_status("failed", error=f"{type(e).__name__}: {e}")
             raise
         finally:

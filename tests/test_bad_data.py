@@ -107,3 +107,17 @@ def test_bad_meds_exits_2_naming_file_and_column_and_stores_nothing(case, good_m
     assert (code, len(err.strip().splitlines())) == (2, 1), err
     assert "Traceback" not in err and all(n in err for n in named), (named, err)
     assert stored_files(tmp_path) == []  # no spec.yaml, no status.json: the run never showed as running
+
+
+@pytest.mark.slow
+def test_a_stored_run_refused_on_bad_data_keeps_its_status(good_meds, tmp_path, monkeypatch, capsys):
+    ds = tmp_path / "meds"
+    shutil.copytree(good_meds, ds)
+    code, err = run_in_process(monkeypatch, capsys, *run_on(ds, tmp_path))
+    assert code == 0, err
+    status = tmp_path / "bucket" / "r" / "status.json"
+    before = status.read_bytes()
+    corrupt_footer(ds)
+    code, err = run_in_process(monkeypatch, capsys, *run_on(ds, tmp_path, "train.max_steps=4"))
+    assert (code, len(err.strip().splitlines())) == (2, 1) and SHARD in err, err
+    assert status.read_bytes() == before  # still completed at step 2: never shown as running
