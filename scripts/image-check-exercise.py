@@ -29,9 +29,9 @@ from s3_server import SECRET_KEY, WeedServer  # noqa: E402  (the tests' real S3 
 
 BUCKET = "ehrseq"
 RUN_URI = f"s3://{BUCKET}/runs/behrt-small-mlm"
-# The small preset, shortened to about a minute of CPU training in two starts.
+# The small preset, shortened to about a minute of CPU training (on an idle machine) in two starts.
 JOB = ["jobs/behrt_small.yaml", "--set", f"storage.uri=s3://{BUCKET}/runs", "--set", "runtime.work_dir=/tmp/work",
-       "--set", "data.num_patients=1000", "--set", "train.max_steps=300", "--set", "train.eval_every=100"]
+       "--set", "data.num_patients=500", "--set", "train.max_steps=200", "--set", "train.eval_every=100"]
 GRACE_SECONDS = 5.0  # checkpoint.grace_seconds of the small preset (RunPod spot's budget)
 # Paths that must not exist in the image: sources, tests, caches, build-time inputs.
 FORBIDDEN = ["src", "root/.cache", "home/ehrseq/.cache", "home/ehrseq/app/tests", "home/ehrseq/app/.git"]
@@ -152,9 +152,9 @@ def exercise_run(image: str, config: ImageConfig, server: WeedServer, tmp: Path)
         proc = first.start(config, JOB, creds, tmp / "first.log")
         tini = pid1_of(proc)
         metrics = first.root / "tmp/work/behrt-small-mlm/metrics.jsonl"
-        while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
-            check(proc.poll() is None and time.monotonic() - started < 600, "first start trains",
-                  (tmp / "first.log").read_text())
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+            if proc.poll() is not None or time.monotonic() - started > 600:
+                check(False, "first start trains", (tmp / "first.log").read_text())
             time.sleep(0.1)
         sent = time.monotonic()
         check(Path(f"/proc/{tini}/comm").read_text().strip() == "tini", "tini is PID 1 of the container")
@@ -162,7 +162,7 @@ def exercise_run(image: str, config: ImageConfig, server: WeedServer, tmp: Path)
         code = proc.wait(timeout=60)
         stopped = time.monotonic() - sent
         log = (tmp / "first.log").read_text()
-    print(f"first start: {sent - started:.1f} s to 3 metrics records; "
+    print(f"first start: {sent - started:.1f} s to 2 metrics records (step 20); "
           f"SIGTERM to tini -> exit {code} in {stopped:.2f} s")
     check(code == 75, "SIGTERM through tini exits 75", log)
     check(stopped < GRACE_SECONDS, f"exit within the {GRACE_SECONDS:.0f} s grace budget ({stopped:.2f} s)")
