@@ -81,9 +81,10 @@ class LeaseRecord:
             record = cls(**raw)
         except (ValueError, TypeError):
             return None
-        numbers_ok = all(isinstance(v, (int, float)) for v in (record.heartbeat, record.renew_seconds))
-        return record if type(record.fencing) is int and numbers_ok and isinstance(record.takeovers, dict) \
-            else None
+        numbers = (record.heartbeat, record.renew_seconds,
+                   *(record.takeovers.values() if isinstance(record.takeovers, dict) else [None]))
+        typed = type(record.fencing) is int and type(record.pid) is int and isinstance(record.host, str)
+        return record if typed and all(isinstance(v, (int, float)) for v in numbers) else None
 
     def age(self, now: float) -> float:
         return now - self.heartbeat

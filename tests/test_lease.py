@@ -130,6 +130,20 @@ def test_heartbeat_renews_and_notices_loss(storage):
     assert not _stored(run).released  # a writer that lost the lease never touches it again
 
 
+@pytest.mark.parametrize("damage", [b"not json", b"[1]", b'{"owner": 1}'])
+def test_damaged_lease_taken_over_with_a_warning(tmp_path, damage):
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "damaged")
+    record = json.loads(LeaseRecord("x", "h", 1, None, time.time(), 2, 60.0).to_bytes())
+    for stored in (damage, json.dumps({**record, "takeovers": {"2": "soon"}}).encode(),
+                   json.dumps({**record, "pid": "1"}).encode()):
+        run.storage.put_bytes(run.key(LEASE), stored)
+        warnings: list[str] = []
+        lease = Lease(run, renew_seconds=60, warn=warnings.append)
+        lease.acquire()
+        assert "was damaged" in warnings[0] and lease.fencing == 1
+        lease.release()
+
+
 def test_dead_process_on_this_host_taken_over_at_once(tmp_path):
     run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "dead")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
