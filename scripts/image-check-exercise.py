@@ -112,8 +112,10 @@ def exercise_hygiene(image: str, config: ImageConfig) -> None:
     with Container(image) as box:
         present = [p for p in FORBIDDEN if (box.root / p).exists()]
         check(not present, "no sources, tests or caches in the image", f"present: {present}")
-        build_inputs = [p.name for p in (box.root / "mnt").iterdir()]
-        check(not build_inputs, "no build inputs (wheels, constraints, CA bundle) left in /mnt", str(build_inputs))
+        build_inputs = [p.name for p in (box.root / "mnt").iterdir()] + [
+            p.name for p in (box.root / "opt").iterdir() if p.name != "venv"]
+        check(not build_inputs, "no build inputs (wheels, constraints, CA bundle, mount points) in /mnt or /opt",
+              str(build_inputs))
         app_and_venv = [box.root / "home/ehrseq", box.root / "opt/venv/lib"]
         named = [str(p.relative_to(box.root)) for top in app_and_venv for p in top.rglob("*")
                  if p.name in FORBIDDEN_NAMES and not _third_party(p)]
