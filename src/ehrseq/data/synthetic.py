@@ -67,6 +67,9 @@ class SyntheticParams:
     prevalence_a: float = 0.25  # share of patients given A (at one random visit before the prediction time)
     prevalence_b: float = 0.25
     order_window: int = 3  # A then B counts when B is at most this many visits after A
+    onset_span: float = 1.0  # A and B are first recorded within this leading share of the visits before prediction
+    recurrence: float = 0.0  # once a patient's A and B are all recorded, each later visit re-records each w.p. this
+    min_visits: int = 2  # fewest visits before the prediction time (long histories leave room for recurrences)
     order_effect: float = 1.6  # A followed by B within order_window visits
     presence_effect: float = 0.0  # A and B both present, in any order
     age_effect: float = 0.5  # per decade of age
@@ -81,13 +84,16 @@ class SyntheticParams:
 
 PRESETS = {
     "default": SyntheticParams(),
-    # Positive control: A before B (anywhere in the history: the window spans every visit) on ~34% of patients,
-    # a strong order effect, weak age. A and B are common (80% each), so their presence says little: at 20k
-    # patients a logistic model on A, B, both, age and sex reaches ~0.69 AUROC; the true order indicator ~0.79.
-    "order": SyntheticParams(prevalence_a=0.8, prevalence_b=0.8, order_window=26, order_effect=2.0, age_effect=0.1),
-    # Negative control: the same codes and prevalences; A and B together (any order) carry the effect.
+    # Positive control: which of A and B was recorded first (their onsets, in the first third of a history of at
+    # least 12 visits) drives the outcome; afterwards both are re-recorded at half of the later visits. A and B are
+    # common (80% each), so their presence says little, and as both recur alike, per-code counts, recency and days
+    # since last (what count models see) carry almost nothing of the order: only the sequence does.
+    "order": SyntheticParams(prevalence_a=0.8, prevalence_b=0.8, order_window=26, order_effect=2.0, age_effect=0.1,
+                             onset_span=1 / 3, recurrence=0.5, min_visits=12),
+    # Negative control: the same codes, prevalences and histories; A and B together (any order) carry the effect.
     "presence": SyntheticParams(prevalence_a=0.8, prevalence_b=0.8, order_window=26, order_effect=0.0,
-                                presence_effect=1.5, age_effect=0.1),
+                                presence_effect=1.5, age_effect=0.1, onset_span=1 / 3, recurrence=0.5,
+                                min_visits=12),
 }
 CENSOR_DAYS = (180.0, 1095.0)
 HORIZON_DAYS = 365
@@ -195,7 +201,7 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     sex = rng.integers(0, 2, n)
     child = rng.random(n) < 0.15
     age_years = np.where(child, rng.uniform(0, 18, n), np.clip(rng.normal(52, 17, n), 18, 90))
-    num_pre = np.clip(2 + rng.lognormal(1.2, 0.9, n).astype(np.int64), 2, MAX_VISITS_BEFORE)
+    num_pre = np.clip(2 + rng.lognormal(1.2, 0.9, n).astype(np.int64), params.min_visits, MAX_VISITS_BEFORE)
     num_active = 1 + rng.binomial(2, np.clip(age_years / 90, 0.05, 0.85))  # 1-3 clusters, more with age
     # Gumbel top-k: each patient's clusters, sampled without replacement by prevalence.
     cluster_rank = np.argsort(-(np.log(_CLUSTER_W) + rng.gumbel(size=(n, NUM_CLUSTERS))), axis=1)
@@ -217,12 +223,13 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     prediction_day = day[starts + num_pre - 1]
     prediction_us = (prediction_day + 1) * _DAY_US - 1_000_000  # 23:59:59 on the last visit's day
 
-    # The planted progression: A and B at random visits before the prediction time.
+    # The planted progression: A and B first recorded at random visits in the leading onset_span of the history.
     has_a, has_b = rng.random(n) < params.prevalence_a, rng.random(n) < params.prevalence_b
-    visit_a = (rng.random(n) * num_pre).astype(np.int64)
-    visit_b = (rng.random(n) * num_pre).astype(np.int64)
+    onset_visits = np.maximum(2, np.ceil(num_pre * params.onset_span - 1e-9).astype(np.int64))  # (n,)
+    visit_a = (rng.random(n) * onset_visits).astype(np.int64)
+    visit_b = (rng.random(n) * onset_visits).astype(np.int64)
     step = np.where(rng.random(n) < 0.5, 1, -1)  # never the same visit; either side, so neither order gains
-    visit_b = np.where(visit_b == visit_a, (visit_a + step) % num_pre, visit_b)
+    visit_b = np.where(visit_b == visit_a, (visit_a + step) % onset_visits, visit_b)
     a_then_b = has_a & has_b & (visit_b > visit_a) & (visit_b - visit_a <= params.order_window)
 
     # The outcome: true hazard, event and censoring times in days after the prediction time.
@@ -250,7 +257,21 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
                               outcome_us[observed]])
     order = np.lexsort((time_us, patient))
     kind, patient, time_us = kind[order], patient[order], time_us[order]
+    sorted_pos = np.empty(len(order), np.int64)
+    sorted_pos[order] = np.arange(len(order))
+    first_visit = 2 * n + np.cumsum(num_kept) - num_kept  # unsorted index of each patient's first real visit
     rows_per_visit = np.where(kind == _VISIT, 1 + rng.binomial(7, 0.4, len(kind)), 1)
+    recurring = []  # (sorted visit indices, code) of each re-recorded A and B: one row appended to the visit
+    if params.recurrence > 0:
+        patient_of = np.repeat(np.arange(n), num_pre)  # (P,) one entry per visit before the prediction time
+        visit_of = np.arange(len(patient_of)) - np.repeat(np.cumsum(num_pre) - num_pre, num_pre)
+        last_onset = np.maximum(np.where(has_a, visit_a, -1), np.where(has_b, visit_b, -1))
+        later = visit_of > last_onset[patient_of]
+        for planted, code_idx in ((has_a, _A_IDX), (has_b, _B_IDX)):
+            again = later & planted[patient_of] & (rng.random(len(patient_of)) < params.recurrence)
+            visits = sorted_pos[first_visit[patient_of[again]] + visit_of[again]]
+            recurring.append((visits, rows_per_visit[visits].copy(), code_idx))
+            rows_per_visit[visits] += 1
     row_start = np.cumsum(rows_per_visit) - rows_per_visit
 
     # Rows: 1-8 codes per real visit, each from the patient's clusters, the background, or a lab.
@@ -261,12 +282,13 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     code = np.select([row_kind == _STATIC, row_kind == _BIRTH_ROW, row_kind == _OUTCOME],
                      [_SEX0 + sex[row_patient], _BIRTH, _OUTCOME_IDX], code)
     value[row_kind != _VISIT] = np.nan
-    # A and B replace the first code of their visits (pre-prediction visits are never dropped).
-    sorted_pos = np.empty(len(order), np.int64)
-    sorted_pos[order] = np.arange(len(order))
-    first_visit = 2 * n + np.cumsum(num_kept) - num_kept  # unsorted index of each patient's first real visit
+    # A and B onsets replace the first code of their visits (pre-prediction visits are never dropped);
+    # recurrences fill the rows appended to their visits.
     for planted, visit, code_idx in ((has_a, visit_a, _A_IDX), (has_b, visit_b, _B_IDX)):
         rows = row_start[sorted_pos[first_visit[planted] + visit[planted]]]
+        code[rows], value[rows] = code_idx, np.nan
+    for visits, offset, code_idx in recurring:
+        rows = row_start[visits] + offset
         code[rows], value[rows] = code_idx, np.nan
 
     row_time = time_us[row_visit]
