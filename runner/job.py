@@ -395,13 +395,14 @@ class Job:
         return self._completed(held_out, 0)
 
     def _order_probe(self, data: PreparedData, score: Callable[[LabelledSplit], np.ndarray]) -> dict[str, Any]:
-        """Synthetic binary/survival runs: the A-then-B vs B-then-A probe on held-out patients, its true answer
-        the generator's order effect. `score` gives probabilities (binary; probed as log-odds) or risks."""
+        """Synthetic binary/survival runs: the A-first vs B-first probe on held-out patients, its true answer
+        from the generator's order effect. `score` gives probabilities (binary; probed as log-odds) or risks."""
         if self.spec.data.source != "synthetic" or self.spec.task.kind not in ("binary", "survival"):
             return {}
         as_logits = logit if self.spec.task.kind == "binary" else np.asarray
-        probe = order_probe(data.labelled["held_out"], lambda s: as_logits(score(s)),
-                            self.spec.data.synthetic.params().order_effect)
+        params = self.spec.data.synthetic.params()
+        probe = order_probe(data.labelled["held_out"], lambda s: as_logits(score(s)), params.order_effect,
+                            params.order_window)
         return {"order_probe": probe.to_dict()}
 
     def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:

@@ -44,6 +44,9 @@ class SyntheticSpec(Section):
     prevalence_a: float | None = Field(None, ge=0.0, le=1.0)  # share of patients given code A
     prevalence_b: float | None = Field(None, ge=0.0, le=1.0)
     order_window: int | None = Field(None, ge=1, le=MAX_VISITS_BEFORE - 1)  # visits from A to B that count
+    onset_span: float | None = Field(None, gt=0.0, le=1.0)  # A and B first recorded in this leading share of visits
+    recurrence: float | None = Field(None, ge=0.0, le=1.0)  # later visits re-recording A and B, each
+    min_visits: int | None = Field(None, ge=2, le=MAX_VISITS_BEFORE)  # fewest visits before the prediction time
     order_effect: float | None = Field(None, ge=-4.0, le=4.0)  # log hazard ratios from here on
     presence_effect: float | None = Field(None, ge=-4.0, le=4.0)
     age_effect: float | None = Field(None, ge=-2.0, le=2.0)  # per decade
