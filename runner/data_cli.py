@@ -9,9 +9,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-data_app = typer.Typer(help="Prepare datasets: convert Synthea output (FHIR R4 or CSV) to MEDS.",
+data_app = typer.Typer(help="Prepare datasets: convert Synthea output (FHIR R4 or CSV) to MEDS, or write a "
+                            "synthetic control cohort as MEDS.",
                        no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 
@@ -44,3 +46,30 @@ def convert(
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     sys.stdout.write("\n".join(summary.lines()) + "\n")
+
+
+class Preset(str, Enum):
+    default = "default"
+    order = "order"
+    presence = "presence"
+
+
+@data_app.command()
+def synthetic(
+    dest: Annotated[Path, typer.Argument(help="MEDS dataset folder to write (must not exist yet).")],
+    preset: Annotated[Preset, typer.Option(help="The planted outcome: order (positive control), presence "
+                                                "(negative control) or default.")] = Preset.default,
+    num_patients: Annotated[int, typer.Option(min=10, max=10_000_000, help="Patients to generate.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seeds the cohort and its train/tuning/held_out split.")] = 0,
+) -> None:
+    """Write a synthetic cohort as a MEDS dataset with labels (labels/outcome_within_365d.parquet,
+    labels/outcome_survival.parquet): the same data `data.source: synthetic` generates, for `data.source: meds`
+    runs, ACES or other tools. Exit 2 if DEST exists."""
+    from ehrseq.data.cohort import write_synthetic_dataset  # numpy/pyarrow: keep --help fast
+    from ehrseq.data.synthetic import PRESETS
+
+    if dest.exists():
+        Console(stderr=True).print(f"Error: {escape(str(dest))} exists; choose a new folder")
+        raise typer.Exit(2)
+    write_synthetic_dataset(dest, num_patients, seed, PRESETS[preset.value])
+    sys.stdout.write(f"wrote {dest}: {num_patients:,} synthetic patients, preset {preset.value}, seed {seed}\n")

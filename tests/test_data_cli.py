@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from ehrseq.data import cohort
+from ehrseq.data.synthetic import BINARY_TASK, PRESETS, generate_synthetic
 from ehrseq.errors import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -68,3 +70,15 @@ def test_job_source_converts_once_then_reuses(tmp_path, monkeypatch):
         cohort.load_dataset("synthea-csv", str(src), 0, 5, tmp_path / "cache")
     with pytest.raises(InputError, match="data.path"):
         cohort.load_dataset("fhir", None, 0, 5, tmp_path / "cache")
+
+
+def test_synthetic_writes_a_meds_dataset_a_meds_job_reads(tmp_path):
+    r = data_cli("synthetic", "control", "--preset", "order", "--num-patients", "300", "--seed", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    dataset = cohort.load_dataset("meds", str(tmp_path / "control"), 0, 0, tmp_path / "cache")
+    labels = pq.read_table(tmp_path / "control" / "labels" / f"{BINARY_TASK}.parquet")
+    expected = generate_synthetic(300, 4, PRESETS["order"])
+    assert dataset.data.num_rows == expected.data.num_rows
+    assert labels.equals(expected.labels[BINARY_TASK])
+    again = data_cli("synthetic", "control", cwd=tmp_path)  # never overwrites
+    assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1

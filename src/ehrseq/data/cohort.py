@@ -55,12 +55,18 @@ def synthetic_dataset(num_patients: int, seed: int, cache_dir: Path,
     preset = next((name for name, p in PRESETS.items() if p == params), "custom")
     dest = Path(cache_dir) / f"synthetic-v3-{preset}-{params.key()}-n{num_patients}-seed{seed}"
     if not (dest / "metadata" / "dataset.json").is_file():
-        cohort = generate_synthetic(num_patients, seed, params)
-        extra = {label_path(task): table for task, table in cohort.labels.items()}
-        extra |= {oracle_path(task): table for task, table in cohort.oracle.items()}
-        splits = assign_splits(cohort.labels[SURVIVAL_TASK].column("subject_id").to_numpy(), seed)
-        write_meds_dataset(cohort.data, splits, dest, name=dest.name, extra=extra)
+        write_synthetic_dataset(dest, num_patients, seed, params)
     return dest
+
+
+def write_synthetic_dataset(dest: Path, num_patients: int, seed: int, params: SyntheticParams) -> None:
+    """Writes the seeded cohort to `dest` as a MEDS dataset: data, patient splits, labels/<task>.parquet for the
+    binary and survival tasks, and the oracle risks beside them."""
+    cohort = generate_synthetic(num_patients, seed, params)
+    extra = {label_path(task): table for task, table in cohort.labels.items()}
+    extra |= {oracle_path(task): table for task, table in cohort.oracle.items()}
+    splits = assign_splits(cohort.labels[SURVIVAL_TASK].column("subject_id").to_numpy(), seed)
+    write_meds_dataset(cohort.data, splits, dest, name=dest.name, extra=extra)
 
 
 def patients_by_split(dataset: MedsDataset) -> dict[str, list[Patient]]:
