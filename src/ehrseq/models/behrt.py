@@ -5,9 +5,6 @@ position and segment embeddings, plus a linear projection of two continuous time
 (`time_features`: age in years / 100 and log1p(months since the previous visit)). A month
 bucket is one of 1,441 independent vectors that each must be learned; the continuous age makes
 "older" one direction from the first step, which a few thousand patients cannot otherwise teach.
-Visit positions are fixed sinusoids, as in the BEHRT paper's code: nearby visits start out similar and
-"earlier than" is a linear function of them, so attention can compare the order of two codes from the first
-step; 256 learned position vectors would each have to be taught by the labels first.
 Attention is written with explicit query/key/value/output
 `nn.Linear` layers and `F.scaled_dot_product_attention`, so that LoRA (peft) can target
 those layers; `nn.MultiheadAttention` hides them behind a fused kernel whose `out_proj.forward`
@@ -16,7 +13,6 @@ is never called.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +77,7 @@ class BEHRTEmbeddings(nn.Module):
         super().__init__()
         self.code = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_id)
         self.age = nn.Embedding(config.max_age, config.hidden_size)
-        self.register_buffer("position", sinusoids(config.max_position, config.hidden_size), persistent=False)
+        self.position = nn.Embedding(config.max_position, config.hidden_size)
         self.segment = nn.Embedding(config.num_segments, config.hidden_size)
         self.time = nn.Linear(NUM_TIME_FEATURES, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -93,18 +89,8 @@ class BEHRTEmbeddings(nn.Module):
         ages = ages.clamp(0, self.max_age - 1)
         continuous = self.time(time_features(ages, positions))  # (B, T, C)
         positions = positions.clamp(0, self.max_position - 1)
-        x = self.code(codes) + self.age(ages) + self.position[positions] + self.segment(segments) + continuous
+        x = self.code(codes) + self.age(ages) + self.position(positions) + self.segment(segments) + continuous
         return self.dropout(self.norm(x))  # (B, T, C)
-
-
-def sinusoids(length: int, channels: int) -> torch.Tensor:
-    """(length, channels) fixed position table of "Attention is all you need": sin on even, cos on odd channels."""
-    position = torch.arange(length, dtype=torch.float32)[:, None]  # (L, 1)
-    frequency = torch.exp(torch.arange(0, channels, 2, dtype=torch.float32) * (-math.log(10000.0) / channels))
-    table = torch.zeros(length, channels)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency[: channels // 2])
-    return table
 
 
 def time_features(ages: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
