@@ -68,7 +68,8 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
     summary = {
         "run_id": spec.resolved_run_id, "model": label, "task": spec.task.kind,
         "metrics": held_out.metrics(),
-        "metrics_ci": bootstrap_ci(held_out.metrics, len(held_out.subject_ids), seed=spec.seed),
+        "metrics_ci": bootstrap_ci(held_out.metrics, len(held_out.subject_ids), seed=spec.seed,
+                                   groups=held_out.subject_ids),
         **facts, "plots": plot_names,
     }
     if isinstance(held_out, BinaryPredictions):  # observed vs predicted rate in 10 probability bins

@@ -101,3 +101,22 @@ def test_prediction_tables_round_trip():
     assert table["boolean_value"].to_pylist() == [True, False, True, None]
     again = predictions_from_table(table)
     assert isinstance(again, SurvivalPredictions) and again.metrics() == s.metrics()
+
+
+def test_bootstrap_resamples_whole_subjects_when_they_have_several_rows():
+    from ehrseq.evaluation.bootstrap import bootstrap_draws
+
+    groups = np.repeat(np.arange(50), 4)  # 50 subjects x 4 rows; a subject's rows always come together
+    seen = bootstrap_draws(lambda rows: {"rows": len(rows), "whole": float(
+        np.all(np.bincount(groups[rows], minlength=50) % 4 == 0))}, len(groups), num_resamples=20, groups=groups)
+    assert (seen["rows"] == 200).all() and (seen["whole"] == 1.0).all()
+    # identical scores within a subject: by-subject draws give a wider interval than row draws (about 2x for 4)
+    y = np.repeat(np.random.default_rng(1).normal(size=50), 4)
+    spread = {g is None: np.std(bootstrap_draws(lambda rows: {"mean": y[rows].mean()}, len(y), num_resamples=400,
+                                                groups=g)["mean"]) for g in (None, groups)}
+    assert spread[False] > 1.6 * spread[True]
+    # one row per subject: the same draws as plain row resampling
+    ids = np.arange(30) + 100
+    a = bootstrap_draws(lambda rows: {"s": rows.sum()}, 30, num_resamples=5, seed=3)["s"]
+    b = bootstrap_draws(lambda rows: {"s": rows.sum()}, 30, num_resamples=5, seed=3, groups=ids)["s"]
+    assert (a == b).all()

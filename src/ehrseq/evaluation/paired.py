@@ -36,7 +36,8 @@ class PairedDifference:
 
 
 def paired_bootstrap(baseline: MetricFn, other: MetricFn, num_subjects: int, *, metrics: Iterable[str] | None = None,
-                     num_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, PairedDifference]:
+                     num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+                     groups: np.ndarray | None = None) -> dict[str, PairedDifference]:
     """other - baseline for each metric both give, from one resample of subjects per draw (rows index both).
 
     Resamples where a metric is undefined (one class only) are dropped, as in `bootstrap_ci`.
@@ -48,7 +49,7 @@ def paired_bootstrap(baseline: MetricFn, other: MetricFn, num_subjects: int, *, 
         a, b = baseline(rows), other(rows)
         return {m: b[m] - a[m] for m in names}
 
-    draws = bootstrap_draws(difference, num_subjects, num_resamples=num_resamples, seed=seed)
+    draws = bootstrap_draws(difference, num_subjects, num_resamples=num_resamples, seed=seed, groups=groups)
     out = {}
     for m in names:
         d = difference_from_draws(m, point_a[m], point_b[m], draws[m], num_subjects, level)

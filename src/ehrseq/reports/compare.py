@@ -140,7 +140,7 @@ def _paired_tests(runs: Sequence[RunResult], labels: Sequence[str], notes: list[
             continue
         names = [m for m in a.metrics() if m not in NOT_COMPARED]
         out[label] = paired_bootstrap(a.metrics, b.metrics, len(a.subject_ids), metrics=names,
-                                      num_resamples=num_resamples, seed=seed)
+                                      num_resamples=num_resamples, seed=seed, groups=a.subject_ids)
     return out
 
 

@@ -151,7 +151,8 @@ def analyse_cohort(cells: Sequence[LadderCell], control: str | None = None, *, n
     num_subjects = len(aligned[0].subject_ids)
     figures = [p.metrics()[metric] for p in aligned]
     draws = [bootstrap_draws(lambda rows, p=p: {metric: p.metrics(rows)[metric]}, num_subjects,
-                             num_resamples=num_resamples, seed=seed)[metric] for p in aligned]  # same rows per draw
+                             num_resamples=num_resamples, seed=seed, groups=p.subject_ids)[metric]
+             for p in aligned]  # the same rows in every draw: aligned runs list the same rows in one order
     groups: dict[tuple[str, int | None], list[int]] = {}
     for i, c in enumerate(cells):
         groups.setdefault((c.rung, c.budget), []).append(i)
