@@ -95,6 +95,7 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     lease = Lease(run, warn=lambda message: warn(console, message)) if distributed.rank() == 0 else None
     if lease is not None:
         lease.acquire()
+    previous = None
     try:
         if fresh and lease is not None:
             for key in storage.list(run.key("")):
@@ -115,8 +116,17 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
                 return run_worker(spec, run, stop, console)
             return Job(spec, run, stop, console, lease).run()
     finally:
-        if lease is not None:
-            lease.release()  # the next writer (a relaunched pod) starts at once
+        if lease is not None:  # released: the next writer (a relaunched pod) starts at once; a new run refused
+            # before anything was stored (bad data) deletes it, so the refusal leaves nothing in storage
+            lease.release(forget=previous is None and _nothing_stored(run))
+
+
+def _nothing_stored(run: RunFolder) -> bool:
+    """No status.json: the run was refused before it wrote anything (or storage cannot tell: keep the lease)."""
+    try:
+        return run.read_status() is None
+    except (OSError, ConnectionError, ValueError):
+        return False
 
 
 def _trained_out(status: dict[str, Any], spec: JobSpec) -> bool:

@@ -235,16 +235,23 @@ class Lease:
         while not self._stop.wait(self.renew_seconds):
             self.renew()
 
-    def release(self, budget_s: float = RELEASE_BUDGET_S) -> None:
-        """Marks the lease released so the next writer starts at once; bounded by `budget_s` (preemption)."""
+    def release(self, budget_s: float = RELEASE_BUDGET_S, forget: bool = False) -> None:
+        """Marks the lease released so the next writer starts at once; bounded by `budget_s` (preemption).
+        `forget` deletes it instead: a run refused before it stored anything leaves nothing behind."""
         self._stop.set()
-        worker = threading.Thread(target=self._write_released, daemon=True)
+        worker = threading.Thread(target=self._write_released, args=(forget,), daemon=True)
         worker.start()
         worker.join(budget_s)
 
-    def _write_released(self) -> None:
+    def _write_released(self, forget: bool) -> None:
         with self._lock:
             if self.lost is not None or self.record is None:
+                return
+            if forget:
+                try:
+                    self.run.storage.delete(self.key)
+                except (FileNotFoundError, ConnectionError):
+                    pass  # storage down: the lease goes stale on its own
                 return
             record = replace(self.record, heartbeat=time.time(), released=True)
             try:
