@@ -19,6 +19,7 @@ created (a second create succeeds) and the lease is then advisory: a warning say
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -248,10 +249,8 @@ class Lease:
             if self.lost is not None or self.record is None:
                 return
             if forget:
-                try:
+                with contextlib.suppress(FileNotFoundError, ConnectionError):  # down: it goes stale on its own
                     self.run.storage.delete(self.key)
-                except (FileNotFoundError, ConnectionError):
-                    pass  # storage down: the lease goes stale on its own
                 return
             record = replace(self.record, heartbeat=time.time(), released=True)
             try:
