@@ -7,6 +7,8 @@ import signal
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 from test_s3_runs import BUCKET, ehrseq, run_args, status, wait_for
 
 from runner.checkpoints import CheckpointStore
@@ -19,10 +21,15 @@ from s3_server import WeedServer
 
 
 def _checkpoint(folder, step: int) -> list:
+    """Real safetensors (a fetched checkpoint is also test-loaded, not only checksummed)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.safetensors"
-    path.write_bytes(f"weights at {step}".encode())
+    save_file({"step": torch.tensor([step])}, path)
     return [path]
+
+
+def _step(folder) -> int:
+    return int(load_file(folder / "model.safetensors")["step"])
 
 
 @pytest.fixture
@@ -43,7 +50,7 @@ def test_resume_takes_the_newest_verified_across_tiers(tiers, tmp_path):
     assert stored["fencing"] == 1 and set(stored["files"]) == {"model.safetensors"}
     warnings: list[str] = []
     manifest, folder = fetch_newest([local.store, bucket], tmp_path / "resume", warnings.append)
-    assert manifest["step"] == 12 and (folder / "model.safetensors").read_bytes() == b"weights at 12"
+    assert manifest["step"] == 12 and _step(folder) == 12
 
     (local.folder / "step-000000012/model.safetensors").write_bytes(b"torn write")  # corrupt the newest
     manifest, folder = fetch_newest([local.store, bucket], tmp_path / "resume", warnings.append)
