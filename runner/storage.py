@@ -72,16 +72,11 @@ class LocalStorage:
 
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        tmp = _durable_temp(dest, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, dest)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def put_file(self, key: str, path: Path) -> None:
@@ -140,18 +135,13 @@ class LocalStorage:
         """Written to a temporary file, then hard-linked into place: link fails if the name exists (O_EXCL's
         guarantee), and a reader never sees a half-written file."""
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        tmp = _durable_temp(dest, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.link(tmp, dest)
         except FileExistsError:
             raise WriteConflict(key) from None
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
         return hashlib.sha256(data).hexdigest()
 
     def replace_if(self, key: str, data: bytes, tag: str) -> str:
@@ -200,3 +190,19 @@ def split_run_uri(run_uri: str) -> tuple[str, str]:
     if not sep or run_id in ("", ".", "..") or base.endswith(":/"):
         raise InputError(f"{run_uri!r} is not a run URI; expected STORAGE_URI/RUN_ID, e.g. file://./runs/my-run")
     return base, run_id
+
+
+def _durable_temp(dest: Path, data: bytes) -> Path:
+    """`data` in a new, fsynced temporary file beside `dest` (created with its folders), to be renamed or linked
+    into place: a reader never sees a half-written file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
