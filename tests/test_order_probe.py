@@ -101,4 +101,4 @@ def test_synthetic_runs_report_the_probe_and_both_ceilings(tmp_path, model, task
         assert summary["oracle_order_blind"][headline] < summary["oracle"][headline]
     assert f"synthetic-v3-{preset}-" in summary["data"]["dataset"]
     text = (folder / "SUMMARY.md").read_text()
-    assert "Order probe (A then B vs B then A" in text and "| order-blind |" in text
+    assert "Order probe (the onsets of A and B swapped" in text and "| order-blind |" in text
