@@ -9,15 +9,17 @@ The known answer. Each patient has a prediction time (the end of the day of a vi
 history) and an outcome (OUTCOME_CODE) whose hazard after it is
 
     hazard/day = base_hazard * exp(age_effect * (age - 50) / 10 + cluster_effect * [cluster 0 present]
-                                   + order_effect * [A then B within order_window visits]
+                                   + order_effect * [A's onset, then B's within order_window visits]
                                    + presence_effect * [A and B both present] + male_effect * male)
 
-where A and B (PROGRESSION_A/B) are planted at random visits before the prediction time. B then A, or A
-and B far apart, add nothing to the order term, so a model that ignores order (a bag of codes) cannot see
-it. The effect sizes are a `SyntheticParams`; PRESETS name three: `default` (the original cohort, weak
-order signal, strong age), `order` (a positive control: the order term drives the outcome on >= 10% of
-patients, age is weak) and `presence` (its negative control: the same codes and prevalences, the outcome
-driven by A and B being present in any order, so knowing the order gains nothing).
+where A and B (PROGRESSION_A/B) are first recorded (their onsets) at random visits in the leading `onset_span`
+of the history before the prediction time; with `recurrence` > 0 both are re-recorded alike at later visits
+once both are there. B first, or onsets far apart, add nothing to the order term. The effect sizes are a
+`SyntheticParams`; PRESETS name three: `default` (the original cohort: A and B once each, weak order signal,
+strong age), `order` (a positive control: the onset order drives the outcome on >= 10% of patients, age is
+weak, and the symmetric recurrence hides the order from per-code counts, recency and days since last) and
+`presence` (its negative control: the same codes, prevalences and histories, the outcome driven by A and B
+being present in any order, so knowing the order gains nothing).
 
 The event comes at least a day after the prediction time; follow-up is censored uniformly in CENSOR_DAYS.
 Labels: a binary task (event within the horizon; patients censored earlier without an event are left out,
