@@ -55,7 +55,7 @@ def train_losses(text):
 def test_sigterm_then_resume_on_an_empty_pod_and_no_secret_anywhere(s3, s3_env, tmp_path):
     storage = f"s3://{BUCKET}/resume"
     work = tmp_path / "work"
-    first = ehrseq(*run_args(storage, work, 200), env=s3_env, cwd=tmp_path)
+    first = ehrseq(*run_args(storage, work, 120), env=s3_env, cwd=tmp_path)
     wait_for(lambda: status(s3, "resume").get("durable_step", 0) > 0)
     first.send_signal(signal.SIGTERM)
     out1, err1 = first.communicate(timeout=60)
@@ -64,13 +64,13 @@ def test_sigterm_then_resume_on_an_empty_pod_and_no_secret_anywhere(s3, s3_env, 
     assert stopped["state"] == "preempted" and stopped["durable_step"] > 0 and stopped["reason"] == "SIGTERM"
 
     shutil.rmtree(work)  # a fresh pod: nothing local survives
-    second = ehrseq(*run_args(storage, work, 200), env=s3_env, cwd=tmp_path)
+    second = ehrseq(*run_args(storage, work, 120), env=s3_env, cwd=tmp_path)
     out2, err2 = second.communicate(timeout=300)
     assert second.returncode == 0, err2
     assert f"from step {stopped['durable_step']}" in err2.replace("\n", " ")
     assert status(s3, "resume")["state"] == "completed"
 
-    straight = ehrseq(*run_args(f"file://{tmp_path}/local", tmp_path / "w2", 200), env={}, cwd=tmp_path)
+    straight = ehrseq(*run_args(f"file://{tmp_path}/local", tmp_path / "w2", 120), env={}, cwd=tmp_path)
     assert straight.wait(timeout=300) == 0
     listed = ehrseq("list", storage, env=s3_env, cwd=tmp_path)
     out3, _ = listed.communicate(timeout=60)
