@@ -95,7 +95,7 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     lease = Lease(run, warn=lambda message: warn(console, message)) if distributed.rank() == 0 else None
     if lease is not None:
         lease.acquire()
-    previous = None
+    previous, job = None, None
     try:
         if fresh and lease is not None:
             for key in storage.list(run.key("")):
@@ -114,19 +114,13 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
         with StopRequest() as stop:
             if lease is None:
                 return run_worker(spec, run, stop, console)
-            return Job(spec, run, stop, console, lease).run()
+            job = Job(spec, run, stop, console, lease, previous)
+            return job.run()
     finally:
         if lease is not None:  # released: the next writer (a relaunched pod) starts at once; a new run refused
-            # before anything was stored (bad data) deletes it, so the refusal leaves nothing in storage
-            lease.release(forget=previous is None and _nothing_stored(run))
-
-
-def _nothing_stored(run: RunFolder) -> bool:
-    """No status.json: the run was refused before it wrote anything (or storage cannot tell: keep the lease)."""
-    try:
-        return run.read_status() is None
-    except (OSError, ConnectionError, ValueError):
-        return False
+            # before it set any status (bad data) deletes it, so the refusal leaves nothing in storage
+            stored = previous is not None or (job is not None and bool(job.syncer.status))
+            lease.release(forget=not stored)
 
 
 def _trained_out(status: dict[str, Any], spec: JobSpec) -> bool:
@@ -249,8 +243,11 @@ def warn(console: Console, message: str) -> None:
 
 
 class Job:
-    def __init__(self, spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console, lease: Lease) -> None:
+    def __init__(self, spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console, lease: Lease,
+                 previous: dict[str, Any] | None) -> None:
+        """`previous`: the run's status.json as read before this job (None for a new run)."""
         self.spec, self.run_folder, self.stop, self.console, self.lease = spec, run, stop, console, lease
+        self.previous = previous
         self.store = CheckpointStore(run, lease)
         local_dir = spec.checkpoint.local_dir
         self.local = LocalTier(Path(local_dir), spec.resolved_run_id, lease) if local_dir else None
@@ -265,7 +262,7 @@ class Job:
     def run(self) -> int:
         shutil.rmtree(self.work / "checkpoints", ignore_errors=True)
         (self.work / "plots").mkdir(parents=True, exist_ok=True)
-        previous = self.run_folder.read_status()
+        previous = self.previous
         try:
             pretrained, data = self._read_inputs()  # bad data or base weights: exit 2 with nothing stored
             self.run_folder.put_text("spec.yaml", self.spec.to_yaml())
