@@ -2,16 +2,20 @@
 
 One array per token feature, concatenated over patients, plus `offsets` (P + 1) marking where each patient
 starts, as in nanoGPT's `train.bin`: no Python object per patient, so a million patients cost their bytes.
+`collate` gathers a batch straight from these arrays (no per-patient objects, no per-row loop), which is
+what the trainer uses; `select` takes a subset of patients (a split) as another TokenArrays.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from ehrseq.data.batching import Batch, collate
+from ehrseq.data.batching import Batch, batch_of, flatten, pad_rows
 from ehrseq.data.tokenize import EncodedPatient
 
 DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}
@@ -30,15 +34,10 @@ class TokenArrays:
 
     @classmethod
     def from_encoded(cls, patients: Sequence[EncodedPatient]) -> TokenArrays:
-        lengths = np.array([len(p.codes) for p in patients], np.int64)
-        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-
-        def flat(attr: str) -> np.ndarray:
-            values = [v for p in patients for v in getattr(p, attr)]
-            return np.array(values, DTYPES[attr]) if values else np.zeros(0, DTYPES[attr])
-
-        return cls(flat("codes"), flat("ages"), flat("segments"), flat("positions"), offsets,
-                   np.array([p.subject_id for p in patients], np.int64))
+        """Flattens encoded patients. A value that does not fit its DTYPES entry raises OverflowError rather
+        than wrapping, so collating the result always equals collating the lists."""
+        offsets, (codes, ages, segments, positions), subject_ids = flatten(patients, DTYPES)
+        return cls(codes, ages, segments, positions, offsets, subject_ids)
 
     def __len__(self) -> int:
         return len(self.subject_ids)
@@ -48,11 +47,60 @@ class TokenArrays:
         """(P,) tokens per patient."""
         return np.diff(self.offsets)
 
+    def _index(self, i: int) -> int:
+        """i as a patient index in 0..P-1 (negative counts from the end, as for a list)."""
+        i, n = operator.index(i), len(self)
+        if not -n <= i < n:
+            raise IndexError(f"patient {i} out of range for {n} patients")
+        return i + n if i < 0 else i
+
     def __getitem__(self, i: int) -> EncodedPatient:
+        i = self._index(i)
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         return EncodedPatient(int(self.subject_ids[i]), self.codes[a:b].tolist(), self.ages[a:b].tolist(),
                               self.segments[a:b].tolist(), self.positions[a:b].tolist())
 
-    def collate(self, indices: Sequence[int]) -> Batch:
-        """The batch of these patients, equal to `batching.collate([self[i] for i in indices])`."""
-        return collate([self[i] for i in indices])
+    def _positions(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(B,) int64 patient indices, negatives wrapped, all checked in range."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if len(idx) and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"patient index out of range for {n} patients")
+        return np.where(idx < 0, idx + n, idx)
+
+    def collate(self, indices: Sequence[int] | np.ndarray, pad_id: int = 0) -> Batch:
+        """The batch of these patients (any order, repeats allowed), bit-identical to
+        `batching.collate([self[i] for i in indices])` but gathered straight from the flat arrays."""
+        idx = self._positions(indices)  # (B,)
+        if len(idx) == 0:
+            raise ValueError("cannot collate an empty batch")
+        starts = np.asarray(self.offsets[idx], dtype=np.int64)  # (B,)
+        lengths = np.asarray(self.offsets[idx + 1], dtype=np.int64) - starts  # (B,)
+        codes, ages, segments, positions = pad_rows([self.codes, self.ages, self.segments, self.positions],
+                                                    starts, lengths, pad_id)
+        subject_ids = torch.from_numpy(np.asarray(self.subject_ids[idx], dtype=np.int64))  # (B,)
+        return batch_of(codes, ages, segments, positions, subject_ids, pad_id)
+
+    def select(self, indices: Sequence[int] | np.ndarray | slice) -> TokenArrays:
+        """These patients as a TokenArrays of their own (a split of a cache), patient k being self[indices[k]].
+
+        A slice with step 1 (e.g. `ta.select(slice(0, 1000))`) is a view: no token is copied, memmaps stay
+        memmaps. Any other selection copies the selected patients' tokens into fresh in-memory arrays.
+        """
+        if isinstance(indices, slice):
+            start, stop, step = indices.indices(len(self))
+            if step == 1:
+                stop = max(start, stop)
+                a, b = int(self.offsets[start]), int(self.offsets[stop])
+                offsets = np.asarray(self.offsets[start : stop + 1], dtype=np.int64) - a
+                return TokenArrays(self.codes[a:b], self.ages[a:b], self.segments[a:b], self.positions[a:b],
+                                   offsets, self.subject_ids[start:stop])
+            indices = range(start, stop, step)
+        idx = self._positions(indices)  # (P',)
+        starts = np.asarray(self.offsets[idx], dtype=np.int64)
+        lengths = np.asarray(self.offsets[idx + 1], dtype=np.int64) - starts
+        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)  # (P' + 1,)
+        # flat gather index: token j of selected patient k sits at starts[k] + j
+        src = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)  # (N',)
+        return TokenArrays(*(np.asarray(f)[src] for f in (self.codes, self.ages, self.segments, self.positions)),
+                           offsets, np.asarray(self.subject_ids[idx], dtype=np.int64))
