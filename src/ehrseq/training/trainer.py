@@ -31,11 +31,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ehrseq.data.batching import Batch, EpochOrder, collate
+from ehrseq.data.token_arrays import TokenArrays
 from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.seeding import EVALUATION, TRAIN_STEP, derive_seed
 from ehrseq.training import distributed
@@ -103,8 +105,8 @@ class Trainer:
         self,
         model: nn.Module,
         task: Task,
-        train_set: Sequence[EncodedPatient],
-        tuning_set: Sequence[EncodedPatient],
+        train_set: Sequence[EncodedPatient] | TokenArrays,
+        tuning_set: Sequence[EncodedPatient] | TokenArrays,
         config: TrainConfig,
         device: torch.device,
         callbacks: Sequence[Callback] = (),
@@ -112,13 +114,15 @@ class Trainer:
     ) -> None:
         self.model = model.to(device)
         self.task = task
-        self.train_set = train_set
+        # one batching path: a list is flattened once here (values must fit TokenArrays' dtypes, else
+        # OverflowError), then every step gathers its batch from the flat arrays without per-patient objects
+        self.train_set = train_set if isinstance(train_set, TokenArrays) else TokenArrays.from_encoded(train_set)
         self.tuning_set = tuning_set
         self.config = config
         self.device = device
         self.callbacks = list(callbacks)
         self.should_stop = should_stop
-        self.order = EpochOrder([len(p.codes) for p in train_set], config.batch_size, config.seed)
+        self.order = EpochOrder(np.asarray(self.train_set.lengths), config.batch_size, config.seed)
         self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
         self.scheduler = warmup_linear_decay(self.optimizer, config.warmup_steps, config.max_steps)
         self.state = TrainState()
@@ -148,7 +152,7 @@ class Trainer:
             step_loss = 0.0
             parts = self.micro_batches(st.step, self.order.batch_indices(st.epoch, st.offset))
             for j, (seed, indices) in enumerate(parts):
-                batch = collate([self.train_set[i] for i in indices])
+                batch = self.train_set.collate(indices)
                 if self.device.type == "cuda":
                     batch = batch.pin_memory()  # lets the copy to the GPU overlap with compute
                 torch.manual_seed(seed)  # dropout
@@ -247,10 +251,18 @@ class Trainer:
         st.stopped_early = (cfg.patience is not None and st.evals_since_best >= cfg.patience
                             and st.step < cfg.max_steps)
 
-    def evaluate(self, patients: Sequence[EncodedPatient], should_stop: Callable[[], bool] | None = None) -> Any:
-        """The task's evaluation on `patients` (fixed masks); None if stopped mid-way."""
-        size = self.config.eval_batch_size
-        batches = (collate(patients[i : i + size]) for i in range(0, len(patients), size))
+    def evaluate(self, patients: Sequence[EncodedPatient] | TokenArrays,
+                 should_stop: Callable[[], bool] | None = None) -> Any:
+        """The task's evaluation on `patients` (fixed masks); None if stopped mid-way.
+
+        Batches are consecutive runs of `eval_batch_size` patients; a list and the equivalent TokenArrays give
+        the same batches (one collation path underneath).
+        """
+        size, n = self.config.eval_batch_size, len(patients)
+        if isinstance(patients, TokenArrays):
+            batches = (patients.collate(range(i, min(i + size, n))) for i in range(0, n, size))
+        else:
+            batches = (collate(patients[i : i + size]) for i in range(0, n, size))
         with autocast(self.precision, self.device):
             return self.task.evaluate(self.model, batches, self.device,
                                       derive_seed(self.config.seed, EVALUATION), should_stop or self.should_stop)
