@@ -100,6 +100,10 @@ class Callback:
         """After each optimizer step: a safe point to checkpoint."""
 
 
+def as_token_arrays(patients: Sequence[EncodedPatient] | TokenArrays) -> TokenArrays:
+    return patients if isinstance(patients, TokenArrays) else TokenArrays.from_encoded(patients)
+
+
 class Trainer:
     def __init__(
         self,
@@ -114,10 +118,10 @@ class Trainer:
     ) -> None:
         self.model = model.to(device)
         self.task = task
-        # one batching path: a list is flattened once here (values must fit TokenArrays' dtypes, else
-        # OverflowError), then every step gathers its batch from the flat arrays without per-patient objects
-        self.train_set = train_set if isinstance(train_set, TokenArrays) else TokenArrays.from_encoded(train_set)
-        self.tuning_set = tuning_set
+        # lists are flattened once here (values must fit TokenArrays' dtypes, else OverflowError, never a silent
+        # wrap); every step and tuning evaluation then gathers its batch from flat arrays, no per-patient objects
+        self.train_set = as_token_arrays(train_set)
+        self.tuning_set = as_token_arrays(tuning_set)
         self.config = config
         self.device = device
         self.callbacks = list(callbacks)
