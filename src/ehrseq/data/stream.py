@@ -58,23 +58,26 @@ def read_shard(path: Path) -> Shard:
     The schema is checked on an empty table (no data read); codes come back dictionary-encoded from parquet,
     which is many times faster than decoding strings."""
     try:
-        file = pq.ParquetFile(path, read_dictionary=["code"])
-        meds.DataSchema.align(file.schema_arrow.empty_table())
-        table = file.read(columns=list(COLUMNS)).unify_dictionaries()
-        subject = table.column("subject_id").cast(pa.int64())
-        time = table.column("time").cast(pa.timestamp("us"))
-        code = table.column("code")
-        for name, column in (("subject_id", subject), ("code", code)):
-            if column.null_count:
-                raise DataError(f"{path}: column {name!r} is null in {column.null_count:,} rows")
-        if not pa.types.is_dictionary(code.type):
-            code = pc.dictionary_encode(code.cast(pa.string())).unify_dictionaries()
-        names = code.chunk(0).dictionary.cast(pa.string()).to_pylist() if code.num_chunks else []
-        index = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in code.chunks] or [[]])
+        meds.DataSchema.align(pq.read_schema(path).empty_table())
+        table = pq.ParquetFile(path, read_dictionary=["code"]).read(columns=list(COLUMNS)).unify_dictionaries()
     except (SchemaValidationError, TableValidationError) as e:
         raise DataError(f"{path}: {e}") from e
     except (pa.ArrowException, OSError) as e:  # a damaged footer raises a plain OSError
         raise DataError(f"{path}: not a readable parquet file ({one_line(e)})") from e
+    try:
+        subject = table.column("subject_id").cast(pa.int64())
+        time = table.column("time").cast(pa.timestamp("us"))
+    except pa.ArrowException:  # values that do not cast (the empty schema did): _read_table's own message
+        _read_table(path, meds.DataSchema)
+        raise
+    code = table.column("code")
+    for name, column in (("subject_id", subject), ("code", code)):
+        if column.null_count:
+            raise DataError(f"{path}: column {name!r} is null in {column.null_count:,} rows")
+    if not pa.types.is_dictionary(code.type):
+        code = pc.dictionary_encode(code.cast(pa.string())).unify_dictionaries()
+    names = code.chunk(0).dictionary.cast(pa.string()).to_pylist() if code.num_chunks else []
+    index = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in code.chunks] or [[]])
     index = index.astype(np.int64)
     if len(set(names)) < len(names):  # repeated dictionary values: map each to its first
         first = {}
