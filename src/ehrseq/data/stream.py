@@ -8,10 +8,11 @@ is complete on its own; `iter_shards` checks that no subject appears in two of t
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import meds
@@ -100,7 +101,8 @@ def iter_shards(dataset: Path) -> Iterator[Shard]:
             shard = ahead.result()
             if i + 1 < len(files):
                 ahead = pool.submit(read_shard, files[i + 1])
-            ids = np.unique(shard.subject)
+            ids = shard.subject
+            ids = ids[_starts(ids)] if np.all(ids[1:] >= ids[:-1]) else np.unique(ids)  # np.unique is slow
             if len(ids):
                 for lo, hi, other, path in seen:
                     if lo <= ids[-1] and ids[0] <= hi and len(both := np.intersect1d(ids, other)):
@@ -174,6 +176,16 @@ class Histories:
     event_code: np.ndarray  # (E,) code index
     names: list[str]
 
+    def save(self, path: Path) -> None:
+        """As an uncompressed .npz (names as JSON), so pass 2 need not read and group the shard again."""
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "names"}
+        np.savez(path, names=np.array(json.dumps(self.names)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Histories:
+        with np.load(path) as f:
+            return cls(**{k: f[k] for k in f.files if k != "names"}, names=json.loads(str(f["names"])))
+
 
 def histories(shard: Shard, splits: SplitTable) -> Histories:
     """Group a shard's rows into patients, static codes, births and day visits, as `patients_from_meds` does."""
@@ -203,7 +215,8 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
     rank = np.empty(num_codes, np.int64)
     by_name = sorted(range(num_codes), key=shard.names.__getitem__)
     rank[by_name] = np.arange(num_codes)
-    static = np.unique(patient[rows] * num_codes + rank[code[rows]])  # distinct, by patient then name
+    static = np.sort(patient[rows] * num_codes + rank[code[rows]])
+    static = static[_starts(static)]  # distinct, by patient then name
     static_patient, static_code = static // num_codes, np.array(by_name, np.int64)[static % num_codes]
 
     rows = has_time & ~is_birth
@@ -219,7 +232,7 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
     new_visit, vp, vt, vc = new_visit[keep], vp[keep], vt[keep], vc[keep]
     starts = np.flatnonzero(new_visit)
     return Histories(subjects, split, birth, has_birth, static_patient, static_code, vp[starts], vt[starts],
-                     np.r_[starts, len(vc)], vc, shard.names)
+                     np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
 
 
 def count_codes(h: Histories, counts: Counter) -> None:

@@ -25,7 +25,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,6 +37,7 @@ from ehrseq.data.cohort import _empty_split
 from ehrseq.data.meds_io import MedsDataset, _swap_into_place
 from ehrseq.data.stream import (
     SPLITS,
+    Histories,
     SplitTable,
     Tokens,
     count_codes,
@@ -232,28 +233,41 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     seconds = {}
     start = time.perf_counter()
     splits = read_splits(dataset)
-    if vocab is None:  # pass 1: the training split's code counts
+    events = 0
+    if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
+        (tmp / "histories").mkdir()
         counts: Counter = Counter()
         patients = np.zeros(len(SPLITS), np.int64)
+        saved = []
         for shard in iter_shards(dataset):
+            events += len(shard.subject)
             h = histories(shard, splits)
             count_codes(h, counts)
             patients += np.bincount(h.split, minlength=len(SPLITS))
+            saved.append(tmp / "histories" / f"{len(saved)}.npz")
+            h.save(saved[-1])
         _check_splits(dataset, splits, patients.tolist())
         vocab = training_vocabulary(counts, min_count, source)
         given = False
+        each = (Histories.load(path) for path in saved)
         seconds["vocab"] = time.perf_counter() - start
     else:
         given = True
+        def each_shard() -> Iterator[Histories]:
+            nonlocal events
+            for shard in iter_shards(dataset):
+                events += len(shard.subject)
+                yield histories(shard, splits)
+
+        each = each_shard()
     start = time.perf_counter()
     parts = _Parts(tmp / "parts")  # pass 2: encode each shard, append it to its splits' part files
-    events = 0
     try:
-        for shard in iter_shards(dataset):
-            events += len(shard.subject)
-            parts.append(encode(histories(shard, splits), vocab, max_len))
+        for h in each:
+            parts.append(encode(h, vocab, max_len))
     finally:
         parts.close()
+    shutil.rmtree(tmp / "histories", ignore_errors=True)
     _check_splits(dataset, splits, parts.patients())
     seconds["tokenise"] = time.perf_counter() - start
     start = time.perf_counter()
