@@ -17,6 +17,7 @@ from ehrseq.data import token_cache as tc
 from ehrseq.data.cohort import patients_by_split, synthetic_dataset
 from ehrseq.data.meds_io import read_meds_dataset, write_meds_dataset
 from ehrseq.data.synthetic import PRESETS
+from ehrseq.data.token_arrays import DTYPES
 from ehrseq.data.tokenize import encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError
@@ -154,6 +155,7 @@ def test_cache_layout_and_manifest(order_cohort, tmp_path):
     for f, dtype in {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16,
                      "offsets": np.int64, "subject_ids": np.int64}.items():
         assert np.load(tmp_path / "c" / f"{f}.npy", mmap_mode="r").dtype == dtype
+    assert tc.DTYPES == DTYPES
     assert manifest["counts"]["events"] == read_meds_dataset(order_cohort).data.num_rows
     assert not list(tmp_path.glob(".*"))  # no temporary folder left
 

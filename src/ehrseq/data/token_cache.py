@@ -27,13 +27,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import meds
 import numpy as np
 import pyarrow as pa
 
-from ehrseq.data.cohort import _empty_split
 from ehrseq.data.meds_io import MedsDataset, _swap_into_place
 from ehrseq.data.stream import (
     SPLITS,
@@ -48,11 +47,14 @@ from ehrseq.data.stream import (
     read_splits,
     training_vocabulary,
 )
-from ehrseq.data.token_arrays import DTYPES, TokenArrays
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 
+if TYPE_CHECKING:
+    from ehrseq.data.token_arrays import TokenArrays
+
 FORMAT = 1
+DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}  # token_arrays.DTYPES
 PATIENT_DTYPES = {"offsets": np.int64, "subject_ids": np.int64, "splits": np.int8}
 _BLOCK = 1 << 24  # bytes per read or write while copying
 
@@ -225,6 +227,8 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int]) -> Non
         if not n:
             names = [SPLITS[i] if i >= 0 else "" for i in splits.split.tolist()]
             listed = MedsDataset(pa.table({}), dict(zip(splits.ids.tolist(), names, strict=True)), Path(dataset))
+            from ehrseq.data.cohort import _empty_split  # (brings pandas: only on this error)
+
             raise InputError(_empty_split(listed, SPLITS[s]))
 
 
@@ -332,6 +336,8 @@ def read_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
 
 def load_token_cache(folder: Path, verify: bool = True) -> tuple[Vocabulary, dict[str, TokenArrays]]:
     """The vocabulary and each split's TokenArrays, memory-mapped (offsets made relative to the split)."""
+    from ehrseq.data.token_arrays import TokenArrays  # (imports torch: only where the arrays are used)
+
     folder = Path(folder)
     manifest = read_manifest(folder, verify)
     vocab = Vocabulary.from_json((folder / "vocab.json").read_text())
