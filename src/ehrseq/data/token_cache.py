@@ -232,38 +232,33 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int]) -> Non
             raise InputError(_empty_split(listed, SPLITS[s]))
 
 
+def _shard_histories(dataset: Path, splits: SplitTable, events: list[int]) -> Iterator[Histories]:
+    """Each shard's histories, adding its rows to events[0]."""
+    for shard in iter_shards(dataset):
+        events[0] += len(shard.subject)
+        yield histories(shard, splits)
+
+
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
            key: str) -> dict[str, Any]:
-    seconds = {}
+    seconds, given, events = {}, vocab is not None, [0]
     start = time.perf_counter()
     splits = read_splits(dataset)
-    events = 0
+    each = _shard_histories(dataset, splits, events)
     if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
         (tmp / "histories").mkdir()
         counts: Counter = Counter()
         patients = np.zeros(len(SPLITS), np.int64)
         saved = []
-        for shard in iter_shards(dataset):
-            events += len(shard.subject)
-            h = histories(shard, splits)
+        for h in each:
             count_codes(h, counts)
             patients += np.bincount(h.split, minlength=len(SPLITS))
             saved.append(tmp / "histories" / f"{len(saved)}.npz")
             h.save(saved[-1])
         _check_splits(dataset, splits, patients.tolist())
         vocab = training_vocabulary(counts, min_count, source)
-        given = False
         each = (Histories.load(path) for path in saved)
         seconds["vocab"] = time.perf_counter() - start
-    else:
-        given = True
-        def each_shard() -> Iterator[Histories]:
-            nonlocal events
-            for shard in iter_shards(dataset):
-                events += len(shard.subject)
-                yield histories(shard, splits)
-
-        each = each_shard()
     start = time.perf_counter()
     parts = _Parts(tmp / "parts")  # pass 2: encode each shard, append it to its splits' part files
     try:
@@ -285,7 +280,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     manifest = {
         "format": FORMAT, "key": key, "dataset": str(dataset),
         "settings": {"max_len": max_len, "min_count": min_count, "vocab_given": given},
-        "counts": {"events": events, "patients": patient_at[-1], "tokens": token_at[-1], "codes": len(vocab)},
+        "counts": {"events": events[0], "patients": patient_at[-1], "tokens": token_at[-1], "codes": len(vocab)},
         "splits": {name: {"patients": patient_at[s: s + 2], "tokens": token_at[s: s + 2]}
                    for s, name in enumerate(SPLITS)},
         "files": files, "seconds": seconds,
