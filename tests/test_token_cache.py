@@ -4,6 +4,8 @@ exactly, detects damage, and never leaves a partial cache behind."""
 import errno
 import json
 import shutil
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def write_rows(ds: Path, shards: list[list[tuple]], splits: dict[int, str]) -> P
     (ds / "data").mkdir(parents=True)
     (ds / "metadata").mkdir()
     for n, rows in enumerate(shards):
-        s, t, c = zip(*rows, strict=True)
+        s, t, c = zip(*rows, strict=True) if rows else ((), (), ())
         table = pa.table({"subject_id": pa.array(s, pa.int64()), "time": pa.array(t, pa.timestamp("us")),
                           "code": pa.array(c, pa.string()), "numeric_value": pa.nulls(len(s), pa.float32())})
         pq.write_table(table, ds / "data" / f"{n}.parquet")
@@ -136,7 +138,7 @@ EDGE_SPLITS = {1: "train", 2: "train", 3: "train", 4: "tuning", 5: "train", 7: "
 @pytest.mark.parametrize("max_len", [4, 10, 64])
 @pytest.mark.parametrize("min_count", [1, 2])
 def test_hand_built_edge_cases(tmp_path, max_len, min_count):
-    three = [[r for r in EDGE_ROWS if r[0] in group] for group in ({1, 2}, {3, 4, 5, 6, 7, 8, 9}, {10})]
+    three = [[r for r in EDGE_ROWS if r[0] in group] for group in ({1, 2}, {3, 4, 5, 6, 7, 8, 9}, {10}, set())]
     for layout, shards in {"one": [EDGE_ROWS], "three": three}.items():
         ds = write_rows(tmp_path / layout, shards, EDGE_SPLITS)
         assert_same(ds, tmp_path / f"cache-{layout}", max_len, min_count)
@@ -263,3 +265,14 @@ def test_input_errors_match_the_object_path(tmp_path):
         with pytest.raises(InputError) as got:
             tc.build_token_cache(ds, tmp_path / "c", 16, 1)
         assert str(got.value) == str(want.value)
+
+
+@pytest.mark.slow
+def test_the_benchmark_script_runs(tmp_path):
+    out = tmp_path / "prep.json"
+    script = Path(__file__).parent / "benchmarks" / "data_prep.py"
+    subprocess.run([sys.executable, str(script), "--num-patients", "300", "--old-num-patients", "300", "--chunk", "120",
+                    "--work", str(tmp_path), "--out", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["token_cache"]["events"] > 300 * 10 and report["token_cache"]["patients"] == 300
+    assert report["objects"]["tokens"] == report["token_cache"]["tokens"] and report["token_cache"]["peak_rss_mb"] > 0
