@@ -4,8 +4,6 @@ exactly, detects damage, and never leaves a partial cache behind."""
 import errno
 import json
 import shutil
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -266,13 +264,3 @@ def test_input_errors_match_the_object_path(tmp_path):
             tc.build_token_cache(ds, tmp_path / "c", 16, 1)
         assert str(got.value) == str(want.value)
 
-
-@pytest.mark.slow
-def test_the_benchmark_script_runs(tmp_path):
-    out = tmp_path / "prep.json"
-    script = Path(__file__).parent / "benchmarks" / "data_prep.py"
-    subprocess.run([sys.executable, str(script), "--num-patients", "300", "--old-num-patients", "300", "--chunk", "120",
-                    "--work", str(tmp_path), "--out", str(out)], check=True, capture_output=True)
-    report = json.loads(out.read_text())
-    assert report["token_cache"]["events"] > 300 * 10 and report["token_cache"]["patients"] == 300
-    assert report["objects"]["tokens"] == report["token_cache"]["tokens"] and report["token_cache"]["peak_rss_mb"] > 0
