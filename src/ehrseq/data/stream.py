@@ -127,23 +127,40 @@ class SplitTable:
 
     def of(self, subjects: np.ndarray) -> np.ndarray:
         """The split code of each subject; -1 for one the file does not list."""
-        at = np.minimum(np.searchsorted(self.ids, subjects), max(len(self.ids) - 1, 0))
-        found = self.ids[at] == subjects if len(self.ids) else np.zeros(len(subjects), bool)
-        return np.where(found, self.split[at] if len(self.ids) else -1, -1).astype(np.int8)
+        if not len(self.ids):
+            return np.full(len(subjects), -1, np.int8)
+        at = np.minimum(np.searchsorted(self.ids, subjects), len(self.ids) - 1)
+        return np.where(self.ids[at] == subjects, self.split[at], -1).astype(np.int8)
 
 
 def read_splits(dataset: Path) -> SplitTable:
-    """`metadata/subject_splits.parquet`, validated as `read_meds_dataset` does (each subject listed once)."""
+    """`metadata/subject_splits.parquet`, validated as `read_meds_dataset` does (each subject listed once).
+
+    Read in batches into an int64 and an int8 array: 9 bytes a subject, not the ~70 of a table of strings."""
     path = Path(dataset) / meds.subject_splits_filepath
-    table = _read_table(path, meds.SubjectSplitSchema)
-    ids = table.column("subject_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    if (repeats := int((np.diff(ids) == 0).sum())) > 0:
+    try:
+        meds.SubjectSplitSchema.align(pq.read_schema(path).empty_table())
+        file = pq.ParquetFile(path, read_dictionary=["split"])
+        ids, code = np.zeros(file.metadata.num_rows, np.int64), np.zeros(file.metadata.num_rows, np.int8)
+        at = 0
+        for batch in file.iter_batches(1 << 18, columns=["subject_id", "split"]):  # a batch at a time: flat RSS
+            split = batch.column("split")
+            if not pa.types.is_dictionary(split.type):
+                split = pc.dictionary_encode(split.cast(pa.string()))
+            lut = np.array([SPLITS.index(s) if s in SPLITS else -1 for s in split.dictionary.to_pylist()] or [-1],
+                           np.int8)
+            ids[at: at + len(batch)] = batch.column("subject_id").cast(pa.int64()).to_numpy()
+            code[at: at + len(batch)] = lut[split.indices.to_numpy(zero_copy_only=False)]
+            at += len(batch)
+    except (SchemaValidationError, TableValidationError, pa.ArrowException, OSError):
+        _read_table(path, meds.SubjectSplitSchema)  # raises its own message, naming the file
+        raise
+    if not np.all(ids[1:] > ids[:-1]):  # (assign_splits writes them sorted)
+        order = np.argsort(ids, kind="stable")
+        ids, code = ids[order], code[order]
+    if (repeats := int((ids[1:] == ids[:-1]).sum())) > 0:
         raise DataError(f"{path}: column 'subject_id' lists {repeats:,} subjects more than once; each has one split")
-    names = pc.dictionary_encode(table.column("split").combine_chunks())
-    code = np.array([SPLITS.index(s) if s in SPLITS else -1 for s in names.dictionary.to_pylist()], np.int8)
-    return SplitTable(ids, code[names.indices.to_numpy(zero_copy_only=False)][order], path)
+    return SplitTable(ids, code, path)
 
 
 def _starts(groups: np.ndarray) -> np.ndarray:
