@@ -264,3 +264,18 @@ def test_input_errors_match_the_object_path(tmp_path):
             tc.build_token_cache(ds, tmp_path / "c", 16, 1)
         assert str(got.value) == str(want.value)
 
+
+
+def test_splits_file_errors_match_read_meds_dataset(tmp_path):
+    ds = _one_shard(tmp_path)
+    splits = ds / meds.subject_splits_filepath
+    pq.write_table(pa.table({"subject_id": pa.array([9, 1, 4, 1, 9, 9], pa.int64()),
+                             "split": ["train", "train", "tuning", "held_out", "train", "x"]}), splits)
+    for bad in ("duplicates", "missing"):
+        if bad == "missing":
+            splits.unlink()
+        with pytest.raises(DataError) as want:
+            read_meds_dataset(ds)
+        with pytest.raises(DataError) as got:
+            tc.build_token_cache(ds, tmp_path / "c", 16, 1)
+        assert str(got.value) == str(want.value) and str(splits) in str(got.value)

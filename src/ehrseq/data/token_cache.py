@@ -48,7 +48,7 @@ from ehrseq.data.stream import (
     training_vocabulary,
 )
 from ehrseq.data.vocab import Vocabulary
-from ehrseq.errors import InputError
+from ehrseq.errors import DataError, InputError
 
 if TYPE_CHECKING:
     from ehrseq.data.token_arrays import TokenArrays
@@ -78,6 +78,8 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
     keeps its caches and a rewritten one never reuses a stale one."""
     dataset = Path(dataset)
     files = [*data_shards(dataset), dataset / meds.subject_splits_filepath]
+    if not files[-1].is_file():
+        raise DataError(f"{files[-1]}: file not found")  # as meds_io._read_table says it
     return [[f.relative_to(dataset).as_posix(), f.stat().st_size, _sha256(f)] for f in files]
 
 
