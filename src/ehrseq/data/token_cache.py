@@ -158,9 +158,8 @@ class _Parts:
         return [sum(c[3] for c in chunks) for chunks in self.chunks]
 
 
-def _copy(src: Path, dtype: type, start: int, count: int, out: _NpyWriter | None,
-          on_array: Callable[[np.ndarray], None] | None = None) -> None:
-    """Copy elements start:start+count of a raw part file in blocks (plain reads, no mmap: RSS stays flat)."""
+def _blocks(src: Path, dtype: type, start: int, count: int) -> Iterator[np.ndarray]:
+    """Elements start:start+count of a raw part file, in blocks (plain reads, not mmap, so RSS stays flat)."""
     size = np.dtype(dtype).itemsize
     with open(src, "rb") as f:
         f.seek(start * size)
@@ -170,10 +169,7 @@ def _copy(src: Path, dtype: type, start: int, count: int, out: _NpyWriter | None
             if not block:
                 raise RuntimeError(f"{src}: ends early")
             left -= len(block)
-            if on_array is not None:
-                on_array(np.frombuffer(block, dtype))
-            else:
-                out.write(block)
+            yield np.frombuffer(block, dtype)
 
 
 def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
@@ -200,23 +196,24 @@ def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
             token_at = np.r_[0, np.cumsum([c[3] for c in chunks])]
             for i in order:
                 for name, dtype in DTYPES.items():
-                    _copy(parts.path(s, name), dtype, int(token_at[i]), chunks[i][3], out[name])
-                _copy(parts.path(s, "subjects"), np.int64, int(patient_at[i]), chunks[i][2], out["subject_ids"])
-                _copy(parts.path(s, "lengths"), np.int64, int(patient_at[i]), chunks[i][2], None, add_lengths)
+                    for block in _blocks(parts.path(s, name), dtype, int(token_at[i]), chunks[i][3]):
+                        out[name].write(block)
+                for block in _blocks(parts.path(s, "subjects"), np.int64, int(patient_at[i]), chunks[i][2]):
+                    out["subject_ids"].write(block)
+                for block in _blocks(parts.path(s, "lengths"), np.int64, int(patient_at[i]), chunks[i][2]):
+                    add_lengths(block)
         else:  # interleaved subject ranges: gather patients by subject_id, a block at a time
             subjects = np.fromfile(parts.path(s, "subjects"), np.int64)
             lengths = np.fromfile(parts.path(s, "lengths"), np.int64)
             starts = np.r_[0, np.cumsum(lengths)]
             perm = np.argsort(subjects, kind="stable")
-            arrays = {name: np.memmap(parts.path(s, name), dtype, "r") for name, dtype in DTYPES.items()
-                      if starts[-1]}
+            arrays = {name: np.memmap(parts.path(s, name), dtype, "r") for name, dtype in DTYPES.items()}
             for a in range(0, len(perm), 1 << 16):
                 p = perm[a: a + (1 << 16)]
                 n = lengths[p]
                 index = np.repeat(starts[p] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
                 for name in DTYPES:
-                    if starts[-1]:
-                        out[name].write(arrays[name][index])
+                    out[name].write(arrays[name][index])
                 out["subject_ids"].write(subjects[p])
                 add_lengths(n)
             del arrays
