@@ -10,7 +10,7 @@ a smaller dataset (--old-num-patients; it holds everything as Python objects: 11
 Seen on the 2-core dev machine (load average 5-7 from other work; max_len 512, min_count 1, 20k-patient shards):
 
     N patients   events        token cache                           object path
-    100k         3.7M          0.64-1.28M events/s, 304-504 MB RSS   132k events/s, 1.26 GB RSS
+    100k         3.7M          0.64-1.28M events/s, 304 MB RSS       132k events/s, 1.26 GB RSS
     1M           36.9M         1.29-1.60M events/s, 334-338 MB RSS   (228k events/s, 11.2 GB RSS: the issue)
     5M           184.4M        1.19M events/s, 404 MB RSS
 """
