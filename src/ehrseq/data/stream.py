@@ -1,0 +1,370 @@
+"""A MEDS dataset read shard by shard and turned into BEHRT tokens with numpy, never the whole dataset at once.
+
+The same result as `patients_from_meds` -> `Vocabulary.build` -> `encode_patient` (ehrseq.data.patients,
+vocab, tokenize), exactly, but without a Python object per patient or visit: memory is bounded by one shard
+and a shard of a million rows takes a fraction of a second. MEDS shards hold whole subjects, so each shard
+is complete on its own; `iter_shards` checks that no subject appears in two of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import meds
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from flexible_schema.exceptions import SchemaValidationError, TableValidationError
+
+from ehrseq.data.meds_io import _read_table
+from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
+from ehrseq.data.vocab import Vocabulary
+from ehrseq.errors import DataError, InputError, one_line
+
+SPLITS = ("train", "tuning", "held_out")  # split code = index; -1: in no split (dropped)
+COLUMNS = ("subject_id", "time", "code")
+_DAY_US = 86_400 * 1_000_000
+_NULL_TIME = np.iinfo(np.int64).min  # where time is null: sorts first, as static rows do in MEDS
+
+
+@dataclass
+class Shard:
+    """One data shard's rows in file order: subject, time (microseconds; _NULL_TIME where null) and code index."""
+
+    path: Path
+    subject: np.ndarray  # (R,) int64
+    time: np.ndarray  # (R,) int64
+    has_time: np.ndarray  # (R,) bool
+    code: np.ndarray  # (R,) int64 index into names
+    names: list[str]  # distinct codes
+
+
+def data_shards(dataset: Path) -> list[Path]:
+    """The data shards, sorted: `data/<n>.parquet` and nested `data/<split>/<n>.parquet` (MEDS-Transforms)."""
+    files = sorted((Path(dataset) / meds.data_subdirectory).glob("**/*.parquet"))
+    if not files:
+        raise DataError(f"{Path(dataset) / meds.data_subdirectory}: no parquet files (is {dataset} a MEDS dataset?)")
+    return files
+
+
+def read_shard(path: Path) -> Shard:
+    """Read subject_id, time and code of one shard, validating its whole schema as `meds_io._read_table` does.
+
+    The schema is checked on an empty table (no data read); codes come back dictionary-encoded from parquet,
+    which is many times faster than decoding strings."""
+    try:
+        meds.DataSchema.align(pq.read_schema(path).empty_table())
+        table = pq.ParquetFile(path, read_dictionary=["code"]).read(columns=list(COLUMNS)).unify_dictionaries()
+    except (SchemaValidationError, TableValidationError) as e:
+        raise DataError(f"{path}: {e}") from e
+    except (pa.ArrowException, OSError) as e:  # a damaged footer raises a plain OSError
+        raise DataError(f"{path}: not a readable parquet file ({one_line(e)})") from e
+    try:
+        subject = table.column("subject_id").cast(pa.int64())
+        time = table.column("time").cast(pa.timestamp("us"))
+    except pa.ArrowException:  # values that do not cast (the empty schema did): _read_table's own message
+        _read_table(path, meds.DataSchema)
+        raise
+    code = table.column("code")
+    for name, column in (("subject_id", subject), ("code", code)):
+        if column.null_count:
+            raise DataError(f"{path}: column {name!r} is null in {column.null_count:,} rows")
+    if not pa.types.is_dictionary(code.type):
+        code = pc.dictionary_encode(code.cast(pa.string())).unify_dictionaries()
+    names = code.chunk(0).dictionary.cast(pa.string()).to_pylist() if code.num_chunks else []
+    index = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in code.chunks] or [[]])
+    index = index.astype(np.int64)
+    if len(set(names)) < len(names):  # repeated dictionary values: map each to its first
+        first = {}
+        remap = np.array([first.setdefault(n, len(first)) for n in names], np.int64)
+        index, names = remap[index], list(first)
+    return Shard(path, subject.to_numpy(), pc.fill_null(time.cast(pa.int64()), _NULL_TIME).to_numpy(),
+                 pc.is_valid(time).to_numpy(zero_copy_only=False), index, names)
+
+
+def iter_shards(dataset: Path) -> Iterator[Shard]:
+    """Every shard in order, the next read in a thread while the caller works on this one.
+
+    Raises DataError if a subject appears in two shards (naming both) or, at the end, if no row has a time."""
+    files = data_shards(dataset)
+    seen: list[tuple[int, int, np.ndarray, Path]] = []  # each shard's subject range and distinct subjects
+    rows = nulls = 0
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(read_shard, files[0])
+        for i in range(len(files)):
+            shard = ahead.result()
+            if i + 1 < len(files):
+                ahead = pool.submit(read_shard, files[i + 1])
+            ids = shard.subject
+            ids = ids[_starts(ids)] if np.all(ids[1:] >= ids[:-1]) else np.unique(ids)  # np.unique is slow
+            if len(ids):
+                for lo, hi, other, path in seen:
+                    if lo <= ids[-1] and ids[0] <= hi and len(both := np.intersect1d(ids, other)):
+                        raise DataError(f"{path} and {shard.path} both hold subject {both[0]} ({len(both):,} "
+                                        "shared); a MEDS shard holds whole subjects")
+                seen.append((ids[0], ids[-1], ids, shard.path))
+            rows += len(shard.subject)
+            nulls += len(shard.subject) - int(shard.has_time.sum())
+            yield shard
+    if rows and nulls == rows:
+        raise DataError(f"{Path(dataset) / meds.data_subdirectory}: column 'time' is null in all {rows:,} rows of "
+                        f"{len(files)} file(s); events need a time (a null time marks a static code)")
+
+
+@dataclass
+class SplitTable:
+    """The subject splits file as sorted arrays: subject id -> split code (index in SPLITS, -1 for none)."""
+
+    ids: np.ndarray  # (S,) int64, sorted
+    split: np.ndarray  # (S,) int8
+    path: Path
+
+    def of(self, subjects: np.ndarray) -> np.ndarray:
+        """The split code of each subject; -1 for one the file does not list."""
+        if not len(self.ids):
+            return np.full(len(subjects), -1, np.int8)
+        at = np.minimum(np.searchsorted(self.ids, subjects), len(self.ids) - 1)
+        return np.where(self.ids[at] == subjects, self.split[at], -1).astype(np.int8)
+
+
+def read_splits(dataset: Path) -> SplitTable:
+    """`metadata/subject_splits.parquet`, validated as `read_meds_dataset` does (each subject listed once).
+
+    Read in batches into an int64 and an int8 array: 9 bytes a subject, not the ~70 of a table of strings."""
+    path = Path(dataset) / meds.subject_splits_filepath
+    try:
+        meds.SubjectSplitSchema.align(pq.read_schema(path).empty_table())
+        file = pq.ParquetFile(path, read_dictionary=["split"])
+        ids, code = np.zeros(file.metadata.num_rows, np.int64), np.zeros(file.metadata.num_rows, np.int8)
+        at = 0
+        for batch in file.iter_batches(1 << 18, columns=["subject_id", "split"]):  # a batch at a time: flat RSS
+            split = batch.column("split")
+            if not pa.types.is_dictionary(split.type):
+                split = pc.dictionary_encode(split.cast(pa.string()))
+            lut = np.array([SPLITS.index(s) if s in SPLITS else -1 for s in split.dictionary.to_pylist()] or [-1],
+                           np.int8)
+            ids[at: at + len(batch)] = batch.column("subject_id").cast(pa.int64()).to_numpy()
+            code[at: at + len(batch)] = lut[split.indices.to_numpy(zero_copy_only=False)]
+            at += len(batch)
+    except (SchemaValidationError, TableValidationError, pa.ArrowException, OSError):
+        _read_table(path, meds.SubjectSplitSchema)  # raises its own message, naming the file
+        raise
+    if not np.all(ids[1:] > ids[:-1]):  # (assign_splits writes them sorted)
+        order = np.argsort(ids, kind="stable")
+        ids, code = ids[order], code[order]
+    if (repeats := int((ids[1:] == ids[:-1]).sum())) > 0:
+        raise DataError(f"{path}: column 'subject_id' lists {repeats:,} subjects more than once; each has one split")
+    return SplitTable(ids, code, path)
+
+
+def _starts(groups: np.ndarray) -> np.ndarray:
+    """Whether each element of a grouped array starts a new run of equal values."""
+    return np.r_[True, groups[1:] != groups[:-1]] if len(groups) else np.zeros(0, bool)
+
+
+def _rank_in_group(groups: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values of a grouped array."""
+    first = np.flatnonzero(_starts(groups))
+    return np.arange(len(groups)) - np.repeat(first, np.diff(np.r_[first, len(groups)]))
+
+
+@dataclass
+class Histories:
+    """One shard's patients (subjects in a split, sorted) as arrays: what `patients_from_meds` gives as objects.
+
+    Visits are in time order per patient; `event_code[visit_start[v]:visit_start[v + 1]]` are visit v's
+    distinct codes in first-seen order. Static codes are sorted by name within a patient."""
+
+    subjects: np.ndarray  # (P,) int64
+    split: np.ndarray  # (P,) int8
+    birth: np.ndarray  # (P,) int64 microseconds; meaningless where not has_birth
+    has_birth: np.ndarray  # (P,) bool
+    static_patient: np.ndarray  # (S,) patient index
+    static_code: np.ndarray  # (S,) code index
+    visit_patient: np.ndarray  # (V,) patient index, non-decreasing
+    visit_time: np.ndarray  # (V,) the day's first event, microseconds
+    visit_start: np.ndarray  # (V + 1,) into event_code
+    event_code: np.ndarray  # (E,) code index
+    names: list[str]
+
+    def save(self, path: Path) -> None:
+        """As an uncompressed .npz (names as JSON), so pass 2 need not read and group the shard again."""
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "names"}
+        np.savez(path, names=np.array(json.dumps(self.names)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Histories:
+        with np.load(path) as f:
+            return cls(**{k: f[k] for k in f.files if k != "names"}, names=json.loads(str(f["names"])))
+
+
+def histories(shard: Shard, splits: SplitTable) -> Histories:
+    """Group a shard's rows into patients, static codes, births and day visits, as `patients_from_meds` does."""
+    subject, time, has_time, code = shard.subject, shard.time, shard.has_time, shard.code
+    later = subject[1:] > subject[:-1]  # MEDS shards usually come sorted by subject then time already
+    if not (np.all(later | (subject[1:] == subject[:-1])) and np.all(later | (time[1:] >= time[:-1]))):
+        order = np.lexsort((time, subject))  # stable: same-time rows keep their file order
+        subject, time, has_time, code = subject[order], time[order], has_time[order], code[order]
+    new_subject = _starts(subject)
+    subjects = subject[new_subject]
+    split = splits.of(subjects)
+    if not np.all(split >= 0):  # drop subjects in no split
+        keep = (split >= 0)[np.cumsum(new_subject) - 1]
+        subject, time, has_time, code = subject[keep], time[keep], has_time[keep], code[keep]
+        new_subject, subjects, split = new_subject[keep], subjects[split >= 0], split[split >= 0]
+    patient = np.cumsum(new_subject) - 1
+    num_patients, num_codes = len(subjects), len(shard.names)
+
+    is_birth = code == shard.names.index(meds.birth_code) if meds.birth_code in shard.names else np.zeros_like(has_time)
+    birth, has_birth = np.zeros(num_patients, np.int64), np.zeros(num_patients, bool)
+    rows = is_birth & has_time
+    bp, bt = patient[rows], time[rows]
+    first = _starts(bp)  # rows are time-sorted, so each patient's first birth row is the earliest
+    birth[bp[first]], has_birth[bp[first]] = bt[first], True
+
+    rows = ~has_time & ~is_birth
+    rank = np.empty(num_codes, np.int64)
+    by_name = sorted(range(num_codes), key=shard.names.__getitem__)
+    rank[by_name] = np.arange(num_codes)
+    static = np.sort(patient[rows] * num_codes + rank[code[rows]])
+    static = static[_starts(static)]  # distinct, by patient then name
+    static_patient, static_code = static // num_codes, np.array(by_name, np.int64)[static % num_codes]
+
+    rows = has_time & ~is_birth
+    vp, vt, vc = patient[rows], time[rows], code[rows]
+    day = vt // _DAY_US
+    new_visit = np.r_[True, (vp[1:] != vp[:-1]) | (day[1:] != day[:-1])] if len(vp) else np.zeros(0, bool)
+    visit = np.cumsum(new_visit) - 1
+    key = visit * num_codes + vc  # first occurrence of each code within a visit, in order
+    order = np.argsort(key, kind="stable")
+    repeat = np.zeros(len(key), bool)
+    repeat[order[~_starts(key[order])]] = True
+    keep = ~repeat
+    new_visit, vp, vt, vc = new_visit[keep], vp[keep], vt[keep], vc[keep]
+    starts = np.flatnonzero(new_visit)
+    return Histories(subjects, split, birth, has_birth, static_patient, static_code, vp[starts], vt[starts],
+                     np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
+
+
+def count_codes(h: Histories, counts: Counter) -> None:
+    """Add the training patients' code counts to `counts`, as `Vocabulary.build` counts them: every visit code
+    (after de-duplication) and each static code once per patient."""
+    train = h.split == 0
+    per_visit = train[h.visit_patient]
+    events = np.repeat(per_visit, np.diff(h.visit_start))
+    n = np.bincount(h.event_code[events], minlength=len(h.names))
+    n += np.bincount(h.static_code[train[h.static_patient]], minlength=len(h.names))
+    for i in np.flatnonzero(n).tolist():
+        counts[h.names[i]] += int(n[i])
+
+
+def training_vocabulary(counts: Counter, min_count: int, source: str) -> Vocabulary:
+    """The training split's codes seen at least `min_count` times; none at all would leave models nothing but
+    [UNK] to learn (and MLM nothing to sample replacements from), so that is bad input (InputError)."""
+    vocab = Vocabulary({code: n for code, n in counts.items() if n >= min_count})
+    if len(vocab) == vocab.num_special:
+        raise InputError(f"data.min_code_count: no code occurs {min_count:,} times in the 'train' split of {source} "
+                         f"({len(counts):,} distinct codes, the most frequent {max(counts.values(), default=0):,} "
+                         "times); lower it or use more data")
+    return vocab
+
+
+@dataclass
+class Tokens:
+    """Encoded patients as flat arrays (as TokenArrays), `lengths` tokens each, in subject order."""
+
+    codes: np.ndarray  # (N,) int32
+    ages: np.ndarray  # (N,) int16
+    segments: np.ndarray  # (N,) int8
+    positions: np.ndarray  # (N,) int16
+    lengths: np.ndarray  # (P,) int64
+    subjects: np.ndarray  # (P,) int64
+    split: np.ndarray  # (P,) int8
+
+    def select(self, split: int) -> Tokens:
+        """The patients of one split."""
+        keep = self.split == split
+        tokens = np.repeat(keep, self.lengths)
+        return Tokens(self.codes[tokens], self.ages[tokens], self.segments[tokens], self.positions[tokens],
+                      self.lengths[keep], self.subjects[keep], self.split[keep])
+
+
+def age_months(birth: np.ndarray, when: np.ndarray) -> np.ndarray:
+    """Completed months from `birth` to `when` (microseconds), clipped to [0, MAX_AGE_MONTHS], as `_age_months`:
+    calendar months, minus one when (day of month, time of day) of `when` is before that of `birth`."""
+
+    def parts(us: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        day = us // _DAY_US
+        month = day.astype("datetime64[D]").astype("datetime64[M]")
+        return month.astype(np.int64), day - month.astype("datetime64[D]").astype(np.int64), us - day * _DAY_US
+
+    (bm, bd, bt), (wm, wd, wt) = parts(birth), parts(when)
+    months = wm - bm - ((wd < bd) | ((wd == bd) & (wt < bt)))
+    return np.clip(months, 0, MAX_AGE_MONTHS)
+
+
+def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
+    """Every patient of the shard as `encode_patient(patient, vocab, max_len)` would encode it.
+
+    `[CLS] static v1 [SEP] v2 [SEP] ...`: the most recent whole visits that fit, or if none fits the latest's
+    first codes that do; static codes outside the vocabulary dropped, at most max_len - 2 of them."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2 ([CLS] plus one [SEP]), got {max_len}")
+    num_patients = len(h.subjects)
+    lut = np.array([vocab.encode(name) for name in h.names] or [0], np.int32)
+
+    sid = lut[h.static_code]
+    sp = h.static_patient[sid != Vocabulary.UNK]
+    sid = sid[sid != Vocabulary.UNK]
+    srank = _rank_in_group(sp)
+    sp, sid, srank = sp[srank < max_len - 2], sid[srank < max_len - 2], srank[srank < max_len - 2]
+    num_static = np.bincount(sp, minlength=num_patients)
+    budget = max_len - 1 - num_static  # tokens left for visits and their [SEP]s
+
+    vp, size = h.visit_patient, np.diff(h.visit_start)
+    last = np.searchsorted(vp, np.arange(num_patients), side="right") - 1  # each patient's latest visit
+    has_visits = last >= np.searchsorted(vp, np.arange(num_patients), side="left")
+    width = np.cumsum(size + 1)
+    suffix = width[last[vp]] - width + size + 1  # tokens of this visit and all later ones
+    kept = suffix <= budget[vp]
+    length = np.where(kept, size, 0)
+    forced = has_visits & (np.bincount(vp[kept], minlength=num_patients) == 0)  # even the latest does not fit
+    kept[last[forced]] = True
+    length[last[forced]] = budget[forced] - 1
+
+    visits = np.flatnonzero(kept)  # a suffix of each patient's visits
+    vp, vlen = vp[visits], length[visits]
+    per_patient = np.bincount(vp, minlength=num_patients)
+    index = _rank_in_group(vp)  # visit index within the kept ones: position, and segment parity
+    vage = np.where(h.has_birth[vp], age_months(h.birth[vp], h.visit_time[visits]), 0)
+    first_age = np.zeros(num_patients, np.int64)
+    first_age[vp[index == 0]] = vage[index == 0]
+    visit_tokens = np.bincount(vp, weights=vlen + 1, minlength=num_patients).astype(np.int64)
+    lengths = 1 + num_static + visit_tokens
+    offsets = np.r_[0, np.cumsum(lengths)]
+    total = int(offsets[-1])
+    codes, ages = np.empty(total, np.int32), np.empty(total, np.int16)
+    segments, positions = np.empty(total, np.int8), np.empty(total, np.int16)
+
+    cls = offsets[:-1]
+    codes[cls], ages[cls], segments[cls], positions[cls] = Vocabulary.CLS, first_age, 0, 0
+    at = offsets[sp] + 1 + srank
+    codes[at], ages[at], segments[at], positions[at] = sid, first_age[sp], STATIC_SEGMENT, 0
+
+    span = vlen + 1  # each kept visit's tokens: its codes, then [SEP]
+    within = np.cumsum(span) - span  # exclusive, over all kept visits of the shard
+    first_visit = np.r_[0, np.cumsum(per_patient)][:-1]
+    start = offsets[vp] + 1 + num_static[vp] + within - within[first_visit[vp]]
+    at = np.repeat(start - within, span) + np.arange(int(span.sum()))
+    codes[at] = Vocabulary.SEP
+    ages[at], segments[at], positions[at] = np.repeat(vage, span), np.repeat(index % 2, span), np.repeat(index, span)
+    done = np.cumsum(vlen) - vlen
+    step = np.arange(int(vlen.sum())) - np.repeat(done, vlen)
+    codes[np.repeat(start, vlen) + step] = lut[h.event_code[np.repeat(h.visit_start[visits], vlen) + step]]
+    return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split)

@@ -1,0 +1,362 @@
+"""A MEDS dataset tokenised once into flat, memory-mappable arrays, so a rerun loads it instead of re-encoding.
+
+A cache folder (like nanoGPT's train.bin, one file per token feature):
+
+    codes.npy int32, ages.npy int16, segments.npy int8, positions.npy int16   (N,) every patient's tokens
+    offsets.npy int64 (P + 1), subject_ids.npy int64 (P), splits.npy int8 (P; 0 train, 1 tuning, 2 held_out)
+    vocab.json      Vocabulary.to_json()
+    manifest.json   written last: format, key, settings, counts, each split's range, each file's size + sha256
+
+Patients are ordered by split, then subject_id, so a split is one contiguous range of every array. The key
+hashes everything the tokens depend on (every data shard's and the splits file's bytes, max_len, min_count,
+a given vocabulary, FORMAT). The build streams shards (ehrseq.data.stream): pass 1 counts the vocabulary,
+pass 2 encodes each shard and appends it to per-split part files, which are then copied in order into the
+.npy files. Everything is written in a hidden sibling folder renamed into place at the end: a failure (a
+full disk included) leaves neither a cache nor the temporary folder; a folder with no manifest, or whose
+files' sizes or checksums differ from it, is not a cache (NotATokenCache) and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import meds
+import numpy as np
+import pyarrow as pa
+
+from ehrseq.data.meds_io import MedsDataset, _swap_into_place
+from ehrseq.data.stream import (
+    SPLITS,
+    Histories,
+    SplitTable,
+    Tokens,
+    count_codes,
+    data_shards,
+    encode,
+    histories,
+    iter_shards,
+    read_splits,
+    training_vocabulary,
+)
+from ehrseq.data.vocab import Vocabulary
+from ehrseq.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    from ehrseq.data.token_arrays import TokenArrays
+
+FORMAT = 1
+DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}  # token_arrays.DTYPES
+PATIENT_DTYPES = {"offsets": np.int64, "subject_ids": np.int64, "splits": np.int8}
+_BLOCK = 1 << 24  # bytes per read or write while copying
+
+
+class NotATokenCache(Exception):
+    """The folder holds no complete, intact token cache (no manifest, or a file differs from it): rebuild it."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
+    """[relative path, size, sha256] of every data shard and of the splits file: the dataset's identity.
+
+    The bytes themselves are hashed (about 1 GB/s, a small part of a build), not mtimes, so a copied dataset
+    keeps its caches and a rewritten one never reuses a stale one."""
+    dataset = Path(dataset)
+    files = [*data_shards(dataset), dataset / meds.subject_splits_filepath]
+    if not files[-1].is_file():
+        raise DataError(f"{files[-1]}: file not found")  # as meds_io._read_table says it
+    return [[f.relative_to(dataset).as_posix(), f.stat().st_size, _sha256(f)] for f in files]
+
+
+def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None) -> str:
+    """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary."""
+    given = None if vocab is None else hashlib.sha256(vocab.to_json().encode()).hexdigest()
+    what = {"format": FORMAT, "dataset": dataset_fingerprint(dataset), "max_len": max_len, "min_count": min_count,
+            "vocab": given}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _NpyWriter:
+    """A 1-D .npy file of known length, written piece by piece and hashed on the way."""
+
+    def __init__(self, path: Path, dtype: type, length: int) -> None:
+        self.dtype, self.file, self.digest = np.dtype(dtype), open(path, "wb"), hashlib.sha256()  # noqa: SIM115
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (length,)})
+        self.left = length * self.dtype.itemsize
+        self.size = 0
+        self._put(header.getvalue())
+
+    def _put(self, data: bytes | memoryview) -> None:
+        self.file.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+    def write(self, data: np.ndarray | bytes) -> None:
+        if isinstance(data, np.ndarray):
+            data = np.ascontiguousarray(data, self.dtype).data.cast("B")
+        self.left -= len(data)
+        self._put(data)
+
+    def close(self) -> dict[str, Any]:
+        self.file.close()
+        if self.left:
+            raise RuntimeError(f"{self.file.name}: {self.left} bytes short of its header's shape")
+        return {"size": self.size, "sha256": self.digest.hexdigest()}
+
+
+class _Parts:
+    """Each split's encoded shards appended to raw part files, with each shard's subject range and sizes."""
+
+    FIELDS = {**DTYPES, "lengths": np.int64, "subjects": np.int64}
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.folder = folder
+        self.files: dict[tuple[int, str], BinaryIO] = {}
+        for s in range(len(SPLITS)):
+            for name in self.FIELDS:
+                self.files[s, name] = open(self.path(s, name), "wb")  # noqa: SIM115
+        self.chunks: list[list[tuple[int, int, int, int]]] = [[] for _ in SPLITS]  # first, last, patients, tokens
+
+    def path(self, split: int, name: str) -> Path:
+        return self.folder / f"{SPLITS[split]}.{name}"
+
+    def append(self, tokens: Tokens) -> None:
+        for s in range(len(SPLITS)):
+            part = tokens.select(s)
+            if len(part.subjects):
+                for name in self.FIELDS:
+                    self.files[s, name].write(np.ascontiguousarray(getattr(part, name)).data.cast("B"))
+                self.chunks[s].append((int(part.subjects[0]), int(part.subjects[-1]), len(part.subjects),
+                                       len(part.codes)))
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+    def patients(self) -> list[int]:
+        return [sum(c[2] for c in chunks) for chunks in self.chunks]
+
+    def tokens(self) -> list[int]:
+        return [sum(c[3] for c in chunks) for chunks in self.chunks]
+
+
+def _blocks(src: Path, dtype: type, start: int, count: int) -> Iterator[np.ndarray]:
+    """Elements start:start+count of a raw part file, in blocks (plain reads, not mmap, so RSS stays flat)."""
+    size = np.dtype(dtype).itemsize
+    with open(src, "rb") as f:
+        f.seek(start * size)
+        left = count * size
+        while left:
+            block = f.read(min(left, _BLOCK - _BLOCK % size))
+            if not block:
+                raise RuntimeError(f"{src}: ends early")
+            left -= len(block)
+            yield np.frombuffer(block, dtype)
+
+
+def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
+    """Write the .npy files from the part files: splits in order, patients by subject_id within a split."""
+    parts.close()
+    num_tokens, num_patients = sum(parts.tokens()), sum(parts.patients())
+    out = {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_tokens) for name, dtype in DTYPES.items()}
+    out |= {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_patients + (name == "offsets"))
+            for name, dtype in PATIENT_DTYPES.items()}
+    end = np.zeros(1, np.int64)
+    out["offsets"].write(end)
+
+    def add_lengths(lengths: np.ndarray) -> None:
+        offsets = end[0] + np.cumsum(lengths)
+        out["offsets"].write(offsets)
+        end[0] = offsets[-1] if len(offsets) else end[0]
+
+    for s, chunks in enumerate(parts.chunks):
+        out["splits"].write(np.full(parts.patients()[s], s, np.int8))
+        order = sorted(range(len(chunks)), key=lambda i: chunks[i][0])
+        in_order = all(chunks[a][1] < chunks[b][0] for a, b in zip(order, order[1:], strict=False))
+        if in_order:  # shards hold disjoint subject ranges (the usual case): copy them in range order
+            patient_at = np.r_[0, np.cumsum([c[2] for c in chunks])]
+            token_at = np.r_[0, np.cumsum([c[3] for c in chunks])]
+            for i in order:
+                for name, dtype in DTYPES.items():
+                    for block in _blocks(parts.path(s, name), dtype, int(token_at[i]), chunks[i][3]):
+                        out[name].write(block)
+                for block in _blocks(parts.path(s, "subjects"), np.int64, int(patient_at[i]), chunks[i][2]):
+                    out["subject_ids"].write(block)
+                for block in _blocks(parts.path(s, "lengths"), np.int64, int(patient_at[i]), chunks[i][2]):
+                    add_lengths(block)
+        else:  # interleaved subject ranges: gather patients by subject_id, a block at a time
+            subjects = np.fromfile(parts.path(s, "subjects"), np.int64)
+            lengths = np.fromfile(parts.path(s, "lengths"), np.int64)
+            starts = np.r_[0, np.cumsum(lengths)]
+            perm = np.argsort(subjects, kind="stable")
+            arrays = {name: np.memmap(parts.path(s, name), dtype, "r") for name, dtype in DTYPES.items()}
+            for a in range(0, len(perm), 1 << 16):
+                p = perm[a: a + (1 << 16)]
+                n = lengths[p]
+                index = np.repeat(starts[p] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+                for name in DTYPES:
+                    out[name].write(arrays[name][index])
+                out["subject_ids"].write(subjects[p])
+                add_lengths(n)
+            del arrays
+    return {f"{name}.npy": writer.close() for name, writer in out.items()}
+
+
+def _check_splits(dataset: Path, splits: SplitTable, patients: list[int]) -> None:
+    """An empty split is bad input, with `patients_by_split`'s message."""
+    for s, n in enumerate(patients):
+        if not n:
+            names = [SPLITS[i] if i >= 0 else "" for i in splits.split.tolist()]
+            listed = MedsDataset(pa.table({}), dict(zip(splits.ids.tolist(), names, strict=True)), Path(dataset))
+            from ehrseq.data.cohort import _empty_split  # (brings pandas: only on this error)
+
+            raise InputError(_empty_split(listed, SPLITS[s]))
+
+
+def _shard_histories(dataset: Path, splits: SplitTable, events: list[int]) -> Iterator[Histories]:
+    """Each shard's histories, adding its rows to events[0]."""
+    for shard in iter_shards(dataset):
+        events[0] += len(shard.subject)
+        yield histories(shard, splits)
+
+
+def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
+           key: str) -> dict[str, Any]:
+    seconds, given, events = {}, vocab is not None, [0]
+    start = time.perf_counter()
+    splits = read_splits(dataset)
+    each = _shard_histories(dataset, splits, events)
+    if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
+        (tmp / "histories").mkdir()
+        counts: Counter = Counter()
+        patients = np.zeros(len(SPLITS), np.int64)
+        saved = []
+        for h in each:
+            count_codes(h, counts)
+            patients += np.bincount(h.split, minlength=len(SPLITS))
+            saved.append(tmp / "histories" / f"{len(saved)}.npz")
+            h.save(saved[-1])
+        _check_splits(dataset, splits, patients.tolist())
+        vocab = training_vocabulary(counts, min_count, source)
+        each = (Histories.load(path) for path in saved)
+        seconds["vocab"] = time.perf_counter() - start
+    start = time.perf_counter()
+    parts = _Parts(tmp / "parts")  # pass 2: encode each shard, append it to its splits' part files
+    try:
+        for h in each:
+            parts.append(encode(h, vocab, max_len))
+    finally:
+        parts.close()
+    shutil.rmtree(tmp / "histories", ignore_errors=True)
+    _check_splits(dataset, splits, parts.patients())
+    seconds["tokenise"] = time.perf_counter() - start
+    start = time.perf_counter()
+    files = _finish(parts, tmp)
+    shutil.rmtree(parts.folder)
+    (tmp / "vocab.json").write_text(vocab.to_json())
+    files["vocab.json"] = {"size": (tmp / "vocab.json").stat().st_size, "sha256": _sha256(tmp / "vocab.json")}
+    seconds["finish"] = time.perf_counter() - start
+    patient_at = np.r_[0, np.cumsum(parts.patients())].tolist()
+    token_at = np.r_[0, np.cumsum(parts.tokens())].tolist()
+    manifest = {
+        "format": FORMAT, "key": key, "dataset": str(dataset),
+        "settings": {"max_len": max_len, "min_count": min_count, "vocab_given": given},
+        "counts": {"events": events[0], "patients": patient_at[-1], "tokens": token_at[-1], "codes": len(vocab)},
+        "splits": {name: {"patients": patient_at[s: s + 2], "tokens": token_at[s: s + 2]}
+                   for s, name in enumerate(SPLITS)},
+        "files": files, "seconds": seconds,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
+                      source: str | None = None, key: str | None = None) -> dict[str, Any]:
+    """Tokenise the MEDS dataset at `dataset` into a cache folder `dest` (replacing any old one); the manifest.
+
+    Without `vocab`, the vocabulary is the training split's codes seen at least `min_count` times (InputError
+    naming `source`, default the dataset path, if none is). `key` defaults to `cache_key(...)`."""
+    dataset, dest = Path(dataset), Path(dest)
+    key = key or cache_key(dataset, max_len, min_count, vocab)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key)
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
+    """The manifest of an intact cache: every file present with its recorded size (and, with `verify`, sha256);
+    NotATokenCache otherwise."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        files = manifest["files"]
+        if manifest.get("format") != FORMAT:
+            raise NotATokenCache(f"{folder}: cache format {manifest.get('format')}, expected {FORMAT}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise NotATokenCache(f"{folder}: no readable manifest.json ({e})") from e
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != want["size"]:
+            raise NotATokenCache(f"{path}: missing or not {want['size']:,} bytes")
+        if verify and _sha256(path) != want["sha256"]:
+            raise NotATokenCache(f"{path}: checksum differs from the manifest's")
+    return manifest
+
+
+def load_token_cache(folder: Path, verify: bool = True) -> tuple[Vocabulary, dict[str, TokenArrays]]:
+    """The vocabulary and each split's TokenArrays, memory-mapped (offsets made relative to the split)."""
+    from ehrseq.data.token_arrays import TokenArrays  # (imports torch: only where the arrays are used)
+
+    folder = Path(folder)
+    manifest = read_manifest(folder, verify)
+    vocab = Vocabulary.from_json((folder / "vocab.json").read_text())
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in [*DTYPES, *PATIENT_DTYPES]}
+    out = {}
+    for name in SPLITS:
+        (a, b), (ta, tb) = manifest["splits"][name]["patients"], manifest["splits"][name]["tokens"]
+        out[name] = TokenArrays(*(arrays[f][ta:tb] for f in DTYPES), np.asarray(arrays["offsets"][a: b + 1]) - ta,
+                                arrays["subject_ids"][a:b])
+    return vocab, out
+
+
+def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
+                source: str | None = None, warn: Callable[[str], None] | None = None) -> Path:
+    """The cache folder for these inputs under `cache_dir` (`tokens-<key>`), built unless an intact one is there.
+
+    A damaged one is rebuilt, after `warn(message)` when given."""
+    key = cache_key(dataset, max_len, min_count, vocab)
+    folder = Path(cache_dir) / f"tokens-{key}"
+    if folder.exists():
+        try:
+            read_manifest(folder)
+            return folder
+        except NotATokenCache as e:
+            if warn is not None:
+                warn(f"rebuilding the token cache: {e}")
+    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key)
+    return folder

@@ -1,0 +1,19 @@
+"""The data-preparation benchmark script runs end to end on a tiny cohort (the real figures come from larger N)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_the_benchmark_script_runs(tmp_path):
+    out = tmp_path / "prep.json"
+    script = Path(__file__).parent / "benchmarks" / "data_prep.py"
+    subprocess.run([sys.executable, str(script), "--num-patients", "300", "--old-num-patients", "300", "--chunk", "120",
+                    "--work", str(tmp_path), "--out", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["token_cache"]["events"] > 300 * 10 and report["token_cache"]["patients"] == 300
+    assert report["objects"]["tokens"] == report["token_cache"]["tokens"] and report["token_cache"]["peak_rss_mb"] > 0
