@@ -59,21 +59,21 @@ from ehrseq.training.state import (
     trainable_state_dict,
 )
 from ehrseq.training.trainer import TrainConfig, Trainer
-from runner import safe_yaml
-from runner.bundle import ADAPTER, write_bundle
-from runner.checkpointing import Checkpointer
-from runner.checkpoints import CheckpointStore, checkpoint_dir
-from runner.distributed import run_worker
-from runner.lease import Lease
-from runner.local_tier import LocalTier, fetch_newest
-from runner.metrics_log import MetricsLog
-from runner.preemption import EXIT_PREEMPTED, StopRequest
-from runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
-from runner.run_folder import RunFolder
-from runner.spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
-from runner.storage import open_storage
-from runner.sync import Syncer
-from runner.tracking import Tracker, check_installed
+from ehrseq_runner import safe_yaml
+from ehrseq_runner.bundle import ADAPTER, write_bundle
+from ehrseq_runner.checkpointing import Checkpointer
+from ehrseq_runner.checkpoints import CheckpointStore, checkpoint_dir
+from ehrseq_runner.distributed import run_worker
+from ehrseq_runner.lease import Lease
+from ehrseq_runner.local_tier import LocalTier, fetch_newest
+from ehrseq_runner.metrics_log import MetricsLog
+from ehrseq_runner.preemption import EXIT_PREEMPTED, StopRequest
+from ehrseq_runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
+from ehrseq_runner.run_folder import RunFolder
+from ehrseq_runner.spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
+from ehrseq_runner.storage import open_storage
+from ehrseq_runner.sync import Syncer
+from ehrseq_runner.tracking import Tracker, check_installed
 
 EXIT_COMPLETED = 0
 FAILED_STATUS_BUDGET_S = 10.0

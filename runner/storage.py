@@ -16,7 +16,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from ehrseq.errors import InputError
-from runner.safe_paths import UnsafeName, check_name
+from ehrseq_runner.safe_paths import UnsafeName, check_name
 
 
 class StorageUnavailable(ConnectionError):
@@ -175,7 +175,7 @@ def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
     if uri.startswith("file://"):
         return LocalStorage(Path(uri[len("file://"):]), uri)
     if uri.startswith("s3://"):
-        from runner.s3 import S3Storage  # boto3 loads only when needed
+        from ehrseq_runner.s3 import S3Storage  # boto3 loads only when needed
 
         return S3Storage(uri, endpoint_url)
     if "://" not in uri:

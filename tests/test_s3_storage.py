@@ -3,10 +3,10 @@
 import pytest
 
 from ehrseq.errors import InputError
-from runner.pull import pull
-from runner.run_folder import RunFolder
-from runner.storage import StorageUnavailable, open_storage
-from runner.sync import DeadlineExceeded, retry_transient
+from ehrseq_runner.pull import pull
+from ehrseq_runner.run_folder import RunFolder
+from ehrseq_runner.storage import StorageUnavailable, open_storage
+from ehrseq_runner.sync import DeadlineExceeded, retry_transient
 
 pytestmark = pytest.mark.slow
 
