@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ehrseq_runner.run_folder import RunFolder
-from ehrseq_runner.storage import open_storage
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 bench_app = typer.Typer(help="Benchmarks: checkpoint/preemption timing, checkpoint overhead, memory, step time "
                         "against HuggingFace BERT, data pipeline throughput.",

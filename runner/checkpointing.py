@@ -21,7 +21,7 @@ from ehrseq.errors import InputError
 from ehrseq.training.state import TrainingSnapshot, capture
 from ehrseq.training.trainer import Callback, Trainer
 from ehrseq_runner.checkpoints import CheckpointDeadline, CheckpointStore
-from ehrseq_runner.sync import DeadlineExceeded, retry_transient
+from ehrseq_runner.storage.sync import DeadlineExceeded, retry_transient
 
 
 class Checkpointer(Callback):

@@ -15,9 +15,9 @@ from rich.table import Table
 
 from ehrseq.errors import InputError
 from ehrseq_runner.preemption import EXIT_PREEMPTED
-from ehrseq_runner.run_folder import RunFolder
 from ehrseq_runner.spec import load_spec
-from ehrseq_runner.storage import open_storage, split_run_uri
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage, split_run_uri
 
 EXIT_BAD_INPUT = 2
 

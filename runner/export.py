@@ -20,7 +20,7 @@ from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.training.state import load_trainable_state_dict
 from ehrseq_runner.bundle import ADAPTER
 from ehrseq_runner.pretrained import fetch_pretrained, load_encoder
-from ehrseq_runner.run_folder import RunFolder
+from ehrseq_runner.storage.run_folder import RunFolder
 
 WEIGHTS = "model.safetensors"
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from ehrseq_runner.run_folder import RunFolder
-from ehrseq_runner.storage import open_storage
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 SPEC, LARGE_SPEC = JOBS / "behrt_small.yaml", JOBS / "behrt_large.yaml"

@@ -64,15 +64,15 @@ from ehrseq_runner.bundle import ADAPTER, write_bundle
 from ehrseq_runner.checkpointing import Checkpointer
 from ehrseq_runner.checkpoints import CheckpointStore, checkpoint_dir
 from ehrseq_runner.distributed import run_worker
-from ehrseq_runner.lease import Lease
 from ehrseq_runner.local_tier import LocalTier, fetch_newest
 from ehrseq_runner.metrics_log import MetricsLog
 from ehrseq_runner.preemption import EXIT_PREEMPTED, StopRequest
 from ehrseq_runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
-from ehrseq_runner.run_folder import RunFolder
 from ehrseq_runner.spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
-from ehrseq_runner.storage import open_storage
-from ehrseq_runner.sync import Syncer
+from ehrseq_runner.storage.lease import Lease
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.sync import Syncer
+from ehrseq_runner.storage.uri import open_storage
 from ehrseq_runner.tracking import Tracker, check_installed
 
 EXIT_COMPLETED = 0

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ehrseq_runner.checkpoints import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
-from ehrseq_runner.lease import Lease
-from ehrseq_runner.run_folder import RunFolder
-from ehrseq_runner.storage import LocalStorage
+from ehrseq_runner.storage.lease import Lease
+from ehrseq_runner.storage.local import LocalStorage
+from ehrseq_runner.storage.run_folder import RunFolder
 
 
 class LocalTier:

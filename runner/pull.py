@@ -8,9 +8,9 @@ from rich.progress import Progress
 
 from ehrseq.errors import InputError
 from ehrseq_runner.checkpoints import CheckpointStore, best_manifest, checkpoint_dir
-from ehrseq_runner.lease import LEASE
-from ehrseq_runner.run_folder import RunFolder
-from ehrseq_runner.safe_paths import inside
+from ehrseq_runner.storage.lease import LEASE
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.safe_paths import inside
 
 WHAT = ("all", "final", "best", "plots")
 

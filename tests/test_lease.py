@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from ehrseq_runner.checkpoints import CheckpointStore
-from ehrseq_runner.lease import LEASE, STALE_RENEWALS, Lease, LeaseHeld, LeaseLost, LeaseRecord
-from ehrseq_runner.run_folder import RunFolder
-from ehrseq_runner.storage import WriteConflict, open_storage
+from ehrseq_runner.storage.base import WriteConflict
+from ehrseq_runner.storage.lease import LEASE, STALE_RENEWALS, Lease, LeaseHeld, LeaseLost, LeaseRecord
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 from conftest import SMALL_SPEC, run_cli
 

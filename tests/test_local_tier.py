@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 from test_s3_runs import BUCKET, ehrseq, run_args, status, wait_for
 
 from ehrseq_runner.checkpoints import CheckpointStore
-from ehrseq_runner.lease import Lease
 from ehrseq_runner.local_tier import LocalTier, fetch_newest
-from ehrseq_runner.run_folder import RunFolder
-from ehrseq_runner.storage import open_storage
+from ehrseq_runner.storage.lease import Lease
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 from s3_server import WeedServer
 

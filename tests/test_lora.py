@@ -23,9 +23,9 @@ from ehrseq_runner.export import export_run
 from ehrseq_runner.job import make_trainer, prepare_data, run_job
 from ehrseq_runner.preemption import EXIT_PREEMPTED
 from ehrseq_runner.pretrained import fetch_pretrained
-from ehrseq_runner.run_folder import RunFolder
 from ehrseq_runner.spec import JobSpec
-from ehrseq_runner.storage import open_storage
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 DATA = {"num_patients": 300, "max_seq_len": 32}
 TRAIN = {"batch_size": 16, "device": "cpu", "log_every": 1, "eval_every": 4}

@@ -4,9 +4,10 @@ import pytest
 
 from ehrseq.errors import InputError
 from ehrseq_runner.pull import pull
-from ehrseq_runner.run_folder import RunFolder
-from ehrseq_runner.storage import StorageUnavailable, open_storage
-from ehrseq_runner.sync import DeadlineExceeded, retry_transient
+from ehrseq_runner.storage.base import StorageUnavailable
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.sync import DeadlineExceeded, retry_transient
+from ehrseq_runner.storage.uri import open_storage
 
 pytestmark = pytest.mark.slow
 
