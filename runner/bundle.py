@@ -27,7 +27,7 @@ from ehrseq.reports.plots import (
 )
 from ehrseq.reports.summary import render_summary_md
 from ehrseq.tasks.mlm import MLMEvaluation
-from ehrseq_runner.spec import JobSpec
+from ehrseq_runner.spec.job_spec import JobSpec
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.sync import retry_transient
 

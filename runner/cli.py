@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ehrseq.errors import InputError
 from ehrseq_runner.preemption import EXIT_PREEMPTED
-from ehrseq_runner.spec import load_spec
+from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage, split_run_uri
 
@@ -224,7 +224,7 @@ def ladder(
     75 after a preemption (run the same command again to continue).
     """
     from ehrseq_runner.ladder import run_ladder  # imports torch: keep `--help` fast
-    from ehrseq_runner.ladder_spec import load_ladder
+    from ehrseq_runner.spec.ladder_spec import load_ladder
 
     study, runs = load_ladder(spec, set_ or [])
     _exit(run_ladder(study, runs, out or Path(f"ladder-{study.name}"), console))

@@ -24,7 +24,7 @@ from ehrseq.training.device import resolve_device
 from ehrseq.training.state import load_snapshot, set_rng_state
 from ehrseq_runner.checkpoints import CheckpointStore
 from ehrseq_runner.preemption import EXIT_PREEMPTED, StopRequest
-from ehrseq_runner.spec import BASELINES, JobSpec
+from ehrseq_runner.spec.job_spec import BASELINES, JobSpec
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage
 

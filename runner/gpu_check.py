@@ -81,7 +81,7 @@ def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
 def large_job(num_patients: int, batch_size: int, mode: Mode, steps: int, device: str, preset: str = "large",
               seq_len: int | None = None) -> Any:
     """jobs/behrt_large.yaml as `ehrseq run` would train it, on a smaller cohort, in `mode` (tests: small preset)."""
-    from ehrseq_runner.spec import load_spec
+    from ehrseq_runner.spec.job_spec import load_spec
 
     sets = [f"data.num_patients={num_patients}", f"train.batch_size={batch_size}", f"train.max_steps={steps}",
             f"train.precision={mode.precision}", f"train.compile={str(mode.compile).lower()}",
@@ -177,7 +177,7 @@ def resume_check(device: torch.device, steps: int, num_patients: int) -> dict[st
     """verify-resume (small preset, the spec's precision: bf16 on CUDA) with deterministic algorithms on."""
     from ehrseq.training.verify import verify_resume
     from ehrseq_runner.job import make_trainer, prepare_data
-    from ehrseq_runner.spec import load_spec
+    from ehrseq_runner.spec.job_spec import load_spec
 
     job = load_spec(str(SPEC), [f"train.max_steps={steps}", f"data.num_patients={num_patients}",
                                 f"train.device={device.type}", "train.eval_every=0", "train.log_every=1"])

@@ -59,7 +59,6 @@ from ehrseq.training.state import (
     trainable_state_dict,
 )
 from ehrseq.training.trainer import TrainConfig, Trainer
-from ehrseq_runner import safe_yaml
 from ehrseq_runner.bundle import ADAPTER, write_bundle
 from ehrseq_runner.checkpointing import Checkpointer
 from ehrseq_runner.checkpoints import CheckpointStore, checkpoint_dir
@@ -68,7 +67,8 @@ from ehrseq_runner.local_tier import LocalTier, fetch_newest
 from ehrseq_runner.metrics_log import MetricsLog
 from ehrseq_runner.preemption import EXIT_PREEMPTED, StopRequest
 from ehrseq_runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder
-from ehrseq_runner.spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
+from ehrseq_runner.spec import safe_yaml
+from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
 from ehrseq_runner.storage.lease import Lease
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.sync import Syncer

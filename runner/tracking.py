@@ -31,7 +31,7 @@ from typing import Any
 from ehrseq.errors import InputError
 from ehrseq.reports.provenance import git_commit
 from ehrseq.training.trainer import Callback
-from ehrseq_runner.spec import JobSpec, MlflowSpec, TrackingSpec, flatten
+from ehrseq_runner.spec.job_spec import JobSpec, MlflowSpec, TrackingSpec, flatten
 from ehrseq_runner.storage.sync import Syncer
 
 TENSORBOARD_DIR = "tensorboard"

@@ -14,7 +14,7 @@ from ehrseq.errors import InputError
 from ehrseq_runner.checkpoints import CheckpointStore, checkpoint_dir, sha256_file
 from ehrseq_runner.job import run_job
 from ehrseq_runner.pull import pull
-from ehrseq_runner.spec import load_spec
+from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage
 

@@ -23,7 +23,7 @@ from ehrseq_runner.export import export_run
 from ehrseq_runner.job import make_trainer, prepare_data, run_job
 from ehrseq_runner.preemption import EXIT_PREEMPTED
 from ehrseq_runner.pretrained import fetch_pretrained
-from ehrseq_runner.spec import JobSpec
+from ehrseq_runner.spec.job_spec import JobSpec
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage
 

@@ -24,7 +24,7 @@ from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq_runner.job import run_job
 from ehrseq_runner.preemption import EXIT_PREEMPTED
 from ehrseq_runner.pretrained import fetch_pretrained
-from ehrseq_runner.spec import check_supported, load_spec
+from ehrseq_runner.spec.job_spec import check_supported, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "jobs" / "med2vec.yaml"

@@ -18,7 +18,7 @@ from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.state import load_model_weights, load_trainable_state_dict
 from ehrseq_runner.job import make_trainer, prepare_data, run_job
 from ehrseq_runner.preemption import EXIT_PREEMPTED
-from ehrseq_runner.spec import JobSpec
+from ehrseq_runner.spec.job_spec import JobSpec
 
 
 def make_spec(tmp_path: Path, name: str = "r", **train) -> JobSpec:

@@ -20,7 +20,7 @@ from ehrseq.reports.compare import compare_runs
 from ehrseq.reports.provenance import compute_facts, data_fingerprint, git_commit
 from ehrseq_runner.compare import compare, load_run
 from ehrseq_runner.job import run_job
-from ehrseq_runner.spec import JobSpec
+from ehrseq_runner.spec.job_spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["spec.yaml", "status.json", "metrics.jsonl", "summary.json", "SUMMARY.md", "vocab.json",

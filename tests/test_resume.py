@@ -12,7 +12,7 @@ from ehrseq.errors import InputError
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq_runner.job import run_job
 from ehrseq_runner.preemption import EXIT_PREEMPTED
-from ehrseq_runner.spec import load_spec
+from ehrseq_runner.spec.job_spec import load_spec
 
 from conftest import SMALL_SPEC
 

@@ -16,8 +16,8 @@ from ehrseq.errors import InputError
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq_runner.job import run_job
 from ehrseq_runner.ladder import run_ladder
-from ehrseq_runner.ladder_spec import load_ladder
-from ehrseq_runner.spec import SpecError, load_spec
+from ehrseq_runner.spec.job_spec import SpecError, load_spec
+from ehrseq_runner.spec.ladder_spec import load_ladder
 from ehrseq_runner.tracking import EVENTS_NAME, check_installed
 
 from conftest import SMALL_SPEC

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
-from ehrseq_runner import safe_yaml
+from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.storage.uri import open_storage, refuse_credentials, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
