@@ -67,8 +67,8 @@ def overhead(
     """Training throughput with timed checkpoints every few seconds vs none, alternated in one process."""
     import torch
 
-    from ehrseq_runner.checkpointing import Checkpointer
-    from ehrseq_runner.checkpoints import CheckpointStore
+    from ehrseq_runner.checkpoints.checkpointing import Checkpointer
+    from ehrseq_runner.checkpoints.store import CheckpointStore
 
     trainer, tmp = _bench_trainer(preset, steps * rounds * 2)
     with_ckpt: list[float] = []

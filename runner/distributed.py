@@ -22,7 +22,7 @@ from ehrseq.errors import InputError
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.state import load_snapshot, set_rng_state
-from ehrseq_runner.checkpoints import CheckpointStore
+from ehrseq_runner.checkpoints.store import CheckpointStore
 from ehrseq_runner.preemption import EXIT_PREEMPTED, StopRequest
 from ehrseq_runner.spec.job_spec import BASELINES, JobSpec
 from ehrseq_runner.storage.run_folder import RunFolder

@@ -60,10 +60,10 @@ from ehrseq.training.state import (
 )
 from ehrseq.training.trainer import TrainConfig, Trainer
 from ehrseq_runner.bundle import ADAPTER, write_bundle
-from ehrseq_runner.checkpointing import Checkpointer
-from ehrseq_runner.checkpoints import CheckpointStore, checkpoint_dir
+from ehrseq_runner.checkpoints.checkpointing import Checkpointer
+from ehrseq_runner.checkpoints.local_tier import LocalTier, fetch_newest
+from ehrseq_runner.checkpoints.store import CheckpointStore, checkpoint_dir
 from ehrseq_runner.distributed import run_worker
-from ehrseq_runner.local_tier import LocalTier, fetch_newest
 from ehrseq_runner.metrics_log import MetricsLog
 from ehrseq_runner.preemption import EXIT_PREEMPTED, StopRequest
 from ehrseq_runner.pretrained import Pretrained, check_no_leakage, fetch_pretrained, load_encoder

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from ehrseq.errors import InputError
-from ehrseq_runner.checkpoints import CheckpointStore, checkpoint_dir, sha256_file
+from ehrseq_runner.checkpoints.store import CheckpointStore, checkpoint_dir, sha256_file
 from ehrseq_runner.job import run_job
 from ehrseq_runner.pull import pull
 from ehrseq_runner.spec.job_spec import load_spec

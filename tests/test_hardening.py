@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from ehrseq.errors import InputError
-from ehrseq_runner.checkpoints import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
+from ehrseq_runner.checkpoints.store import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
 from ehrseq_runner.job import run_job
 from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.run_folder import RunFolder

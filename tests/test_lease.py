@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from ehrseq_runner.checkpoints import CheckpointStore
+from ehrseq_runner.checkpoints.store import CheckpointStore
 from ehrseq_runner.storage.base import WriteConflict
 from ehrseq_runner.storage.lease import LEASE, STALE_RENEWALS, Lease, LeaseHeld, LeaseLost, LeaseRecord
 from ehrseq_runner.storage.run_folder import RunFolder

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_s3_runs import BUCKET, ehrseq, run_args, status, wait_for
 
-from ehrseq_runner.checkpoints import CheckpointStore
-from ehrseq_runner.local_tier import LocalTier, fetch_newest
+from ehrseq_runner.checkpoints.local_tier import LocalTier, fetch_newest
+from ehrseq_runner.checkpoints.store import CheckpointStore
 from ehrseq_runner.storage.lease import Lease
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage

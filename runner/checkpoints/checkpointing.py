@@ -20,7 +20,7 @@ from typing import Any
 from ehrseq.errors import InputError
 from ehrseq.training.state import TrainingSnapshot, capture
 from ehrseq.training.trainer import Callback, Trainer
-from ehrseq_runner.checkpoints import CheckpointDeadline, CheckpointStore
+from ehrseq_runner.checkpoints.store import CheckpointDeadline, CheckpointStore
 from ehrseq_runner.storage.sync import DeadlineExceeded, retry_transient
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ehrseq_runner.checkpoints import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
+from ehrseq_runner.checkpoints.store import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
 from ehrseq_runner.storage.lease import Lease
 from ehrseq_runner.storage.local import LocalStorage
 from ehrseq_runner.storage.run_folder import RunFolder
