@@ -337,7 +337,7 @@ def gpu(
     import torch
 
     from ehrseq_runner import gpu_check
-    from ehrseq_runner.job import prepare_data
+    from ehrseq_runner.job.prepare import prepare_data
 
     if not torch.cuda.is_available() and not allow_cpu:
         console.print("ehrseq bench gpu: no CUDA GPU visible to torch "

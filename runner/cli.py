@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ehrseq.errors import InputError
-from ehrseq_runner.preemption import EXIT_PREEMPTED
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
 from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage, split_run_uri
@@ -49,11 +49,11 @@ def run(
     within checkpoint.grace_seconds where possible -- run the same command again to resume);
     130 on a second Ctrl-C.
     """
-    from ehrseq_runner.job import run_job  # imports torch: keep `--help` and `validate` fast
+    from ehrseq_runner.job.run import run_job  # imports torch: keep `--help` and `validate` fast
 
     job = load_spec(spec, set_ or [])
     if nproc > 1:
-        from ehrseq_runner.distributed import launch
+        from ehrseq_runner.job.distributed import launch
 
         argv = [spec, *(a for item in set_ or [] for a in ("--set", item)), *(["--fresh"] if fresh else [])]
         _exit(launch(job, argv, nproc))
@@ -84,7 +84,7 @@ def verify_resume(
 
     from ehrseq.training.device import resolve_device
     from ehrseq.training.verify import verify_resume as check
-    from ehrseq_runner.job import make_trainer, prepare_data
+    from ehrseq_runner.job.prepare import make_trainer, prepare_data
 
     job = load_spec(spec, [*(set_ or []), f"train.max_steps={steps}"])
     device = resolve_device(job.train.device)

@@ -18,8 +18,8 @@ from ehrseq.models import BEHRTConfig
 from ehrseq.models.lora import LoraSettings, apply_lora, merge_lora
 from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.training.state import load_trainable_state_dict
-from ehrseq_runner.bundle import ADAPTER
-from ehrseq_runner.pretrained import fetch_pretrained, load_encoder
+from ehrseq_runner.job.bundle import ADAPTER
+from ehrseq_runner.job.pretrained import fetch_pretrained, load_encoder
 from ehrseq_runner.storage.run_folder import RunFolder
 
 WEIGHTS = "model.safetensors"

@@ -92,7 +92,7 @@ def large_job(num_patients: int, batch_size: int, mode: Mode, steps: int, device
 def training_throughput(job: Any, data: Any, mode: Mode, device: torch.device, warmup_steps: int,
                         steps: int) -> dict[str, Any]:
     """Tokens/s of `steps` Trainer steps after `warmup_steps` (compilation, allocator), with MFU and peak memory."""
-    from ehrseq_runner.job import make_trainer
+    from ehrseq_runner.job.prepare import make_trainer
 
     trainer = make_trainer(job, data, device)
     records: list[dict[str, Any]] = []
@@ -176,7 +176,7 @@ def preemption_timing(preset: str, uri: str, work: Path, warmup_s: float, device
 def resume_check(device: torch.device, steps: int, num_patients: int) -> dict[str, Any]:
     """verify-resume (small preset, the spec's precision: bf16 on CUDA) with deterministic algorithms on."""
     from ehrseq.training.verify import verify_resume
-    from ehrseq_runner.job import make_trainer, prepare_data
+    from ehrseq_runner.job.prepare import make_trainer, prepare_data
     from ehrseq_runner.spec.job_spec import load_spec
 
     job = load_spec(str(SPEC), [f"train.max_steps={steps}", f"data.num_patients={num_patients}",

@@ -15,10 +15,10 @@ from rich.markup import escape
 
 from ehrseq.reports.ladder import LadderCell, LadderReport, write_ladder_report
 from ehrseq_runner.compare import load_run
-from ehrseq_runner.job import EXIT_COMPLETED, run_job
+from ehrseq_runner.job.run import EXIT_COMPLETED, run_job
+from ehrseq_runner.job.tracking import log_ladder
 from ehrseq_runner.spec.job_spec import JobSpec
 from ehrseq_runner.spec.ladder_spec import LadderRun, LadderSpec
-from ehrseq_runner.tracking import log_ladder
 
 
 def run_ladder(ladder: LadderSpec, runs: Sequence[LadderRun], out: Path, console: Console,

@@ -20,9 +20,10 @@ from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.device import resolve_device
 from ehrseq.training.state import load_trainable_state_dict, trainable_state_dict
 from ehrseq_runner.export import export_run
-from ehrseq_runner.job import make_trainer, prepare_data, run_job
-from ehrseq_runner.preemption import EXIT_PREEMPTED
-from ehrseq_runner.pretrained import fetch_pretrained
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
+from ehrseq_runner.job.prepare import make_trainer, prepare_data
+from ehrseq_runner.job.pretrained import fetch_pretrained
+from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import JobSpec
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage

@@ -19,7 +19,7 @@ from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.compare import compare_runs
 from ehrseq.reports.provenance import compute_facts, data_fingerprint, git_commit
 from ehrseq_runner.compare import compare, load_run
-from ehrseq_runner.job import run_job
+from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]

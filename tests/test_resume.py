@@ -10,8 +10,8 @@ from rich.console import Console
 
 from ehrseq.errors import InputError
 from ehrseq.tasks.mlm import MLMTask
-from ehrseq_runner.job import run_job
-from ehrseq_runner.preemption import EXIT_PREEMPTED
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
+from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import load_spec
 
 from conftest import SMALL_SPEC

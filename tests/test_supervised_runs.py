@@ -14,8 +14,8 @@ from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.models import BEHRTConfig
 from ehrseq.models.prediction import BEHRTForPrediction, cox_partial_nll
-from ehrseq_runner.job import run_job
-from ehrseq_runner.pretrained import fetch_pretrained, load_encoder
+from ehrseq_runner.job.pretrained import fetch_pretrained, load_encoder
+from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import JobSpec
 
 from conftest import assert_meds_dev_matches, assert_summary_matches_predictions

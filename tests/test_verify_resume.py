@@ -3,7 +3,7 @@ import torch
 
 from ehrseq.training.trainer import Trainer
 from ehrseq.training.verify import verify_resume
-from ehrseq_runner.job import make_trainer, prepare_data
+from ehrseq_runner.job.prepare import make_trainer, prepare_data
 from ehrseq_runner.spec.job_spec import load_spec
 
 from conftest import SMALL_SPEC

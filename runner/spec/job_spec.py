@@ -155,7 +155,7 @@ class MlflowSpec(Section):
 
 
 class TrackingSpec(Section):
-    """Live views of the run (runner/tracking.py): off by default; neither changes what trains."""
+    """Live views of the run (runner/job/tracking.py): off by default; neither changes what trains."""
 
     tensorboard: bool = False  # event files under the run folder's tensorboard/
     mlflow: MlflowSpec | None = None  # one MLflow run across every resume

@@ -23,7 +23,9 @@ from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.state import load_snapshot, set_rng_state
 from ehrseq_runner.checkpoints.store import CheckpointStore
-from ehrseq_runner.preemption import EXIT_PREEMPTED, StopRequest
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
+from ehrseq_runner.job.prepare import make_trainer, prepare_data
+from ehrseq_runner.job.pretrained import fetch_pretrained
 from ehrseq_runner.spec.job_spec import BASELINES, JobSpec
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage
@@ -60,9 +62,6 @@ def launch(spec: JobSpec, argv: list[str], nproc: int) -> int:
 
 def run_worker(spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console) -> int:
     """A rank other than 0: the same data, model, checkpoint and steps as rank 0; no storage writes."""
-    from ehrseq_runner.job import make_trainer, prepare_data
-    from ehrseq_runner.pretrained import fetch_pretrained
-
     base = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq")
     work = base / spec.resolved_run_id / f"rank-{distributed.rank()}"
     device = resolve_device(spec.train.device)
