@@ -166,7 +166,7 @@ def pull(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Download a run's result bundle."""
-    from ehrseq_runner.pull import pull as pull_run
+    from ehrseq_runner.commands.pull import pull as pull_run
 
     files = pull_run(_run_folder(run_uri, endpoint_url), dest, what)
     console.print(f"pulled {len(files)} files into {escape(str(dest))}")
@@ -182,7 +182,7 @@ def export(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Export a run's weights: as stored (full weights, or a LoRA run's adapters and head), or merged."""
-    from ehrseq_runner.export import export_run
+    from ehrseq_runner.commands.export import export_run
 
     files = export_run(_run_folder(run_uri, endpoint_url), dest, merge, endpoint_url)
     console.print(f"exported {', '.join(files)} into {escape(str(dest))}")
@@ -201,7 +201,7 @@ def compare(
     Runs must share a data fingerprint (dataset, splits, held-out patients) and task; otherwise exit 2 with the
     reason, unless --force.
     """
-    from ehrseq_runner.compare import compare as compare_runs
+    from ehrseq_runner.commands.compare import compare as compare_runs
 
     result = compare_runs(run_uris, out, force=force, endpoint_url=endpoint_url, num_resamples=resamples)
     for note in result.notes:
@@ -223,7 +223,7 @@ def ladder(
     ordinary: re-running the ladder skips completed runs and resumes an interrupted one. Exit 2 on a bad spec,
     75 after a preemption (run the same command again to continue).
     """
-    from ehrseq_runner.ladder import run_ladder  # imports torch: keep `--help` fast
+    from ehrseq_runner.commands.ladder import run_ladder  # imports torch: keep `--help` fast
     from ehrseq_runner.spec.ladder_spec import load_ladder
 
     study, runs = load_ladder(spec, set_ or [])
@@ -231,8 +231,8 @@ def ladder(
 
 
 def _register_subcommands() -> None:
-    from ehrseq_runner.bench import bench_app
-    from ehrseq_runner.data_cli import data_app
+    from ehrseq_runner.commands.bench import bench_app
+    from ehrseq_runner.commands.data_cli import data_app
 
     app.add_typer(bench_app, name="bench")
     app.add_typer(data_app, name="data")

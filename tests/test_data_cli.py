@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # registered, whether or not runner/cli.py registers it already.
 ENTRY = """
 from ehrseq_runner.cli import app, main
-from ehrseq_runner.data_cli import data_app
+from ehrseq_runner.commands.data_cli import data_app
 if not any(g.name == "data" for g in app.registered_groups):
     app.add_typer(data_app, name="data")
 main()

@@ -201,7 +201,7 @@ def test_second_run_refused_then_first_preempted_releases(tmp_path):
 
 
 def test_pull_leaves_the_lease_out_of_the_bundle(tmp_path):
-    from ehrseq_runner.pull import select_keys
+    from ehrseq_runner.commands.pull import select_keys
 
     run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "pulled")
     lease = Lease(run, renew_seconds=60)

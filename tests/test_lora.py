@@ -19,7 +19,7 @@ from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.device import resolve_device
 from ehrseq.training.state import load_trainable_state_dict, trainable_state_dict
-from ehrseq_runner.export import export_run
+from ehrseq_runner.commands.export import export_run
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED
 from ehrseq_runner.job.prepare import make_trainer, prepare_data
 from ehrseq_runner.job.pretrained import fetch_pretrained

@@ -18,7 +18,7 @@ from ehrseq.evaluation.paired import join_predictions, paired_bootstrap
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.compare import compare_runs
 from ehrseq.reports.provenance import compute_facts, data_fingerprint, git_commit
-from ehrseq_runner.compare import compare, load_run
+from ehrseq_runner.commands.compare import compare, load_run
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import JobSpec
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ehrseq.errors import InputError
-from ehrseq_runner.pull import pull
+from ehrseq_runner.commands.pull import pull
 from ehrseq_runner.storage.base import StorageUnavailable
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.sync import DeadlineExceeded, retry_transient

@@ -14,9 +14,9 @@ from rich.console import Console
 
 from ehrseq.errors import InputError
 from ehrseq.tasks.mlm import MLMTask
+from ehrseq_runner.commands.ladder import run_ladder
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.job.tracking import EVENTS_NAME, check_installed
-from ehrseq_runner.ladder import run_ladder
 from ehrseq_runner.spec.job_spec import SpecError, load_spec
 from ehrseq_runner.spec.ladder_spec import load_ladder
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ehrseq.reports.ladder import LadderCell, LadderReport, write_ladder_report
-from ehrseq_runner.compare import load_run
+from ehrseq_runner.commands.compare import load_run
 from ehrseq_runner.job.run import EXIT_COMPLETED, run_job
 from ehrseq_runner.job.tracking import log_ladder
 from ehrseq_runner.spec.job_spec import JobSpec

@@ -29,7 +29,7 @@ import torch
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
+JOBS = Path(__file__).resolve().parents[2] / "jobs"  # the checkout's jobs/ (this file: runner/commands/gpu_check.py)
 SPEC, LARGE_SPEC = JOBS / "behrt_small.yaml", JOBS / "behrt_large.yaml"
 # torch.cuda.get_device_name() substring -> (dense bf16 tensor TFLOPS, FP32 TFLOPS), from NVIDIA's data sheets;
 # the first match wins (H100 PCIe before H100, L40S before L4).
