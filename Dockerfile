@@ -41,5 +41,5 @@ WORKDIR /home/ehrseq/app
 COPY --chown=1000:1000 jobs ./jobs
 USER 1000:1000
 # exec form: tini is PID 1, Python its child; `docker run IMAGE jobs/x.yaml` runs the job, other args are commands.
-ENTRYPOINT ["tini", "--", "python", "-m", "runner.entrypoint"]
+ENTRYPOINT ["tini", "--", "python", "-m", "ehrseq_runner.entrypoint"]
 CMD ["jobs/behrt_small.yaml"]

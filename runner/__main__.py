@@ -1,5 +1,5 @@
-"""`python -m runner ...` is the `ehrseq` command (the container entrypoint uses it too)."""
+"""`python -m ehrseq_runner ...` is the `ehrseq` command (the container entrypoint uses it too)."""
 
-from runner.cli import main
+from ehrseq_runner.cli import main
 
 main()

@@ -14,10 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from ehrseq.errors import InputError
-from runner.preemption import EXIT_PREEMPTED
-from runner.run_folder import RunFolder
-from runner.spec import load_spec
-from runner.storage import open_storage, split_run_uri
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
+from ehrseq_runner.spec.job_spec import load_spec
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage, split_run_uri
 
 EXIT_BAD_INPUT = 2
 
@@ -49,11 +49,11 @@ def run(
     within checkpoint.grace_seconds where possible -- run the same command again to resume);
     130 on a second Ctrl-C.
     """
-    from runner.job import run_job  # imports torch: keep `--help` and `validate` fast
+    from ehrseq_runner.job.run import run_job  # imports torch: keep `--help` and `validate` fast
 
     job = load_spec(spec, set_ or [])
     if nproc > 1:
-        from runner.distributed import launch
+        from ehrseq_runner.job.distributed import launch
 
         argv = [spec, *(a for item in set_ or [] for a in ("--set", item)), *(["--fresh"] if fresh else [])]
         _exit(launch(job, argv, nproc))
@@ -84,7 +84,7 @@ def verify_resume(
 
     from ehrseq.training.device import resolve_device
     from ehrseq.training.verify import verify_resume as check
-    from runner.job import make_trainer, prepare_data
+    from ehrseq_runner.job.prepare import make_trainer, prepare_data
 
     job = load_spec(spec, [*(set_ or []), f"train.max_steps={steps}"])
     device = resolve_device(job.train.device)
@@ -166,7 +166,7 @@ def pull(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Download a run's result bundle."""
-    from runner.pull import pull as pull_run
+    from ehrseq_runner.commands.pull import pull as pull_run
 
     files = pull_run(_run_folder(run_uri, endpoint_url), dest, what)
     console.print(f"pulled {len(files)} files into {escape(str(dest))}")
@@ -182,7 +182,7 @@ def export(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Export a run's weights: as stored (full weights, or a LoRA run's adapters and head), or merged."""
-    from runner.export import export_run
+    from ehrseq_runner.commands.export import export_run
 
     files = export_run(_run_folder(run_uri, endpoint_url), dest, merge, endpoint_url)
     console.print(f"exported {', '.join(files)} into {escape(str(dest))}")
@@ -201,7 +201,7 @@ def compare(
     Runs must share a data fingerprint (dataset, splits, held-out patients) and task; otherwise exit 2 with the
     reason, unless --force.
     """
-    from runner.compare import compare as compare_runs
+    from ehrseq_runner.commands.compare import compare as compare_runs
 
     result = compare_runs(run_uris, out, force=force, endpoint_url=endpoint_url, num_resamples=resamples)
     for note in result.notes:
@@ -223,16 +223,16 @@ def ladder(
     ordinary: re-running the ladder skips completed runs and resumes an interrupted one. Exit 2 on a bad spec,
     75 after a preemption (run the same command again to continue).
     """
-    from runner.ladder import run_ladder  # imports torch: keep `--help` fast
-    from runner.ladder_spec import load_ladder
+    from ehrseq_runner.commands.ladder import run_ladder  # imports torch: keep `--help` fast
+    from ehrseq_runner.spec.ladder_spec import load_ladder
 
     study, runs = load_ladder(spec, set_ or [])
     _exit(run_ladder(study, runs, out or Path(f"ladder-{study.name}"), console))
 
 
 def _register_subcommands() -> None:
-    from runner.bench import bench_app
-    from runner.data_cli import data_app
+    from ehrseq_runner.commands.bench import bench_app
+    from ehrseq_runner.commands.data_cli import data_app
 
     app.add_typer(bench_app, name="bench")
     app.add_typer(data_app, name="data")

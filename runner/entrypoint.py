@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from runner.cli import main
+from ehrseq_runner.cli import main
 
 
 def dispatch(argv: list[str]) -> list[str]:

@@ -130,7 +130,8 @@ def exercise_hygiene(image: str, config: ImageConfig) -> None:
 def _third_party(path: Path) -> bool:
     """Tests shipped inside third-party packages (numpy/tests, ...) are theirs, not ours."""
     parts = path.parts
-    return "site-packages" in parts and not any(p in ("ehrseq", "runner") for p in parts[parts.index("site-packages"):])
+    ours = ("ehrseq", "ehrseq_runner")
+    return "site-packages" in parts and not any(p in ours for p in parts[parts.index("site-packages"):])
 
 
 def main(image: str) -> None:

@@ -13,7 +13,7 @@ SMALL_SPEC = REPO / "jobs" / "behrt_small.yaml"
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real console entry point in a subprocess, as a user runs it."""
-    return subprocess.run([sys.executable, "-c", "from runner.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from ehrseq_runner.cli import main; main()", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 

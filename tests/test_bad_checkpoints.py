@@ -11,12 +11,12 @@ import torch
 from rich.console import Console
 
 from ehrseq.errors import InputError
-from runner.checkpoints import CheckpointStore, checkpoint_dir, sha256_file
-from runner.job import run_job
-from runner.pull import pull
-from runner.run_folder import RunFolder
-from runner.spec import load_spec
-from runner.storage import open_storage
+from ehrseq_runner.checkpoints.store import CheckpointStore, checkpoint_dir, sha256_file
+from ehrseq_runner.commands.pull import pull
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import load_spec
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 from conftest import SMALL_SPEC
 

@@ -24,7 +24,7 @@ def good_meds(tmp_path_factory) -> Path:
 
 def run_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """`ehrseq ARGS` through the real entry point (InputError -> one line, exit 2), without a subprocess."""
-    from runner.cli import main
+    from ehrseq_runner.cli import main
 
     monkeypatch.setattr(sys, "argv", ["ehrseq", *args])
     with pytest.raises(SystemExit) as exited:

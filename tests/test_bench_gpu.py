@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ehrseq.models import BEHRTConfig, BEHRTForMLM
-from runner import gpu_check
-from runner.job import prepare_data
+from ehrseq_runner.commands import gpu_check
+from ehrseq_runner.job.prepare import prepare_data
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 

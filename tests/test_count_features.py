@@ -11,7 +11,7 @@ from ehrseq.data.patients import Patient, Visit
 from ehrseq.data.supervised import labelled_splits
 from ehrseq.models.baselines import fit_baseline
 from ehrseq.models.count_features import CountFeatures
-from runner.spec import SpecError, load_spec
+from ehrseq_runner.spec.job_spec import SpecError, load_spec
 
 from conftest import REPO
 

@@ -13,11 +13,11 @@ from ehrseq.data.synthetic import BINARY_TASK, PRESETS, generate_synthetic
 from ehrseq.errors import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-# The real entry point (runner.cli.main: InputError -> one red line, exit 2) with the data sub-app
+# The real entry point (ehrseq_runner.cli.main: InputError -> one red line, exit 2) with the data sub-app
 # registered, whether or not runner/cli.py registers it already.
 ENTRY = """
-from runner.cli import app, main
-from runner.data_cli import data_app
+from ehrseq_runner.cli import app, main
+from ehrseq_runner.commands.data_cli import data_app
 if not any(g.name == "data" for g in app.registered_groups):
     app.add_typer(data_app, name="data")
 main()

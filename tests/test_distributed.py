@@ -19,7 +19,7 @@ def run_args(tmp_path: Path, max_steps: int) -> list[str]:
     sets = ["name=ddp", f"storage.uri=file://{tmp_path}/runs", f"runtime.work_dir={tmp_path}/work",
             "data.num_patients=200", "data.max_seq_len=32", "train.batch_size=8", "train.log_every=1",
             "train.eval_every=0", f"train.max_steps={max_steps}", "checkpoint.interval_seconds=1000"]
-    return [sys.executable, "-m", "runner", "run", str(SMALL_SPEC), "--nproc", "2",
+    return [sys.executable, "-m", "ehrseq_runner", "run", str(SMALL_SPEC), "--nproc", "2",
             *(a for item in sets for a in ("--set", item))]
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from runner.entrypoint import dispatch
+from ehrseq_runner.entrypoint import dispatch
 
 from conftest import SMALL_SPEC
 
@@ -21,7 +21,7 @@ def test_a_spec_path_means_run_and_commands_pass_through():
 
 @pytest.mark.slow
 def test_entrypoint_commits_a_checkpoint_on_sigterm_and_exits_75(tmp_path):
-    args = [sys.executable, "-m", "runner.entrypoint", str(SMALL_SPEC)]
+    args = [sys.executable, "-m", "ehrseq_runner.entrypoint", str(SMALL_SPEC)]
     for item in ["data.num_patients=400", "train.max_steps=100000", "checkpoint.interval_seconds=100000",
                  f"runtime.work_dir={tmp_path}/work", "storage.uri=file://./runs"]:
         args += ["--set", item]
@@ -43,6 +43,6 @@ def test_entrypoint_commits_a_checkpoint_on_sigterm_and_exits_75(tmp_path):
     assert manifest["step"] == status["durable_step"]
     assert elapsed < 30  # generous on a shared machine; `ehrseq bench preemption` measures it properly
 
-    shown = subprocess.run([sys.executable, "-m", "runner.entrypoint", "status", "--json", "file://./runs/behrt-small-mlm"],
+    shown = subprocess.run([sys.executable, "-m", "ehrseq_runner.entrypoint", "status", "--json", "file://./runs/behrt-small-mlm"],
                            cwd=tmp_path, capture_output=True, text=True)
     assert shown.returncode == 0 and json.loads(shown.stdout)["state"] == "preempted"

@@ -18,8 +18,8 @@ from rich.console import Console
 from ehrseq.data.convert import convert
 from ehrseq.data.meds_io import write_meds_dataset
 from ehrseq.errors import InputError
-from runner.job import run_job
-from runner.spec import load_spec
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import load_spec
 
 from conftest import SMALL_SPEC
 

@@ -11,12 +11,12 @@ import pytest
 from rich.console import Console
 
 from ehrseq.errors import InputError
-from runner.checkpoints import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
-from runner.job import run_job
-from runner.run_folder import RunFolder
-from runner.safe_paths import check_name, inside
-from runner.spec import load_spec
-from runner.storage import open_storage, split_run_uri
+from ehrseq_runner.checkpoints.store import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import load_spec
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.safe_paths import check_name, inside
+from ehrseq_runner.storage.uri import open_storage, split_run_uri
 
 from conftest import SMALL_SPEC
 
@@ -161,7 +161,7 @@ def test_credentials_in_urls_are_refused_without_echoing_them(field):
 
 def cli_in_process(monkeypatch, capsys, *args):
     """`ehrseq ARGS` through the real entry point (error mapping included), without a subprocess."""
-    from runner.cli import main
+    from ehrseq_runner.cli import main
 
     monkeypatch.setattr(sys, "argv", ["ehrseq", *args])
     with pytest.raises(SystemExit) as exited:

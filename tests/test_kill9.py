@@ -44,7 +44,7 @@ def losses(run_dir):
 
 def start(tmp_path, storage):
     return subprocess.Popen(
-        [sys.executable, "-c", "from runner.cli import main; main()", "run", str(SMALL_SPEC), *ARGS,
+        [sys.executable, "-c", "from ehrseq_runner.cli import main; main()", "run", str(SMALL_SPEC), *ARGS,
          "--set", f"storage.uri=file://{tmp_path}/{storage}", "--set", f"runtime.work_dir={tmp_path}/work-{storage}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -13,10 +13,10 @@ from ehrseq.evaluation.binary import auroc
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.compare import RunResult
 from ehrseq.reports.ladder import LadderCell, analyse_cohort
-from runner.ladder import run_ladder
-from runner.ladder_spec import load_ladder
-from runner.preemption import EXIT_PREEMPTED
-from runner.spec import SpecError
+from ehrseq_runner.commands.ladder import run_ladder
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
+from ehrseq_runner.spec.job_spec import SpecError
+from ehrseq_runner.spec.ladder_spec import load_ladder
 
 from conftest import REPO
 

@@ -14,10 +14,11 @@ import time
 import pytest
 import yaml
 
-from runner.checkpoints import CheckpointStore
-from runner.lease import LEASE, STALE_RENEWALS, Lease, LeaseHeld, LeaseLost, LeaseRecord
-from runner.run_folder import RunFolder
-from runner.storage import WriteConflict, open_storage
+from ehrseq_runner.checkpoints.store import CheckpointStore
+from ehrseq_runner.storage.base import WriteConflict
+from ehrseq_runner.storage.lease import LEASE, STALE_RENEWALS, Lease, LeaseHeld, LeaseLost, LeaseRecord
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 from conftest import SMALL_SPEC, run_cli
 
@@ -173,7 +174,7 @@ def test_second_run_refused_then_first_preempted_releases(tmp_path):
     spec["checkpoint"] = {"interval_seconds": 1}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    first = subprocess.Popen([sys.executable, "-c", "from runner.cli import main; main()", "run", str(path)],
+    first = subprocess.Popen([sys.executable, "-c", "from ehrseq_runner.cli import main; main()", "run", str(path)],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "two-writers"
     try:
@@ -200,7 +201,7 @@ def test_second_run_refused_then_first_preempted_releases(tmp_path):
 
 
 def test_pull_leaves_the_lease_out_of_the_bundle(tmp_path):
-    from runner.pull import select_keys
+    from ehrseq_runner.commands.pull import select_keys
 
     run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "pulled")
     lease = Lease(run, renew_seconds=60)

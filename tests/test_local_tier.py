@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_s3_runs import BUCKET, ehrseq, run_args, status, wait_for
 
-from runner.checkpoints import CheckpointStore
-from runner.lease import Lease
-from runner.local_tier import LocalTier, fetch_newest
-from runner.run_folder import RunFolder
-from runner.storage import open_storage
+from ehrseq_runner.checkpoints.local_tier import LocalTier, fetch_newest
+from ehrseq_runner.checkpoints.store import CheckpointStore
+from ehrseq_runner.storage.lease import Lease
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 from s3_server import WeedServer
 

@@ -19,13 +19,14 @@ from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.device import resolve_device
 from ehrseq.training.state import load_trainable_state_dict, trainable_state_dict
-from runner.export import export_run
-from runner.job import make_trainer, prepare_data, run_job
-from runner.preemption import EXIT_PREEMPTED
-from runner.pretrained import fetch_pretrained
-from runner.run_folder import RunFolder
-from runner.spec import JobSpec
-from runner.storage import open_storage
+from ehrseq_runner.commands.export import export_run
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
+from ehrseq_runner.job.prepare import make_trainer, prepare_data
+from ehrseq_runner.job.pretrained import fetch_pretrained
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import JobSpec
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 DATA = {"num_patients": 300, "max_seq_len": 32}
 TRAIN = {"batch_size": 16, "device": "cpu", "log_every": 1, "eval_every": 4}

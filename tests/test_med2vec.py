@@ -21,10 +21,10 @@ from ehrseq.errors import InputError
 from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
 from ehrseq.reports.embeddings import EMBEDDINGS, PLOT, cosine_similarity
 from ehrseq.tasks.med2vec import Med2VecTask
-from runner.job import run_job
-from runner.preemption import EXIT_PREEMPTED
-from runner.pretrained import fetch_pretrained
-from runner.spec import check_supported, load_spec
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
+from ehrseq_runner.job.pretrained import fetch_pretrained
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import check_supported, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "jobs" / "med2vec.yaml"

@@ -20,7 +20,7 @@ from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.evaluation.next_visit import NextVisitPredictions, recall_at_k
 from ehrseq.evaluation.predictions import predictions_from_table
-from runner.spec import JobSpec, SpecError, check_supported, load_spec
+from ehrseq_runner.spec.job_spec import JobSpec, SpecError, check_supported, load_spec
 
 from conftest import assert_summary_matches_predictions
 

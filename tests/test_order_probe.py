@@ -12,8 +12,8 @@ from ehrseq.data.patients import Patient, Visit
 from ehrseq.data.supervised import LabelledSplit
 from ehrseq.data.synthetic import PRESETS, PROGRESSION_A, PROGRESSION_B
 from ehrseq.evaluation.order_probe import logit, order_probe, swapped_histories
-from runner.job import run_job
-from runner.spec import JobSpec
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import JobSpec
 
 A, B = PROGRESSION_A, PROGRESSION_B
 T0 = datetime(2020, 1, 1)

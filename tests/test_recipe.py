@@ -16,9 +16,10 @@ from ehrseq.data.budget import budget_rows
 from ehrseq.errors import InputError
 from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.state import load_model_weights, load_trainable_state_dict
-from runner.job import make_trainer, prepare_data, run_job
-from runner.preemption import EXIT_PREEMPTED
-from runner.spec import JobSpec
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
+from ehrseq_runner.job.prepare import make_trainer, prepare_data
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import JobSpec
 
 
 def make_spec(tmp_path: Path, name: str = "r", **train) -> JobSpec:

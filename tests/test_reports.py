@@ -18,9 +18,9 @@ from ehrseq.evaluation.paired import join_predictions, paired_bootstrap
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.compare import compare_runs
 from ehrseq.reports.provenance import compute_facts, data_fingerprint, git_commit
-from runner.compare import compare, load_run
-from runner.job import run_job
-from runner.spec import JobSpec
+from ehrseq_runner.commands.compare import compare, load_run
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["spec.yaml", "status.json", "metrics.jsonl", "summary.json", "SUMMARY.md", "vocab.json",

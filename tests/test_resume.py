@@ -10,9 +10,9 @@ from rich.console import Console
 
 from ehrseq.errors import InputError
 from ehrseq.tasks.mlm import MLMTask
-from runner.job import run_job
-from runner.preemption import EXIT_PREEMPTED
-from runner.spec import load_spec
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import load_spec
 
 from conftest import SMALL_SPEC
 

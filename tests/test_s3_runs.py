@@ -20,7 +20,7 @@ TINY = ["data.num_patients=400", "data.max_seq_len=48", "train.log_every=1", "tr
 
 
 def ehrseq(*args, env, cwd):
-    return subprocess.Popen([sys.executable, "-c", "from runner.cli import main; main()", *args],
+    return subprocess.Popen([sys.executable, "-c", "from ehrseq_runner.cli import main; main()", *args],
                             env={**os.environ, **env}, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 

@@ -3,10 +3,11 @@
 import pytest
 
 from ehrseq.errors import InputError
-from runner.pull import pull
-from runner.run_folder import RunFolder
-from runner.storage import StorageUnavailable, open_storage
-from runner.sync import DeadlineExceeded, retry_transient
+from ehrseq_runner.commands.pull import pull
+from ehrseq_runner.storage.base import StorageUnavailable
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.sync import DeadlineExceeded, retry_transient
+from ehrseq_runner.storage.uri import open_storage
 
 pytestmark = pytest.mark.slow
 

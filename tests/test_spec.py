@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from runner.spec import JobSpec, SpecError, load_spec
+from ehrseq_runner.spec.job_spec import JobSpec, SpecError, load_spec
 
 from conftest import SMALL_SPEC
 

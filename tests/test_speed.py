@@ -14,8 +14,8 @@ from ehrseq.training.precision import resolve_precision
 from ehrseq.training.state import capture, load_snapshot
 from ehrseq.training.trainer import TrainConfig, Trainer
 from ehrseq.training.verify import verify_resume
-from runner.bench import data_throughput, hf_comparison
-from runner.spec import load_spec
+from ehrseq_runner.commands.bench import data_throughput, hf_comparison
+from ehrseq_runner.spec.job_spec import load_spec
 
 from conftest import SMALL_SPEC
 

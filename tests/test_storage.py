@@ -1,8 +1,9 @@
 import pytest
 
 from ehrseq.errors import InputError
-from runner.run_folder import RunFolder
-from runner.storage import LocalStorage, open_storage, split_run_uri
+from ehrseq_runner.storage.local import LocalStorage
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage, split_run_uri
 
 
 def test_local_storage_round_trip_and_listing(tmp_path):

@@ -14,9 +14,9 @@ from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.models import BEHRTConfig
 from ehrseq.models.prediction import BEHRTForPrediction, cox_partial_nll
-from runner.job import run_job
-from runner.pretrained import fetch_pretrained, load_encoder
-from runner.spec import JobSpec
+from ehrseq_runner.job.pretrained import fetch_pretrained, load_encoder
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import JobSpec
 
 from conftest import assert_meds_dev_matches, assert_summary_matches_predictions
 

@@ -18,7 +18,7 @@ from ehrseq.data.synthetic import (
 )
 from ehrseq.evaluation.binary import auroc
 from ehrseq.reports.provenance import data_fingerprint, dataset_identity
-from runner.spec import SpecError, load_spec
+from ehrseq_runner.spec.job_spec import SpecError, load_spec
 
 
 @pytest.fixture(scope="module", params=["order", "presence"])

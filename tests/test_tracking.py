@@ -1,4 +1,4 @@
-"""Experiment tracking (runner/tracking.py): TensorBoard and a real MLflow server across preemptions."""
+"""Experiment tracking (runner/job/tracking.py): TensorBoard and a real MLflow server across preemptions."""
 
 import json
 import os
@@ -14,11 +14,11 @@ from rich.console import Console
 
 from ehrseq.errors import InputError
 from ehrseq.tasks.mlm import MLMTask
-from runner.job import run_job
-from runner.ladder import run_ladder
-from runner.ladder_spec import load_ladder
-from runner.spec import SpecError, load_spec
-from runner.tracking import EVENTS_NAME, check_installed
+from ehrseq_runner.commands.ladder import run_ladder
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.job.tracking import EVENTS_NAME, check_installed
+from ehrseq_runner.spec.job_spec import SpecError, load_spec
+from ehrseq_runner.spec.ladder_spec import load_ladder
 
 from conftest import SMALL_SPEC
 

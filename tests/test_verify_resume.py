@@ -3,8 +3,8 @@ import torch
 
 from ehrseq.training.trainer import Trainer
 from ehrseq.training.verify import verify_resume
-from runner.job import make_trainer, prepare_data
-from runner.spec import load_spec
+from ehrseq_runner.job.prepare import make_trainer, prepare_data
+from ehrseq_runner.spec.job_spec import load_spec
 
 from conftest import SMALL_SPEC
 

@@ -39,7 +39,7 @@ def run_cmd(prefix: str, work: Path, steps: int) -> list[str]:
     sets = ["data.num_patients=400", "data.max_seq_len=48", f"train.max_steps={steps}", "train.log_every=1",
             "train.eval_every=40", "checkpoint.interval_seconds=0.2", "checkpoint.keep_last=2",
             f"storage.uri=s3://{BUCKET}/{prefix}", f"runtime.work_dir={work}"]
-    return [sys.executable, "-c", "from runner.cli import main; main()", "run", str(SPEC),
+    return [sys.executable, "-c", "from ehrseq_runner.cli import main; main()", "run", str(SPEC),
             *(a for s in sets for a in ("--set", s))]
 
 

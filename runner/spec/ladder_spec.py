@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ehrseq.errors import InputError
 from ehrseq.reports.ladder import budget_text
-from runner.spec import (
+from ehrseq_runner.spec.job_spec import (
     CheckpointSpec,
     DataSpec,
     JobSpec,

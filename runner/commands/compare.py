@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 
 from ehrseq.errors import InputError
 from ehrseq.reports.compare import PREDICTIONS, Comparison, RunResult, compare_runs
-from runner.run_folder import RunFolder
-from runner.storage import open_storage, split_run_uri
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage, split_run_uri
 
 
 def load_run(run_uri: str, endpoint_url: str | None = None) -> RunResult:

@@ -1,7 +1,6 @@
-"""Where runs live: one small interface over a local folder (file://) and S3 (s3://, runner/s3.py).
+"""A folder on this machine as storage (file://, the embedded default); no key reaches outside the root.
 
-Keys are '/'-separated paths relative to the storage root. Writes are atomic: a reader sees the
-old object or the new one, never half of one.
+Writes are atomic and fsynced: a reader sees the old object or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -12,36 +11,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Protocol
-from urllib.parse import urlsplit
 
 from ehrseq.errors import InputError
-from runner.safe_paths import UnsafeName, check_name
-
-
-class StorageUnavailable(ConnectionError):
-    """A transient failure talking to storage: retry later; never a reason to stop training."""
-
-
-class WriteConflict(Exception):
-    """A conditional write lost: the object exists (create) or changed since it was read (replace_if)."""
-
-
-class Storage(Protocol):
-    uri: str
-
-    def put_bytes(self, key: str, data: bytes) -> None: ...
-    def put_file(self, key: str, path: Path) -> None: ...
-    def check(self) -> None: ...  # InputError if unusable (bucket missing, no access)
-    def get_bytes(self, key: str) -> bytes: ...  # FileNotFoundError if absent
-    def get_file(self, key: str, dest: Path) -> None: ...
-    def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str = "") -> list[str]: ...  # keys under prefix, recursive, sorted
-    def delete(self, key: str) -> None: ...
-    # conditional writes (the run's lease): a version tag per object, compare-and-swap on it
-    def get_versioned(self, key: str) -> tuple[bytes, str]: ...  # (data, tag); FileNotFoundError if absent
-    def create(self, key: str, data: bytes) -> str: ...  # WriteConflict if the key exists; returns the tag
-    def replace_if(self, key: str, data: bytes, tag: str) -> str: ...  # WriteConflict unless the tag is current
+from ehrseq_runner.storage.base import WriteConflict
+from ehrseq_runner.storage.safe_paths import UnsafeName, check_name
 
 
 class LocalStorage:
@@ -158,38 +131,6 @@ class LocalStorage:
                 raise WriteConflict(key)
             self.put_bytes(key, data)
         return hashlib.sha256(data).hexdigest()
-
-
-def refuse_credentials(url: str | None, field: str) -> None:
-    """A URL with user:password@ would carry a secret into spec.yaml, logs and `validate` output: refused,
-    without echoing the URL."""
-    if url and "://" in url and "@" in urlsplit(url).netloc:
-        raise InputError(f"{field}: the URL holds credentials (user:password@host); put credentials in AWS_* "
-                         "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never in a URL")
-
-
-def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
-    """`file://path` (relative to the working directory), a plain path, or `s3://bucket/prefix`."""
-    refuse_credentials(uri, "storage URI")
-    refuse_credentials(endpoint_url, "endpoint URL")
-    if uri.startswith("file://"):
-        return LocalStorage(Path(uri[len("file://"):]), uri)
-    if uri.startswith("s3://"):
-        from runner.s3 import S3Storage  # boto3 loads only when needed
-
-        return S3Storage(uri, endpoint_url)
-    if "://" not in uri:
-        return LocalStorage(Path(uri), uri)
-    scheme = uri.split("://", 1)[0]
-    raise InputError(f"storage.uri {uri!r}: unsupported scheme {scheme!r}; use file://PATH or s3://BUCKET/PREFIX")
-
-
-def split_run_uri(run_uri: str) -> tuple[str, str]:
-    """'file://./runs/my-run' -> ('file://./runs', 'my-run')."""
-    base, sep, run_id = run_uri.rstrip("/").rpartition("/")
-    if not sep or run_id in ("", ".", "..") or base.endswith(":/"):
-        raise InputError(f"{run_uri!r} is not a run URI; expected STORAGE_URI/RUN_ID, e.g. file://./runs/my-run")
-    return base, run_id
 
 
 def _durable_temp(dest: Path, data: bytes) -> Path:

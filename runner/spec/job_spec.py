@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
-from runner import safe_yaml
-from runner.storage import open_storage, refuse_credentials, split_run_uri
+from ehrseq_runner.spec import safe_yaml
+from ehrseq_runner.storage.uri import open_storage, refuse_credentials, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
 DEFAULT_LABELS = {"binary": "outcome_within_365d", "survival": "outcome_survival"}
@@ -155,7 +155,7 @@ class MlflowSpec(Section):
 
 
 class TrackingSpec(Section):
-    """Live views of the run (runner/tracking.py): off by default; neither changes what trains."""
+    """Live views of the run (runner/job/tracking.py): off by default; neither changes what trains."""
 
     tensorboard: bool = False  # event files under the run folder's tensorboard/
     mlflow: MlflowSpec | None = None  # one MLflow run across every resume

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ehrseq.errors import InputError
-from runner.run_folder import RunFolder
-from runner.storage import WriteConflict
+from ehrseq_runner.storage.base import WriteConflict
+from ehrseq_runner.storage.run_folder import RunFolder
 
 LEASE = "lease.json"
 RENEW_SECONDS = 30.0

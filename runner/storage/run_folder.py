@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.storage import Storage
+from ehrseq_runner.storage.base import Storage
 
 STATES = ("running", "preempted", "completed", "failed")
 

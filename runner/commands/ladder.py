@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from ehrseq.reports.ladder import LadderCell, LadderReport, write_ladder_report
-from runner.compare import load_run
-from runner.job import EXIT_COMPLETED, run_job
-from runner.ladder_spec import LadderRun, LadderSpec
-from runner.spec import JobSpec
-from runner.tracking import log_ladder
+from ehrseq_runner.commands.compare import load_run
+from ehrseq_runner.job.run import EXIT_COMPLETED, run_job
+from ehrseq_runner.job.tracking import log_ladder
+from ehrseq_runner.spec.job_spec import JobSpec
+from ehrseq_runner.spec.ladder_spec import LadderRun, LadderSpec
 
 
 def run_ladder(ladder: LadderSpec, runs: Sequence[LadderRun], out: Path, console: Console,

@@ -18,9 +18,9 @@ from ehrseq.models import BEHRTConfig
 from ehrseq.models.lora import LoraSettings, apply_lora, merge_lora
 from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.training.state import load_trainable_state_dict
-from runner.bundle import ADAPTER
-from runner.pretrained import fetch_pretrained, load_encoder
-from runner.run_folder import RunFolder
+from ehrseq_runner.job.bundle import ADAPTER
+from ehrseq_runner.job.pretrained import fetch_pretrained, load_encoder
+from ehrseq_runner.storage.run_folder import RunFolder
 
 WEIGHTS = "model.safetensors"
 

@@ -16,9 +16,9 @@ from torch import nn
 
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
-from runner import safe_yaml
-from runner.run_folder import RunFolder
-from runner.storage import open_storage, split_run_uri
+from ehrseq_runner.spec import safe_yaml
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage, split_run_uri
 
 
 @dataclass

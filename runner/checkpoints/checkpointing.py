@@ -20,8 +20,8 @@ from typing import Any
 from ehrseq.errors import InputError
 from ehrseq.training.state import TrainingSnapshot, capture
 from ehrseq.training.trainer import Callback, Trainer
-from runner.checkpoints import CheckpointDeadline, CheckpointStore
-from runner.sync import DeadlineExceeded, retry_transient
+from ehrseq_runner.checkpoints.store import CheckpointDeadline, CheckpointStore
+from ehrseq_runner.storage.sync import DeadlineExceeded, retry_transient
 
 
 class Checkpointer(Callback):

@@ -1,6 +1,6 @@
 """`ehrseq run SPEC --nproc N`: DistributedDataParallel training, launched through torchrun.
 
-The launcher runs `python -m torch.distributed.run --standalone --nproc-per-node N -m runner run SPEC ...`;
+The launcher runs `python -m torch.distributed.run --standalone --nproc-per-node N -m ehrseq_runner run SPEC ...`;
 each process trains on its share of every batch (see ehrseq.training.trainer). Rank 0 is the run exactly as a
 single process runs it: status, metrics, checkpoints and the bundle. The other ranks (`run_worker`) read
 the same data and checkpoint and write nothing to storage. A stop request on any rank stops every rank at
@@ -22,11 +22,13 @@ from ehrseq.errors import InputError
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.state import load_snapshot, set_rng_state
-from runner.checkpoints import CheckpointStore
-from runner.preemption import EXIT_PREEMPTED, StopRequest
-from runner.run_folder import RunFolder
-from runner.spec import BASELINES, JobSpec
-from runner.storage import open_storage
+from ehrseq_runner.checkpoints.store import CheckpointStore
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
+from ehrseq_runner.job.prepare import make_trainer, prepare_data
+from ehrseq_runner.job.pretrained import fetch_pretrained
+from ehrseq_runner.spec.job_spec import BASELINES, JobSpec
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 
 def launch(spec: JobSpec, argv: list[str], nproc: int) -> int:
@@ -43,7 +45,7 @@ def launch(spec: JobSpec, argv: list[str], nproc: int) -> int:
         raise InputError(f"train.batch_size: {spec.train.batch_size} does not split into {nproc} processes x "
                          f"{spec.train.grad_accum_steps} micro-batches")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "runner", "run", *argv]
+           "-m", "ehrseq_runner", "run", *argv]
     proc = subprocess.Popen(cmd, start_new_session=True)
     forward = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signal.SIGTERM))
                for s in (signal.SIGTERM, signal.SIGINT)}
@@ -60,9 +62,6 @@ def launch(spec: JobSpec, argv: list[str], nproc: int) -> int:
 
 def run_worker(spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console) -> int:
     """A rank other than 0: the same data, model, checkpoint and steps as rank 0; no storage writes."""
-    from runner.job import make_trainer, prepare_data
-    from runner.pretrained import fetch_pretrained
-
     base = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq")
     work = base / spec.resolved_run_id / f"rank-{distributed.rank()}"
     device = resolve_device(spec.train.device)

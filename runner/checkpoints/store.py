@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ehrseq.errors import InputError
-from runner.lease import Lease, read_takeovers, zombie_manifest
-from runner.run_folder import RunFolder
-from runner.safe_paths import check_name, inside
+from ehrseq_runner.storage.lease import Lease, read_takeovers, zombie_manifest
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.safe_paths import check_name, inside
 
 MANIFEST = "manifest.json"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ehrseq.training.trainer import Callback
-from runner.sync import Syncer
+from ehrseq_runner.storage.sync import Syncer
 
 
 class MetricsLog(Callback):

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from runner.run_folder import RunFolder
-from runner.storage import open_storage
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
+JOBS = Path(__file__).resolve().parents[2] / "jobs"  # the checkout's jobs/ (this file: runner/commands/gpu_check.py)
 SPEC, LARGE_SPEC = JOBS / "behrt_small.yaml", JOBS / "behrt_large.yaml"
 # torch.cuda.get_device_name() substring -> (dense bf16 tensor TFLOPS, FP32 TFLOPS), from NVIDIA's data sheets;
 # the first match wins (H100 PCIe before H100, L40S before L4).
@@ -81,7 +81,7 @@ def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
 def large_job(num_patients: int, batch_size: int, mode: Mode, steps: int, device: str, preset: str = "large",
               seq_len: int | None = None) -> Any:
     """jobs/behrt_large.yaml as `ehrseq run` would train it, on a smaller cohort, in `mode` (tests: small preset)."""
-    from runner.spec import load_spec
+    from ehrseq_runner.spec.job_spec import load_spec
 
     sets = [f"data.num_patients={num_patients}", f"train.batch_size={batch_size}", f"train.max_steps={steps}",
             f"train.precision={mode.precision}", f"train.compile={str(mode.compile).lower()}",
@@ -92,7 +92,7 @@ def large_job(num_patients: int, batch_size: int, mode: Mode, steps: int, device
 def training_throughput(job: Any, data: Any, mode: Mode, device: torch.device, warmup_steps: int,
                         steps: int) -> dict[str, Any]:
     """Tokens/s of `steps` Trainer steps after `warmup_steps` (compilation, allocator), with MFU and peak memory."""
-    from runner.job import make_trainer
+    from ehrseq_runner.job.prepare import make_trainer
 
     trainer = make_trainer(job, data, device)
     records: list[dict[str, Any]] = []
@@ -153,7 +153,8 @@ def preemption_timing(preset: str, uri: str, work: Path, warmup_s: float, device
     sets = [f"name={name}", f"model.size={preset}", f"storage.uri={uri}", "train.max_steps=100000",
             "data.num_patients=2000", "checkpoint.interval_seconds=100000", f"runtime.work_dir={work}",
             "train.eval_every=0", f"train.device={device}"]
-    args = [sys.executable, "-m", "runner", "run", str(SPEC), "--fresh"] + [a for s in sets for a in ("--set", s)]
+    args = [sys.executable, "-m", "ehrseq_runner", "run", str(SPEC), "--fresh",
+            *(a for s in sets for a in ("--set", s))]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = work / name / "metrics.jsonl"
     until = time.monotonic() + 300
@@ -175,8 +176,8 @@ def preemption_timing(preset: str, uri: str, work: Path, warmup_s: float, device
 def resume_check(device: torch.device, steps: int, num_patients: int) -> dict[str, Any]:
     """verify-resume (small preset, the spec's precision: bf16 on CUDA) with deterministic algorithms on."""
     from ehrseq.training.verify import verify_resume
-    from runner.job import make_trainer, prepare_data
-    from runner.spec import load_spec
+    from ehrseq_runner.job.prepare import make_trainer, prepare_data
+    from ehrseq_runner.spec.job_spec import load_spec
 
     job = load_spec(str(SPEC), [f"train.max_steps={steps}", f"data.num_patients={num_patients}",
                                 f"train.device={device.type}", "train.eval_every=0", "train.log_every=1"])
@@ -200,7 +201,7 @@ def ddp_smoke(nproc: int, uri: str, work: Path, device: str, steps: int = 10) ->
     name = f"bench-ddp-{int(time.time())}"
     sets = [f"name={name}", "model.size=small", f"storage.uri={uri}", f"train.max_steps={steps}",
             "data.num_patients=300", f"runtime.work_dir={work}", "train.eval_every=0", f"train.device={device}"]
-    args = [sys.executable, "-m", "runner", "run", str(SPEC), "--fresh", "--nproc", str(nproc)]
+    args = [sys.executable, "-m", "ehrseq_runner", "run", str(SPEC), "--fresh", "--nproc", str(nproc)]
     start = time.monotonic()
     proc = subprocess.run(args + [a for s in sets for a in ("--set", s)], capture_output=True, text=True)
     status = RunFolder(open_storage(uri), name).read_status() or {}

@@ -7,10 +7,10 @@ from pathlib import Path
 from rich.progress import Progress
 
 from ehrseq.errors import InputError
-from runner.checkpoints import CheckpointStore, best_manifest, checkpoint_dir
-from runner.lease import LEASE
-from runner.run_folder import RunFolder
-from runner.safe_paths import inside
+from ehrseq_runner.checkpoints.store import CheckpointStore, best_manifest, checkpoint_dir
+from ehrseq_runner.storage.lease import LEASE
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.safe_paths import inside
 
 WHAT = ("all", "final", "best", "plots")
 

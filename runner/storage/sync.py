@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from runner.run_folder import RunFolder, status_record
+from ehrseq_runner.storage.run_folder import RunFolder, status_record
 
 T = TypeVar("T")
 MAX_BACKOFF_S = 15.0

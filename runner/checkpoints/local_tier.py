@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.checkpoints import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
-from runner.lease import Lease
-from runner.run_folder import RunFolder
-from runner.storage import LocalStorage
+from ehrseq_runner.checkpoints.store import MANIFEST, CheckpointStore, checkpoint_dir, sha256_file
+from ehrseq_runner.storage.lease import Lease
+from ehrseq_runner.storage.local import LocalStorage
+from ehrseq_runner.storage.run_folder import RunFolder
 
 
 class LocalTier:

@@ -27,9 +27,9 @@ from ehrseq.reports.plots import (
 )
 from ehrseq.reports.summary import render_summary_md
 from ehrseq.tasks.mlm import MLMEvaluation
-from runner.run_folder import RunFolder
-from runner.spec import JobSpec
-from runner.sync import retry_transient
+from ehrseq_runner.spec.job_spec import JobSpec
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.sync import retry_transient
 
 ADAPTER = "adapter.safetensors"  # LoRA runs: adapters and head, in place of model.safetensors
 MEDS_DEV_RESULT = "meds_dev_result.json"  # binary and survival runs: the MEDS-DEV result record

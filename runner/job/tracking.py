@@ -31,8 +31,8 @@ from typing import Any
 from ehrseq.errors import InputError
 from ehrseq.reports.provenance import git_commit
 from ehrseq.training.trainer import Callback
-from runner.spec import JobSpec, MlflowSpec, TrackingSpec, flatten
-from runner.sync import Syncer
+from ehrseq_runner.spec.job_spec import JobSpec, MlflowSpec, TrackingSpec, flatten
+from ehrseq_runner.storage.sync import Syncer
 
 TENSORBOARD_DIR = "tensorboard"
 EVENTS_NAME = "events.out.tfevents.ehrseq"  # one fixed name: each upload replaces the stored file

@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from runner.run_folder import RunFolder
-from runner.storage import open_storage
+from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.uri import open_storage
 
 bench_app = typer.Typer(help="Benchmarks: checkpoint/preemption timing, checkpoint overhead, memory, step time "
                         "against HuggingFace BERT, data pipeline throughput.",
@@ -48,7 +48,7 @@ def preemption(
     out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
 ) -> None:
     """SIGTERM -> final checkpoint committed in storage -> process exited, per preset (a real `ehrseq run`)."""
-    from runner.gpu_check import preemption_timing
+    from ehrseq_runner.commands.gpu_check import preemption_timing
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = [preemption_timing(preset, storage or f"file://{tmp}/runs", Path(tmp) / "work", warmup_s, "auto")
@@ -67,8 +67,8 @@ def overhead(
     """Training throughput with timed checkpoints every few seconds vs none, alternated in one process."""
     import torch
 
-    from runner.checkpointing import Checkpointer
-    from runner.checkpoints import CheckpointStore
+    from ehrseq_runner.checkpoints.checkpointing import Checkpointer
+    from ehrseq_runner.checkpoints.store import CheckpointStore
 
     trainer, tmp = _bench_trainer(preset, steps * rounds * 2)
     with_ckpt: list[float] = []
@@ -126,7 +126,7 @@ def memory(
     """Peak memory of training each preset (a fresh process each: peak RSS on CPU, allocator peak on CUDA)."""
     rows = []
     for preset in presets or PRESETS:
-        code = (f"import resource, torch, json; from runner.bench import _bench_trainer; "
+        code = (f"import resource, torch, json; from ehrseq_runner.commands.bench import _bench_trainer; "
                 f"t, _ = _bench_trainer({preset!r}, {steps}); t.fit(); "
                 "cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None; "
                 "print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
@@ -336,8 +336,8 @@ def gpu(
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: deterministic cuBLAS
     import torch
 
-    from runner import gpu_check
-    from runner.job import prepare_data
+    from ehrseq_runner.commands import gpu_check
+    from ehrseq_runner.job.prepare import prepare_data
 
     if not torch.cuda.is_available() and not allow_cpu:
         console.print("ehrseq bench gpu: no CUDA GPU visible to torch "

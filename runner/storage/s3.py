@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ehrseq.errors import InputError
-from runner.storage import StorageUnavailable, WriteConflict
+from ehrseq_runner.storage.base import StorageUnavailable, WriteConflict
 
 PART_SIZE = 64 * 1024 * 1024
 
