@@ -162,8 +162,9 @@ def test_cache_layout_and_manifest(order_cohort, tmp_path):
 
 def test_damaged_caches_are_not_caches_and_get_rebuilt(order_cohort, tmp_path):
     warned = []
-    folder = tc.token_cache(order_cohort, tmp_path, 32, 1, warn=warned.append)
-    assert tc.token_cache(order_cohort, tmp_path, 32, 1, warn=warned.append) == folder and not warned
+    folder, how = tc.token_cache(order_cohort, tmp_path, 32, 1, warn=warned.append)
+    assert how == "built"
+    assert tc.token_cache(order_cohort, tmp_path, 32, 1, warn=warned.append) == (folder, "reused") and not warned
     codes = folder / "codes.npy"
     raw = bytearray(codes.read_bytes())
     raw[-3] ^= 0x01
@@ -171,7 +172,7 @@ def test_damaged_caches_are_not_caches_and_get_rebuilt(order_cohort, tmp_path):
     with pytest.raises(tc.NotATokenCache, match="checksum"):
         tc.load_token_cache(folder)
     tc.load_token_cache(folder, verify=False)  # sizes still match: only the checksum tells
-    assert tc.token_cache(order_cohort, tmp_path, 32, 1, warn=warned.append) == folder
+    assert tc.token_cache(order_cohort, tmp_path, 32, 1, warn=warned.append) == (folder, "built")
     assert len(warned) == 1 and "checksum" in warned[0]
     tc.load_token_cache(folder)  # rebuilt
 

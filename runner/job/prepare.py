@@ -6,25 +6,31 @@ outside a run (`ehrseq verify-resume`, `ehrseq bench`): the same spec always giv
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ehrseq.data.budget import subsample
-from ehrseq.data.cohort import SPLITS, load_dataset, patients_by_split
+from ehrseq.data.cohort import SPLITS, dataset_folder, patients_by_split
 from ehrseq.data.labels import LabelReport
-from ehrseq.data.meds_io import MedsDataset
+from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
 from ehrseq.data.patients import Patient
+from ehrseq.data.stream import training_vocabulary
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, labelled_splits, next_visit_splits
+from ehrseq.data.token_arrays import TokenArrays
+from ehrseq.data.token_cache import CacheRemote, load_token_cache, read_manifest, token_cache
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
 from ehrseq.data.vocab import Vocabulary
-from ehrseq.errors import InputError
 from ehrseq.models import BEHRTConfig, BEHRTForMLM
 from ehrseq.models.lora import LoraSettings, apply_lora
 from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
 from ehrseq.models.prediction import BEHRTForPrediction
+from ehrseq.reports.provenance import data_fingerprint, dataset_identity, dataset_name, read_splits_mapping
 from ehrseq.seeding import LABEL_BUDGET, REPLICATE, derive_seed
 from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq.tasks.mlm import MLMTask
@@ -50,22 +56,36 @@ def training_seed(spec: JobSpec) -> int:
 @dataclass
 class PreparedData:
     vocab: Vocabulary
-    encoded: dict[str, list[EncodedPatient]]  # split -> encoded patients
+    encoded: dict[str, list[EncodedPatient]] | dict[str, TokenArrays]  # split -> encoded patients
+    identity: str  # the dataset's name and event count (provenance.dataset_identity)
+    name: str  # metadata/dataset.json's dataset_name
+    splits: dict[int, str]  # every subject of the splits file -> its split (the data fingerprint hashes them)
     # supervised tasks: labels (next_visit: the last visit's codes), histories cut before them
     labelled: dict[str, LabelledSplit] | dict[str, NextVisitSplit] | None = None
-    dataset: MedsDataset | None = None
+    dataset: MedsDataset | None = None  # the events as one table (not on the token-cache path)
     label_report: LabelReport | None = None  # binary/survival: what happened to each label row
+    token_cache: dict[str, object] | None = None  # mlm: {"key", "how": reused|downloaded|built, "seconds"}
+
+    def fingerprint(self, held_out_ids: np.ndarray) -> str:
+        return data_fingerprint(self.identity, self.splits, held_out_ids)
 
 
-def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None) -> PreparedData:
+def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None, remote: CacheRemote | None = None,
+                 warn: Callable[[str], None] | None = None) -> PreparedData:
     """The dataset, the vocabulary (training split only, unless given) and every split tokenised.
 
-    Supervised tasks keep only labelled subjects, with histories cut strictly before the prediction time.
-    With `train.label_budget` k, the training split is a seeded, stratified k of them (every model kind gets
-    the same k); the vocabulary, which uses no labels, still comes from the whole training split.
+    MLM pretraining, where data scale matters, streams the dataset into a token cache under `cache_dir` (reused
+    by every later run on the same data and settings, and kept in `remote` so a fresh machine downloads it);
+    the other tasks build patient objects. Supervised tasks keep only labelled subjects, with histories cut
+    strictly before the prediction time. With `train.label_budget` k, the training split is a seeded, stratified
+    k of them (every model kind gets the same k); the vocabulary, which uses no labels, still comes from the
+    whole training split.
     """
-    dataset = load_dataset(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir,
-                           spec.data.synthetic.params())
+    folder = dataset_folder(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir,
+                            spec.data.synthetic.params())
+    if spec.task.kind == "mlm":
+        return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn)
+    dataset = read_meds_dataset(folder)
     report = None
     if spec.task.kind == "next_visit":  # labels from the data: the last visit's codes
         labelled = next_visit_splits(dataset, SPLITS)
@@ -81,19 +101,36 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
                                       derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
         patients["train"] = labelled["train"].patients
     return PreparedData(vocab, {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]]
-                                for s in SPLITS}, labelled, dataset, report)
+                                for s in SPLITS}, dataset_identity(dataset), dataset_name(folder), dataset.splits,
+                        labelled, dataset, report)
+
+
+def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocabulary | None,
+                      remote: CacheRemote | None, warn: Callable[[str], None] | None) -> PreparedData:
+    start = time.perf_counter()
+    cache, how = token_cache(folder, cache_dir, spec.data.max_seq_len, spec.data.min_code_count, vocab,
+                             source=spec.data.path or spec.data.source, warn=warn, remote=remote)
+    manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
+    vocab, encoded = load_token_cache(cache, verify=False)
+    name = dataset_name(folder)
+    facts = {"key": manifest["key"], "how": how, "seconds": round(time.perf_counter() - start, 3),
+             "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
+    return PreparedData(vocab, encoded, f"{name} ({manifest['counts']['events']} events)", name,
+                        read_splits_mapping(folder), token_cache=facts)
+
+
+def describe_token_cache(facts: dict[str, object]) -> str:
+    """One log line: was the dataset tokenised again, or were the tokens reused?"""
+    how = {"reused": "reused (no re-tokenising)", "downloaded": "downloaded from storage (no re-tokenising)",
+           "built": "built and stored for later runs"}[str(facts["how"])]
+    return (f"token cache tokens-{facts['key']}: {how}; {facts['tokens']:,} tokens from {facts['events']:,} events "
+            f"in {facts['seconds']:.1f} s")
 
 
 def _training_vocabulary(spec: JobSpec, train: list[Patient]) -> Vocabulary:
-    """The training split's codes seen at least data.min_code_count times; none at all would leave models
-    nothing but [UNK] to learn (and MLM nothing to sample replacements from), so that is bad input."""
-    vocab = Vocabulary.build(train, min_count=spec.data.min_code_count)
-    if len(vocab) == vocab.num_special:
-        counts = Vocabulary.build(train).counts
-        raise InputError(f"data.min_code_count: no code occurs {spec.data.min_code_count:,} times in the 'train' "
-                         f"split of {spec.data.path or spec.data.source} ({len(counts):,} distinct codes, the most "
-                         f"frequent {max(counts.values(), default=0):,} times); lower it or use more data")
-    return vocab
+    """The training split's codes seen at least data.min_code_count times (InputError if none is)."""
+    return training_vocabulary(Counter(Vocabulary.build(train).counts), spec.data.min_code_count,
+                               spec.data.path or spec.data.source)
 
 
 def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,

@@ -34,7 +34,7 @@ from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import count_parameters
 from ehrseq.models.baselines import fit_baseline
 from ehrseq.reports.embeddings import EmbeddingReport, write_code_embeddings
-from ehrseq.reports.provenance import compute_facts, data_fingerprint, dataset_identity, dataset_name, git_commit
+from ehrseq.reports.provenance import compute_facts, git_commit
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.progress import ProgressReporter
@@ -53,7 +53,7 @@ from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
 from ehrseq_runner.job.metrics_log import MetricsLog
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
-from ehrseq_runner.job.prepare import PreparedData, make_trainer, prepare_data
+from ehrseq_runner.job.prepare import PreparedData, describe_token_cache, make_trainer, prepare_data
 from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, fetch_pretrained
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
@@ -61,6 +61,7 @@ from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_su
 from ehrseq_runner.storage.lease import Lease
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.sync import Syncer
+from ehrseq_runner.storage.token_caches import StoredTokenCaches
 from ehrseq_runner.storage.uri import open_storage
 
 EXIT_COMPLETED = 0
@@ -182,7 +183,8 @@ class Job:
         if pretrained:
             check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
         with self.console.status("preparing data"), distributed.rank_zero_first():
-            data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None)
+            data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None,
+                                remote=StoredTokenCaches(self.run_folder.storage), warn=self.warn)
         return pretrained, data
 
     def _train_and_report(self, pretrained: Pretrained | None, data: PreparedData) -> int:
@@ -193,6 +195,8 @@ class Job:
         vocab, encoded = data.vocab, data.encoded
         if data.label_report:
             console.print(escape(data.label_report.describe()), highlight=False)
+        if data.token_cache:
+            console.print(describe_token_cache(data.token_cache), highlight=False)
         vocab.save(work / "vocab.json")
         self.run_folder.put_file("vocab.json", work / "vocab.json")
         if spec.model.kind in BASELINES:
@@ -307,17 +311,19 @@ class Job:
         return {"order_probe": probe.to_dict()}
 
     def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:
-        spec, dataset = self.spec, dataset_identity(data.dataset)
+        spec, dataset = self.spec, data.identity
         facts: dict[str, Any] = {
             **compute_facts(time.time() - self.started, device, spec.runtime.price_per_hour),
             "versions": _versions(), "git_commit": git_commit(), "spec_fingerprint": spec.fingerprint(),
-            "data_fingerprint": data_fingerprint(dataset, data.dataset.splits, held_out.subject_ids),
-            "data": {"source": spec.data.source, "dataset": dataset, "dataset_name": dataset_name(data.dataset),
+            "data_fingerprint": data.fingerprint(held_out.subject_ids),
+            "data": {"source": spec.data.source, "dataset": dataset, "dataset_name": data.name,
                      "description": f"{spec.data.source} cohort" + (
                          f" ({spec.data.num_patients} patients, seed {spec.seed}, "
                          f"preset {spec.data.synthetic.preset})"
                          if spec.data.source == "synthetic" else f" from {spec.data.path}"),
                      "subjects": {s: len(data.encoded[s]) for s in SPLITS}, "vocab_size": len(data.vocab)}}
+        if data.token_cache:
+            facts["data"]["token_cache"] = data.token_cache
         if data.labelled:
             facts["labels"] = spec.task.labels_path or spec.task.label_task
             if data.label_report:

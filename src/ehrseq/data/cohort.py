@@ -17,12 +17,17 @@ SPLITS = ("train", "tuning", "held_out")
 
 def load_dataset(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path,
                  synthetic: SyntheticParams = PRESETS["default"]) -> MedsDataset:
-    """A MEDS dataset for the source. Synthetic cohorts (with the generator's `synthetic` parameters) and
-    conversions of Synthea output (fhir, synthea-csv) are written once as real MEDS datasets under `cache_dir`
-    and reused; `meds` is read in place."""
+    """The MEDS dataset of `dataset_folder`, read whole (the object path; the token cache streams it instead)."""
+    return read_meds_dataset(dataset_folder(source, path, num_patients, seed, cache_dir, synthetic))
+
+
+def dataset_folder(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path,
+                   synthetic: SyntheticParams = PRESETS["default"]) -> Path:
+    """The folder of the MEDS dataset for the source. Synthetic cohorts (with the generator's `synthetic`
+    parameters) and conversions of Synthea output (fhir, synthea-csv) are written once as real MEDS datasets
+    under `cache_dir` and reused; `meds` is used in place."""
     if source == "synthetic":
-        dest = synthetic_dataset(num_patients, seed, cache_dir, synthetic)
-        return read_meds_dataset(dest)
+        return synthetic_dataset(num_patients, seed, cache_dir, synthetic)
     if source in ("fhir", "synthea-csv"):
         from ehrseq.data.convert import convert, source_fingerprint  # converters load only when used
 
@@ -34,13 +39,13 @@ def load_dataset(source: str, path: str | None, num_patients: int, seed: int, ca
         dest = cache_dir / f"{source}-{source_fingerprint(path)}-seed{seed}"
         if not (dest / "metadata" / "dataset.json").is_file():
             convert(source, Path(path), dest, seed=seed)
-        return read_meds_dataset(dest)
+        return dest
     if source == "meds":
         if not path:
             raise InputError("data.path: required when data.source is 'meds' (the MEDS dataset folder)")
         if not Path(path).is_dir():
             raise InputError(f"data.path: {path!r} is not a folder")
-        return read_meds_dataset(Path(path))
+        return Path(path)
     raise InputError(f"data.source: {source!r} is not supported; use synthetic, meds, fhir or synthea-csv")
 
 

@@ -131,10 +131,10 @@ class MedsWriter:
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
         (self.tmp / meds.dataset_metadata_filepath).write_text(json.dumps(metadata, indent=2) + "\n")
-        _swap_into_place(self.tmp, self.dest)
+        swap_into_place(self.tmp, self.dest)
 
 
-def _swap_into_place(tmp: Path, dest: Path) -> None:
+def swap_into_place(tmp: Path, dest: Path) -> None:
     """Rename `tmp` to `dest`; an existing `dest` is moved aside first and deleted only afterwards."""
     if not dest.exists():
         tmp.rename(dest)

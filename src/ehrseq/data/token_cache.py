@@ -27,13 +27,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import meds
 import numpy as np
 import pyarrow as pa
 
-from ehrseq.data.meds_io import MedsDataset, _swap_into_place
+from ehrseq.data.meds_io import MedsDataset, swap_into_place
 from ehrseq.data.stream import (
     SPLITS,
     Histories,
@@ -48,7 +48,7 @@ from ehrseq.data.stream import (
     training_vocabulary,
 )
 from ehrseq.data.vocab import Vocabulary
-from ehrseq.errors import DataError, InputError
+from ehrseq.errors import DataError, InputError, one_line
 
 if TYPE_CHECKING:
     from ehrseq.data.token_arrays import TokenArrays
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 FORMAT = 1
 DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}  # token_arrays.DTYPES
 PATIENT_DTYPES = {"offsets": np.int64, "subject_ids": np.int64, "splits": np.int8}
+CACHE_FILES = (*(f"{name}.npy" for name in (*DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest.json aside
 _BLOCK = 1 << 24  # bytes per read or write while copying
 
 
@@ -301,7 +302,7 @@ def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 
     tmp.mkdir()
     try:
         manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key)
-        _swap_into_place(tmp, dest)
+        swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -344,19 +345,41 @@ def load_token_cache(folder: Path, verify: bool = True) -> tuple[Vocabulary, dic
     return vocab, out
 
 
-def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
-                source: str | None = None, warn: Callable[[str], None] | None = None) -> Path:
-    """The cache folder for these inputs under `cache_dir` (`tokens-<key>`), built unless an intact one is there.
+class CacheRemote(Protocol):
+    """Somewhere else caches are kept (the runs' storage): a fresh machine downloads a cache from it instead of
+    rebuilding, and a built one is published to it."""
 
-    A damaged one is rebuilt, after `warn(message)` when given."""
+    def fetch(self, name: str, dest: Path) -> bool: ...  # False if absent; NotATokenCache if damaged
+    def publish(self, name: str, folder: Path) -> None: ...
+
+
+def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
+                source: str | None = None, warn: Callable[[str], None] | None = None,
+                remote: CacheRemote | None = None) -> tuple[Path, str]:
+    """The cache folder for these inputs under `cache_dir` (`tokens-<key>`) and how it was had: "reused" (an
+    intact one was there), "downloaded" (from `remote`) or "built" (then published to `remote`).
+
+    A damaged local or remote one is rebuilt, after `warn(message)` when given; a remote that fails to publish
+    only warns (the tokens are here, training goes on)."""
+    say = warn or (lambda message: None)
     key = cache_key(dataset, max_len, min_count, vocab)
     folder = Path(cache_dir) / f"tokens-{key}"
     if folder.exists():
         try:
             read_manifest(folder)
-            return folder
+            return folder, "reused"
         except NotATokenCache as e:
-            if warn is not None:
-                warn(f"rebuilding the token cache: {e}")
+            say(f"rebuilding the token cache: {e}")
+    if remote is not None:
+        try:
+            if remote.fetch(folder.name, folder):
+                return folder, "downloaded"
+        except Exception as e:  # noqa: BLE001 - damaged (NotATokenCache) or unreachable: build it here instead
+            say(f"the stored token cache {folder.name} could not be used ({one_line(e)}); building it here")
     build_token_cache(dataset, folder, max_len, min_count, vocab, source, key)
-    return folder
+    if remote is not None:
+        try:
+            remote.publish(folder.name, folder)
+        except Exception as e:  # noqa: BLE001 - storage trouble of any kind must not stop the run
+            say(f"the token cache {folder.name} was not stored ({one_line(e)}); the next machine rebuilds it")
+    return folder, "built"

@@ -15,7 +15,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import meds
 import numpy as np
+import pyarrow.parquet as pq
 
 from ehrseq.data.meds_io import MedsDataset
 
@@ -34,16 +36,22 @@ def git_commit(repo: Path | None = None) -> str | None:
 
 def dataset_identity(dataset: MedsDataset) -> str:
     """The dataset's name (metadata/dataset.json) and event count: which data, without hashing every row."""
-    return f"{dataset_name(dataset)} ({dataset.data.num_rows} events)"
+    return f"{dataset_name(dataset.path)} ({dataset.data.num_rows} events)"
 
 
-def dataset_name(dataset: MedsDataset) -> str:
-    """`dataset_name` from metadata/dataset.json, or "unnamed"."""
+def dataset_name(path: Path | None) -> str:
+    """`dataset_name` from `path`/metadata/dataset.json, or "unnamed"."""
     name = "unnamed"
-    if dataset.path is not None:
+    if path is not None:
         with contextlib.suppress(OSError, ValueError):  # a dataset without metadata still has its events
-            name = json.loads((dataset.path / "metadata" / "dataset.json").read_text()).get("dataset_name", name)
+            name = json.loads((path / "metadata" / "dataset.json").read_text()).get("dataset_name", name)
     return name
+
+
+def read_splits_mapping(path: Path) -> dict[int, str]:
+    """Subject -> split of the dataset at `path`, as `MedsDataset.splits` holds it (for the data fingerprint)."""
+    table = pq.read_table(Path(path) / meds.subject_splits_filepath, columns=["subject_id", "split"])
+    return dict(zip(table.column("subject_id").to_pylist(), table.column("split").to_pylist(), strict=True))
 
 
 def data_fingerprint(identity: str, splits: Mapping[int, str], held_out_ids: Iterable[int]) -> str:

@@ -1,0 +1,54 @@
+"""Token caches kept in storage beside the runs, so a fresh pod downloads the tokens instead of re-encoding.
+
+Layout: `<storage.uri>/_token_caches/tokens-<key>/` holds the cache's files (ehrseq.data.token_cache) with
+`manifest.json` uploaded last, so a cache counts as stored only once everything it lists is there. Only the
+fixed file names of the format are fetched, never a name read from storage, and a download is verified
+against its manifest's checksums before it replaces anything.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from ehrseq.data.meds_io import swap_into_place
+from ehrseq.data.token_cache import CACHE_FILES, NotATokenCache, read_manifest
+from ehrseq_runner.storage.base import Storage
+from ehrseq_runner.storage.sync import retry_transient
+
+PREFIX = "_token_caches"
+MANIFEST = "manifest.json"
+BUDGET_S = 60.0  # of retries through a storage outage, per fetch or publish: then the tokens are built/kept here
+
+
+class StoredTokenCaches:
+    """The `CacheRemote` of ehrseq.data.token_cache over a run's storage."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def key(self, name: str, file: str) -> str:
+        return f"{PREFIX}/{name}/{file}"
+
+    def fetch(self, name: str, dest: Path) -> bool:
+        deadline = time.monotonic() + BUDGET_S
+        if not retry_transient(lambda: self.storage.exists(self.key(name, MANIFEST)), deadline):
+            return False
+        tmp = dest.parent / f".{dest.name}.download-{uuid.uuid4().hex}"
+        try:
+            for file in (*CACHE_FILES, MANIFEST):
+                retry_transient(lambda file=file: self.storage.get_file(self.key(name, file), tmp / file), deadline)
+            read_manifest(tmp)  # sizes and checksums
+            swap_into_place(tmp, dest)
+        except FileNotFoundError as e:
+            raise NotATokenCache(f"{self.storage.uri}/{PREFIX}/{name}: incomplete ({e})") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
+
+    def publish(self, name: str, folder: Path) -> None:
+        deadline = time.monotonic() + BUDGET_S
+        for file in (*CACHE_FILES, MANIFEST):  # the manifest last: the commit
+            retry_transient(lambda file=file: self.storage.put_file(self.key(name, file), folder / file), deadline)
