@@ -1,0 +1,114 @@
+"""MLM runs and the token cache: a second run reuses it, a fresh work dir downloads it from storage, a damaged
+one is rebuilt, and the figures are those of the patient-object path."""
+
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+import ehrseq.data.token_cache as tc
+from ehrseq.data.cohort import SPLITS, dataset_folder, patients_by_split
+from ehrseq.data.meds_io import read_meds_dataset
+from ehrseq.data.tokenize import encode_patient
+from ehrseq.data.vocab import Vocabulary
+from ehrseq.reports.provenance import data_fingerprint, dataset_identity
+from ehrseq_runner.job.prepare import prepare_data
+from ehrseq_runner.job.run import run_job
+from ehrseq_runner.spec.job_spec import load_spec
+from ehrseq_runner.storage.token_caches import PREFIX
+
+from conftest import SMALL_SPEC
+
+TINY = ["data.num_patients=300", "data.max_seq_len=48", "train.max_steps=12", "train.log_every=1",
+        "train.eval_every=6"]
+
+
+def spec_for(storage: str, work, name="r", *extra):
+    return load_spec(SMALL_SPEC, [*TINY, f"name={name}", f"storage.uri={storage}", f"runtime.work_dir={work}",
+                                  *extra])
+
+
+def run(spec) -> dict:
+    assert run_job(spec, Console(stderr=True, quiet=True)) == 0
+    return spec
+
+
+def summary(root, name) -> dict:
+    return json.loads((root / name / "summary.json").read_text())
+
+
+def losses(root, name) -> list[float]:
+    lines = (root / name / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+def no_builds(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the token cache was rebuilt")
+
+    monkeypatch.setattr(tc, "build_token_cache", refuse)
+
+
+def test_reused_then_downloaded_with_the_same_losses(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    run(spec_for(f"file://{runs}", tmp_path / "pod1", "a"))
+    first = summary(runs, "a")["data"]["token_cache"]
+    assert first["how"] == "built" and (runs / PREFIX / f"tokens-{first['key']}" / "manifest.json").is_file()
+
+    no_builds(monkeypatch)
+    run(spec_for(f"file://{runs}", tmp_path / "pod1", "b"))  # same machine: the local cache
+    run(spec_for(f"file://{runs}", tmp_path / "pod2", "c"))  # a fresh machine: from storage
+    assert [summary(runs, n)["data"]["token_cache"]["how"] for n in "bc"] == ["reused", "downloaded"]
+    assert {summary(runs, n)["data"]["token_cache"]["key"] for n in "abc"} == {first["key"]}
+    assert losses(runs, "a") == losses(runs, "b") == losses(runs, "c") and len(losses(runs, "a")) == 12
+    assert len({summary(runs, n)["data_fingerprint"] for n in "abc"}) == 1
+
+
+def test_a_damaged_stored_cache_is_rebuilt_with_a_warning_and_stored_again(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    run(spec_for(f"file://{runs}", tmp_path / "pod1", "a"))
+    (stored,) = (runs / PREFIX).iterdir()
+    codes = stored / "codes.npy"
+    raw = bytearray(codes.read_bytes())
+    raw[-1] ^= 0xFF
+    codes.write_bytes(bytes(raw))
+
+    spec = spec_for(f"file://{runs}", tmp_path / "pod2", "b")
+    assert run_job(spec, Console(stderr=True, width=400)) == 0
+    err = capsys.readouterr().err
+    assert "could not be used" in err and "checksum" in err
+    assert summary(runs, "b")["data"]["token_cache"]["how"] == "built"
+    tc.read_manifest(stored)  # stored again, intact
+    assert losses(runs, "a") == losses(runs, "b")
+
+
+def test_the_token_cache_path_gives_the_object_paths_tokens_and_fingerprint(tmp_path):
+    spec = spec_for(f"file://{tmp_path}/runs", tmp_path / "w")
+    data = prepare_data(spec, tmp_path / "datasets")
+    folder = dataset_folder("synthetic", None, 300, spec.seed, tmp_path / "datasets", spec.data.synthetic.params())
+    dataset = read_meds_dataset(folder)
+    patients = patients_by_split(dataset)
+    vocab = Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
+    assert data.vocab == vocab
+    for split in SPLITS:
+        expected = [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[split]]
+        assert [data.encoded[split][i] for i in range(len(expected))] == expected
+    held_out = data.encoded["held_out"].subject_ids
+    assert data.identity == dataset_identity(dataset)
+    assert data.fingerprint(held_out) == data_fingerprint(dataset_identity(dataset), dataset.splits,
+                                                          np.asarray(held_out))
+
+
+@pytest.mark.slow
+def test_a_fresh_pod_downloads_the_token_cache_from_s3(s3_env, tmp_path, monkeypatch):
+    storage = "s3://ehrseq-test/token-cache"
+    run(spec_for(storage, tmp_path / "pod1", "a"))
+    no_builds(monkeypatch)
+    run(spec_for(storage, tmp_path / "pod2", "b"))
+    from ehrseq_runner.storage.uri import open_storage
+
+    store = open_storage(storage)
+    facts = json.loads(store.get_bytes("b/summary.json"))["data"]["token_cache"]
+    assert facts["how"] == "downloaded"
+    assert any(k.startswith(f"{PREFIX}/tokens-{facts['key']}/") for k in store.list(PREFIX))
