@@ -168,13 +168,14 @@ def test_preempted_and_resumed_twice_is_one_mlflow_run_with_every_step_once(mlfl
     (first,) = client.search_runs([client.get_experiment_by_name("preempted").experiment_id])
     assert first.info.status == "KILLED" and status()["durable_step"] == 25
 
-    # a fresh pod; no timed checkpoint this time and the final one misses its grace time: steps 26..45
-    # were logged to MLflow and are replayed identically by the next resume
+    # a fresh pod; no timed checkpoint this time (only the new best at the step-40 evaluation, committed in
+    # the background) and the final one misses its grace time: steps after the durable one, up to 45, were
+    # logged to MLflow and are replayed identically by the next resume
     sigterm_at_call(monkeypatch, 20)  # step 45
     assert run(spec_for(tmp_path, "pod2", *tracked, "checkpoint.interval_seconds=3600",
                         "checkpoint.grace_seconds=0.000001")) == 75
     logged = [m.step for m in client.get_metric_history(first.info.run_id, "train/loss")]
-    assert status()["durable_step"] == 25 and max(logged) == 45, "the replay case: steps logged past the durable one"
+    assert status()["durable_step"] in (25, 40) and max(logged) == 45, "the replay case: steps logged past it"
     assert client.get_run(first.info.run_id).info.status == "KILLED"
 
     monkeypatch.undo()
