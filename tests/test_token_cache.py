@@ -128,9 +128,11 @@ EDGE_ROWS = [
     *[(8, None, f"S{i:02d}") for i in range(12)], *[(8, None, "SEX//F")] * 2, (8, T0, "A"), (8, T0, "B"),
     (9, T0, "A"), (9, datetime(1930, 5, 5), BIRTH), (9, T0 - timedelta(days=9000), "C"), (9, None, "S00"),
     (10, datetime(2000, 1, 1), "A"),
+    # 12: a split that is none of train / tuning / held_out: in no split, like 6
+    (12, T0, "B"),
 ]
 EDGE_SPLITS = {1: "train", 2: "train", 3: "train", 4: "tuning", 5: "train", 7: "train", 8: "train", 9: "held_out",
-               10: "held_out"}
+               10: "held_out", 12: "test"}
 
 
 @pytest.mark.parametrize("max_len", [4, 10, 64])
@@ -272,7 +274,12 @@ def test_splits_file_errors_match_read_meds_dataset(tmp_path):
     splits = ds / meds.subject_splits_filepath
     pq.write_table(pa.table({"subject_id": pa.array([9, 1, 4, 1, 9, 9], pa.int64()),
                              "split": ["train", "train", "tuning", "held_out", "train", "x"]}), splits)
-    for bad in ("duplicates", "missing"):
+    for bad in ("duplicates", "a null split", "a null subject", "missing"):
+        if bad == "a null split":
+            pq.write_table(pa.table({"subject_id": pa.array([1, 4], pa.int64()), "split": ["train", None]}), splits)
+        if bad == "a null subject":
+            pq.write_table(pa.table({"subject_id": pa.array([1, None], pa.int64()), "split": ["train", "train"]}),
+                           splits)
         if bad == "missing":
             splits.unlink()
         with pytest.raises(DataError) as want:

@@ -145,6 +145,8 @@ def read_splits(dataset: Path) -> SplitTable:
         at = 0
         for batch in file.iter_batches(1 << 18, columns=["subject_id", "split"]):  # a batch at a time: flat RSS
             split = batch.column("split")
+            if split.null_count or batch.column("subject_id").null_count:
+                raise pa.ArrowInvalid("null values")  # refused below, in read_meds_dataset's words
             if not pa.types.is_dictionary(split.type):
                 split = pc.dictionary_encode(split.cast(pa.string()))
             lut = np.array([SPLITS.index(s) if s in SPLITS else -1 for s in split.dictionary.to_pylist()] or [-1],
