@@ -258,6 +258,10 @@ def hf_step(
     _print("Training step: BEHRT vs HF BertForMaskedLM (median ms per step)", rows, out)
 
 
+OLD_PATH_MAX_PATIENTS = 200_000  # the object path holds every patient as Python objects: ~11 GB at 1M
+SHARD_PATIENTS = 20_000  # patients per synthetic MEDS shard
+
+
 @bench_app.command("data")
 def data_pipeline(
     num_patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 20000,
@@ -296,10 +300,6 @@ def data_pipeline(
     if out:
         out.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"wrote {out}")
-
-
-OLD_PATH_MAX_PATIENTS = 200_000  # the object path holds every patient as Python objects: ~11 GB at 1M
-SHARD_PATIENTS = 20_000  # patients per synthetic MEDS shard
 
 
 def write_synthetic_shards(dest: Path, num_patients: int, seed: int = 0, chunk: int = SHARD_PATIENTS,
