@@ -74,3 +74,15 @@ def test_whole_command_on_cpu(cli, tmp_path):
     assert figures["verify_resume"]["exact"]
     ddp = figures["ddp"]
     assert (ddp["processes"], ddp["backend"], ddp["exit_code"], ddp["state"]) == (1, "gloo", 0, "completed")
+
+
+def test_attention_length_and_collation_take_token_arrays_as_the_trainer_does():
+    from ehrseq.data.token_arrays import TokenArrays
+    from ehrseq.data.tokenize import EncodedPatient
+
+    patients = [EncodedPatient(i, [5] * n, [0] * n, [0] * n, list(range(n))) for i, n in enumerate((2, 4, 6, 8))]
+    arrays = TokenArrays.from_encoded(patients)
+    expected = ((8 + 6) * 8 + (4 + 2) * 4) / 20
+    assert gpu_check.attention_length(arrays, 2) == gpu_check.attention_length(patients, 2) == pytest.approx(expected)
+    assert gpu_check.collation_throughput(arrays, 2, pin=False, seconds=0.05) > 0
+    assert gpu_check.collation_throughput(patients, 2, pin=False, seconds=0.05) > 0

@@ -1,5 +1,6 @@
 """Mixed precision, gradient accumulation and the speed benchmarks (no timed assertions: the machine is noisy)."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -142,7 +143,37 @@ def test_bench_hf_returns_finite_ratios_on_a_tiny_shape():
     assert 0.05 < row["masked"] < 0.3 and row["precision"] == "fp32"
 
 
-def test_bench_data_counts_every_event():
-    rows = data_throughput(num_patients=60, repeats=1)
-    assert rows[-1]["stage"] == "whole pipeline" and len(rows) == 5
-    assert all(r["events"] > 0 and r["events_per_s"] > 0 for r in rows)
+def test_bench_data_reports_every_stage_consistently(cli, tmp_path):
+    out = tmp_path / "bench-data.json"
+    result = cli("bench", "data", "--num-patients", "300", "--repeats", "1", "--batch-size", "8", "--out", str(out),
+                 timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [row["stage"] for row in report["stages"]] == [
+        "write synthetic MEDS (untimed)", "MEDS -> token cache: build", "token cache: reuse (lookup hits)",
+        "batches: TokenArrays.collate (1 epoch)", "batches: collate_rows, old per-row (1 epoch)",
+        "old object path: MEDS -> encoded patients"]
+    build, reuse, new, old, objects = report["stages"][1:]
+    counts = report["counts"]
+    # the cache holds what the old object path makes of the same dataset, and both collations batch the same tokens
+    assert counts["events"] == counts["old_path"]["events"] > 0
+    assert counts["tokens"] == counts["old_path"]["tokens"] and counts["patients"] == counts["old_path"]["patients"]
+    assert counts["train_tokens_batched"] == counts["collate_rows_tokens"] > 0
+    assert counts["train_tokens_batched"] <= counts["tokens"]
+    assert report["raw"]["collation"]["identical"]
+    assert build["events_per_s"] == pytest.approx(counts["events"] / build["seconds"])
+    assert 0 < reuse["seconds"] < build["seconds"] and reuse["speedup"] == pytest.approx(build["seconds"]
+                                                                                         / reuse["seconds"])
+    assert new["tokens_per_s"] == pytest.approx(counts["train_tokens_batched"] / new["seconds"])
+    assert new["speedup"] == pytest.approx(old["seconds"] / new["seconds"])
+    assert 0 < build["peak_rss_mb"] <= report["raw"]["build"]["peak_rss_mb_all_runs"]
+    assert objects["peak_rss_mb"] > 0 and objects["events_per_s"] > 0
+    assert "TokenArrays.collate" in result.stdout and "token cache" in result.stdout  # the table
+
+
+def test_bench_data_skips_the_old_path_when_asked(tmp_path):
+    report = data_throughput(num_patients=120, batch_size=8, repeats=1, old_path=False, work=tmp_path)
+    assert report["stages"][-1]["stage"] == "old object path: skipped" and report["counts"]["old_path"] is None
+    again = data_throughput(num_patients=120, batch_size=8, repeats=1, old_path=False, work=tmp_path)
+    assert report["stages"][0]["seconds"] > 0 and again["stages"][0]["seconds"] == 0  # the dataset reused
+    assert again["counts"] == report["counts"]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,10 +31,10 @@ console = Console(stderr=True)
 PRESETS = ["small", "medium", "large"]
 
 
-def _print(title: str, rows: list[dict[str, Any]], out: Path | None) -> None:
-    table = Table(*rows[0].keys(), title=title)
+def _print(title: str, rows: list[dict[str, Any]], out: Path | None, caption: str | None = None) -> None:
+    table = Table(*rows[0].keys(), title=title, caption=caption)
     for row in rows:
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v) for v in row.values()))
     Console(width=max(120, Console().width)).print(table)
     if out:
         out.write_text(json.dumps(rows, indent=2))
@@ -257,59 +258,277 @@ def hf_step(
     _print("Training step: BEHRT vs HF BertForMaskedLM (median ms per step)", rows, out)
 
 
+OLD_PATH_MAX_PATIENTS = 200_000  # the object path holds every patient as Python objects: ~11 GB at 1M
+SHARD_PATIENTS = 20_000  # patients per synthetic MEDS shard
+
+
 @bench_app.command("data")
 def data_pipeline(
     num_patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 20000,
     max_seq_len: Annotated[int, typer.Option(help="Tokens per patient.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Patients per batch.")] = 32,
-    repeats: Annotated[int, typer.Option(help="Runs of the pipeline; each stage's median is reported.")] = 3,
-    out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
+    min_count: Annotated[int, typer.Option(help="Codes rarer than this in the train split become [UNK].")] = 5,
+    repeats: Annotated[int, typer.Option(help="Runs of each timed stage; medians are reported.")] = 3,
+    old_path: Annotated[bool | None, typer.Option(
+        "--old-path/--no-old-path", help="Also time the old object path (read_meds_dataset -> patients_by_split "
+        f"-> Vocabulary.build -> encode_patient; about 11 GB at 1M patients). Default: on up to "
+        f"{OLD_PATH_MAX_PATIENTS:,} patients, off above.")] = None,
+    work: Annotated[Path | None, typer.Option(help="Keep the synthetic MEDS dataset here and reuse it on the next "
+                                              "run (default: a temporary folder, removed).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
 ) -> None:
-    """Data pipeline throughput in MEDS events/s: synthetic cohort -> MEDS -> tokenised patients -> batches."""
-    rows = data_throughput(num_patients, max_seq_len, batch_size, repeats)
-    _print(f"Data pipeline ({num_patients} synthetic patients)", rows, out)
+    """What a run does with its data, stage by stage, beside the old object path.
+
+    Writes a synthetic MEDS dataset shard by shard (not timed in the throughput), builds the token cache from
+    it (events/s, pass 1 / pass 2 seconds, peak RSS of a fresh process), looks the cache up again (the
+    rerun's hit), and collates one epoch of batches from it with TokenArrays.collate and with the old per-row
+    collate_rows (tokens/s). Wall-clock medians on a possibly shared machine.
+    """
+    if old_path is None:
+        old_path = num_patients <= OLD_PATH_MAX_PATIENTS
+        if not old_path:
+            console.print(f"old object path off above {OLD_PATH_MAX_PATIENTS:,} patients (it needs about 11 GB "
+                          "at 1M); --old-path to time it anyway")
+    with console.status("bench data") as status:
+        report = data_throughput(num_patients, max_seq_len, batch_size, repeats, min_count=min_count,
+                                 old_path=old_path, work=work, progress=status.update)
+    _print(f"Data pipeline: {num_patients:,} synthetic patients, {report['counts']['events']:,} events, "
+           f"max_seq_len {max_seq_len}, batch {batch_size}, medians of {repeats}", report["stages"], None,
+           caption="speedup: build events/s over the old object path's; reuse: build s / reuse s; "
+           "TokenArrays.collate: collate_rows s / its s. Wall clock; load average "
+           + " ".join(f"{x:.1f}" for x in report["config"]["load_average"]))
+    if out:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {out}")
 
 
-def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int = 32,
-                    repeats: int = 3) -> list[dict[str, Any]]:
-    """Seconds per stage (median of `repeats` fresh runs) and events/s through it, plus the whole pipeline."""
-    from ehrseq.data.batching import EpochOrder, collate
-    from ehrseq.data.cohort import patients_by_split, synthetic_dataset
+def write_synthetic_shards(dest: Path, num_patients: int, seed: int = 0, chunk: int = SHARD_PATIENTS,
+                           progress: Callable[[str], None] | None = None) -> float:
+    """The seeded synthetic cohort as a MEDS dataset at `dest`, `chunk` patients per shard (never the whole
+    cohort in memory); seconds taken, 0 if `dest` already holds it. Data and splits only (no labels)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from ehrseq.data.meds_io import MedsWriter
+    from ehrseq.data.synthetic import assign_splits, generate_synthetic
+
+    if (dest / "metadata" / "dataset.json").is_file():
+        return 0.0
+    start = time.perf_counter()
+    seeds = np.random.SeedSequence(seed).spawn((num_patients + chunk - 1) // chunk)
+    with MedsWriter(dest, dest.name) as writer:
+        for i, s in enumerate(seeds):
+            if progress:
+                progress(f"writing synthetic MEDS shard {i + 1}/{len(seeds)}")
+            data = generate_synthetic(min(chunk, num_patients - i * chunk), int(s.generate_state(1)[0])).data
+            ids = pc.add(data.column("subject_id"), i * 10_000_000)  # each chunk numbers its subjects from 10,000
+            writer.write_shard(data.set_column(0, "subject_id", ids))
+        writer.finish(assign_splits(writer.all_subject_ids(), seed))
+    return time.perf_counter() - start
+
+
+def synthetic_shards(work: Path, num_patients: int, seed: int = 0, chunk: int = SHARD_PATIENTS,
+                     progress: Callable[[str], None] | None = None) -> tuple[Path, float]:
+    """(the folder under `work` named by these settings, seconds taken to write it: 0 when reused)."""
+    path = Path(work) / f"synthetic-n{num_patients}-seed{seed}-chunk{chunk}"
+    return path, write_synthetic_shards(path, num_patients, seed, chunk, progress)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_child(function: str, **kwargs: Any) -> dict[str, Any]:
+    """`function(**kwargs)` of this module in a fresh interpreter (so its peak RSS is its own); its JSON result."""
+    code = (f"import json; from ehrseq_runner.commands.bench import {function}; "
+            f"print(json.dumps({function}(**json.loads({json.dumps(kwargs)!r}))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if result.returncode:
+        raise RuntimeError(f"{function} failed in its subprocess: {result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: int = 1) -> dict[str, Any]:
+    """`repeats` token-cache builds as a run does them (`token_cache` into an empty folder: key + pass 1 + pass 2
+    + finish), each followed by a second `token_cache` call that hits; the last cache is kept in `work`.
+
+    peak_rss_mb: this process's high-water mark after the first build and hit (what a run, which builds once,
+    peaks at; torch is never imported); peak_rss_mb_all_runs: after every run (repeats raise it a little)."""
+    import shutil
+
+    from ehrseq.data.token_cache import read_manifest, token_cache
+
+    runs, folder, first_rss = [], None, 0.0
+    for r in range(repeats):
+        if folder is not None:
+            shutil.rmtree(folder.parent)
+        start = time.perf_counter()
+        folder = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count)
+        build = time.perf_counter() - start
+        start = time.perf_counter()
+        again = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count)
+        hit = time.perf_counter() - start
+        if again != folder:
+            raise RuntimeError(f"the second lookup did not hit: {again} is not {folder}")
+        manifest = read_manifest(folder, verify=False)
+        runs.append({"build_s": build, "hit_s": hit, **{f"{k}_s": v for k, v in manifest["seconds"].items()}})
+        if r == 0:
+            first_rss = peak_rss_mb()
+    return {"runs": runs, "counts": manifest["counts"], "folder": str(folder), "peak_rss_mb": first_rss,
+            "peak_rss_mb_all_runs": peak_rss_mb(), "cache_bytes": sum(f.stat().st_size for f in folder.iterdir())}
+
+
+def objects_child(dataset: str, max_len: int, min_count: int, repeats: int = 1) -> dict[str, Any]:
+    """`repeats` runs of the old object path: read_meds_dataset -> patients_by_split -> Vocabulary.build ->
+    encode_patient over every split, with this process's peak RSS."""
+    from ehrseq.data.cohort import patients_by_split
     from ehrseq.data.meds_io import read_meds_dataset
     from ehrseq.data.tokenize import encode_patient
     from ehrseq.data.vocab import Vocabulary
 
-    timings: dict[str, list[float]] = {}
+    runs = []
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            clock = time.perf_counter()
+        start = time.perf_counter()
+        data = read_meds_dataset(Path(dataset))
+        patients = patients_by_split(data)
+        read_s = time.perf_counter() - start
+        vocab = Vocabulary.build(patients["train"], min_count)
+        vocab_s = time.perf_counter() - start - read_s
+        encoded = {s: [encode_patient(p, vocab, max_len) for p in ps] for s, ps in patients.items()}
+        total = time.perf_counter() - start
+        runs.append({"total_s": total, "read_and_patients_s": read_s, "vocab_s": vocab_s,
+                     "encode_s": total - read_s - vocab_s})
+        counts = {"events": data.data.num_rows, "patients": sum(map(len, encoded.values())),
+                  "tokens": sum(len(e.codes) for es in encoded.values() for e in es), "codes": len(vocab)}
+        del data, patients, encoded
+    return {"runs": runs, "counts": counts, "peak_rss_mb": peak_rss_mb()}
 
-            def lap(stage: str) -> None:
-                nonlocal clock
-                now = time.perf_counter()
-                timings.setdefault(stage, []).append(now - clock)
-                clock = now
 
-            folder = synthetic_dataset(num_patients, 0, Path(tmp))
-            lap("synthetic cohort -> MEDS parquet")
-            dataset = read_meds_dataset(folder)
-            splits = patients_by_split(dataset)
-            lap("MEDS -> patients")
-            vocab = Vocabulary.build(splits["train"], min_count=5)
-            encoded = [encode_patient(p, vocab, max_seq_len) for patients in splits.values() for p in patients]
-            lap("patients -> vocabulary, tokens")
-            order = EpochOrder([len(p.codes) for p in encoded], batch_size, seed=0)
-            tokens = sum(collate([encoded[i] for i in order.batch_indices(0, b)]).num_tokens
-                         for b in range(len(order)))
-            lap("tokens -> padded batches (one epoch)")
-    events = dataset.data.num_rows
-    rows = [{"stage": stage, "seconds": statistics.median(s), "events_per_s": events / statistics.median(s)}
-            for stage, s in timings.items()]
-    total = sum(r["seconds"] for r in rows)
-    rows.append({"stage": "whole pipeline", "seconds": total, "events_per_s": events / total})
-    for row in rows:
-        row |= {"events": events, "tokens_batched": tokens}
-    return rows
+def epoch_collation(arrays: Any, batch_size: int, repeats: int,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """One epoch of EpochOrder batches from `arrays` (TokenArrays), `repeats` times per side, the sides alternated:
+    `TokenArrays.collate(indices)` (the trainer's path) and the old per-row `collate_rows` on EncodedPatient
+    objects (built per batch, outside its timer: the old trainer held them already). Seconds exclude nothing else;
+    tokens are real (unpadded) ones. `identical`: the first batches of both sides are equal, field by field."""
+    from dataclasses import fields
+
+    import torch
+
+    from ehrseq.data.batching import Batch, EpochOrder, collate_rows
+
+    order = EpochOrder(arrays.lengths, batch_size, seed=0)
+    batches = [order.batch_indices(0, b) for b in range(len(order))]
+    sides = {"token_arrays": (lambda idx: idx, arrays.collate),
+             "collate_rows": (lambda idx: [arrays[i] for i in idx], collate_rows)}
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    tokens: dict[str, int] = {}
+    for r in range(repeats):
+        for name in list(sides)[:: 1 if r % 2 == 0 else -1]:
+            prepare, collate_fn = sides[name]
+            took, count = 0.0, 0
+            for b, idx in enumerate(batches):
+                if progress and b % 500 == 0:
+                    progress(f"collating one epoch ({name}, run {r + 1}/{repeats}): batch {b:,}/{len(batches):,}")
+                rows = prepare(idx)
+                start = time.perf_counter()
+                count += collate_fn(rows).num_tokens
+                took += time.perf_counter() - start
+            seconds[name].append(took)
+            tokens[name] = count
+    identical = all(all(torch.equal(getattr(a, f.name), getattr(b, f.name)) for f in fields(Batch))
+                    for a, b in ((arrays.collate(idx), collate_rows([arrays[i] for i in idx])) for idx in batches[:20]))
+    return {"batches": len(batches), "tokens": tokens, "seconds": seconds, "identical": identical}
+
+
+def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int = 32, repeats: int = 3,
+                    min_count: int = 5, old_path: bool | None = None, work: Path | None = None,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every stage `ehrseq bench data` reports: {"config", "counts", "stages" (the table's rows), "raw"}.
+
+    The dataset is written (or reused from `work`) untimed; the token-cache builds and hits run in one fresh
+    subprocess (its peak RSS is the build's); collation runs here on the memory-mapped train split; the old
+    object path (default: up to OLD_PATH_MAX_PATIENTS patients) runs in its own subprocess."""
+    import shutil
+
+    from ehrseq.data.stream import data_shards
+    from ehrseq.data.token_cache import load_token_cache
+
+    say = progress or (lambda message: None)
+    old_path = num_patients <= OLD_PATH_MAX_PATIENTS if old_path is None else old_path
+    tmp = Path(tempfile.mkdtemp(prefix="ehrseq-bench-data-"))
+    try:
+        say(f"writing {num_patients:,} synthetic patients as MEDS")
+        dataset, write_s = synthetic_shards(work or tmp, num_patients, progress=say)
+        say(f"building the token cache ({repeats} runs, in a subprocess)")
+        built = run_child("build_child", dataset=str(dataset), work=str(tmp / "caches"), max_len=max_seq_len,
+                          min_count=min_count, repeats=repeats)
+        counts = built["counts"]
+        shards = len(data_shards(dataset))
+        import ehrseq.data.token_arrays  # noqa: F401  (torch: imported before the load is timed)
+
+        start = time.perf_counter()
+        _, splits = load_token_cache(Path(built["folder"]), verify=False)
+        load_s = time.perf_counter() - start
+        collation = epoch_collation(splits["train"], batch_size, repeats, say)
+        del splits
+        objects = None
+        if old_path:
+            say(f"old object path ({repeats} runs, in a subprocess)")
+            objects = run_child("objects_child", dataset=str(dataset), max_len=max_seq_len, min_count=min_count,
+                                repeats=repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def median(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    events = counts["events"]
+    build_s, hit_s = median(built["runs"], "build_s"), median(built["runs"], "hit_s")
+    old_s = median(objects["runs"], "total_s") if objects else None
+    new_c, old_c = (statistics.median(collation["seconds"][k]) for k in ("token_arrays", "collate_rows"))
+    tokens = collation["tokens"]["token_arrays"]
+
+    def row(stage: str, seconds: float | None, events_per_s: float | None = None, tokens_per_s: float | None = None,
+            speedup: float | None = None, peak_rss_mb: float | None = None, detail: str = "") -> dict[str, Any]:
+        return {"stage": stage, "seconds": seconds, "events_per_s": events_per_s, "tokens_per_s": tokens_per_s,
+                "speedup": speedup, "peak_rss_mb": peak_rss_mb, "detail": detail}
+
+    stages = [
+        row("write synthetic MEDS (untimed)", write_s,
+            detail=f"{shards} shards of up to {SHARD_PATIENTS:,} patients" + (", reused" if not write_s else "")),
+        row("MEDS -> token cache: build", build_s, events / build_s,
+            speedup=(events / build_s) / (objects["counts"]["events"] / old_s) if objects else None,
+            peak_rss_mb=built["peak_rss_mb"],
+            detail=f"pass 1 (vocab) {median(built['runs'], 'vocab_s'):.2f} s, pass 2 (tokenise) "
+            f"{median(built['runs'], 'tokenise_s'):.2f} s, finish {median(built['runs'], 'finish_s'):.2f} s; "
+            f"{counts['tokens']:,} tokens, {built['cache_bytes'] / 2**20:.0f} MB"),
+        row("token cache: reuse (lookup hits)", hit_s, speedup=build_s / hit_s,
+            detail=f"dataset re-hashed, cache verified; then load_token_cache(verify=False) {1000 * load_s:.0f} ms"),
+        row("batches: TokenArrays.collate (1 epoch)", new_c, tokens_per_s=tokens / new_c, speedup=old_c / new_c,
+            detail=f"train split, {collation['batches']:,} batches, {tokens:,} tokens"
+            + ("" if collation["identical"] else "; BATCHES DIFFER from collate_rows")),
+        row("batches: collate_rows, old per-row (1 epoch)", old_c,
+            tokens_per_s=collation["tokens"]["collate_rows"] / old_c,
+            detail="EncodedPatient objects built per batch, untimed"),
+        row("old object path: MEDS -> encoded patients", old_s, objects["counts"]["events"] / old_s,
+            peak_rss_mb=objects["peak_rss_mb"],
+            detail="read_meds_dataset, patients_by_split, Vocabulary.build, encode_patient")
+        if objects else
+        row("old object path: skipped", None,
+            detail=f"--old-path times it (off above {OLD_PATH_MAX_PATIENTS:,} patients: ~11 GB at 1M)"),
+    ]
+    return {"config": {"num_patients": num_patients, "max_seq_len": max_seq_len, "batch_size": batch_size,
+                       "min_count": min_count, "repeats": repeats, "old_path": old_path, "cpus": os.cpu_count(),
+                       "load_average": os.getloadavg()},
+            "counts": {**counts, "shards": shards, "train_tokens_batched": tokens,
+                       "collate_rows_tokens": collation["tokens"]["collate_rows"],
+                       "old_path": objects["counts"] if objects else None},
+            "stages": stages,
+            "raw": {"write_s": write_s, "build": built, "load_s": load_s, "collation": collation,
+                    "objects": objects}}
 
 
 @bench_app.command("gpu")

@@ -60,14 +60,19 @@ def peak_tflops(device_name: str, precision: str) -> float | None:
     return None
 
 
-def attention_length(patients: list[Any], batch_size: int) -> float:
-    """The padded length T a real token attends over, averaged over one epoch's batches weighted by their tokens."""
-    from ehrseq.data.batching import EpochOrder
+def attention_length(patients: Any, batch_size: int) -> float:
+    """The padded length T a real token attends over, averaged over one epoch's batches weighted by their tokens.
 
-    lengths = [len(p.codes) for p in patients]
+    `patients`: TokenArrays (what the trainer batches from) or a list of anything with `.codes`."""
+    import numpy as np
+
+    from ehrseq.data.batching import EpochOrder
+    from ehrseq.data.token_arrays import TokenArrays
+
+    lengths = patients.lengths if isinstance(patients, TokenArrays) else np.array([len(p.codes) for p in patients])
     order = EpochOrder(lengths, batch_size, seed=0)
-    batches = [[lengths[i] for i in order.batch_indices(0, b)] for b in range(len(order))]
-    return sum(sum(b) * max(b) for b in batches) / sum(sum(b) for b in batches)
+    batches = [lengths[order.batch_indices(0, b)] for b in range(len(order))]  # each (B,)
+    return float(sum(int(b.sum()) * int(b.max()) for b in batches) / sum(int(b.sum()) for b in batches))
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
@@ -105,7 +110,7 @@ def training_throughput(job: Any, data: Any, mode: Mode, device: torch.device, w
     trainer.config.max_steps, trainer.config.log_every = warmup_steps + steps, steps
     trainer.fit()  # one training record for the timed steps: the Trainer's own tokens/s (host-synced)
     timed = next(r for r in records if r["split"] == "train" and r["step"] == warmup_steps + steps)
-    attended = attention_length(data.encoded["train"], job.train.batch_size)
+    attended = attention_length(trainer.train_set, job.train.batch_size)  # the TokenArrays it batches from
     flops = flops_per_token(trainer.model, attended)
     peak = peak_tflops(torch.cuda.get_device_name(device), mode.precision) if device.type == "cuda" else None
     return {"mode": mode.name, "preset": job.model.size, "batch_size": job.train.batch_size,
@@ -130,14 +135,18 @@ class _Records:
         pass
 
 
-def collation_throughput(patients: list[Any], batch_size: int, pin: bool, seconds: float = 5.0) -> float:
-    """Real tokens/s the host turns into padded batches (pinned when feeding a GPU), as the training thread does."""
-    from ehrseq.data.batching import EpochOrder, collate
+def collation_throughput(patients: Any, batch_size: int, pin: bool, seconds: float = 5.0) -> float:
+    """Real tokens/s the host turns into padded batches (pinned when feeding a GPU), as the training thread does:
+    `TokenArrays.collate` of EpochOrder's batches. A list of EncodedPatient is flattened first, untimed, as the
+    Trainer does once."""
+    from ehrseq.data.batching import EpochOrder
+    from ehrseq.training.trainer import as_token_arrays
 
-    order = EpochOrder([len(p.codes) for p in patients], batch_size, seed=0)
+    arrays = as_token_arrays(patients)
+    order = EpochOrder(arrays.lengths, batch_size, seed=0)
     tokens, start, b = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
-        batch = collate([patients[i] for i in order.batch_indices(b // len(order), b % len(order))])
+        batch = arrays.collate(order.batch_indices(b // len(order), b % len(order)))
         if pin:
             batch = batch.pin_memory()
         tokens += batch.num_tokens
