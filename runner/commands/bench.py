@@ -366,13 +366,13 @@ def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: 
         if folder is not None:
             shutil.rmtree(folder.parent)
         start = time.perf_counter()
-        folder = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count)
+        folder, how = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count)
         build = time.perf_counter() - start
         start = time.perf_counter()
         again = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count)
         hit = time.perf_counter() - start
-        if again != folder:
-            raise RuntimeError(f"the second lookup did not hit: {again} is not {folder}")
+        if (how, again) != ("built", (folder, "reused")):
+            raise RuntimeError(f"the build was {how!r} and the second lookup {again}, not a hit on {folder}")
         manifest = read_manifest(folder, verify=False)
         runs.append({"build_s": build, "hit_s": hit, **{f"{k}_s": v for k, v in manifest["seconds"].items()}})
         if r == 0:
