@@ -30,7 +30,7 @@ from ehrseq.models import BEHRTConfig, BEHRTForMLM
 from ehrseq.models.lora import LoraSettings, apply_lora
 from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
 from ehrseq.models.prediction import BEHRTForPrediction
-from ehrseq.reports.provenance import data_fingerprint, dataset_identity, dataset_name, read_splits_mapping
+from ehrseq.reports.provenance import data_fingerprint, dataset_identity, dataset_name, identity_of, read_splits_mapping
 from ehrseq.seeding import LABEL_BUDGET, REPLICATE, derive_seed
 from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq.tasks.mlm import MLMTask
@@ -115,7 +115,7 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
     name = dataset_name(folder)
     facts = {"key": manifest["key"], "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
-    return PreparedData(vocab, encoded, f"{name} ({manifest['counts']['events']} events)", name,
+    return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
                         read_splits_mapping(folder), token_cache=facts)
 
 

@@ -36,7 +36,12 @@ def git_commit(repo: Path | None = None) -> str | None:
 
 def dataset_identity(dataset: MedsDataset) -> str:
     """The dataset's name (metadata/dataset.json) and event count: which data, without hashing every row."""
-    return f"{dataset_name(dataset.path)} ({dataset.data.num_rows} events)"
+    return identity_of(dataset_name(dataset.path), dataset.data.num_rows)
+
+
+def identity_of(name: str, num_events: int) -> str:
+    """The identity string from its parts (the token-cache path has the count, not the table)."""
+    return f"{name} ({num_events} events)"
 
 
 def dataset_name(path: Path | None) -> str:
