@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from ehrseq.data.budget import subsample
 from ehrseq.data.cohort import SPLITS, dataset_folder, patients_by_split
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
+from ehrseq.data.numeric import NumericBins, bin_table, fit_table
 from ehrseq.data.patients import Patient
 from ehrseq.data.stream import training_vocabulary
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, labelled_splits, next_visit_splits
@@ -26,6 +27,7 @@ from ehrseq.data.token_arrays import TokenArrays
 from ehrseq.data.token_cache import CacheRemote, load_token_cache, read_manifest, token_cache
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
 from ehrseq.data.vocab import Vocabulary
+from ehrseq.errors import InputError
 from ehrseq.models import BEHRTConfig, BEHRTForMLM
 from ehrseq.models.lora import LoraSettings, apply_lora
 from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
@@ -81,11 +83,18 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     k of them (every model kind gets the same k); the vocabulary, which uses no labels, still comes from the
     whole training split.
     """
+    if vocab is not None and vocab.numeric_bins != spec.data.numeric_bins:
+        raise InputError(f"data.numeric_bins: {spec.data.numeric_bins}, but the vocabulary of model.init_from was "
+                         f"built with {vocab.numeric_bins} (a fine-tuned model reads its pretraining's tokens): set "
+                         f"data.numeric_bins: {vocab.numeric_bins}")
     folder = dataset_folder(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir,
                             spec.data.synthetic.params())
     if spec.task.kind == "mlm":
         return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn)
     dataset = read_meds_dataset(folder)
+    bins = vocab.bins if vocab is not None else _fit_bins(dataset, spec.data.numeric_bins)
+    if bins:
+        dataset = replace(dataset, data=bin_table(dataset.data, bins))
     report = None
     if spec.task.kind == "next_visit":  # labels from the data: the last visit's codes
         labelled = next_visit_splits(dataset, SPLITS)
@@ -95,7 +104,7 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     else:
         labelled = None
     patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset)
-    vocab = vocab or _training_vocabulary(spec, patients["train"])
+    vocab = vocab or _training_vocabulary(spec, patients["train"], bins)
     if labelled and spec.train.label_budget is not None:
         labelled["train"] = subsample(labelled["train"], spec.train.label_budget,
                                       derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
@@ -109,7 +118,8 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
                       remote: CacheRemote | None, warn: Callable[[str], None] | None) -> PreparedData:
     start = time.perf_counter()
     cache, how = token_cache(folder, cache_dir, spec.data.max_seq_len, spec.data.min_code_count, vocab,
-                             source=spec.data.path or spec.data.source, warn=warn, remote=remote)
+                             source=spec.data.path or spec.data.source, warn=warn, remote=remote,
+                             numeric_bins=spec.data.numeric_bins)
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
     name = dataset_name(folder)
@@ -127,10 +137,18 @@ def describe_token_cache(facts: dict[str, object]) -> str:
             f"in {facts['seconds']:.1f} s")
 
 
-def _training_vocabulary(spec: JobSpec, train: list[Patient]) -> Vocabulary:
+def _fit_bins(dataset: MedsDataset, num_bins: int) -> NumericBins | None:
+    """Numeric value bins from the whole training split (as the vocabulary: no labels used); None when off."""
+    if not num_bins:
+        return None
+    train = np.array([s for s, split in dataset.splits.items() if split == "train"], np.int64)
+    return fit_table(dataset.data, train, num_bins)
+
+
+def _training_vocabulary(spec: JobSpec, train: list[Patient], bins: NumericBins | None) -> Vocabulary:
     """The training split's codes seen at least data.min_code_count times (InputError if none is)."""
     return training_vocabulary(Counter(Vocabulary.build(train).counts), spec.data.min_code_count,
-                               spec.data.path or spec.data.source)
+                               spec.data.path or spec.data.source, bins)
 
 
 def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,

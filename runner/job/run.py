@@ -324,6 +324,8 @@ class Job:
                      "subjects": {s: len(data.encoded[s]) for s in SPLITS}, "vocab_size": len(data.vocab)}}
         if data.token_cache:
             facts["data"]["token_cache"] = data.token_cache
+        if data.vocab.bins:
+            facts["data"]["numeric_bins"] = {"bins": data.vocab.numeric_bins, "codes": len(data.vocab.bins.edges)}
         if data.labelled:
             facts["labels"] = spec.task.labels_path or spec.task.label_task
             if data.label_report:

@@ -66,6 +66,15 @@ class DataSpec(Section):
     num_patients: int = Field(2000, ge=10, le=MAX_COUNT)  # synthetic only
     max_seq_len: int = Field(128, ge=8, le=4096)  # tokens per patient, most recent visits kept
     min_code_count: int = Field(5, ge=1, le=MAX_COUNT)  # rarer codes (in the train split) become [UNK]
+    # numeric values (labs) as tokens: N quantile bins per code, fitted on the train split (CODE//Q1..QN); 0: off
+    numeric_bins: int = Field(0, ge=0, le=100)
+
+    @field_validator("numeric_bins")
+    @classmethod
+    def _bins(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("one bin says nothing about a value: use 0 (off) or 2 or more (10: deciles)")
+        return value
 
 
 class ModelSpec(Section):

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
 from ehrseq.data.meds_io import _read_table
+from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
@@ -43,6 +44,12 @@ class Shard:
     has_time: np.ndarray  # (R,) bool
     code: np.ndarray  # (R,) int64 index into names
     names: list[str]  # distinct codes
+    value: np.ndarray | None = None  # (R,) float64 numeric_value, NaN where null (read when asked for)
+
+    def binned(self, bins: NumericBins) -> Shard:
+        """The shard with each valued event's code replaced by its value bin's token (ehrseq.data.numeric)."""
+        names, code = bins.apply(self.names, self.code, self.value)
+        return Shard(self.path, self.subject, self.time, self.has_time, code, names, self.value)
 
 
 def data_shards(dataset: Path) -> list[Path]:
@@ -53,14 +60,16 @@ def data_shards(dataset: Path) -> list[Path]:
     return files
 
 
-def read_shard(path: Path) -> Shard:
-    """Read subject_id, time and code of one shard, validating its whole schema as `meds_io._read_table` does.
+def read_shard(path: Path, values: bool = False) -> Shard:
+    """Read subject_id, time and code (and with `values`, numeric_value) of one shard, validating its whole
+    schema as `meds_io._read_table` does.
 
     The schema is checked on an empty table (no data read); codes come back dictionary-encoded from parquet,
     which is many times faster than decoding strings."""
     try:
         meds.DataSchema.align(pq.read_schema(path).empty_table())
-        table = pq.ParquetFile(path, read_dictionary=["code"]).read(columns=list(COLUMNS)).unify_dictionaries()
+        columns = [*COLUMNS, "numeric_value"] if values else list(COLUMNS)
+        table = pq.ParquetFile(path, read_dictionary=["code"]).read(columns=columns).unify_dictionaries()
     except (SchemaValidationError, TableValidationError) as e:
         raise DataError(f"{path}: {e}") from e
     except (pa.ArrowException, OSError) as e:  # a damaged footer raises a plain OSError
@@ -68,6 +77,7 @@ def read_shard(path: Path) -> Shard:
     try:
         subject = table.column("subject_id").cast(pa.int64())
         time = table.column("time").cast(pa.timestamp("us"))
+        value = numeric_values(table.column("numeric_value")) if values else None
     except pa.ArrowException:  # values that do not cast (the empty schema did): _read_table's own message
         _read_table(path, meds.DataSchema)
         raise
@@ -84,23 +94,29 @@ def read_shard(path: Path) -> Shard:
         first = {}
         remap = np.array([first.setdefault(n, len(first)) for n in names], np.int64)
         index, names = remap[index], list(first)
-    return Shard(path, subject.to_numpy(), pc.fill_null(time.cast(pa.int64()), _NULL_TIME).to_numpy(),
-                 pc.is_valid(time).to_numpy(zero_copy_only=False), index, names)
+    return Shard(path, subject.to_numpy(), null_time(time), pc.is_valid(time).to_numpy(zero_copy_only=False),
+                 index, names, value)
 
 
-def iter_shards(dataset: Path) -> Iterator[Shard]:
-    """Every shard in order, the next read in a thread while the caller works on this one.
+def null_time(time: pa.ChunkedArray) -> np.ndarray:
+    """Timestamps as int64 microseconds, _NULL_TIME where null."""
+    return pc.fill_null(time.cast(pa.timestamp("us")).cast(pa.int64()), _NULL_TIME).to_numpy()
+
+
+def iter_shards(dataset: Path, values: bool = False) -> Iterator[Shard]:
+    """Every shard in order (`read_shard(path, values)`), the next read in a thread while the caller works on
+    this one.
 
     Raises DataError if a subject appears in two shards (naming both) or, at the end, if no row has a time."""
     files = data_shards(dataset)
     seen: list[tuple[int, int, np.ndarray, Path]] = []  # each shard's subject range and distinct subjects
     rows = nulls = 0
     with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(read_shard, files[0])
+        ahead = pool.submit(read_shard, files[0], values)
         for i in range(len(files)):
             shard = ahead.result()
             if i + 1 < len(files):
-                ahead = pool.submit(read_shard, files[i + 1])
+                ahead = pool.submit(read_shard, files[i + 1], values)
             ids = shard.subject
             ids = ids[_starts(ids)] if np.all(ids[1:] >= ids[:-1]) else np.unique(ids)  # np.unique is slow
             if len(ids):
@@ -254,6 +270,16 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
                      np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
 
 
+def fit_bins(dataset: Path, splits: SplitTable, num_bins: int) -> NumericBins:
+    """Numeric value bins from the training split's values, a shard at a time (a pass of its own: the bins
+    must be known before codes are counted)."""
+    fitter = BinFitter(num_bins)
+    for shard in iter_shards(dataset, values=True):
+        train = splits.of(shard.subject) == 0
+        fitter.add(shard.names, shard.code[train], shard.value[train], shard.subject[train])
+    return fitter.result()
+
+
 def count_codes(h: Histories, counts: Counter) -> None:
     """Add the training patients' code counts to `counts`, as `Vocabulary.build` counts them: every visit code
     (after de-duplication) and each static code once per patient."""
@@ -266,10 +292,11 @@ def count_codes(h: Histories, counts: Counter) -> None:
         counts[h.names[i]] += int(n[i])
 
 
-def training_vocabulary(counts: Counter, min_count: int, source: str) -> Vocabulary:
-    """The training split's codes seen at least `min_count` times; none at all would leave models nothing but
-    [UNK] to learn (and MLM nothing to sample replacements from), so that is bad input (InputError)."""
-    vocab = Vocabulary({code: n for code, n in counts.items() if n >= min_count})
+def training_vocabulary(counts: Counter, min_count: int, source: str, bins: NumericBins | None = None) -> Vocabulary:
+    """The training split's codes seen at least `min_count` times (with the numeric `bins` they were counted
+    under); none at all would leave models nothing but [UNK] to learn (and MLM nothing to sample replacements
+    from), so that is bad input (InputError)."""
+    vocab = Vocabulary({code: n for code, n in counts.items() if n >= min_count}, bins)
     if len(vocab) == vocab.num_special:
         raise InputError(f"data.min_code_count: no code occurs {min_count:,} times in the 'train' split of {source} "
                          f"({len(counts):,} distinct codes, the most frequent {max(counts.values(), default=0):,} "

@@ -9,7 +9,8 @@ A cache folder (like nanoGPT's train.bin, one file per token feature):
 
 Patients are ordered by split, then subject_id, so a split is one contiguous range of every array. The key
 hashes everything the tokens depend on (every data shard's and the splits file's bytes, max_len, min_count,
-a given vocabulary, FORMAT). The build streams shards (ehrseq.data.stream): pass 1 counts the vocabulary,
+numeric_bins, a given vocabulary, FORMAT). The build streams shards (ehrseq.data.stream): with numeric_bins,
+pass 0 fits the value bins on the training split (ehrseq.data.numeric); pass 1 counts the vocabulary,
 pass 2 encodes each shard and appends it to per-split part files, which are then copied in order into the
 .npy files. Everything is written in a hidden sibling folder renamed into place at the end: a failure (a
 full disk included) leaves neither a cache nor the temporary folder; a folder with no manifest, or whose
@@ -34,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from ehrseq.data.meds_io import MedsDataset, swap_into_place
+from ehrseq.data.numeric import NumericBins
 from ehrseq.data.stream import (
     SPLITS,
     Histories,
@@ -42,6 +44,7 @@ from ehrseq.data.stream import (
     count_codes,
     data_shards,
     encode,
+    fit_bins,
     histories,
     iter_shards,
     read_splits,
@@ -84,11 +87,14 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
     return [[f.relative_to(dataset).as_posix(), f.stat().st_size, _sha256(f)] for f in files]
 
 
-def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None) -> str:
+def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None,
+              numeric_bins: int = 0) -> str:
     """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary."""
     given = None if vocab is None else hashlib.sha256(vocab.to_json().encode()).hexdigest()
     what = {"format": FORMAT, "dataset": dataset_fingerprint(dataset), "max_len": max_len, "min_count": min_count,
             "vocab": given}
+    if numeric_bins and vocab is None:  # (a given vocabulary brings its own bins; 0 keeps older keys valid)
+        what["numeric_bins"] = numeric_bins
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -232,19 +238,25 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int]) -> Non
             raise InputError(_empty_split(listed, SPLITS[s]))
 
 
-def _shard_histories(dataset: Path, splits: SplitTable, events: list[int]) -> Iterator[Histories]:
-    """Each shard's histories, adding its rows to events[0]."""
-    for shard in iter_shards(dataset):
+def _shard_histories(dataset: Path, splits: SplitTable, events: list[int],
+                     bins: NumericBins | None) -> Iterator[Histories]:
+    """Each shard's histories (valued codes binned with `bins`), adding its rows to events[0]."""
+    for shard in iter_shards(dataset, values=bins is not None):
         events[0] += len(shard.subject)
-        yield histories(shard, splits)
+        yield histories(shard.binned(bins) if bins else shard, splits)
 
 
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
-           key: str) -> dict[str, Any]:
+           key: str, numeric_bins: int) -> dict[str, Any]:
     seconds, given, events = {}, vocab is not None, [0]
     start = time.perf_counter()
     splits = read_splits(dataset)
-    each = _shard_histories(dataset, splits, events)
+    bins = vocab.bins if vocab is not None else None
+    if vocab is None and numeric_bins:  # pass 0
+        bins = fit_bins(dataset, splits, numeric_bins)
+        seconds["numeric_bins"] = time.perf_counter() - start
+        start = time.perf_counter()
+    each = _shard_histories(dataset, splits, events, bins)
     if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
         (tmp / "histories").mkdir()
         counts: Counter = Counter()
@@ -256,7 +268,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
             saved.append(tmp / "histories" / f"{len(saved)}.npz")
             h.save(saved[-1])
         _check_splits(dataset, splits, patients.tolist())
-        vocab = training_vocabulary(counts, min_count, source)
+        vocab = training_vocabulary(counts, min_count, source, bins)
         each = (Histories.load(path) for path in saved)
         seconds["vocab"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -279,7 +291,8 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     token_at = np.r_[0, np.cumsum(parts.tokens())].tolist()
     manifest = {
         "format": FORMAT, "key": key, "dataset": str(dataset),
-        "settings": {"max_len": max_len, "min_count": min_count, "vocab_given": given},
+        "settings": {"max_len": max_len, "min_count": min_count, "vocab_given": given,
+                     "numeric_bins": vocab.numeric_bins},
         "counts": {"events": events[0], "patients": patient_at[-1], "tokens": token_at[-1], "codes": len(vocab)},
         "splits": {name: {"patients": patient_at[s: s + 2], "tokens": token_at[s: s + 2]}
                    for s, name in enumerate(SPLITS)},
@@ -290,18 +303,20 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
 
 
 def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
-                      source: str | None = None, key: str | None = None) -> dict[str, Any]:
+                      source: str | None = None, key: str | None = None, numeric_bins: int = 0) -> dict[str, Any]:
     """Tokenise the MEDS dataset at `dataset` into a cache folder `dest` (replacing any old one); the manifest.
 
     Without `vocab`, the vocabulary is the training split's codes seen at least `min_count` times (InputError
-    naming `source`, default the dataset path, if none is). `key` defaults to `cache_key(...)`."""
+    naming `source`, default the dataset path, if none is), numeric values binned into `numeric_bins` value
+    bins per code when not 0 (fitted on the training split); a given `vocab` brings its own bins. `key`
+    defaults to `cache_key(...)`."""
     dataset, dest = Path(dataset), Path(dest)
-    key = key or cache_key(dataset, max_len, min_count, vocab)
+    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key)
+        manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins)
         swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -355,14 +370,14 @@ class CacheRemote(Protocol):
 
 def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                 source: str | None = None, warn: Callable[[str], None] | None = None,
-                remote: CacheRemote | None = None) -> tuple[Path, str]:
+                remote: CacheRemote | None = None, numeric_bins: int = 0) -> tuple[Path, str]:
     """The cache folder for these inputs under `cache_dir` (`tokens-<key>`) and how it was had: "reused" (an
     intact one was there), "downloaded" (from `remote`) or "built" (then published to `remote`).
 
     A damaged local or remote one is rebuilt, after `warn(message)` when given; a remote that fails to publish
     only warns (the tokens are here, training goes on)."""
     say = warn or (lambda message: None)
-    key = cache_key(dataset, max_len, min_count, vocab)
+    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins)
     folder = Path(cache_dir) / f"tokens-{key}"
     if folder.exists():
         try:
@@ -376,7 +391,7 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
                 return folder, "downloaded"
         except Exception as e:  # noqa: BLE001 - damaged (NotATokenCache) or unreachable: build it here instead
             say(f"the stored token cache {folder.name} could not be used ({one_line(e)}); building it here")
-    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key)
+    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins)
     if remote is not None:
         try:
             remote.publish(folder.name, folder)

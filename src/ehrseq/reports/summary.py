@@ -39,7 +39,9 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         ("Dataset", summary["data"].get("dataset", "-")),
         ("Subjects train / tuning / held-out", " / ".join(str(summary["data"]["subjects"][s])
                                                          for s in ("train", "tuning", "held_out"))),
-        ("Vocabulary", f"{summary['data']['vocab_size']:,} tokens"),
+        ("Vocabulary", f"{summary['data']['vocab_size']:,} tokens" + (
+            f" (numeric values as tokens: {bins['codes']:,} codes in up to {bins['bins']} quantile bins each)"
+            if (bins := summary["data"].get("numeric_bins")) else "")),
         ("Data fingerprint (dataset, splits, held-out subjects)", summary.get("data_fingerprint", "-")),
         ("Spec fingerprint", summary["spec_fingerprint"]),
         ("torch / CUDA", f"{summary['versions']['torch']} / {summary['versions'].get('cuda') or 'none'}"),
