@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +133,22 @@ def test_pyproject_lists_every_package():
                if path.name == "__init__.py"}
     assert not on_disk - listed, f"packages missing from pyproject.toml: {sorted(on_disk - listed)}"
     assert not listed - on_disk, f"listed in pyproject.toml, not packages: {sorted(listed - on_disk)}"
+
+
+@pytest.mark.slow
+def test_the_runner_imports_beside_pypis_runner_package(tmp_path):
+    """PyPI's `runner` (Runner 1.1) installed in the same environment, its folder also reachable as `runner` (what a
+    case-insensitive disk does): every module of ehrseq_runner imports, and the CLI validates a spec."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                    "Runner==1.1"], check=True, capture_output=True, timeout=300)
+    assert (site / "Runner" / "__init__.py").is_file()
+    (site / "runner").symlink_to(site / "Runner", target_is_directory=True)
+    names = sorted(modules("ehrseq_runner"))
+    check = ("import importlib, Runner, runner; [importlib.import_module(n) for n in " + repr(names) + "]; "
+             "from ehrseq_runner.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", check, "validate", str(ROOT / "jobs" / "behrt_small.yaml")],
+                            env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "behrt-small-mlm" in result.stdout
