@@ -27,7 +27,7 @@ def _patient(sid: int, *visits: tuple[str, ...]) -> Patient:
 def _split(*patients: Patient) -> LabelledSplit:
     n = len(patients)
     return LabelledSplit(list(patients), np.full(n, np.datetime64("2021-01-01", "us")), np.zeros(n, bool),
-                         np.full(n, np.nan))
+                         np.full(n, np.nan), np.arange(n))
 
 
 def _a_before_b(p: Patient) -> bool:

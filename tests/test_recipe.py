@@ -54,7 +54,7 @@ def test_label_budget_subsamples_training_only_per_replicate(tmp_path, cache):
                           .subject_ids)  # seeded
     share = full.labelled["train"].labels.mean()
     assert budget[0].labelled["train"].labels.sum() == round(40 * share)  # stratified by label
-    assert [p.subject_id for p in budget[0].encoded["train"]] == ids[0].tolist()
+    assert [p.subject_id for p in budget[0].encoded["train"]] == budget[0].labelled["train"].example_ids.tolist()
     for split in ("tuning", "held_out"):
         assert np.array_equal(budget[1].labelled[split].subject_ids, full.labelled[split].subject_ids)
     assert budget[1].vocab.itos == full.vocab.itos  # the vocabulary uses no labels: the whole training split

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -112,3 +113,29 @@ def test_baselines_learn_but_stay_below_the_oracle(tmp_path, model, task, metric
     low, _ = summary["metrics_ci"][metric]
     assert summary["metrics"][metric] > 0.62  # the planted risk factors are learnable
     assert low <= summary["oracle"][metric]  # no model credibly above the true risk
+
+
+@pytest.mark.parametrize("model", ["behrt", "med2vec"])
+def test_several_examples_per_subject_keep_their_own_labels(tmp_path, model):
+    """ACES emits several prediction times per subject: each is its own example, trained and scored with its own
+    label and time (not the subject's last row's), and the held-out predictions list each one."""
+    from ehrseq.data.cohort import synthetic_dataset
+
+    ds = synthetic_dataset(300, 0, tmp_path / "meds")
+    first = pq.read_table(ds / "labels" / "outcome_within_365d.parquet")
+    later = first.set_column(1, "prediction_time", pa.compute.add(first.column("prediction_time"),
+                                                                   pa.scalar(86_400_000_000, pa.duration("us"))))
+    later = later.set_column(2, "boolean_value", pa.compute.invert(first.column("boolean_value")))
+    pq.write_table(pa.concat_tables([first, later]), tmp_path / "two_each.parquet")
+    spec = make_spec(tmp_path, f"{model}-two-each", model, "binary")
+    spec.data.source, spec.data.path = "meds", str(ds)
+    spec.task.labels_path = str(tmp_path / "two_each.parquet")
+    run(spec)
+    table = pq.read_table(spec_dir(spec) / "predictions" / "held_out.parquet")
+    want = {(s, t): y for s, t, y in zip(*(pa.concat_tables([first, later]).column(c).to_pylist() for c in
+                                           ("subject_id", "prediction_time", "boolean_value")), strict=True)}
+    got = list(zip(*(table.column(c).to_pylist() for c in ("subject_id", "prediction_time", "boolean_value")),
+                   strict=True))
+    assert len(got) == 2 * len({s for s, _, _ in got})  # both examples of every held-out subject ...
+    assert len({(s, t) for s, t, _ in got}) == len(got)  # ... each at its own time
+    assert all(want[(s, t)] == y for s, t, y in got)  # with its own label

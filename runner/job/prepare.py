@@ -22,7 +22,13 @@ from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
 from ehrseq.data.numeric import NumericBins, bin_table, fit_table
 from ehrseq.data.patients import Patient
 from ehrseq.data.stream import training_vocabulary
-from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, labelled_splits, next_visit_splits
+from ehrseq.data.supervised import (
+    LabelledSplit,
+    NextVisitSplit,
+    encode_examples,
+    labelled_splits,
+    next_visit_splits,
+)
 from ehrseq.data.token_arrays import TokenArrays
 from ehrseq.data.token_cache import CacheRemote, load_token_cache, read_manifest, token_cache
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
@@ -109,9 +115,12 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
         labelled["train"] = subsample(labelled["train"], spec.train.label_budget,
                                       derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
         patients["train"] = labelled["train"].patients
-    return PreparedData(vocab, {s: [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[s]]
-                                for s in SPLITS}, dataset_identity(dataset), dataset_name(folder), dataset.splits,
-                        labelled, dataset, report)
+    max_len = spec.data.max_seq_len
+    examples = spec.task.kind in ("binary", "survival")  # several per subject: batches carry example ids
+    encoded = {s: encode_examples(labelled[s], vocab, max_len) if examples
+               else [encode_patient(p, vocab, max_len) for p in patients[s]] for s in SPLITS}
+    return PreparedData(vocab, encoded, dataset_identity(dataset), dataset_name(folder), dataset.splits, labelled,
+                        dataset, report)
 
 
 def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocabulary | None,

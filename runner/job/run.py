@@ -24,9 +24,8 @@ from rich.markup import escape
 from safetensors.torch import save_file
 
 from ehrseq.data.cohort import SPLITS
-from ehrseq.data.supervised import LabelledSplit, oracle_risks
+from ehrseq.data.supervised import LabelledSplit, encode_examples, oracle_risks
 from ehrseq.data.synthetic import code_clusters
-from ehrseq.data.tokenize import encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.evaluation.order_probe import logit, order_probe
@@ -256,7 +255,7 @@ class Job:
             "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **selection, **extra,
             **self._common_facts(data, held_out, str(device)),
             **self._order_probe(data, lambda s: _scores(trainer.evaluate(
-                [encode_patient(p, vocab, spec.data.max_seq_len) for p in s.patients], lambda: False))),
+                encode_examples(s, vocab, spec.data.max_seq_len), lambda: False))),
             **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
         }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
             summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "")

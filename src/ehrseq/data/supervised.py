@@ -28,6 +28,8 @@ from ehrseq.data.labels import (
 )
 from ehrseq.data.meds_io import MedsDataset
 from ehrseq.data.patients import Patient, patients_from_meds
+from ehrseq.data.tokenize import EncodedPatient, encode_patient
+from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError
 
 
@@ -37,6 +39,9 @@ class LabelledSplit:
     prediction_times: np.ndarray  # (S,) datetime64[us]
     labels: np.ndarray  # (S,) bool: the outcome (binary) or the event flag (survival)
     times: np.ndarray  # (S,) float days to event or censoring (survival); NaN for binary labels
+    # (S,) int64: each example's row in the label table, unique across the splits. A subject may have several
+    # examples (prediction times), so batches carry these, not subject ids, to find an example's label.
+    example_ids: np.ndarray
 
     @property
     def subject_ids(self) -> np.ndarray:
@@ -91,8 +96,15 @@ def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, .
         if not rows:
             raise InputError(f"task labels {where}: the {split!r} split has no labelled subjects with history "
                              f"({report.describe()})")
-        out[split] = LabelledSplit([histories[i] for i in rows], times[rows], flags[rows].astype(bool), days[rows])
+        out[split] = LabelledSplit([histories[i] for i in rows], times[rows], flags[rows].astype(bool), days[rows],
+                                   np.asarray(rows, np.int64))
     return out, report
+
+
+def encode_examples(split: LabelledSplit, vocab: Vocabulary, max_len: int) -> list[EncodedPatient]:
+    """Each example's cut history as model input, identified by its example id (not its subject id)."""
+    return [replace(encode_patient(p, vocab, max_len), subject_id=int(e))
+            for p, e in zip(split.patients, split.example_ids, strict=True)]
 
 
 def oracle_risks(dataset: MedsDataset, task: str, subject_ids: np.ndarray,

@@ -83,7 +83,8 @@ def order_probe(split: LabelledSplit, score: Scorer, order_effect: float, order_
     if not rows:
         raise ValueError("the order probe needs held-out patients holding both A and B at different visits")
     a_first, b_first = (score(LabelledSplit([pairs[i][which] for i in rows], split.prediction_times[rows],
-                                            split.labels[rows], split.times[rows])) for which in (0, 1))
+                                            split.labels[rows], split.times[rows], split.example_ids[rows]))
+                          for which in (0, 1))
     shift = np.asarray(a_first, dtype=float) - np.asarray(b_first, dtype=float)
     gaps = np.array([abs(np.subtract(*onsets(split.patients[i]))) for i in rows])
     true_shift = order_effect * (gaps <= order_window)

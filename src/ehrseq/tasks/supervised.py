@@ -1,7 +1,8 @@
 """Supervised fine-tuning of BEHRT: binary outcomes (BCE) and survival (Cox partial likelihood).
 
-Batches carry subject ids; labels are looked up from the labelled splits, so the Trainer (and with it
-checkpoints and resume) stays the same as for MLM pretraining.
+Batches carry example ids (LabelledSplit.example_ids: a subject may have several prediction times) in the place
+of subject ids; labels are looked up from the labelled splits, so the Trainer (and with it checkpoints and
+resume) stays the same as for MLM pretraining. Predictions name the subjects again.
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ class SupervisedTask:
         if kind not in ("binary", "survival"):
             raise ValueError(f"unknown supervised task kind {kind!r}")
         self.name, self.kind, self.horizon = kind, kind, horizon
-        self.rows: dict[int, tuple[np.datetime64, bool, float]] = {}
+        self.rows: dict[int, tuple[int, np.datetime64, bool, float]] = {}  # example id -> subject, time, label, days
         for split in splits:
-            for sid, t, y, d in zip(split.subject_ids.tolist(), split.prediction_times, split.labels, split.times,
-                                    strict=True):
-                self.rows[sid] = (t, bool(y), float(d))
+            for row in zip(split.example_ids.tolist(), split.subject_ids.tolist(), split.prediction_times,
+                           split.labels, split.times, strict=True):
+                self.rows[row[0]] = (row[1], row[2], bool(row[3]), float(row[4]))
 
     def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.rows[s] for s in batch.subject_ids.tolist()]
-        return (torch.tensor([r[1] for r in rows], dtype=torch.bool),
-                torch.tensor([r[2] for r in rows], dtype=torch.float32))
+        rows = [self.rows[e] for e in batch.subject_ids.tolist()]  # (example ids)
+        return (torch.tensor([r[2] for r in rows], dtype=torch.bool),
+                torch.tensor([r[3] for r in rows], dtype=torch.float32))
 
     def training_loss(self, model: BEHRTForPrediction, batch: Batch, generator: torch.Generator,
                       device: torch.device) -> torch.Tensor:
@@ -55,14 +56,15 @@ class SupervisedTask:
                                 lambda b: model(b.codes, b.ages, b.segments, b.positions, b.attention_mask))
         return None if scored is None else self.predictions(scored[0], scored[1].astype(float))
 
-    def predictions(self, subject_ids: np.ndarray, logits: np.ndarray) -> BinaryPredictions | SurvivalPredictions:
+    def predictions(self, example_ids: np.ndarray, logits: np.ndarray) -> BinaryPredictions | SurvivalPredictions:
         """Binary: probability = sigmoid(logit). Survival: the logit is the risk (log relative hazard)."""
-        rows = [self.rows[int(s)] for s in subject_ids]
-        times = np.array([r[0] for r in rows], dtype="datetime64[us]")
-        labels = np.array([r[1] for r in rows], dtype=bool)
+        rows = [self.rows[int(e)] for e in example_ids]
+        subject_ids = np.array([r[0] for r in rows], dtype=np.int64)
+        times = np.array([r[1] for r in rows], dtype="datetime64[us]")
+        labels = np.array([r[2] for r in rows], dtype=bool)
         if self.kind == "binary":
             return BinaryPredictions(subject_ids, times, labels, 1.0 / (1.0 + np.exp(-logits)))
-        return SurvivalPredictions(subject_ids, times, np.array([r[2] for r in rows]), labels, logits, self.horizon)
+        return SurvivalPredictions(subject_ids, times, np.array([r[3] for r in rows]), labels, logits, self.horizon)
 
 
 @torch.no_grad()
