@@ -268,6 +268,8 @@ def data_pipeline(
     max_seq_len: Annotated[int, typer.Option(help="Tokens per patient.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Patients per batch.")] = 32,
     min_count: Annotated[int, typer.Option(help="Codes rarer than this in the train split become [UNK].")] = 5,
+    numeric_bins: Annotated[int, typer.Option(help="data.numeric_bins: labs as value-bin tokens (adds pass 0, the "
+                                              "bins' fit; the old object path is timed without).")] = 0,
     repeats: Annotated[int, typer.Option(help="Runs of each timed stage; medians are reported.")] = 3,
     old_path: Annotated[bool | None, typer.Option(
         "--old-path/--no-old-path", help="Also time the old object path (read_meds_dataset -> patients_by_split "
@@ -291,7 +293,7 @@ def data_pipeline(
                           "at 1M); --old-path to time it anyway")
     with console.status("bench data") as status:
         report = data_throughput(num_patients, max_seq_len, batch_size, repeats, min_count=min_count,
-                                 old_path=old_path, work=work, progress=status.update)
+                                 old_path=old_path, work=work, progress=status.update, numeric_bins=numeric_bins)
     _print(f"Data pipeline: {num_patients:,} synthetic patients, {report['counts']['events']:,} events, "
            f"max_seq_len {max_seq_len}, batch {batch_size}, medians of {repeats}", report["stages"], None,
            caption="speedup: build events/s over the old object path's; reuse: build s / reuse s; "
@@ -351,7 +353,8 @@ def run_child(function: str, **kwargs: Any) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: int = 1) -> dict[str, Any]:
+def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: int = 1,
+                numeric_bins: int = 0) -> dict[str, Any]:
     """`repeats` token-cache builds as a run does them (`token_cache` into an empty folder: key + pass 1 + pass 2
     + finish), each followed by a second `token_cache` call that hits; the last cache is kept in `work`.
 
@@ -366,10 +369,11 @@ def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: 
         if folder is not None:
             shutil.rmtree(folder.parent)
         start = time.perf_counter()
-        folder, how = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count)
+        folder, how = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count,
+                                  numeric_bins=numeric_bins)
         build = time.perf_counter() - start
         start = time.perf_counter()
-        again = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count)
+        again = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count, numeric_bins=numeric_bins)
         hit = time.perf_counter() - start
         if (how, again) != ("built", (folder, "reused")):
             raise RuntimeError(f"the build was {how!r} and the second lookup {again}, not a hit on {folder}")
@@ -445,7 +449,7 @@ def epoch_collation(arrays: Any, batch_size: int, repeats: int,
 
 def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int = 32, repeats: int = 3,
                     min_count: int = 5, old_path: bool | None = None, work: Path | None = None,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[str], None] | None = None, numeric_bins: int = 0) -> dict[str, Any]:
     """Every stage `ehrseq bench data` reports: {"config", "counts", "stages" (the table's rows), "raw"}.
 
     The dataset is written (or reused from `work`) untimed; the token-cache builds and hits run in one fresh
@@ -464,7 +468,7 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
         dataset, write_s = synthetic_shards(work or tmp, num_patients, progress=say)
         say(f"building the token cache ({repeats} runs, in a subprocess)")
         built = run_child("build_child", dataset=str(dataset), work=str(tmp / "caches"), max_len=max_seq_len,
-                          min_count=min_count, repeats=repeats)
+                          min_count=min_count, repeats=repeats, numeric_bins=numeric_bins)
         counts = built["counts"]
         shards = len(data_shards(dataset))
         import ehrseq.data.token_arrays  # noqa: F401  (torch: imported before the load is timed)
@@ -502,7 +506,8 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
         row("MEDS -> token cache: build", build_s, events / build_s,
             speedup=(events / build_s) / (objects["counts"]["events"] / old_s) if objects else None,
             peak_rss_mb=built["peak_rss_mb"],
-            detail=f"pass 1 (vocab) {median(built['runs'], 'vocab_s'):.2f} s, pass 2 (tokenise) "
+            detail=(f"pass 0 (numeric bins) {median(built['runs'], 'numeric_bins_s'):.2f} s, " if numeric_bins else "")
+            + f"pass 1 (vocab) {median(built['runs'], 'vocab_s'):.2f} s, pass 2 (tokenise) "
             f"{median(built['runs'], 'tokenise_s'):.2f} s, finish {median(built['runs'], 'finish_s'):.2f} s; "
             f"{counts['tokens']:,} tokens, {built['cache_bytes'] / 2**20:.0f} MB"),
         row("token cache: reuse (lookup hits)", hit_s, speedup=build_s / hit_s,
@@ -515,13 +520,15 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
             detail="EncodedPatient objects built per batch, untimed"),
         row("old object path: MEDS -> encoded patients", old_s, objects["counts"]["events"] / old_s,
             peak_rss_mb=objects["peak_rss_mb"],
-            detail="read_meds_dataset, patients_by_split, Vocabulary.build, encode_patient")
+            detail="read_meds_dataset, patients_by_split, Vocabulary.build, encode_patient"
+            + (" (no numeric bins)" if numeric_bins else ""))
         if objects else
         row("old object path: skipped", None,
             detail=f"--old-path times it (off above {OLD_PATH_MAX_PATIENTS:,} patients: ~11 GB at 1M)"),
     ]
     return {"config": {"num_patients": num_patients, "max_seq_len": max_seq_len, "batch_size": batch_size,
-                       "min_count": min_count, "repeats": repeats, "old_path": old_path, "cpus": os.cpu_count(),
+                       "min_count": min_count, "numeric_bins": numeric_bins, "repeats": repeats,
+                       "old_path": old_path, "cpus": os.cpu_count(),
                        "load_average": os.getloadavg()},
             "counts": {**counts, "shards": shards, "train_tokens_batched": tokens,
                        "collate_rows_tokens": collation["tokens"]["collate_rows"],
