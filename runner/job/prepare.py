@@ -70,7 +70,7 @@ class PreparedData:
     splits: dict[int, str]  # every subject of the splits file -> its split (the data fingerprint hashes them)
     # supervised tasks: labels (next_visit: the last visit's codes), histories cut before them
     labelled: dict[str, LabelledSplit] | dict[str, NextVisitSplit] | None = None
-    dataset: MedsDataset | None = None  # the events as one table (not on the token-cache path)
+    folder: Path | None = None  # the MEDS dataset's folder (labels/ and oracle/ live there)
     label_report: LabelReport | None = None  # binary/survival: what happened to each label row
     token_cache: dict[str, object] | None = None  # mlm: {"key", "how": reused|downloaded|built, "seconds"}
 
@@ -120,7 +120,7 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     encoded = {s: encode_examples(labelled[s], vocab, max_len) if examples
                else [encode_patient(p, vocab, max_len) for p in patients[s]] for s in SPLITS}
     return PreparedData(vocab, encoded, dataset_identity(dataset), dataset_name(folder), dataset.splits, labelled,
-                        dataset, report)
+                        folder, report)
 
 
 def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocabulary | None,
@@ -135,7 +135,7 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
     facts = {"key": manifest["key"], "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
     return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
-                        read_splits_mapping(folder), token_cache=facts)
+                        read_splits_mapping(folder), folder=folder, token_cache=facts)
 
 
 def describe_token_cache(facts: dict[str, object]) -> str:

@@ -334,7 +334,7 @@ class Job:
             oracles = () if spec.task.labels_path else (("oracle", "true_risk"),
                                                         ("oracle_order_blind", "true_risk_order_blind"))
             for name, column in oracles:
-                risks = oracle_risks(data.dataset, spec.task.label_task, held_out.subject_ids, column)
+                risks = oracle_risks(data.folder, spec.task.label_task, held_out.subject_ids, column)
                 if risks is not None:
                     oracle = (replace(held_out, probabilities=risks) if spec.task.kind == "binary"
                               else replace(held_out, risks=risks))

@@ -1,9 +1,9 @@
 """Token caches kept in storage beside the runs, so a fresh pod downloads the tokens instead of re-encoding.
 
-Layout: `<storage.uri>/_token_caches/tokens-<key>/` holds the cache's files (ehrseq.data.token_cache) with
-`manifest.json` uploaded last, so a cache counts as stored only once everything it lists is there. Only the
-fixed file names of the format are fetched, never a name read from storage, and a download is verified
-against its manifest's checksums before it replaces anything.
+Layout: `<storage.uri>/_token_caches/tokens-<key>/` (or `examples-<key>/`, a supervised task's examples) holds
+the cache's files (ehrseq.data.token_cache) with `manifest.json` uploaded last, so a cache counts as stored only
+once everything it lists is there. Only the fixed file names of the format are fetched, never a name read from
+storage, and a download is verified against its manifest's checksums before it replaces anything.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from ehrseq.data.meds_io import swap_into_place
-from ehrseq.data.token_cache import CACHE_FILES, NotATokenCache, read_manifest
+from ehrseq.data.token_cache import NotATokenCache, cache_files, read_manifest
 from ehrseq_runner.storage.base import Storage
 from ehrseq_runner.storage.sync import retry_transient
 
@@ -38,7 +38,7 @@ class StoredTokenCaches:
             return False
         tmp = dest.parent / f".{dest.name}.download-{uuid.uuid4().hex}"
         try:
-            for file in (*CACHE_FILES, MANIFEST):
+            for file in (*cache_files(name), MANIFEST):
                 retry_transient(lambda file=file: self.storage.get_file(self.key(name, file), tmp / file), deadline)
             read_manifest(tmp)  # sizes and checksums
             swap_into_place(tmp, dest)
@@ -50,5 +50,5 @@ class StoredTokenCaches:
 
     def publish(self, name: str, folder: Path) -> None:
         deadline = time.monotonic() + BUDGET_S
-        for file in (*CACHE_FILES, MANIFEST):  # the manifest last: the commit
+        for file in (*cache_files(name), MANIFEST):  # the manifest last: the commit
             retry_transient(lambda file=file: self.storage.put_file(self.key(name, file), folder / file), deadline)

@@ -47,7 +47,6 @@ def subsample(split: Split, k: int, seed: int) -> Split:
     classes = split.labels if isinstance(split, LabelledSplit) else np.zeros(len(split), dtype=bool)
     rows = budget_rows(classes, k, seed)
     if isinstance(split, LabelledSplit):
-        return LabelledSplit([split.patients[i] for i in rows], split.prediction_times[rows], split.labels[rows],
-                             split.times[rows], split.example_ids[rows])
+        return split.take(rows)
     return NextVisitSplit([split.patients[i] for i in rows], split.prediction_times[rows],
                           [split.next_codes[i] for i in rows])

@@ -35,36 +35,50 @@ from ehrseq.errors import DataError, InputError
 
 @dataclass
 class LabelledSplit:
-    patients: list[Patient]  # histories cut before each prediction time, row-aligned with the arrays
+    # histories cut before each prediction time, row-aligned with the arrays; None where they live only as
+    # tokens (the token cache's examples, ehrseq.data.token_cache)
+    patients: list[Patient] | None
     prediction_times: np.ndarray  # (S,) datetime64[us]
     labels: np.ndarray  # (S,) bool: the outcome (binary) or the event flag (survival)
     times: np.ndarray  # (S,) float days to event or censoring (survival); NaN for binary labels
     # (S,) int64: each example's row in the label table, unique across the splits. A subject may have several
     # examples (prediction times), so batches carry these, not subject ids, to find an example's label.
     example_ids: np.ndarray
+    subject_ids: np.ndarray | None = None  # (S,) int64; taken from `patients` when not given
 
-    @property
-    def subject_ids(self) -> np.ndarray:
-        return np.array([p.subject_id for p in self.patients], dtype=np.int64)
+    def __post_init__(self) -> None:
+        if self.subject_ids is None:
+            self.subject_ids = np.array([p.subject_id for p in self.patients], dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.patients)
+        return len(self.subject_ids)
+
+    def take(self, rows: np.ndarray) -> LabelledSplit:
+        """The examples at `rows`, in that order."""
+        return LabelledSplit(None if self.patients is None else [self.patients[i] for i in rows],
+                             self.prediction_times[rows], self.labels[rows], self.times[rows], self.example_ids[rows],
+                             self.subject_ids[rows])
 
 
-def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, ...], kind: str = "binary",
-                    labels_path: str | Path | None = None) -> tuple[dict[str, LabelledSplit], LabelReport]:
-    """Each split's examples with their cut histories, and the report of the label rows dropped on the way.
-
-    Labels come from `labels_path` (a file or folder anywhere; `task` names the task inside a folder, None when
-    the folder is the task's) or else from the dataset's `labels/<task>.parquet`.
-    """
+def task_label_files(dataset: Path | None, task: str | None, labels_path: str | Path | None) -> list[Path]:
+    """The parquet files of the task's labels: under `labels_path` (a file or folder anywhere; `task` names the
+    task inside a folder, None when the folder is the task's), or else the dataset's `labels/<task>.parquet`."""
     if labels_path is not None:
-        labels, where = read_label_files(label_files(labels_path, task), kind), str(labels_path)
-    elif dataset.path is None or task is None:
+        return label_files(labels_path, task)
+    if dataset is None or task is None:
         raise InputError("supervised tasks need labels: task.labels_path, or a dataset folder holding "
                          "labels/<task>.parquet")
+    return [Path(dataset) / label_path(task)]
+
+
+def read_task_labels(dataset: Path | None, task: str | None, kind: str = "binary",
+                     labels_path: str | Path | None = None) -> tuple[pa.Table, LabelReport]:
+    """The task's label rows, checked, exact duplicates dropped (row i is example id i), and the report so far."""
+    if labels_path is not None:
+        labels, where = read_label_files(task_label_files(dataset, task, labels_path), kind), str(labels_path)
     else:
-        labels, where = read_labels(dataset.path, task), str(Path(dataset.path) / label_path(task))
+        where = str(task_label_files(dataset, task, None)[0])
+        labels = read_labels(dataset, task)
         require_columns(labels, kind, where)
     report = LabelReport(where, labels.num_rows)
     labels, report.duplicates = drop_duplicates(labels, where)
@@ -72,6 +86,29 @@ def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, .
     if kind != "binary" and len(np.unique(ids)) != len(ids):
         raise DataError(f"{where}: {len(ids) - len(np.unique(ids))} subjects have several prediction times; "
                         f"a {kind} task takes one per subject (binary tasks take several)")
+    return labels, report
+
+
+def label_arrays(labels: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label row: prediction time (datetime64[us]), boolean_value, float_value (NaN where absent)."""
+    times = labels.column("prediction_time").cast(pa.timestamp("us")).to_numpy()
+    flags = labels.column("boolean_value").to_numpy(zero_copy_only=False).astype(bool)
+    days = (labels.column("float_value").to_numpy(zero_copy_only=False).astype(float)
+            if "float_value" in labels.column_names else np.full(labels.num_rows, np.nan))
+    return times, flags, days
+
+
+def no_examples(split: str, report: LabelReport) -> InputError:
+    return InputError(f"task labels {report.source}: the {split!r} split has no labelled subjects with history "
+                      f"({report.describe()})")
+
+
+def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, ...], kind: str = "binary",
+                    labels_path: str | Path | None = None) -> tuple[dict[str, LabelledSplit], LabelReport]:
+    """Each split's examples with their cut histories, and the report of the label rows dropped on the way
+    (labels as `read_task_labels` finds them)."""
+    labels, report = read_task_labels(dataset.path, task, kind, labels_path)
+    ids = labels.column("subject_id").to_numpy()
     histories = {p.subject_id: replace(p, subject_id=int(ids[p.subject_id]))
                  for p in patients_from_meds(events_before_each(dataset.data, labels))}
     in_data = set(dataset.data.column("subject_id").unique().to_pylist())
@@ -86,17 +123,13 @@ def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, .
         else:
             usable[i] = True
     report.examples, report.subjects = int(usable.sum()), len(np.unique(ids[usable]))
-    times = labels.column("prediction_time").cast(pa.timestamp("us")).to_numpy()
-    flags = labels.column("boolean_value").to_numpy(zero_copy_only=False)
-    days = (labels.column("float_value").to_numpy(zero_copy_only=False).astype(float)
-            if "float_value" in labels.column_names else np.full(len(ids), np.nan))
+    times, flags, days = label_arrays(labels)
     out: dict[str, LabelledSplit] = {}
     for split in splits:
         rows = [i for i, s in enumerate(ids.tolist()) if usable[i] and dataset.splits.get(s) == split]
         if not rows:
-            raise InputError(f"task labels {where}: the {split!r} split has no labelled subjects with history "
-                             f"({report.describe()})")
-        out[split] = LabelledSplit([histories[i] for i in rows], times[rows], flags[rows].astype(bool), days[rows],
+            raise no_examples(split, report)
+        out[split] = LabelledSplit([histories[i] for i in rows], times[rows], flags[rows], days[rows],
                                    np.asarray(rows, np.int64))
     return out, report
 
@@ -107,13 +140,10 @@ def encode_examples(split: LabelledSplit, vocab: Vocabulary, max_len: int) -> li
             for p, e in zip(split.patients, split.example_ids, strict=True)]
 
 
-def oracle_risks(dataset: MedsDataset, task: str, subject_ids: np.ndarray,
-                 column: str = "true_risk") -> np.ndarray | None:
-    """The true risk of each subject (same order), or None when the dataset has no oracle (real data) or the
-    oracle lacks `column` (`true_risk_order_blind`: the risk without the planted order term)."""
-    if dataset.path is None:
-        return None
-    oracle = read_oracle(dataset.path, task)
+def oracle_risks(dataset: Path, task: str, subject_ids: np.ndarray, column: str = "true_risk") -> np.ndarray | None:
+    """The true risk of each subject (same order), or None when the dataset folder has no oracle (real data) or
+    the oracle lacks `column` (`true_risk_order_blind`: the risk without the planted order term)."""
+    oracle = read_oracle(dataset, task)
     if oracle is None or column not in oracle.column_names:
         return None
     risk = dict(zip(oracle.column("subject_id").to_pylist(), oracle.column(column).to_pylist(), strict=True))

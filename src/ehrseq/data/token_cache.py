@@ -27,13 +27,17 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import meds
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from ehrseq.data.examples import ExampleLabels
+from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, swap_into_place
 from ehrseq.data.numeric import NumericBins
 from ehrseq.data.stream import (
@@ -50,6 +54,7 @@ from ehrseq.data.stream import (
     read_splits,
     training_vocabulary,
 )
+from ehrseq.data.supervised import LabelledSplit, label_arrays, no_examples
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
 
@@ -60,7 +65,28 @@ FORMAT = 1
 DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}  # token_arrays.DTYPES
 PATIENT_DTYPES = {"offsets": np.int64, "subject_ids": np.int64, "splits": np.int8}
 CACHE_FILES = (*(f"{name}.npy" for name in (*DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest.json aside
+LABELS_FILE = "labels.parquet"  # examples caches: the label rows, row = example id
+LABEL_COLUMNS = ("subject_id", "prediction_time", "boolean_value", "float_value")
 _BLOCK = 1 << 24  # bytes per read or write while copying
+
+
+def cache_files(name: str) -> tuple[str, ...]:
+    """The fixed file names of the cache folder `name` (tokens-<key> or examples-<key>), manifest.json aside."""
+    return (*CACHE_FILES, LABELS_FILE) if name.startswith("examples-") else CACHE_FILES
+
+
+@dataclass
+class LabelledTask:
+    """Supervised examples to tokenise instead of whole patients: a binary or survival task's label rows as
+    `read_task_labels` gives them (row i is example i) and the files they came from (part of the key)."""
+
+    kind: str
+    labels: pa.Table
+    report: LabelReport  # rows read and duplicates dropped; the cache adds what the data showed
+    files: list[Path]
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": [[f.name, f.stat().st_size, _sha256(f)] for f in self.files]}
 
 
 class NotATokenCache(Exception):
@@ -88,13 +114,15 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
 
 
 def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None,
-              numeric_bins: int = 0) -> str:
-    """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary."""
+              numeric_bins: int = 0, task: LabelledTask | None = None) -> str:
+    """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary and task."""
     given = None if vocab is None else hashlib.sha256(vocab.to_json().encode()).hexdigest()
     what = {"format": FORMAT, "dataset": dataset_fingerprint(dataset), "max_len": max_len, "min_count": min_count,
             "vocab": given}
     if numeric_bins and vocab is None:  # (a given vocabulary brings its own bins; 0 keeps older keys valid)
         what["numeric_bins"] = numeric_bins
+    if task:
+        what["task"] = task.identity()
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -227,9 +255,12 @@ def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
     return {f"{name}.npy": writer.close() for name, writer in out.items()}
 
 
-def _check_splits(dataset: Path, splits: SplitTable, patients: list[int]) -> None:
-    """An empty split is bad input, with `patients_by_split`'s message."""
+def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: LabelledTask | None = None,
+                  examples: ExampleLabels | None = None) -> None:
+    """An empty split is bad input, with `patients_by_split`'s message (`labelled_splits`' for examples)."""
     for s, n in enumerate(patients):
+        if not n and task is not None:
+            raise no_examples(SPLITS[s], examples.report(task.report))
         if not n:
             names = [SPLITS[i] if i >= 0 else "" for i in splits.split.tolist()]
             listed = MedsDataset(pa.table({}), dict(zip(splits.ids.tolist(), names, strict=True)), Path(dataset))
@@ -238,25 +269,28 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int]) -> Non
             raise InputError(_empty_split(listed, SPLITS[s]))
 
 
-def _shard_histories(dataset: Path, splits: SplitTable, events: list[int],
-                     bins: NumericBins | None) -> Iterator[Histories]:
-    """Each shard's histories (valued codes binned with `bins`), adding its rows to events[0]."""
+def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins: NumericBins | None,
+                     examples: ExampleLabels | None) -> Iterator[Histories]:
+    """Each shard's histories (valued codes binned with `bins`; with `examples`, one per label row, cut at its
+    prediction time), adding its rows to events[0]."""
     for shard in iter_shards(dataset, values=bins is not None):
         events[0] += len(shard.subject)
-        yield histories(shard.binned(bins) if bins else shard, splits)
+        shard = shard.binned(bins) if bins else shard
+        yield histories(*examples.cut(shard)) if examples else histories(shard, splits)
 
 
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
-           key: str, numeric_bins: int) -> dict[str, Any]:
+           key: str, numeric_bins: int, task: LabelledTask | None) -> dict[str, Any]:
     seconds, given, events = {}, vocab is not None, [0]
     start = time.perf_counter()
     splits = read_splits(dataset)
+    examples = ExampleLabels.of(task.labels, splits) if task else None
     bins = vocab.bins if vocab is not None else None
     if vocab is None and numeric_bins:  # pass 0
         bins = fit_bins(dataset, splits, numeric_bins)
         seconds["numeric_bins"] = time.perf_counter() - start
         start = time.perf_counter()
-    each = _shard_histories(dataset, splits, events, bins)
+    each = _shard_histories(dataset, splits, events, bins, examples)
     if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
         (tmp / "histories").mkdir()
         counts: Counter = Counter()
@@ -267,7 +301,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
             patients += np.bincount(h.split, minlength=len(SPLITS))
             saved.append(tmp / "histories" / f"{len(saved)}.npz")
             h.save(saved[-1])
-        _check_splits(dataset, splits, patients.tolist())
+        _check_splits(dataset, splits, patients.tolist(), task, examples)
         vocab = training_vocabulary(counts, min_count, source, bins)
         each = (Histories.load(path) for path in saved)
         seconds["vocab"] = time.perf_counter() - start
@@ -279,13 +313,17 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     finally:
         parts.close()
     shutil.rmtree(tmp / "histories", ignore_errors=True)
-    _check_splits(dataset, splits, parts.patients())
+    _check_splits(dataset, splits, parts.patients(), task, examples)
     seconds["tokenise"] = time.perf_counter() - start
     start = time.perf_counter()
     files = _finish(parts, tmp)
     shutil.rmtree(parts.folder)
     (tmp / "vocab.json").write_text(vocab.to_json())
     files["vocab.json"] = {"size": (tmp / "vocab.json").stat().st_size, "sha256": _sha256(tmp / "vocab.json")}
+    if task:  # each example's label, by example id
+        pq.write_table(task.labels.select([c for c in LABEL_COLUMNS if c in task.labels.column_names]),
+                       tmp / LABELS_FILE)
+        files[LABELS_FILE] = {"size": (tmp / LABELS_FILE).stat().st_size, "sha256": _sha256(tmp / LABELS_FILE)}
     seconds["finish"] = time.perf_counter() - start
     patient_at = np.r_[0, np.cumsum(parts.patients())].tolist()
     token_at = np.r_[0, np.cumsum(parts.tokens())].tolist()
@@ -298,25 +336,30 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
                    for s, name in enumerate(SPLITS)},
         "files": files, "seconds": seconds,
     }
+    if task:
+        manifest["examples"] = {"kind": task.kind, "report": examples.report(task.report).to_dict()}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
-                      source: str | None = None, key: str | None = None, numeric_bins: int = 0) -> dict[str, Any]:
+                      source: str | None = None, key: str | None = None, numeric_bins: int = 0,
+                      task: LabelledTask | None = None) -> dict[str, Any]:
     """Tokenise the MEDS dataset at `dataset` into a cache folder `dest` (replacing any old one); the manifest.
 
     Without `vocab`, the vocabulary is the training split's codes seen at least `min_count` times (InputError
     naming `source`, default the dataset path, if none is), numeric values binned into `numeric_bins` value
-    bins per code when not 0 (fitted on the training split); a given `vocab` brings its own bins. `key`
-    defaults to `cache_key(...)`."""
+    bins per code when not 0 (fitted on the training split); a given `vocab` brings its own bins. With `task`,
+    the patients are its examples (ehrseq.data.examples: one per label row, cut before its prediction time; the
+    vocabulary counts the training examples' codes, as the object path does). `key` defaults to
+    `cache_key(...)`."""
     dataset, dest = Path(dataset), Path(dest)
-    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins)
+    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins)
+        manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins, task)
         swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -360,6 +403,19 @@ def load_token_cache(folder: Path, verify: bool = True) -> tuple[Vocabulary, dic
     return vocab, out
 
 
+def load_examples(folder: Path, arrays: dict[str, TokenArrays]) -> tuple[dict[str, LabelledSplit], LabelReport]:
+    """An examples cache's labels for each split of `load_token_cache(folder)` (whose subject_ids are example
+    ids), and the label report it was built with."""
+    labels = pq.read_table(Path(folder) / LABELS_FILE)
+    times, flags, days = label_arrays(labels)
+    subjects = labels.column("subject_id").to_numpy()
+    out = {}
+    for split, tokens in arrays.items():
+        e = np.asarray(tokens.subject_ids, np.int64)
+        out[split] = LabelledSplit(None, times[e], flags[e], days[e], e, subjects[e])
+    return out, LabelReport(**read_manifest(folder, verify=False)["examples"]["report"])
+
+
 class CacheRemote(Protocol):
     """Somewhere else caches are kept (the runs' storage): a fresh machine downloads a cache from it instead of
     rebuilding, and a built one is published to it."""
@@ -370,15 +426,16 @@ class CacheRemote(Protocol):
 
 def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                 source: str | None = None, warn: Callable[[str], None] | None = None,
-                remote: CacheRemote | None = None, numeric_bins: int = 0) -> tuple[Path, str]:
+                remote: CacheRemote | None = None, numeric_bins: int = 0,
+                task: LabelledTask | None = None) -> tuple[Path, str]:
     """The cache folder for these inputs under `cache_dir` (`tokens-<key>`) and how it was had: "reused" (an
     intact one was there), "downloaded" (from `remote`) or "built" (then published to `remote`).
 
     A damaged local or remote one is rebuilt, after `warn(message)` when given; a remote that fails to publish
     only warns (the tokens are here, training goes on)."""
     say = warn or (lambda message: None)
-    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins)
-    folder = Path(cache_dir) / f"tokens-{key}"
+    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task)
+    folder = Path(cache_dir) / f"{'examples' if task else 'tokens'}-{key}"
     if folder.exists():
         try:
             read_manifest(folder)
@@ -391,7 +448,7 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
                 return folder, "downloaded"
         except Exception as e:  # noqa: BLE001 - damaged (NotATokenCache) or unreachable: build it here instead
             say(f"the stored token cache {folder.name} could not be used ({one_line(e)}); building it here")
-    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins)
+    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task)
     if remote is not None:
         try:
             remote.publish(folder.name, folder)
