@@ -11,7 +11,6 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file, save_file
 
-from ehrseq.data.batching import collate
 from ehrseq.errors import InputError
 from ehrseq.models import BEHRTConfig
 from ehrseq.models.lora import LoraSettings, apply_lora, merge_lora
@@ -67,7 +66,7 @@ def lora_trainer(root: Path, settings: dict):
 
 def logits(model, patients):
     model.eval()
-    b = collate(patients)
+    b = patients.collate(range(len(patients)))
     with torch.no_grad():
         return model(b.codes, b.ages, b.segments, b.positions, b.attention_mask)
 
@@ -80,7 +79,7 @@ def test_adapters_get_gradients_and_train_while_the_base_stays_bit_identical(pre
     assert trainable and all("lora_" in n or ".head." in n for n in trainable)
     # one backward: every adapter matrix gets a gradient (B starts at zero, so A's first gradient is zero: check B)
     task: SupervisedTask = trainer.task
-    loss = task.training_loss(model, collate(data.encoded["train"][:16]), torch.Generator(), torch.device("cpu"))
+    loss = task.training_loss(model, data.encoded["train"].collate(range(16)), torch.Generator(), torch.device("cpu"))
     loss.backward()
     lora_b = [n for n in trainable if "lora_B" in n]
     assert len(lora_b) == 3 * BEHRTConfig.small(vocab_size=1).num_layers  # 3 targets in every layer
@@ -102,7 +101,7 @@ def test_adapters_get_gradients_and_train_while_the_base_stays_bit_identical(pre
         assert torch.equal(dict(model.named_parameters())[peft_key], value), key
 
     # the adapters reloaded onto a fresh base give exactly the same outputs
-    patients = data.encoded["held_out"][:20]
+    patients = data.encoded["held_out"].select(slice(0, 20))
     trained_out = logits(model, patients)
     fresh, _, _ = lora_trainer(pretrained_root, {"rank": 4, "targets": ["query", "value", "up"]})
     assert not torch.equal(logits(fresh.model, patients), trained_out)
@@ -144,7 +143,7 @@ def test_lora_run_keeps_only_what_trained_and_exports_merged_weights(pretrained_
     plain.load_state_dict(load_file(tmp_path / "merged" / "model.safetensors"))  # strict: a plain model loads them
     trainer, data, _ = lora_trainer(pretrained_root, {"rank": 4})
     load_trainable_state_dict(trainer.model, adapter)
-    patients = data.encoded["held_out"][:20]
+    patients = data.encoded["held_out"].select(slice(0, 20))
     assert torch.allclose(logits(plain, patients), logits(trainer.model, patients), atol=1e-5)
     assert export_run(run_folder, tmp_path / "adapter", merge=False)[0] == "adapter.safetensors"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ehrseq.data.budget import subsample
+from ehrseq.data.budget import subsample, subsample_rows
 from ehrseq.data.cohort import SPLITS, dataset_folder, patients_by_split
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
@@ -28,9 +28,18 @@ from ehrseq.data.supervised import (
     encode_examples,
     labelled_splits,
     next_visit_splits,
+    read_task_labels,
+    task_label_files,
 )
 from ehrseq.data.token_arrays import TokenArrays
-from ehrseq.data.token_cache import CacheRemote, load_token_cache, read_manifest, token_cache
+from ehrseq.data.token_cache import (
+    CacheRemote,
+    LabelledTask,
+    load_examples,
+    load_token_cache,
+    read_manifest,
+    token_cache,
+)
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
@@ -51,6 +60,8 @@ from ehrseq_runner.spec.job_spec import SUPERVISED, JobSpec
 
 # the tuning metric that picks the best evaluation (early stopping, the kept checkpoint, and for supervised
 # tasks the weights held-out is scored with), and whether higher is better
+EXAMPLE_TASKS = ("binary", "survival")  # one example per label row: batches carry example ids
+SEQUENCE_MODELS = ("behrt", "med2vec")  # models that read tokens (the count baselines read whole histories)
 MONITOR = {"mlm": ("mlm_loss", False), "med2vec": ("med2vec_loss", False), "binary": ("auroc", True),
            "survival": ("c_index", True), "next_visit": ("bce", False)}
 
@@ -82,12 +93,13 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
                  warn: Callable[[str], None] | None = None) -> PreparedData:
     """The dataset, the vocabulary (training split only, unless given) and every split tokenised.
 
-    MLM pretraining, where data scale matters, streams the dataset into a token cache under `cache_dir` (reused
-    by every later run on the same data and settings, and kept in `remote` so a fresh machine downloads it);
-    the other tasks build patient objects. Supervised tasks keep only labelled subjects, with histories cut
-    strictly before the prediction time. With `train.label_budget` k, the training split is a seeded, stratified
-    k of them (every model kind gets the same k); the vocabulary, which uses no labels, still comes from the
-    whole training split.
+    MLM pretraining, and the binary and survival tasks of the sequence models (BEHRT, Med2Vec), stream the
+    dataset into a token cache under `cache_dir` (reused by every later run on the same data, labels and
+    settings: every fine-tune, label budget, replicate and ladder rung; kept in `remote` so a fresh machine
+    downloads it); the count baselines, next_visit and Med2Vec pretraining build patient objects. Supervised
+    tasks keep only labelled subjects, with histories cut strictly before the prediction time. With
+    `train.label_budget` k, the training split is a seeded, stratified k of them (every model kind gets the same
+    k); the vocabulary, which uses no labels, still comes from the whole training split.
     """
     if vocab is not None and vocab.numeric_bins != spec.data.numeric_bins:
         raise InputError(f"data.numeric_bins: {spec.data.numeric_bins}, but the vocabulary of model.init_from was "
@@ -95,7 +107,7 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
                          f"data.numeric_bins: {vocab.numeric_bins}")
     folder = dataset_folder(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir,
                             spec.data.synthetic.params())
-    if spec.task.kind == "mlm":
+    if spec.task.kind == "mlm" or (spec.task.kind in EXAMPLE_TASKS and spec.model.kind in SEQUENCE_MODELS):
         return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn)
     dataset = read_meds_dataset(folder)
     bins = vocab.bins if vocab is not None else _fit_bins(dataset, spec.data.numeric_bins)
@@ -116,7 +128,7 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
                                       derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
         patients["train"] = labelled["train"].patients
     max_len = spec.data.max_seq_len
-    examples = spec.task.kind in ("binary", "survival")  # several per subject: batches carry example ids
+    examples = spec.task.kind in EXAMPLE_TASKS
     encoded = {s: encode_examples(labelled[s], vocab, max_len) if examples
                else [encode_patient(p, vocab, max_len) for p in patients[s]] for s in SPLITS}
     return PreparedData(vocab, encoded, dataset_identity(dataset), dataset_name(folder), dataset.splits, labelled,
@@ -126,16 +138,42 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
 def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocabulary | None,
                       remote: CacheRemote | None, warn: Callable[[str], None] | None) -> PreparedData:
     start = time.perf_counter()
+    task = None
+    if spec.task.kind != "mlm":  # the label rows are read each time: their files are part of the key
+        t = spec.task
+        labels, report = read_task_labels(folder, t.label_task, t.kind, t.labels_path)
+        task = LabelledTask(t.kind, labels, report, task_label_files(folder, t.label_task, t.labels_path))
     cache, how = token_cache(folder, cache_dir, spec.data.max_seq_len, spec.data.min_code_count, vocab,
                              source=spec.data.path or spec.data.source, warn=warn, remote=remote,
-                             numeric_bins=spec.data.numeric_bins)
+                             numeric_bins=spec.data.numeric_bins, task=task)
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
+    labelled, report = load_examples(cache, encoded) if task else (None, None)
+    if labelled and spec.train.label_budget is not None:
+        rows = subsample_rows(labelled["train"], spec.train.label_budget,
+                              derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
+        labelled["train"], encoded["train"] = labelled["train"].take(rows), encoded["train"].select(rows)
     name = dataset_name(folder)
     facts = {"key": manifest["key"], "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
     return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
-                        read_splits_mapping(folder), folder=folder, token_cache=facts)
+                        read_splits_mapping(folder), labelled, folder, report, token_cache=facts)
+
+
+def held_out_histories(spec: JobSpec, data: PreparedData) -> LabelledSplit:
+    """The held-out examples with their histories as Patient objects (what the order probe edits): as prepared,
+    or rebuilt by the object path (binned alike) where they came from the token cache as tokens only."""
+    held_out = data.labelled["held_out"]
+    if held_out.patients is not None:
+        return held_out
+    dataset = read_meds_dataset(data.folder)
+    if data.vocab.bins:
+        dataset = replace(dataset, data=bin_table(dataset.data, data.vocab.bins))
+    rebuilt = labelled_splits(dataset, spec.task.label_task, ("held_out",), spec.task.kind,
+                              spec.task.labels_path)[0]["held_out"]
+    if not np.array_equal(rebuilt.example_ids, held_out.example_ids):
+        raise RuntimeError("the held-out examples rebuilt as objects differ from the token cache's")
+    return rebuilt
 
 
 def describe_token_cache(facts: dict[str, object]) -> str:

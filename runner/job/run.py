@@ -52,7 +52,13 @@ from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
 from ehrseq_runner.job.metrics_log import MetricsLog
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
-from ehrseq_runner.job.prepare import PreparedData, describe_token_cache, make_trainer, prepare_data
+from ehrseq_runner.job.prepare import (
+    PreparedData,
+    describe_token_cache,
+    held_out_histories,
+    make_trainer,
+    prepare_data,
+)
 from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, fetch_pretrained
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
@@ -305,7 +311,7 @@ class Job:
             return {}
         as_logits = logit if self.spec.task.kind == "binary" else np.asarray
         params = self.spec.data.synthetic.params()
-        probe = order_probe(data.labelled["held_out"], lambda s: as_logits(score(s)), params.order_effect,
+        probe = order_probe(held_out_histories(self.spec, data), lambda s: as_logits(score(s)), params.order_effect,
                             params.order_window)
         return {"order_probe": probe.to_dict()}
 

@@ -39,13 +39,18 @@ def _quotas(counts: np.ndarray, k: int) -> np.ndarray:
     return quota
 
 
-def subsample(split: Split, k: int, seed: int) -> Split:
-    """The split restricted to a seeded, stratified sample of `k` of its examples (row order kept)."""
+def subsample_rows(split: Split, k: int, seed: int) -> np.ndarray:
+    """The rows (sorted) of a seeded sample of `k` of the split's examples, stratified by label (LabelledSplit)."""
     if k > len(split):
         raise InputError(f"train.label_budget: {k} labelled examples asked for, but the training split has only "
                          f"{len(split)}; use a smaller budget or null for all")
     classes = split.labels if isinstance(split, LabelledSplit) else np.zeros(len(split), dtype=bool)
-    rows = budget_rows(classes, k, seed)
+    return budget_rows(classes, k, seed)
+
+
+def subsample(split: Split, k: int, seed: int) -> Split:
+    """The split restricted to a seeded, stratified sample of `k` of its examples (row order kept)."""
+    rows = subsample_rows(split, k, seed)
     if isinstance(split, LabelledSplit):
         return split.take(rows)
     return NextVisitSplit([split.patients[i] for i in rows], split.prediction_times[rows],
