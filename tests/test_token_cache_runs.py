@@ -112,3 +112,31 @@ def test_a_fresh_pod_downloads_the_token_cache_from_s3(s3_env, tmp_path, monkeyp
     facts = json.loads(store.get_bytes("b/summary.json"))["data"]["token_cache"]
     assert facts["how"] == "downloaded"
     assert any(k.startswith(f"{PREFIX}/tokens-{facts['key']}/") for k in store.list(PREFIX))
+
+
+def binary_spec(storage: str, work, name: str, *extra):
+    return load_spec(SMALL_SPEC.parent / "behrt_binary.yaml",
+                     [*TINY, "train.epochs=null", "train.evals_per_epoch=null", "train.patience=null", f"name={name}",
+                      f"storage.uri={storage}", f"runtime.work_dir={work}", *extra])
+
+
+def test_supervised_runs_share_one_examples_cache_across_budgets_replicates_and_pods(tmp_path, monkeypatch):
+    """A ladder's rungs: the first builds the examples cache, every other budget and replicate reuses it, a fresh
+    work dir downloads it; each run's examples are the cache's (the budget picks among them)."""
+    runs = tmp_path / "runs"
+    run(binary_spec(f"file://{runs}", tmp_path / "pod1", "all"))
+    first = summary(runs, "all")["data"]["token_cache"]
+    assert first["how"] == "built" and (runs / PREFIX / f"examples-{first['key']}" / "labels.parquet").is_file()
+
+    no_builds(monkeypatch)
+    run(binary_spec(f"file://{runs}", tmp_path / "pod1", "k40", "train.label_budget=40"))
+    run(binary_spec(f"file://{runs}", tmp_path / "pod1", "k40r1", "train.label_budget=40", "train.replicate=1"))
+    run(binary_spec(f"file://{runs}", tmp_path / "pod2", "k40-pod2", "train.label_budget=40"))
+    facts = {n: summary(runs, n)["data"]["token_cache"] for n in ("k40", "k40r1", "k40-pod2")}
+    assert [f["how"] for f in facts.values()] == ["reused", "reused", "downloaded"]
+    assert {f["key"] for f in facts.values()} == {first["key"]}
+    assert summary(runs, "k40")["data"]["subjects"]["train"] == 40
+    assert summary(runs, "k40")["label_rows"] == summary(runs, "all")["label_rows"]
+    assert losses(runs, "k40") == losses(runs, "k40-pod2") != losses(runs, "k40r1")
+    held_out = {n: summary(runs, n)["data_fingerprint"] for n in ("all", "k40", "k40r1")}
+    assert len(set(held_out.values())) == 1  # the same held-out examples for every rung
