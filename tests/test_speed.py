@@ -152,8 +152,9 @@ def test_bench_data_reports_every_stage_consistently(cli, tmp_path):
     assert [row["stage"] for row in report["stages"]] == [
         "write synthetic MEDS (untimed)", "MEDS -> token cache: build", "token cache: reuse (lookup hits)",
         "batches: TokenArrays.collate (1 epoch)", "batches: collate_rows, old per-row (1 epoch)",
-        "old object path: MEDS -> encoded patients"]
-    build, reuse, new, old, objects = report["stages"][1:]
+        "old object path: MEDS -> encoded patients", "binary examples -> token cache: build",
+        "old object path: binary examples"]
+    build, reuse, new, old, objects, examples, labelled = report["stages"][1:]
     counts = report["counts"]
     # the cache holds what the old object path makes of the same dataset, and both collations batch the same tokens
     assert counts["events"] == counts["old_path"]["events"] > 0
@@ -168,12 +169,18 @@ def test_bench_data_reports_every_stage_consistently(cli, tmp_path):
     assert new["speedup"] == pytest.approx(old["seconds"] / new["seconds"])
     assert 0 < build["peak_rss_mb"] <= report["raw"]["build"]["peak_rss_mb_all_runs"]
     assert objects["peak_rss_mb"] > 0 and objects["events_per_s"] > 0
+    # the examples cache holds what the object path makes of the binary task: same examples and tokens
+    assert {k: counts["examples"][k] for k in ("events", "patients", "tokens")} == \
+        {k: counts["old_path_examples"][k] for k in ("events", "patients", "tokens")}
+    assert 0 < counts["examples"]["patients"] <= counts["examples"]["label_rows"]
+    assert examples["speedup"] == pytest.approx(labelled["seconds"] / examples["seconds"])
     assert "TokenArrays.collate" in result.stdout and "token cache" in result.stdout  # the table
 
 
 def test_bench_data_skips_the_old_path_when_asked(tmp_path):
     report = data_throughput(num_patients=120, batch_size=8, repeats=1, old_path=False, work=tmp_path)
-    assert report["stages"][-1]["stage"] == "old object path: skipped" and report["counts"]["old_path"] is None
+    assert report["stages"][-2]["stage"] == "old object path: skipped" and report["counts"]["old_path"] is None
+    assert report["stages"][-1]["stage"] == "binary examples -> token cache: build"
     again = data_throughput(num_patients=120, batch_size=8, repeats=1, old_path=False, work=tmp_path)
     assert report["stages"][0]["seconds"] > 0 and again["stages"][0]["seconds"] == 0  # the dataset reused
     assert again["counts"] == report["counts"]

@@ -307,39 +307,51 @@ def data_pipeline(
 def write_synthetic_shards(dest: Path, num_patients: int, seed: int = 0, chunk: int = SHARD_PATIENTS,
                            progress: Callable[[str], None] | None = None) -> float:
     """The seeded synthetic cohort as a MEDS dataset at `dest`, `chunk` patients per shard (never the whole
-    cohort in memory); seconds taken, 0 if `dest` already holds it. Data and splits only (no labels)."""
+    cohort in memory); seconds taken, 0 if `dest` already holds it. Data, splits and the binary task's labels."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    from ehrseq.data.labels import label_path
     from ehrseq.data.meds_io import MedsWriter
-    from ehrseq.data.synthetic import assign_splits, generate_synthetic
+    from ehrseq.data.synthetic import BINARY_TASK, assign_splits, generate_synthetic
 
     if (dest / "metadata" / "dataset.json").is_file():
         return 0.0
     start = time.perf_counter()
     seeds = np.random.SeedSequence(seed).spawn((num_patients + chunk - 1) // chunk)
+    labels = []
     with MedsWriter(dest, dest.name) as writer:
         for i, s in enumerate(seeds):
             if progress:
                 progress(f"writing synthetic MEDS shard {i + 1}/{len(seeds)}")
-            data = generate_synthetic(min(chunk, num_patients - i * chunk), int(s.generate_state(1)[0])).data
-            ids = pc.add(data.column("subject_id"), i * 10_000_000)  # each chunk numbers its subjects from 10,000
-            writer.write_shard(data.set_column(0, "subject_id", ids))
-        writer.finish(assign_splits(writer.all_subject_ids(), seed))
+            cohort = generate_synthetic(min(chunk, num_patients - i * chunk), int(s.generate_state(1)[0]))
+            ids = pc.add(cohort.data.column("subject_id"), i * 10_000_000)  # each chunk numbers subjects from 10,000
+            writer.write_shard(cohort.data.set_column(0, "subject_id", ids))
+            task = cohort.labels[BINARY_TASK]
+            labels.append(task.set_column(0, "subject_id", pc.add(task.column("subject_id"), i * 10_000_000)))
+        writer.finish(assign_splits(writer.all_subject_ids(), seed),
+                      {label_path(BINARY_TASK): pa.concat_tables(labels)})
     return time.perf_counter() - start
 
 
 def synthetic_shards(work: Path, num_patients: int, seed: int = 0, chunk: int = SHARD_PATIENTS,
                      progress: Callable[[str], None] | None = None) -> tuple[Path, float]:
     """(the folder under `work` named by these settings, seconds taken to write it: 0 when reused)."""
-    path = Path(work) / f"synthetic-n{num_patients}-seed{seed}-chunk{chunk}"
+    path = Path(work) / f"synthetic-n{num_patients}-seed{seed}-chunk{chunk}-labelled"
     return path, write_synthetic_shards(path, num_patients, seed, chunk, progress)
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux from /proc (VmHWM): ru_maxrss keeps, across exec, the RSS of
+    the process it was forked from, so a child started by a big parent would report the parent's size."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def run_child(function: str, **kwargs: Any) -> dict[str, Any]:
@@ -353,10 +365,21 @@ def run_child(function: str, **kwargs: Any) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _binary_examples(dataset: Path) -> Any:
+    """The synthetic cohort's binary task as the token cache's LabelledTask (what a BEHRT binary run reads)."""
+    from ehrseq.data.supervised import read_task_labels, task_label_files
+    from ehrseq.data.synthetic import BINARY_TASK
+    from ehrseq.data.token_cache import LabelledTask
+
+    labels, report = read_task_labels(dataset, BINARY_TASK, "binary")
+    return LabelledTask("binary", labels, report, task_label_files(dataset, BINARY_TASK, None))
+
+
 def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: int = 1,
-                numeric_bins: int = 0) -> dict[str, Any]:
+                numeric_bins: int = 0, examples: bool = False) -> dict[str, Any]:
     """`repeats` token-cache builds as a run does them (`token_cache` into an empty folder: key + pass 1 + pass 2
-    + finish), each followed by a second `token_cache` call that hits; the last cache is kept in `work`.
+    + finish), each followed by a second `token_cache` call that hits; the last cache is kept in `work`. With
+    `examples`, of the binary task's examples (as a BEHRT binary run: label rows read each time).
 
     peak_rss_mb: this process's high-water mark after the first build and hit (what a run, which builds once,
     peaks at; torch is never imported); peak_rss_mb_all_runs: after every run (repeats raise it a little)."""
@@ -370,10 +393,11 @@ def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: 
             shutil.rmtree(folder.parent)
         start = time.perf_counter()
         folder, how = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count,
-                                  numeric_bins=numeric_bins)
+                                  numeric_bins=numeric_bins, task=_binary_examples(Path(dataset)) if examples else None)
         build = time.perf_counter() - start
         start = time.perf_counter()
-        again = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count, numeric_bins=numeric_bins)
+        again = token_cache(Path(dataset), Path(work) / f"cache-{r}", max_len, min_count, numeric_bins=numeric_bins,
+                            task=_binary_examples(Path(dataset)) if examples else None)
         hit = time.perf_counter() - start
         if (how, again) != ("built", (folder, "reused")):
             raise RuntimeError(f"the build was {how!r} and the second lookup {again}, not a hit on {folder}")
@@ -381,15 +405,20 @@ def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: 
         runs.append({"build_s": build, "hit_s": hit, **{f"{k}_s": v for k, v in manifest["seconds"].items()}})
         if r == 0:
             first_rss = peak_rss_mb()
-    return {"runs": runs, "counts": manifest["counts"], "folder": str(folder), "peak_rss_mb": first_rss,
+    counts = {**manifest["counts"], **({"label_rows": manifest["examples"]["report"]["rows"]} if examples else {})}
+    return {"runs": runs, "counts": counts, "folder": str(folder), "peak_rss_mb": first_rss,
             "peak_rss_mb_all_runs": peak_rss_mb(), "cache_bytes": sum(f.stat().st_size for f in folder.iterdir())}
 
 
-def objects_child(dataset: str, max_len: int, min_count: int, repeats: int = 1) -> dict[str, Any]:
+def objects_child(dataset: str, max_len: int, min_count: int, repeats: int = 1,
+                  examples: bool = False) -> dict[str, Any]:
     """`repeats` runs of the old object path: read_meds_dataset -> patients_by_split -> Vocabulary.build ->
-    encode_patient over every split, with this process's peak RSS."""
-    from ehrseq.data.cohort import patients_by_split
+    encode_patient over every split (with `examples`: labelled_splits -> encode_examples of the binary task),
+    with this process's peak RSS."""
+    from ehrseq.data.cohort import SPLITS, patients_by_split
     from ehrseq.data.meds_io import read_meds_dataset
+    from ehrseq.data.supervised import encode_examples, labelled_splits
+    from ehrseq.data.synthetic import BINARY_TASK
     from ehrseq.data.tokenize import encode_patient
     from ehrseq.data.vocab import Vocabulary
 
@@ -397,17 +426,19 @@ def objects_child(dataset: str, max_len: int, min_count: int, repeats: int = 1) 
     for _ in range(repeats):
         start = time.perf_counter()
         data = read_meds_dataset(Path(dataset))
-        patients = patients_by_split(data)
+        labelled = labelled_splits(data, BINARY_TASK, SPLITS)[0] if examples else None
+        patients = {s: labelled[s].patients for s in SPLITS} if examples else patients_by_split(data)
         read_s = time.perf_counter() - start
         vocab = Vocabulary.build(patients["train"], min_count)
         vocab_s = time.perf_counter() - start - read_s
-        encoded = {s: [encode_patient(p, vocab, max_len) for p in ps] for s, ps in patients.items()}
+        encoded = ({s: encode_examples(labelled[s], vocab, max_len) for s in SPLITS} if examples
+                   else {s: [encode_patient(p, vocab, max_len) for p in ps] for s, ps in patients.items()})
         total = time.perf_counter() - start
         runs.append({"total_s": total, "read_and_patients_s": read_s, "vocab_s": vocab_s,
                      "encode_s": total - read_s - vocab_s})
         counts = {"events": data.data.num_rows, "patients": sum(map(len, encoded.values())),
                   "tokens": sum(len(e.codes) for es in encoded.values() for e in es), "codes": len(vocab)}
-        del data, patients, encoded
+        del data, patients, encoded, labelled
     return {"runs": runs, "counts": counts, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -478,11 +509,16 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
         load_s = time.perf_counter() - start
         collation = epoch_collation(splits["train"], batch_size, repeats, say)
         del splits
-        objects = None
+        say(f"building the binary task's examples cache ({repeats} runs, in a subprocess)")
+        examples = run_child("build_child", dataset=str(dataset), work=str(tmp / "examples"), max_len=max_seq_len,
+                             min_count=min_count, repeats=repeats, numeric_bins=numeric_bins, examples=True)
+        objects = labelled = None
         if old_path:
             say(f"old object path ({repeats} runs, in a subprocess)")
             objects = run_child("objects_child", dataset=str(dataset), max_len=max_seq_len, min_count=min_count,
                                 repeats=repeats)
+            labelled = run_child("objects_child", dataset=str(dataset), max_len=max_seq_len, min_count=min_count,
+                                 repeats=repeats, examples=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -492,6 +528,8 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
     events = counts["events"]
     build_s, hit_s = median(built["runs"], "build_s"), median(built["runs"], "hit_s")
     old_s = median(objects["runs"], "total_s") if objects else None
+    examples_s = median(examples["runs"], "build_s")
+    labelled_s = median(labelled["runs"], "total_s") if labelled else None
     new_c, old_c = (statistics.median(collation["seconds"][k]) for k in ("token_arrays", "collate_rows"))
     tokens = collation["tokens"]["token_arrays"]
 
@@ -525,17 +563,26 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
         if objects else
         row("old object path: skipped", None,
             detail=f"--old-path times it (off above {OLD_PATH_MAX_PATIENTS:,} patients: ~11 GB at 1M)"),
+        row("binary examples -> token cache: build", examples_s, events / examples_s,
+            speedup=labelled_s / examples_s if labelled else None, peak_rss_mb=examples["peak_rss_mb"],
+            detail=f"{examples['counts']['patients']:,} examples of {examples['counts']['label_rows']:,} label rows, "
+            f"{examples['counts']['tokens']:,} tokens; reuse {median(examples['runs'], 'hit_s'):.2f} s"),
     ]
+    if labelled:
+        stages.append(row("old object path: binary examples", labelled_s, events / labelled_s,
+                          peak_rss_mb=labelled["peak_rss_mb"],
+                          detail="read_meds_dataset, labelled_splits, Vocabulary.build, encode_examples"))
     return {"config": {"num_patients": num_patients, "max_seq_len": max_seq_len, "batch_size": batch_size,
                        "min_count": min_count, "numeric_bins": numeric_bins, "repeats": repeats,
                        "old_path": old_path, "cpus": os.cpu_count(),
                        "load_average": os.getloadavg()},
             "counts": {**counts, "shards": shards, "train_tokens_batched": tokens,
                        "collate_rows_tokens": collation["tokens"]["collate_rows"],
-                       "old_path": objects["counts"] if objects else None},
+                       "old_path": objects["counts"] if objects else None, "examples": examples["counts"],
+                       "old_path_examples": labelled["counts"] if labelled else None},
             "stages": stages,
             "raw": {"write_s": write_s, "build": built, "load_s": load_s, "collation": collation,
-                    "objects": objects}}
+                    "objects": objects, "examples": examples, "labelled_objects": labelled}}
 
 
 @bench_app.command("gpu")
