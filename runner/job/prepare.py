@@ -83,7 +83,7 @@ class PreparedData:
     labelled: dict[str, LabelledSplit] | dict[str, NextVisitSplit] | None = None
     folder: Path | None = None  # the MEDS dataset's folder (labels/ and oracle/ live there)
     label_report: LabelReport | None = None  # binary/survival: what happened to each label row
-    token_cache: dict[str, object] | None = None  # mlm: {"key", "how": reused|downloaded|built, "seconds"}
+    token_cache: dict[str, object] | None = None  # {"key", "name", "how": reused|downloaded|built, "seconds", ...}
 
     def fingerprint(self, held_out_ids: np.ndarray) -> str:
         return data_fingerprint(self.identity, self.splits, held_out_ids)
@@ -154,7 +154,7 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
                               derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
         labelled["train"], encoded["train"] = labelled["train"].take(rows), encoded["train"].select(rows)
     name = dataset_name(folder)
-    facts = {"key": manifest["key"], "how": how, "seconds": round(time.perf_counter() - start, 3),
+    facts = {"key": manifest["key"], "name": cache.name, "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
     return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
                         read_splits_mapping(folder), labelled, folder, report, token_cache=facts)
@@ -180,7 +180,7 @@ def describe_token_cache(facts: dict[str, object]) -> str:
     """One log line: was the dataset tokenised again, or were the tokens reused?"""
     how = {"reused": "reused (no re-tokenising)", "downloaded": "downloaded from storage (no re-tokenising)",
            "built": "built and stored for later runs"}[str(facts["how"])]
-    return (f"token cache tokens-{facts['key']}: {how}; {facts['tokens']:,} tokens from {facts['events']:,} events "
+    return (f"token cache {facts['name']}: {how}; {facts['tokens']:,} tokens from {facts['events']:,} events "
             f"in {facts['seconds']:.1f} s")
 
 
