@@ -13,6 +13,12 @@ def test_every_shipped_job_spec_validates():
         assert path.read_text().startswith(f"# ehrseq run jobs/{path.name}")
 
 
+def test_a_ladder_spec_given_to_run_says_to_use_ladder(cli):
+    result = cli("validate", str(SMALL_SPEC.parent / "ladder_tiny.yaml"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "this is a ladder spec" in result.stderr and "ehrseq ladder" in result.stderr
+
+
 def test_overrides_are_type_checked_and_applied():
     spec = load_spec(SMALL_SPEC, ["train.max_steps=7", "train.lr=1e-3", "data.source=meds", "data.path=/d"])
     assert spec.train.max_steps == 7 and spec.train.lr == pytest.approx(1e-3)

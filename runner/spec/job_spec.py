@@ -214,7 +214,11 @@ class JobSpec(Section):
 def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     """Reads, overrides and validates a spec; every failure is a one-line SpecError."""
     path = Path(path)
-    return validate_job(read_spec_file(path, overrides, "name, data, model, ..."), str(path))
+    raw = read_spec_file(path, overrides, "name, data, model, ...")
+    if "rungs" in raw and "cohorts" in raw:
+        raise SpecError(f"{path}: this is a ladder spec (it has rungs and cohorts), not a job spec: run it with "
+                        f"`ehrseq ladder {path}`")
+    return validate_job(raw, str(path))
 
 
 def validate_job(raw: dict[str, Any], where: str, check: bool = True) -> JobSpec:
