@@ -36,23 +36,24 @@ class ExampleLabels:
     split: np.ndarray  # (L,) int8 the subject's split code (stream.SPLITS), -1 for none
     in_data: np.ndarray  # (L,) bool: the subject has rows in a shard seen so far
     has_history: np.ndarray  # (L,) bool: an event (not birth, not static) before the prediction time
+    order: np.ndarray  # (L,) label rows by subject, then row (example id order)
 
     @classmethod
     def of(cls, labels: pa.Table, splits: SplitTable) -> ExampleLabels:
         subject = labels.column("subject_id").cast(pa.int64()).to_numpy()
         time = labels.column("prediction_time").cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
-        return cls(subject, time, splits.of(subject), np.zeros(len(subject), bool), np.zeros(len(subject), bool))
+        return cls(subject, time, splits.of(subject), np.zeros(len(subject), bool), np.zeros(len(subject), bool),
+                   np.argsort(subject, kind="stable"))
 
     def cut(self, shard: Shard) -> tuple[Shard, SplitTable]:
         """The shard's rows as examples (subject = example id), and the split of each example that has history
         (-1, dropped by `histories`, for the others)."""
-        order = np.argsort(self.subject, kind="stable")  # label rows by subject (then row: example id order)
-        by_subject = self.subject[order]
+        order, by_subject = self.order, self.subject[self.order]
         lo = np.searchsorted(by_subject, shard.subject, "left")  # (R,) each row's label rows: order[lo:hi]
         hi = np.searchsorted(by_subject, shard.subject, "right")
-        self.in_data[order[_ranges(lo, hi)]] = True  # (repeats are harmless)
         row = np.repeat(np.arange(len(shard.subject)), hi - lo)  # each row once per label row of its subject
         example = order[_ranges(lo, hi)]
+        self.in_data[example] = True
         keep = ~shard.has_time[row] | (shard.time[row] < self.time[example])  # strictly before, or static
         row, example = row[keep], example[keep]
         cut = replace(shard, subject=example, time=shard.time[row], has_time=shard.has_time[row],
