@@ -7,12 +7,12 @@ already there), then builds the token cache in a fresh subprocess that reports i
 comparison runs the old path (read_meds_dataset + patients_by_split + Vocabulary.build + encode_patient) on
 a smaller dataset (--old-num-patients; it holds everything as Python objects: 11 GB at 1M patients).
 
-Seen on the 2-core dev machine (load average 5-7 from other work; max_len 512, min_count 1, 20k-patient shards):
+Seen on the 2-core dev machine (max_len 512, min_count 1, 20k-patient shards; quiet unless noted):
 
     N patients   events        token cache                           object path
-    100k         3.7M          0.64-1.28M events/s, 304 MB RSS       132k events/s, 1.26 GB RSS
-    1M           36.9M         1.29-1.60M events/s, 334-338 MB RSS   (228k events/s, 11.2 GB RSS: the issue)
-    5M           184.4M        1.19M events/s, 404 MB RSS
+    100k         3.7M          0.64-1.28M events/s, 304 MB RSS       132k events/s, 1.26 GB RSS (load 5-7)
+    1M           36.9M         5.54M events/s, 370 MB RSS            (228k events/s, 11.2 GB RSS: the issue)
+    5M           184.4M        4.20M events/s (load ~2), 438 MB RSS
 """
 
 import argparse
