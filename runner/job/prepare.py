@@ -58,10 +58,10 @@ from ehrseq.training.trainer import TrainConfig, Trainer
 from ehrseq_runner.job.pretrained import Pretrained, load_encoder
 from ehrseq_runner.spec.job_spec import SUPERVISED, JobSpec
 
-# the tuning metric that picks the best evaluation (early stopping, the kept checkpoint, and for supervised
-# tasks the weights held-out is scored with), and whether higher is better
 EXAMPLE_TASKS = ("binary", "survival")  # one example per label row: batches carry example ids
 SEQUENCE_MODELS = ("behrt", "med2vec")  # models that read tokens (the count baselines read whole histories)
+# the tuning metric that picks the best evaluation (early stopping, the kept checkpoint, and for supervised
+# tasks the weights held-out is scored with), and whether higher is better
 MONITOR = {"mlm": ("mlm_loss", False), "med2vec": ("med2vec_loss", False), "binary": ("auroc", True),
            "survival": ("c_index", True), "next_visit": ("bce", False)}
 
