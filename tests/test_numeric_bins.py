@@ -51,6 +51,10 @@ def test_the_fit_places_cut_points_at_training_quantiles_whatever_the_order():
     assert bins.edges["B"] == tuple(np.unique(np.quantile(value[code == 1], np.arange(1, 10) / 10)).tolist())
     assert len(bins.edges["B"]) < 9
 
+    with_inf = BinFitter(10)  # an infinite value takes no part in the fit
+    with_inf.add(["A", "B"], np.r_[code, 0], np.r_[value, np.inf], np.r_[subject, 1])
+    assert with_inf.result() == bins
+
     parts = BinFitter(10)  # shards in another order, with the names in another order: the same bins
     perm = rng.permutation(4000)
     for chunk in np.array_split(perm, 3):

@@ -96,7 +96,7 @@ class BinFitter:
     def add(self, names: list[str], code: np.ndarray, value: np.ndarray, subject: np.ndarray) -> None:
         """Training rows: code index into `names`, value (NaN: none) and subject id (for the rows' sampling
         priorities; a subject's equal values of one code share one, which leaves the sample uniform)."""
-        rows = ~np.isnan(value)
+        rows = np.isfinite(value)  # (an infinite value would make its code's cut points NaN)
         code, value, subject = np.asarray(code)[rows], value[rows], subject[rows]
         if not len(code):
             return
