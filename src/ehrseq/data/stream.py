@@ -94,13 +94,8 @@ def read_shard(path: Path, values: bool = False) -> Shard:
         first = {}
         remap = np.array([first.setdefault(n, len(first)) for n in names], np.int64)
         index, names = remap[index], list(first)
-    return Shard(path, subject.to_numpy(), null_time(time), pc.is_valid(time).to_numpy(zero_copy_only=False),
-                 index, names, value)
-
-
-def null_time(time: pa.ChunkedArray) -> np.ndarray:
-    """Timestamps as int64 microseconds, _NULL_TIME where null."""
-    return pc.fill_null(time.cast(pa.timestamp("us")).cast(pa.int64()), _NULL_TIME).to_numpy()
+    return Shard(path, subject.to_numpy(), pc.fill_null(time.cast(pa.int64()), _NULL_TIME).to_numpy(),
+                 pc.is_valid(time).to_numpy(zero_copy_only=False), index, names, value)
 
 
 def iter_shards(dataset: Path, values: bool = False) -> Iterator[Shard]:
