@@ -79,3 +79,34 @@ def test_gbm_is_deterministic_and_its_binary_score_is_a_probability(tmp_path):
     assert ((first > 0) & (first < 1)).all() and fits[0].chosen["rounds"] >= 1
     assert fits[0].num_params == sum(2 * t["num_leaves"] - 1 for t in fits[0].model.dump_model(
         num_iteration=fits[0].model.best_iteration)["tree_info"])
+
+
+def _by_hand(patient: Patient, time: np.datetime64, code: str) -> dict[str, float]:
+    """Every full-strength aggregate of one code, from a plain loop over the patient's visits."""
+    days = [(time - np.datetime64(v.time, "us")) / np.timedelta64(1, "D") for v in patient.visits if code in v.codes]
+    return {"count": len(days), "recency": sum(math.exp(-d / 365) for d in days),
+            "days_since_last": min(days, default=np.nan), "days_since_first": max(days, default=np.nan),
+            "count_30d": sum(d < 30 for d in days), "count_365d": sum(d < 365 for d in days)}
+
+
+def test_full_strength_features_recompute_from_a_plain_loop(tmp_path):
+    """gbm's features (counts, recency, first and last occurrence, 30/365-day windows) on a synthetic cohort
+    equal a per-patient loop: each column means what its name says."""
+    from ehrseq.models.baselines import FEATURE_KINDS
+    from ehrseq.models.count_features import FULL_STRENGTH
+
+    assert FEATURE_KINDS["gbm"] == FULL_STRENGTH
+    assert {"days_since_first", "count_30d", "count_365d", "days_since_last", "count"} <= set(FULL_STRENGTH)
+    dataset = load_dataset("synthetic", None, 120, 5, tmp_path)
+    split = labelled_splits(dataset, "outcome_within_365d", ("train",))[0]["train"]
+    features = CountFeatures.fit(split.patients, FULL_STRENGTH)
+    X = features.matrix(split.patients, split.prediction_times)
+    names = features.names()
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(split), 15, replace=False):
+        for code in rng.choice(list(features.codes), 12, replace=False):
+            want = _by_hand(split.patients[i], split.prediction_times[i], code)
+            got = {kind: X[i, names.index(f"{kind}:{code}")] for kind in FULL_STRENGTH}
+            np.testing.assert_allclose([got[k] for k in FULL_STRENGTH], [want[k] for k in FULL_STRENGTH],
+                                       rtol=1e-5, atol=1e-4, err_msg=f"patient row {i}, code {code}")
+    assert np.isnan(X[:, names.index(f"days_since_first:{next(iter(features.codes))}")]).sum() < len(split)

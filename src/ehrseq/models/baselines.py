@@ -1,10 +1,11 @@
 """Count baselines on the same patients and splits as BEHRT: a bag of codes, a Cox model and a GBM.
 
 Features (ehrseq.models.count_features): per code, recency-weighted counts (each visit holding it weighs
-exp(-days before the prediction time / 365), so a recent diagnosis weighs more than an old one); the GBM also
-gets the plain counts and the days since the last occurrence. Then the static codes (sex, ...) and, unless
-`age=False`, the age at the prediction time in decades. Order within the history is lost on purpose (only
-recency leaks some of it): that is what these baselines cannot see.
+exp(-days before the prediction time / 365), so a recent diagnosis weighs more than an old one); the GBM, the
+strong baseline, gets every per-code aggregate (counts, recency, days since the first and last occurrence, counts
+within 30 and 365 days). Then the static codes (sex, ...) and, unless `age=False`, the age at the prediction
+time in decades. The order of events within the history is lost except where these aggregates carry it (one
+code's first occurrence before another's, a code within a window): what a sequence model must add is the rest.
 
 - `bag_of_codes`: L2-regularised logistic regression (scikit-learn) on standardised features; C chosen on the
   tuning split. For a survival task it is fitted on "event by the horizon" among subjects whose status there
@@ -27,13 +28,13 @@ import numpy as np
 from ehrseq.data.supervised import LabelledSplit
 from ehrseq.evaluation.binary import auroc
 from ehrseq.evaluation.survival import harrell_c, horizon_status
-from ehrseq.models.count_features import CountFeatures
+from ehrseq.models.count_features import FULL_STRENGTH, CountFeatures
 from ehrseq.models.gbm import fit_gbm, gbm_log_odds, gbm_size
 
 MAX_COX_CODES = 100
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 PENALIZER_GRID = (0.01, 0.1, 1.0)
-FEATURE_KINDS = {"bag_of_codes": ("recency",), "cox": ("recency",), "gbm": ("count", "recency", "days_since_last")}
+FEATURE_KINDS = {"bag_of_codes": ("recency",), "cox": ("recency",), "gbm": FULL_STRENGTH}
 
 
 @dataclass

@@ -2,9 +2,13 @@
 
 Per visit code (columns fixed on the training split), any of: the number of visits holding it (`count`), the
 sum over those visits of exp(-days before the prediction time / RECENCY_DAYS) (`recency`: a recent diagnosis
-weighs more than an old one, which also leaks some order), and the days since its last occurrence
-(`days_since_last`, NaN when never seen: for trees, which route missing values). Then one 0/1 column per
-static code (sex, ...) and the age at the prediction time in decades (0 when the birth date is unknown).
+weighs more than an old one, which also leaks some order), the days since its last and since its first
+occurrence (`days_since_last`, `days_since_first`; NaN when never seen: for trees, which route missing values),
+and the visits holding it within the last 30 and 365 days (`count_30d`, `count_365d`). With `count` (all
+time) these are MEDS-Tab's standard per-code aggregates: first and last times and windowed counts see the order
+of two codes' onsets, so a control whose order only a sequence reveals must hide it from all of them. Then one
+0/1 column per static code (sex, ...) and the age at the prediction time in decades (0 when the birth date is
+unknown).
 
 Built with numpy over all (visit, code) pairs at once: the per-visit Python loop this replaces took seconds
 at 20k patients.
@@ -24,12 +28,16 @@ import pyarrow as pa
 from ehrseq.data.patients import Patient
 
 RECENCY_DAYS = 365.0
-KINDS = ("count", "recency", "days_since_last")
+WINDOWS = {"count_30d": 30.0, "count_365d": 365.0}  # windowed counts: visits within this many days before
+KINDS = ("count", "recency", "days_since_last", "days_since_first", *WINDOWS)
+FULL_STRENGTH = KINDS  # what the strongest count baseline (gbm) sees
 _DAY_US = 86_400 * 1_000_000
 _DESCRIPTIONS = {
     "count": "counts of {n} codes (visits holding each)",
     "recency": f"recency-weighted counts of {{n}} codes (each visit weighs exp(-days before / {RECENCY_DAYS:.0f}))",
     "days_since_last": "days since the last occurrence of {n} codes (missing if never)",
+    "days_since_first": "days since the first occurrence of {n} codes (missing if never)",
+    **{kind: f"counts of {{n}} codes within the last {days:.0f} days" for kind, days in WINDOWS.items()},
 }
 
 
@@ -98,9 +106,12 @@ class CountFeatures:
                 block = np.bincount(cell, minlength=S * V)
             elif kind == "recency":
                 block = np.bincount(cell, weights=np.exp(-days / RECENCY_DAYS), minlength=S * V)
-            else:
-                block = np.full(S * V, np.inf)
-                np.minimum.at(block, cell, days)
+            elif kind in WINDOWS:
+                block = np.bincount(cell, weights=(days < WINDOWS[kind]).astype(float), minlength=S * V)
+            else:  # days since the last (fewest days) or first (most days) occurrence
+                last = kind == "days_since_last"
+                block = np.full(S * V, np.inf if last else -np.inf)
+                (np.minimum if last else np.maximum).at(block, cell, days)
                 block[np.isinf(block)] = np.nan
             blocks.append(block.reshape(S, V).astype(np.float32))
         static = np.zeros((S, len(self.static)), np.float32)
