@@ -1,4 +1,5 @@
-"""The synthetic controls: `order` (order drives the outcome) and `presence` (order adds nothing), by construction."""
+"""The synthetic controls, by construction: `order` and `transition` (order drives the outcome), `presence` and
+`transition_presence` (order adds nothing); `transition`'s order is invisible to every per-code aggregate."""
 
 import hashlib
 from dataclasses import replace
@@ -8,6 +9,8 @@ import pyarrow.compute as pc
 import pytest
 
 from ehrseq.data.cohort import load_dataset, synthetic_dataset
+from ehrseq.data.labels import read_oracle
+from ehrseq.data.supervised import labelled_splits
 from ehrseq.data.synthetic import (
     BINARY_TASK,
     PRESETS,
@@ -17,21 +20,24 @@ from ehrseq.data.synthetic import (
     generate_synthetic,
 )
 from ehrseq.evaluation.binary import auroc
+from ehrseq.evaluation.order_probe import transition
+from ehrseq.models.count_features import FULL_STRENGTH, CountFeatures
 from ehrseq.reports.provenance import data_fingerprint, dataset_identity
 from ehrseq_runner.spec.job_spec import SpecError, load_spec
 
+POSITIVE = ("order", "transition")
 
-@pytest.fixture(scope="module", params=["order", "presence"])
+
+@pytest.fixture(scope="module", params=["order", "presence", "transition", "transition_presence"])
 def control(request):
     return request.param, generate_synthetic(50_000, seed=3, params=PRESETS[request.param])
 
 
-def _order_gain(cohort) -> float:
-    """Oracle AUROC minus order-blind oracle AUROC on the binary task."""
+def _order_gain(cohort, blind: str = "true_risk_order_blind") -> float:
+    """Oracle AUROC minus an order-blind oracle's AUROC on the binary task."""
     labels, oracle = cohort.labels[BINARY_TASK], cohort.oracle[BINARY_TASK]
     y = labels.column("boolean_value").to_numpy(zero_copy_only=False)
-    return (auroc(y, oracle.column("true_risk").to_numpy())
-            - auroc(y, oracle.column("true_risk_order_blind").to_numpy()))
+    return auroc(y, oracle.column("true_risk").to_numpy()) - auroc(y, oracle.column(blind).to_numpy())
 
 
 def _share_with(cohort, code: str) -> float:
@@ -43,18 +49,19 @@ def _share_with(cohort, code: str) -> float:
 def test_order_gain_is_known(control):
     name, cohort = control
     gain = _order_gain(cohort)
-    if name == "order":
-        assert gain >= 0.04
-    else:  # no order term at all: the two oracles are the same numbers
+    if name in POSITIVE:  # and over the best order-blind model (the risk averaged over the order term)
+        assert gain >= 0.04 and _order_gain(cohort, "true_risk_order_marginal") >= 0.05
+    else:  # no order term at all: the three oracles are the same numbers
         oracle = cohort.oracle[SURVIVAL_TASK]
         assert gain == 0.0 and oracle.column("true_risk").equals(oracle.column("true_risk_order_blind"))
+        assert oracle.column("true_risk").equals(oracle.column("true_risk_order_marginal"))
 
 
 def test_order_touches_at_least_a_tenth_of_patients(control):
     name, cohort = control
     oracle = cohort.oracle[SURVIVAL_TASK]  # every patient; the two risks differ exactly where A then B counts
     a_then_b = np.mean(oracle.column("true_risk").to_numpy() != oracle.column("true_risk_order_blind").to_numpy())
-    assert a_then_b >= 0.10 if name == "order" else a_then_b == 0.0
+    assert a_then_b >= 0.10 if name in POSITIVE else a_then_b == 0.0
 
 
 def test_controls_share_codes_and_prevalence(control):
@@ -63,6 +70,32 @@ def test_controls_share_codes_and_prevalence(control):
     assert (order.prevalence_a, order.prevalence_b) == (presence.prevalence_a, presence.prevalence_b)
     for code, planned in ((PROGRESSION_A, order.prevalence_a), (PROGRESSION_B, order.prevalence_b)):
         assert abs(_share_with(cohort, code) - planned) < 0.01
+
+
+def test_transition_is_invisible_to_per_code_aggregates_and_found_by_the_pair(tmp_path):
+    """On `transition`, A and B have the same count, first and last occurrence in every history (A -> B or B -> A
+    alike); windowed counts and recency differ by the pair's 1-3 days at most; the pair read off the visits
+    tells the planted direction for every patient whose risk carries the order term."""
+    dataset = load_dataset("synthetic", None, 3_000, 4, tmp_path, PRESETS["transition"])
+    split = labelled_splits(dataset, SURVIVAL_TASK, ("train",), "survival")[0]["train"]
+    features = CountFeatures.fit(split.patients, FULL_STRENGTH)
+    X, names = features.matrix(split.patients, split.prediction_times), features.names()
+    a, b = ({k: X[:, names.index(f"{k}:{code}")] for k in FULL_STRENGTH} for code in (PROGRESSION_A, PROGRESSION_B))
+    both = ~np.isnan(a["days_since_first"]) & ~np.isnan(b["days_since_first"])
+    for kind in ("count", "days_since_first", "days_since_last"):
+        np.testing.assert_array_equal(a[kind][both], b[kind][both], err_msg=kind)
+    for kind in ("count_30d", "count_365d"):
+        assert np.mean(a[kind][both] != b[kind][both]) < 0.01, kind
+    np.testing.assert_allclose(a["recency"][both], b["recency"][both], rtol=0.02)
+    oracle = read_oracle(dataset.path, SURVIVAL_TASK).to_pylist()
+    ordered = {r["subject_id"]: r["true_risk"] != r["true_risk_order_blind"] for r in oracle}
+    found = 0
+    for patient in split.patients:
+        pair = transition(patient)
+        found += pair is not None
+        first = set(patient.visits[pair[0]].codes) & {PROGRESSION_A, PROGRESSION_B} if pair else set()
+        assert (first == {PROGRESSION_A}) == ordered[patient.subject_id]
+    assert found > 0.4 * len(split)
 
 
 def test_default_preset_output_is_unchanged():
@@ -97,7 +130,8 @@ def test_params_name_the_dataset_and_change_its_fingerprint(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.synthetic.preset=strong", r"data\.synthetic\.preset: Input should be 'default', 'order' or 'presence'"),
+    ("data.synthetic.preset=strong",
+     r"data\.synthetic\.preset: Input should be 'default', 'order', 'presence', 'transition' or 'transition_presence'"),
     ("data.synthetic.order_effect=9", r"data\.synthetic\.order_effect: .*less than or equal to 4"),
     ("data.synthetic.prevalence_a=1.5", r"data\.synthetic\.prevalence_a: .*less than or equal to 1"),
     ("data.synthetic.order_window=0", r"data\.synthetic\.order_window: .*greater than or equal to 1"),

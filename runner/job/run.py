@@ -312,7 +312,7 @@ class Job:
         as_logits = logit if self.spec.task.kind == "binary" else np.asarray
         params = self.spec.data.synthetic.params()
         probe = order_probe(held_out_histories(self.spec, data), lambda s: as_logits(score(s)), params.order_effect,
-                            params.order_window)
+                            params.order_window, params.pattern)
         return {"order_probe": probe.to_dict()}
 
     def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:

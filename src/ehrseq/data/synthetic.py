@@ -12,20 +12,33 @@ history) and an outcome (OUTCOME_CODE) whose hazard after it is
                                    + order_effect * [A's onset, then B's within order_window visits]
                                    + presence_effect * [A and B both present] + male_effect * male)
 
-where A and B (PROGRESSION_A/B) are first recorded (their onsets) at random visits in the leading `onset_span`
-of the history before the prediction time; with `recurrence` > 0 both are re-recorded alike at later visits
-once both are there. B first, or onsets far apart, add nothing to the order term. The effect sizes are a
-`SyntheticParams`; PRESETS name three: `default` (the original cohort: A and B once each, weak order signal,
-strong age), `order` (a positive control: the onset order drives the outcome on >= 10% of patients, age is
-weak, and the symmetric recurrence hides the order from per-code counts, recency and days since last) and
-`presence` (its negative control: the same codes, prevalences and histories, the outcome driven by A and B
-being present in any order, so knowing the order gains nothing).
+where A and B (PROGRESSION_A/B) are planted in one of two patterns:
+
+- `onset`: first recorded (their onsets) at random visits in the leading `onset_span` of the history before
+  the prediction time; with `recurrence` > 0 both are re-recorded alike at later visits once both are there.
+  B first, or onsets far apart, add nothing to the order term. Per-code counts, recency and days since last
+  barely see the order, but days since the *first* occurrence of each code does.
+- `transition`: A and B recur together (both in the same visits: the first and last visit before the
+  prediction time and each other visit w.p. `recurrence`), and, for half of the patients who have both, one
+  visit in the second half of the history holds A without B and a visit 1-3 days later holds B without A
+  (A -> B: the order term); the other half get the mirror (B -> A). Counts, recency, first and last
+  occurrence and 30/365-day windows of A and B are then the same in both halves (up to 3 days): no per-code
+  aggregate sees which code came first in the pair, only the sequence of visits does.
+
+The effect sizes are a `SyntheticParams`; PRESETS name five: `default` (the original cohort: A and B once each,
+weak order signal, strong age), `order` (onset order drives the outcome on >= 10% of patients, age is weak; its
+order is visible to first-occurrence features), `presence` (its negative control: the same codes, prevalences
+and histories, the outcome driven by A and B being present in any order), `transition` (the positive control
+against full-strength count baselines: the A -> B pair drives the outcome) and `transition_presence` (its
+negative twin: the same histories, the outcome driven by A and B being present).
 
 The event comes at least a day after the prediction time; follow-up is censored uniformly in CENSOR_DAYS.
 Labels: a binary task (event within the horizon; patients censored earlier without an event are left out,
 their answer is unknown) and a survival task (days to event or censoring, event flag), in the MEDS label
 layout, plus each labelled patient's true risk P(event within horizon) for oracle figures, and the same risk
-recomputed without the order term (the order-blind ceiling).
+recomputed without the order term (`true_risk_order_blind`), and the best an order-blind model can do
+(`true_risk_order_marginal`: the true risk averaged over the order term given everything else, the order term's
+share estimated within patients who have both codes and, for `onset`, the same number of onset visits).
 Records continue after the prediction time, so inputs must be cut there (see ehrseq.data.cutoff).
 
 Everything is vectorised with numpy and generated in chunks of patients, so 1M patients fit in memory.
@@ -78,10 +91,14 @@ class SyntheticParams:
     cluster_effect: float = 0.7  # comorbidity cluster 0
     male_effect: float = 0.2
     base_hazard: float = 0.08 / 365  # per day, at age 50 with no risk factor
+    pattern: str = "onset"  # onset (first recordings in order) | transition (A -> B in consecutive visits)
 
     def key(self) -> str:
         """A short hash of every parameter: part of the cached dataset's name, so no change reuses a cache."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fields = asdict(self)
+        if fields["pattern"] == "onset":  # (the pattern came later: onset cohorts keep their names)
+            del fields["pattern"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
 PRESETS = {
@@ -96,7 +113,17 @@ PRESETS = {
     "presence": SyntheticParams(prevalence_a=0.8, prevalence_b=0.8, order_window=26, order_effect=0.0,
                                 presence_effect=1.5, age_effect=0.1, onset_span=1 / 3, recurrence=0.5,
                                 min_visits=12),
+    # Positive control against full-strength counts: A -> B across two consecutive visits (vs B -> A) drives the
+    # outcome; A and B otherwise recur together, so no per-code aggregate tells the two directions apart.
+    "transition": SyntheticParams(prevalence_a=0.8, prevalence_b=0.8, order_effect=2.0, age_effect=0.1,
+                                  recurrence=0.3, min_visits=12, pattern="transition"),
+    # Its negative twin: the same histories; A and B together (either direction) carry the effect.
+    "transition_presence": SyntheticParams(prevalence_a=0.8, prevalence_b=0.8, order_effect=0.0,
+                                           presence_effect=1.5, age_effect=0.1, recurrence=0.3, min_visits=12,
+                                           pattern="transition"),
 }
+PATTERNS = ("onset", "transition")
+PAIR_GAP_DAYS = 3  # the transition's second visit comes 1..this many days after its first
 CENSOR_DAYS = (180.0, 1095.0)
 HORIZON_DAYS = 365
 BINARY_TASK = f"outcome_within_{HORIZON_DAYS}d"
@@ -156,7 +183,8 @@ class SyntheticCohort:
     """MEDS events (including those after each prediction time), labels by task, and the oracle risks.
 
     `oracle[task]` is row-aligned with `labels[task]`: `subject_id`, `prediction_time`, `true_risk` and
-    `true_risk_order_blind` (the same hazard without the order term).
+    `true_risk_order_blind` (the same hazard without the order term) and `true_risk_order_marginal` (the Bayes
+    risk of a model that sees everything but the order: the risk averaged over the order term).
     """
 
     data: pa.Table
@@ -233,6 +261,13 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     step = np.where(rng.random(n) < 0.5, 1, -1)  # never the same visit; either side, so neither order gains
     visit_b = np.where(visit_b == visit_a, (visit_a + step) % onset_visits, visit_b)
     a_then_b = has_a & has_b & (visit_b > visit_a) & (visit_b - visit_a <= params.order_window)
+    stratum = np.where(has_a & has_b, onset_visits, -1)  # what fixes the chance of the order term
+    transition = params.pattern == "transition"
+    if transition:  # the pair: visit pair_visit (A or B alone), and a visit pair_gap days later (the other)
+        pair_visit, pair_gap = _pair_visits(rng, num_pre, day, starts)
+        paired = has_a & has_b & (pair_visit >= 0)
+        a_then_b = paired & (rng.random(n) < 0.5)
+        stratum = np.where(paired, 0, -1)
 
     # The outcome: true hazard, event and censoring times in days after the prediction time.
     age_at_prediction = (prediction_day - birth_day) / 365.25
@@ -242,20 +277,24 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     rest = p.presence_effect * (has_a & has_b) + p.male_effect * (sex == 1)
     hazard = p.base_hazard * np.exp(base + p.order_effect * a_then_b + rest)
     hazard_blind = p.base_hazard * np.exp(base + rest)  # the order-blind ceiling: no order term
+    hazard_order = p.base_hazard * np.exp(base + p.order_effect + rest)  # the same with the order term
     event_days = 1 + rng.exponential(1 / hazard)
     censor_days = rng.uniform(*CENSOR_DAYS, n)
     observed = event_days <= censor_days
     keep = is_before | (cand_us - prediction_us[cand_patient] <= censor_days[cand_patient] * _DAY_US)
     visit_patient, visit_us = cand_patient[keep], cand_us[keep]
     num_kept = np.bincount(visit_patient, minlength=n)
+    extra_patient = np.flatnonzero(paired) if transition else np.zeros(0, np.int64)  # the pairs' second visits
+    extra_us = (day[starts + pair_visit][extra_patient] + pair_gap[extra_patient]) * _DAY_US \
+        + rng.integers(7 * 3600, 19 * 3600, len(extra_patient)) * 1_000_000 if transition else extra_patient
     outcome_us = prediction_us + np.round(event_days * 86_400).astype(np.int64) * 1_000_000
 
     # Every row belongs to a "visit": static sex, birth, real visits and the outcome (one row each, except
     # real visits). Sorting these few visits, not the many rows, puts every row in place.
-    kind = np.concatenate([np.full(n, _STATIC), np.full(n, _BIRTH_ROW), np.full(len(visit_us), _VISIT),
+    kind = np.concatenate([np.full(n, _STATIC), np.full(n, _BIRTH_ROW), np.full(len(visit_us) + len(extra_us), _VISIT),
                            np.full(int(observed.sum()), _OUTCOME)]).astype(np.int8)
-    patient = np.concatenate([np.arange(n), np.arange(n), visit_patient, np.flatnonzero(observed)])
-    time_us = np.concatenate([np.full(n, np.iinfo(np.int64).min), birth_day * _DAY_US, visit_us,
+    patient = np.concatenate([np.arange(n), np.arange(n), visit_patient, extra_patient, np.flatnonzero(observed)])
+    time_us = np.concatenate([np.full(n, np.iinfo(np.int64).min), birth_day * _DAY_US, visit_us, extra_us,
                               outcome_us[observed]])
     order = np.lexsort((time_us, patient))
     kind, patient, time_us = kind[order], patient[order], time_us[order]
@@ -264,9 +303,18 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     first_visit = 2 * n + np.cumsum(num_kept) - num_kept  # unsorted index of each patient's first real visit
     rows_per_visit = np.where(kind == _VISIT, 1 + rng.binomial(7, 0.4, len(kind)), 1)
     recurring = []  # (sorted visit indices, code) of each re-recorded A and B: one row appended to the visit
-    if params.recurrence > 0:
-        patient_of = np.repeat(np.arange(n), num_pre)  # (P,) one entry per visit before the prediction time
-        visit_of = np.arange(len(patient_of)) - np.repeat(np.cumsum(num_pre) - num_pre, num_pre)
+    patient_of = np.repeat(np.arange(n), num_pre)  # (P,) one entry per visit before the prediction time
+    visit_of = np.arange(len(patient_of)) - np.repeat(np.cumsum(num_pre) - num_pre, num_pre)
+    if transition:  # A and B together at the first and last visit and w.p. recurrence between, never at the pair
+        together = ((visit_of == 0) | (visit_of == num_pre[patient_of] - 1)
+                    | (rng.random(len(patient_of)) < params.recurrence))
+        together &= ~(paired[patient_of] & (visit_of == pair_visit[patient_of]))
+        for planted, code_idx in ((has_a, _A_IDX), (has_b, _B_IDX)):
+            again = together & planted[patient_of]
+            visits = sorted_pos[first_visit[patient_of[again]] + visit_of[again]]
+            recurring.append((visits, rows_per_visit[visits].copy(), code_idx))
+            rows_per_visit[visits] += 1
+    elif params.recurrence > 0:
         last_onset = np.maximum(np.where(has_a, visit_a, -1), np.where(has_b, visit_b, -1))
         later = visit_of > last_onset[patient_of]
         for planted, code_idx in ((has_a, _A_IDX), (has_b, _B_IDX)):
@@ -284,11 +332,19 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     code = np.select([row_kind == _STATIC, row_kind == _BIRTH_ROW, row_kind == _OUTCOME],
                      [_SEX0 + sex[row_patient], _BIRTH, _OUTCOME_IDX], code)
     value[row_kind != _VISIT] = np.nan
-    # A and B onsets replace the first code of their visits (pre-prediction visits are never dropped);
-    # recurrences fill the rows appended to their visits.
-    for planted, visit, code_idx in ((has_a, visit_a, _A_IDX), (has_b, visit_b, _B_IDX)):
-        rows = row_start[sorted_pos[first_visit[planted] + visit[planted]]]
-        code[rows], value[rows] = code_idx, np.nan
+    # A and B onsets (or the transition pair) replace the first code of their visits (pre-prediction visits are
+    # never dropped); recurrences fill the rows appended to their visits.
+    if transition:
+        pair = np.flatnonzero(paired)
+        first, second = (row_start[sorted_pos[first_visit[pair] + pair_visit[pair]]],
+                         row_start[sorted_pos[2 * n + len(visit_us) + np.arange(len(pair))]])
+        ab = a_then_b[pair]
+        code[first], code[second] = np.where(ab, _A_IDX, _B_IDX), np.where(ab, _B_IDX, _A_IDX)
+        value[first], value[second] = np.nan, np.nan
+    else:
+        for planted, visit, code_idx in ((has_a, visit_a, _A_IDX), (has_b, visit_b, _B_IDX)):
+            rows = row_start[sorted_pos[first_visit[planted] + visit[planted]]]
+            code[rows], value[rows] = code_idx, np.nan
     for visits, offset, code_idx in recurring:
         rows = row_start[visits] + offset
         code[rows], value[rows] = code_idx, np.nan
@@ -305,8 +361,42 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     )
     outcome = {"subject_id": subject_ids, "prediction_us": prediction_us, "event_days": event_days,
                "censor_days": censor_days, "true_risk": -np.expm1(-hazard * (HORIZON_DAYS - 1)),
-               "true_risk_order_blind": -np.expm1(-hazard_blind * (HORIZON_DAYS - 1))}
+               "true_risk_order_blind": -np.expm1(-hazard_blind * (HORIZON_DAYS - 1)),
+               "true_risk_order_marginal": _order_marginal(a_then_b, stratum, hazard_order, hazard_blind)}
     return meds.DataSchema.align(table), outcome
+
+
+def _pair_visits(rng: np.random.Generator, num_pre: np.ndarray, day: np.ndarray,
+                 starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per patient, a random visit in the second half of the history before the prediction time (not its last)
+    followed by a gap of >= 2 days, -1 when there is none; and the days (1..PAIR_GAP_DAYS, within that gap) to the
+    pair's second visit."""
+    n = len(num_pre)
+    patient_of = np.repeat(np.arange(n), num_pre)
+    visit_of = np.arange(len(patient_of)) - np.repeat(np.cumsum(num_pre) - num_pre, num_pre)
+    at = starts[patient_of] + visit_of  # candidate visit index into day
+    last = visit_of >= num_pre[patient_of] - 1
+    gap = np.where(last, 0, day[np.minimum(at + 1, len(day) - 1)] - day[at])
+    ok = (visit_of >= (num_pre[patient_of] + 1) // 2) & ~last & (gap >= 2)
+    key = np.where(ok, rng.random(len(at)), -1.0)
+    order = np.lexsort((key, patient_of))  # each patient's best key last
+    chosen = order[np.r_[np.flatnonzero(np.diff(patient_of[order])), len(order) - 1]]
+    pair_visit = np.where(key[chosen] >= 0, visit_of[chosen], -1)
+    pair_gap = 1 + (rng.random(n) * np.minimum(PAIR_GAP_DAYS, np.maximum(gap[chosen] - 1, 1))).astype(np.int64)
+    return pair_visit, pair_gap
+
+
+def _order_marginal(order: np.ndarray, stratum: np.ndarray, hazard_order: np.ndarray,
+                    hazard_blind: np.ndarray) -> np.ndarray:
+    """P(event within the horizon) averaged over the order term: its share among patients of the same stratum
+    (-1: no chance of it) mixes the risk with and without it."""
+    share = np.zeros(len(order))
+    inside = stratum >= 0
+    if inside.any():
+        groups, index = np.unique(stratum[inside], return_inverse=True)
+        share[inside] = (np.bincount(index, weights=order[inside]) / np.bincount(index))[index]
+    with_order, without = (-np.expm1(-hazard * (HORIZON_DAYS - 1)) for hazard in (hazard_order, hazard_blind))
+    return without + share * (with_order - without)  # exactly `without` when the order term is 0
 
 
 def _sample_codes(rng: np.random.Generator, row_patient: np.ndarray, num_active: np.ndarray,
@@ -344,7 +434,7 @@ def _labels(outcome: dict[str, np.ndarray]) -> tuple[dict[str, pa.Table], dict[s
                                  "float_value": pa.array(followed.astype(np.float32))}),
     }
     oracle = pa.table({"subject_id": subject_id, "prediction_time": prediction_time,
-                       "true_risk": outcome["true_risk"], "true_risk_order_blind": outcome["true_risk_order_blind"]})
+                       **{k: outcome[k] for k in ("true_risk", "true_risk_order_blind", "true_risk_order_marginal")}})
     oracle = {BINARY_TASK: oracle.filter(mask), SURVIVAL_TASK: oracle}
     return {task: meds.LabelSchema.align(t) for task, t in labels.items()}, oracle
 

@@ -10,7 +10,10 @@ and B, and everything else, stays as it was.
 
 Both copies hold the same codes the same number of times at the same visits, so a model that only counts codes
 scores them alike (up to how much it weighs recent visits), while the true log hazard differs by `order_effect`
-where the onsets are within `order_window` visits (0 for the `presence` control). The shift is reported on the
+where the onsets are within `order_window` visits (0 for the `presence` control). For the `transition` pattern
+the swapped visits are the planted pair instead: a visit holding one of A and B alone, followed by the next visit
+holding the other alone (A and B otherwise recur together); its true shift is `order_effect` for every patient
+that has the pair. The shift is reported on the
 model's score scale: log-odds for binary models, log relative hazard for survival ones; for rare outcomes the
 two are close to the true log-HR.
 """
@@ -55,12 +58,21 @@ def onsets(patient: Patient, code_a: str = PROGRESSION_A, code_b: str = PROGRESS
     return (first[code_a], first[code_b]) if len(first) == 2 else None
 
 
-def swapped_histories(patient: Patient, code_a: str = PROGRESSION_A,
-                      code_b: str = PROGRESSION_B) -> tuple[Patient, Patient] | None:
-    """The "A first" and "B first" copies of `patient`, or None unless it holds both A and B.
+def transition(patient: Patient, code_a: str = PROGRESSION_A, code_b: str = PROGRESSION_B) -> tuple[int, int] | None:
+    """Indices of two consecutive visits, one holding A without B and the next B without A (or the mirror): the
+    `transition` pattern's pair; None when there is none."""
+    alone = [({code_a, code_b} & set(v.codes)) for v in patient.visits]
+    return next(((i, i + 1) for i in range(len(alone) - 1)
+                 if len(alone[i]) == len(alone[i + 1]) == 1 and alone[i] != alone[i + 1]), None)
+
+
+def swapped_histories(patient: Patient, code_a: str = PROGRESSION_A, code_b: str = PROGRESSION_B,
+                      pattern: str = "onset") -> tuple[Patient, Patient] | None:
+    """The "A first" and "B first" copies of `patient`, or None unless it holds both A and B (for `transition`,
+    the pair).
 
     A visit holding both onsets at once has no order to swap: such patients are left out too."""
-    found = onsets(patient, code_a, code_b)
+    found = (transition if pattern == "transition" else onsets)(patient, code_a, code_b)
     if found is None or found[0] == found[1]:
         return None
     early, late = sorted(found)
@@ -75,10 +87,11 @@ def swapped_histories(patient: Patient, code_a: str = PROGRESSION_A,
     return with_onsets(code_a, code_b), with_onsets(code_b, code_a)
 
 
-def order_probe(split: LabelledSplit, score: Scorer, order_effect: float, order_window: int) -> OrderProbe:
+def order_probe(split: LabelledSplit, score: Scorer, order_effect: float, order_window: int,
+                pattern: str = "onset") -> OrderProbe:
     """Scores both copies of every patient holding A and B (same prediction times and labels as in `split`, so
     any model's scoring applies) and summarises the shifts against the true ones."""
-    pairs = [swapped_histories(p) for p in split.patients]
+    pairs = [swapped_histories(p, pattern=pattern) for p in split.patients]
     rows = [i for i, pair in enumerate(pairs) if pair is not None]
     if not rows:
         raise ValueError("the order probe needs held-out patients holding both A and B at different visits")
@@ -86,8 +99,11 @@ def order_probe(split: LabelledSplit, score: Scorer, order_effect: float, order_
                                             split.labels[rows], split.times[rows], split.example_ids[rows]))
                           for which in (0, 1))
     shift = np.asarray(a_first, dtype=float) - np.asarray(b_first, dtype=float)
-    gaps = np.array([abs(np.subtract(*onsets(split.patients[i]))) for i in rows])
-    true_shift = order_effect * (gaps <= order_window)
+    if pattern == "transition":
+        true_shift = np.full(len(rows), order_effect)
+    else:
+        gaps = np.array([abs(np.subtract(*onsets(split.patients[i]))) for i in rows])
+        true_shift = order_effect * (gaps <= order_window)
     return OrderProbe(float(shift.mean()), float((shift > 0).mean()), float(true_shift.mean()), len(rows))
 
 
