@@ -44,23 +44,44 @@ def test_budget_rows_are_seeded_stratified_and_keep_a_rare_class():
     assert classes[budget_rows(np.array([True] + [False] * 99), 2, seed=0)].sum() == 1  # both classes at k=2
 
 
-def test_label_budget_subsamples_training_only_per_replicate(tmp_path, cache):
+def test_label_budget_cuts_training_and_tuning_to_k_patients_per_replicate(tmp_path, cache):
+    """The k-shot protocol: k training and k tuning patients (each seeded per replicate, stratified), held-out
+    whole, the vocabulary from the whole training split; the labels each split used are counted."""
     full = prepare_data(make_spec(tmp_path), cache)
-    budget = {r: prepare_data(make_spec(tmp_path, label_budget=40, replicate=r), cache) for r in (0, 0, 1)}
-    ids = {r: budget[r].labelled["train"].subject_ids for r in (0, 1)}
-    assert len(ids[0]) == len(budget[0].encoded["train"]) == 40
-    assert set(ids[0]) <= set(full.labelled["train"].subject_ids) and set(ids[0]) != set(ids[1])
-    assert np.array_equal(ids[0], prepare_data(make_spec(tmp_path, label_budget=40), cache).labelled["train"]
-                          .subject_ids)  # seeded
-    share = full.labelled["train"].labels.mean()
-    assert budget[0].labelled["train"].labels.sum() == round(40 * share)  # stratified by label
+    k = 20
+    budget = {r: prepare_data(make_spec(tmp_path, label_budget=k, replicate=r), cache) for r in (0, 0, 1)}
+    for split in ("train", "tuning"):
+        ids = {r: budget[r].labelled[split].subject_ids for r in (0, 1)}
+        assert len(ids[0]) == len(budget[0].encoded[split]) == k < len(full.labelled[split])
+        assert set(ids[0]) <= set(full.labelled[split].subject_ids) and set(ids[0]) != set(ids[1])
+        share = full.labelled[split].labels.mean()
+        assert abs(budget[0].labelled[split].labels.sum() - k * share) <= 1  # stratified by label
+        assert budget[0].labels_used()[split] == {"examples": k, "patients": k}
+    assert set(budget[0].labelled["tuning"].subject_ids) != set(budget[0].labelled["train"].subject_ids)
+    assert np.array_equal(budget[0].labelled["train"].subject_ids, prepare_data(
+        make_spec(tmp_path, label_budget=k), cache).labelled["train"].subject_ids)  # seeded
     assert [p.subject_id for p in budget[0].encoded["train"]] == budget[0].labelled["train"].example_ids.tolist()
-    for split in ("tuning", "held_out"):
-        assert np.array_equal(budget[1].labelled[split].subject_ids, full.labelled[split].subject_ids)
+    assert np.array_equal(budget[1].labelled["held_out"].subject_ids, full.labelled["held_out"].subject_ids)
     assert budget[1].vocab.itos == full.vocab.itos  # the vocabulary uses no labels: the whole training split
+    counts = make_spec(tmp_path, label_budget=k)
+    counts.model.kind = "gbm"  # the count baselines' columns come from the whole training split too
+    assert len(prepare_data(counts, cache).train_histories) == len(full.labelled["train"])
     n = len(full.labelled["train"])
-    with pytest.raises(InputError, match=rf"train.label_budget: {n + 1} .* only {n}"):
+    with pytest.raises(InputError, match=rf"train.label_budget: {n + 1} labelled patients .* only {n}"):
         prepare_data(make_spec(tmp_path, label_budget=n + 1), cache)
+    big = prepare_data(make_spec(tmp_path, label_budget=len(full.labelled["tuning"]) + 5), cache)
+    assert np.array_equal(big.labelled["tuning"].subject_ids, full.labelled["tuning"].subject_ids)  # kept whole
+
+
+def test_a_budget_counts_patients_and_keeps_all_their_prediction_times():
+    """Several label rows per patient stay together: k patients, every row of each, stratified by patient."""
+    subjects = np.repeat(np.arange(50), 3)  # 50 patients x 3 prediction times
+    labels = np.zeros(150, bool)
+    labels[np.arange(0, 30)] = True  # patients 0-9 positive at every time
+    rows = budget_rows(labels, 10, seed=3, groups=subjects)
+    assert len(np.unique(subjects[rows])) == 10 and len(rows) == 30
+    assert all((subjects[rows] == s).sum() == 3 for s in np.unique(subjects[rows]))
+    assert len(np.unique(subjects[rows][labels[rows]])) == 2  # the 20% positive share of 10 patients
 
 
 def test_epochs_set_the_steps_warmup_and_evaluation_cadence(tmp_path, cache):

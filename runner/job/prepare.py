@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ehrseq.data.budget import subsample, subsample_rows
+from ehrseq.data.budget import num_patients, subsample_rows, take
 from ehrseq.data.cohort import SPLITS, dataset_folder, patients_by_split
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
@@ -48,7 +48,7 @@ from ehrseq.models.lora import LoraSettings, apply_lora
 from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
 from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.reports.provenance import data_fingerprint, dataset_identity, dataset_name, identity_of, read_splits_mapping
-from ehrseq.seeding import LABEL_BUDGET, REPLICATE, derive_seed
+from ehrseq.seeding import LABEL_BUDGET, REPLICATE, TUNING_BUDGET, derive_seed
 from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.tasks.next_visit import NextVisitTask
@@ -84,9 +84,17 @@ class PreparedData:
     folder: Path | None = None  # the MEDS dataset's folder (labels/ and oracle/ live there)
     label_report: LabelReport | None = None  # binary/survival: what happened to each label row
     token_cache: dict[str, object] | None = None  # {"key", "name", "how": reused|downloaded|built, "seconds", ...}
+    # the whole training split's histories (cut), before any label budget: codes are not labels, so the count
+    # baselines' columns come from all of them (object path only)
+    train_histories: list[Patient] | None = None
 
     def fingerprint(self, held_out_ids: np.ndarray) -> str:
         return data_fingerprint(self.identity, self.splits, held_out_ids)
+
+    def labels_used(self) -> dict[str, dict[str, int]]:
+        """Labelled examples and patients each fitting split used: at a label budget k, at most k patients each."""
+        return {s: {"examples": len(self.labelled[s]), "patients": num_patients(self.labelled[s])}
+                for s in ("train", "tuning")} if self.labelled else {}
 
 
 def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None, remote: CacheRemote | None = None,
@@ -98,8 +106,9 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     settings: every fine-tune, label budget, replicate and ladder rung; kept in `remote` so a fresh machine
     downloads it); the count baselines, next_visit and Med2Vec pretraining build patient objects. Supervised
     tasks keep only labelled subjects, with histories cut strictly before the prediction time. With
-    `train.label_budget` k, the training split is a seeded, stratified k of them (every model kind gets the same
-    k); the vocabulary, which uses no labels, still comes from the whole training split.
+    `train.label_budget` k, the training and the tuning split are each a seeded, stratified k patients (every
+    model kind gets the same ones; ehrseq.data.budget); the vocabulary and the count features' code columns,
+    which use no labels, still come from the whole training split.
     """
     if vocab is not None and vocab.numeric_bins != spec.data.numeric_bins:
         raise InputError(f"data.numeric_bins: {spec.data.numeric_bins}, but the vocabulary of model.init_from was "
@@ -123,16 +132,27 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
         labelled = None
     patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset)
     vocab = vocab or _training_vocabulary(spec, patients["train"], bins)
-    if labelled and spec.train.label_budget is not None:
-        labelled["train"] = subsample(labelled["train"], spec.train.label_budget,
-                                      derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
-        patients["train"] = labelled["train"].patients
+    train_histories = patients["train"]
+    for split, rows in budget_rows(spec, labelled).items():
+        labelled[split] = take(labelled[split], rows)
+        patients[split] = labelled[split].patients
     max_len = spec.data.max_seq_len
     examples = spec.task.kind in EXAMPLE_TASKS
     encoded = {s: encode_examples(labelled[s], vocab, max_len) if examples
                else [encode_patient(p, vocab, max_len) for p in patients[s]] for s in SPLITS}
     return PreparedData(vocab, encoded, dataset_identity(dataset), dataset_name(folder), dataset.splits, labelled,
-                        folder, report)
+                        folder, report, train_histories=train_histories)
+
+
+def budget_rows(spec: JobSpec, labelled: dict | None) -> dict[str, np.ndarray]:
+    """At train.label_budget k: the rows of the k training and the k tuning patients this replicate keeps (each
+    its own seeded, stratified sample); {} without a budget."""
+    k = spec.train.label_budget
+    if not labelled or k is None:
+        return {}
+    seeds = {"train": LABEL_BUDGET, "tuning": TUNING_BUDGET}
+    return {s: subsample_rows(labelled[s], k, derive_seed(spec.seed, purpose, spec.train.replicate), s)
+            for s, purpose in seeds.items()}
 
 
 def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocabulary | None,
@@ -149,10 +169,8 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
     labelled, report = load_examples(cache, encoded) if task else (None, None)
-    if labelled and spec.train.label_budget is not None:
-        rows = subsample_rows(labelled["train"], spec.train.label_budget,
-                              derive_seed(spec.seed, LABEL_BUDGET, spec.train.replicate))
-        labelled["train"], encoded["train"] = labelled["train"].take(rows), encoded["train"].select(rows)
+    for split, rows in budget_rows(spec, labelled).items():
+        labelled[split], encoded[split] = labelled[split].take(rows), encoded[split].select(rows)
     name = dataset_name(folder)
     facts = {"key": manifest["key"], "name": cache.name, "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}

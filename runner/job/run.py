@@ -58,6 +58,7 @@ from ehrseq_runner.job.prepare import (
     held_out_histories,
     make_trainer,
     prepare_data,
+    training_seed,
 )
 from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, fetch_pretrained
 from ehrseq_runner.job.tracking import Tracker, check_installed
@@ -288,7 +289,8 @@ class Job:
         with self.console.status(f"fitting {spec.model.kind} on {len(data.labelled['train'])} subjects"):
             baseline = fit_baseline(spec.model.kind, spec.task.kind, data.labelled["train"],
                                     data.labelled["tuning"], spec.task.horizon_days, spec.data.min_code_count,
-                                    age=spec.model.age_feature, seed=spec.seed)
+                                    age=spec.model.age_feature, seed=training_seed(spec),
+                                    code_histories=data.train_histories)
             scores = baseline.score(split)
         if spec.task.kind == "binary":
             held_out = BinaryPredictions(split.subject_ids, split.prediction_times, split.labels, scores)
@@ -333,6 +335,7 @@ class Job:
             facts["data"]["numeric_bins"] = {"bins": data.vocab.numeric_bins, "codes": len(data.vocab.bins.edges)}
         if data.labelled:
             facts["labels"] = spec.task.labels_path or spec.task.label_task
+            facts["labels_used"] = data.labels_used()
             if data.label_report:
                 facts["label_rows"] = data.label_report.to_dict()
             # the true risk scored like a model: the ceiling on these subjects, and the ceiling without order

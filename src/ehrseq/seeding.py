@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-EPOCH_ORDER, TRAIN_STEP, EVALUATION, REPLICATE, LABEL_BUDGET = 0, 1, 2, 3, 4  # purposes
+EPOCH_ORDER, TRAIN_STEP, EVALUATION, REPLICATE, LABEL_BUDGET, TUNING_BUDGET = 0, 1, 2, 3, 4, 5  # purposes
 
 
 def derive_seed(seed: int, purpose: int, index: int = 0) -> int:

@@ -1,9 +1,11 @@
-"""Label budgets (the EHRSHOT protocol): fine-tune on k labelled training examples, not all of them.
+"""Label budgets (the EHRSHOT k-shot protocol): k labelled training patients, and k tuning patients for every
+choice made on the tuning split (early stopping, the kept checkpoint, a baseline's setting, the best baseline).
 
-The subsample is a pure function of (split, k, seed), stratified so a small k keeps the outcome's share:
-binary labels by label, survival by event flag (each class gets its proportional share of k, rounded so the
-shares add up to k, and at least one example when k >= 2). Next-visit targets have no class: a plain seeded
-sample. Tuning and held-out splits are never subsampled.
+A budget counts patients: a patient with several prediction times (label rows) brings all of them, so no
+patient is half in. The sample is a pure function of (split, k, seed), stratified so a small k keeps the
+outcome's share: binary labels by label, survival by event flag, a patient by whether any of its rows is
+positive (each class gets its proportional share of k, rounded so the shares add up to k, and at least one
+patient when k >= 2). Next-visit targets have no class: a plain seeded sample. Held-out is never subsampled.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from ehrseq.errors import InputError
 Split = TypeVar("Split", LabelledSplit, NextVisitSplit)
 
 
-def budget_rows(classes: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Indices (sorted) of a seeded sample of `k` rows, stratified by `classes` (S,); k must be <= S."""
+def budget_rows(classes: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Indices (sorted) of the rows of a seeded sample of `k` groups (default: each row its own), stratified by
+    `classes` (S,), a group's class being its largest (True over False); k must be <= the number of groups."""
+    groups = np.arange(len(classes)) if groups is None else groups
+    _, group_of = np.unique(groups, return_inverse=True)
+    group_class = np.zeros(group_of.max(initial=-1) + 1, classes.dtype)
+    np.maximum.at(group_class, group_of, classes)
     rng = np.random.default_rng(seed)
-    values, counts = np.unique(classes, return_counts=True)
-    picked = [rng.choice(np.flatnonzero(classes == v), size=q, replace=False)
+    values, counts = np.unique(group_class, return_counts=True)
+    picked = [rng.choice(np.flatnonzero(group_class == v), size=q, replace=False)
               for v, q in zip(values, _quotas(counts, k), strict=True)]
-    return np.sort(np.concatenate(picked))
+    return np.flatnonzero(np.isin(group_of, np.concatenate(picked)))
 
 
 def _quotas(counts: np.ndarray, k: int) -> np.ndarray:
@@ -39,18 +46,23 @@ def _quotas(counts: np.ndarray, k: int) -> np.ndarray:
     return quota
 
 
-def subsample_rows(split: Split, k: int, seed: int) -> np.ndarray:
-    """The rows (sorted) of a seeded sample of `k` of the split's examples, stratified by label (LabelledSplit)."""
-    if k > len(split):
-        raise InputError(f"train.label_budget: {k} labelled examples asked for, but the training split has only "
-                         f"{len(split)}; use a smaller budget or null for all")
+def num_patients(split: Split) -> int:
+    return len(np.unique(split.subject_ids))
+
+
+def subsample_rows(split: Split, k: int, seed: int, name: str = "train") -> np.ndarray:
+    """The rows (sorted) of a seeded sample of `k` of the split's patients with all their examples, stratified by
+    label (LabelledSplit). The training split must hold k patients; a smaller tuning split is kept whole."""
+    n = num_patients(split)
+    if k > n and name == "train":
+        raise InputError(f"train.label_budget: {k} labelled patients asked for, but the training split has only "
+                         f"{n}; use a smaller budget or null for all")
     classes = split.labels if isinstance(split, LabelledSplit) else np.zeros(len(split), dtype=bool)
-    return budget_rows(classes, k, seed)
+    return budget_rows(classes, min(k, n), seed, split.subject_ids)
 
 
-def subsample(split: Split, k: int, seed: int) -> Split:
-    """The split restricted to a seeded, stratified sample of `k` of its examples (row order kept)."""
-    rows = subsample_rows(split, k, seed)
+def take(split: Split, rows: np.ndarray) -> Split:
+    """The split's examples at `rows`, in that order."""
     if isinstance(split, LabelledSplit):
         return split.take(rows)
     return NextVisitSplit([split.patients[i] for i in rows], split.prediction_times[rows],

@@ -20,11 +20,13 @@ code's first occurrence before another's, a code within a window): what a sequen
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ehrseq.data.patients import Patient
 from ehrseq.data.supervised import LabelledSplit
 from ehrseq.evaluation.binary import auroc
 from ehrseq.evaluation.survival import harrell_c, horizon_status
@@ -68,12 +70,16 @@ class Baseline:
 
 
 def fit_baseline(kind: str, task: str, train: LabelledSplit, tuning: LabelledSplit, horizon: float,
-                 min_code_count: int = 1, age: bool = True, seed: int = 0) -> Baseline:
-    """Fits on `train`, picking the regularisation (GBM: setting and rounds) that does best on `tuning`."""
+                 min_code_count: int = 1, age: bool = True, seed: int = 0,
+                 code_histories: Sequence[Patient] | None = None) -> Baseline:
+    """Fits on `train`, picking the regularisation (GBM: setting and rounds) that does best on `tuning`.
+
+    The feature columns are the codes of `code_histories` (default: train's); at a label budget pass the whole
+    training split's histories, whose codes are no labels, as BEHRT's vocabulary is built from them too."""
     if kind == "cox" and task != "survival":
         raise ValueError("the cox baseline needs event times: use it with task.kind survival")
-    features = CountFeatures.fit(train.patients, FEATURE_KINDS[kind], age, min_code_count,
-                                 MAX_COX_CODES if kind == "cox" else None)
+    features = CountFeatures.fit(train.patients if code_histories is None else code_histories, FEATURE_KINDS[kind],
+                                 age, min_code_count, MAX_COX_CODES if kind == "cox" else None)
     raw = features.matrix(train.patients, train.prediction_times)
     base = Baseline(kind, task, features)
 

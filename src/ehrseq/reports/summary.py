@@ -47,6 +47,10 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         ("torch / CUDA", f"{summary['versions']['torch']} / {summary['versions'].get('cuda') or 'none'}"),
         ("Git commit", summary.get("git_commit") or "unknown"),
     ]
+    if summary.get("labels_used"):  # every label a choice was made with, as the k-shot protocol counts them
+        used = summary["labels_used"]
+        facts.append(("Labels used (train / tuning)", " / ".join(
+            f"{used[s]['examples']:,} examples of {used[s]['patients']:,} patients" for s in ("train", "tuning"))))
     if "init_from" in summary:
         facts.append(("Fine-tuned from", f"{summary['init_from']['uri']} (sha256 {summary['init_from']['sha256']})"))
     if isinstance(summary.get("baseline", {}).get("features"), list):  # count baselines: their hand-made inputs
