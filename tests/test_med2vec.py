@@ -146,7 +146,8 @@ def test_binary_fine_tuning_from_a_med2vec_run(pretrained):
     summary = json.loads((tmp / "runs" / "tuned" / "summary.json").read_text())
     assert 0.0 <= summary["metrics"]["auroc"] <= 1.0 and "auroc" in summary["metrics_ci"]
     source = fetch_pretrained(uri, kind="med2vec")
-    assert summary["init_from"] == {"uri": uri, "sha256": source.sha256}
+    assert (summary["init_from"]["uri"], summary["init_from"]["sha256"]) == (uri, source.sha256)
+    assert summary["init_from"]["pretraining_data"]["mode"] == "cut"  # Med2Vec pretraining is cut too
     model = Med2VecForPrediction(Med2VecConfig.preset("small", vocab_size=len(source.vocab)))
     model.med2vec.load_state_dict(source.encoder)  # the keys fit the downstream encoder exactly
     with pytest.raises(InputError, match="no behrt encoder"):

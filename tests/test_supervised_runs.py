@@ -88,7 +88,7 @@ def test_fine_tuning_starts_from_a_pretrained_run(tmp_path):
         load_encoder(BEHRTForPrediction(BEHRTConfig.small(vocab_size=7)).behrt, pretrained)
 
     summary = run(make_spec(tmp_path, "tuned", "behrt", "binary", init_from=source))
-    assert summary["init_from"] == {"uri": source, "sha256": pretrained.sha256}
+    assert (summary["init_from"]["uri"], summary["init_from"]["sha256"]) == (source, pretrained.sha256)
     assert Vocabulary.load(tmp_path / "runs" / "tuned" / "vocab.json").to_json() == pretrained.vocab.to_json()
     with pytest.raises(InputError, match="no finished model"):
         fetch_pretrained(f"file://{tmp_path}/runs/nope")

@@ -2,6 +2,7 @@
 one is rebuilt, and the figures are those of the patient-object path."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from rich.console import Console
 import ehrseq.data.token_cache as tc
 from ehrseq.data.cohort import SPLITS, dataset_folder, patients_by_split
 from ehrseq.data.meds_io import read_meds_dataset
+from ehrseq.data.pretrain_cut import PretrainCut
 from ehrseq.data.tokenize import encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.reports.provenance import data_fingerprint, dataset_identity
@@ -84,11 +86,13 @@ def test_a_damaged_stored_cache_is_rebuilt_with_a_warning_and_stored_again(tmp_p
 
 
 def test_the_token_cache_path_gives_the_object_paths_tokens_and_fingerprint(tmp_path):
+    """The shard-wise cut and token cache equal the table cut and the object path, tokens and fingerprint."""
     spec = spec_for(f"file://{tmp_path}/runs", tmp_path / "w")
     data = prepare_data(spec, tmp_path / "datasets")
     folder = dataset_folder("synthetic", None, 300, spec.seed, tmp_path / "datasets", spec.data.synthetic.params())
     dataset = read_meds_dataset(folder)
-    patients = patients_by_split(dataset)
+    cut = PretrainCut.of("cut", folder)  # MLM reads labelled patients before their prediction times
+    patients = patients_by_split(replace(dataset, data=cut.apply_table(dataset.data)))
     vocab = Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
     assert data.vocab == vocab
     for split in SPLITS:

@@ -21,11 +21,13 @@ from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
 from ehrseq.data.numeric import NumericBins, bin_table, fit_table
 from ehrseq.data.patients import Patient
+from ehrseq.data.pretrain_cut import PretrainCut
 from ehrseq.data.stream import training_vocabulary
 from ehrseq.data.supervised import (
     LabelledSplit,
     NextVisitSplit,
     encode_examples,
+    label_arrays,
     labelled_splits,
     next_visit_splits,
     read_task_labels,
@@ -59,6 +61,7 @@ from ehrseq_runner.job.pretrained import Pretrained, load_encoder
 from ehrseq_runner.spec.job_spec import SUPERVISED, JobSpec
 
 EXAMPLE_TASKS = ("binary", "survival")  # one example per label row: batches carry example ids
+PRETRAINING = ("mlm", "med2vec")  # self-supervised tasks: they read labelled patients as task.pretrain_data says
 SEQUENCE_MODELS = ("behrt", "med2vec")  # models that read tokens (the count baselines read whole histories)
 # the tuning metric that picks the best evaluation (early stopping, the kept checkpoint, and for supervised
 # tasks the weights held-out is scored with), and whether higher is better
@@ -87,6 +90,9 @@ class PreparedData:
     # the whole training split's histories (cut), before any label budget: codes are not labels, so the count
     # baselines' columns come from all of them (object path only)
     train_histories: list[Patient] | None = None
+    # pretraining (mlm, med2vec): what it read of labelled patients (ehrseq.data.pretrain_cut), recorded in the
+    # summary with the data fingerprint so a fine-tune can check it
+    pretrain_cut: PretrainCut | None = None
 
     def fingerprint(self, held_out_ids: np.ndarray) -> str:
         return data_fingerprint(self.identity, self.splits, held_out_ids)
@@ -108,7 +114,9 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     tasks keep only labelled subjects, with histories cut strictly before the prediction time. With
     `train.label_budget` k, the training and the tuning split are each a seeded, stratified k patients (every
     model kind gets the same ones; ehrseq.data.budget); the vocabulary and the count features' code columns,
-    which use no labels, still come from the whole training split.
+    which use no labels, still come from the whole training split. Pretraining (mlm, med2vec) reads labelled
+    patients as task.pretrain_data says (cut before their prediction times by default), bins, vocabulary and
+    tokens alike; numeric bins of a supervised task are fitted on values before the prediction times.
     """
     if vocab is not None and vocab.numeric_bins != spec.data.numeric_bins:
         raise InputError(f"data.numeric_bins: {spec.data.numeric_bins}, but the vocabulary of model.init_from was "
@@ -116,10 +124,15 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
                          f"data.numeric_bins: {vocab.numeric_bins}")
     folder = dataset_folder(spec.data.source, spec.data.path, spec.data.num_patients, spec.seed, cache_dir,
                             spec.data.synthetic.params())
+    cut = PretrainCut.of(spec.task.pretrain_data, folder, spec.task.labels_path, spec.task.labels) \
+        if spec.task.kind in PRETRAINING else None
     if spec.task.kind == "mlm" or (spec.task.kind in EXAMPLE_TASKS and spec.model.kind in SEQUENCE_MODELS):
-        return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn)
+        return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn, cut)
     dataset = read_meds_dataset(folder)
-    bins = vocab.bins if vocab is not None else _fit_bins(dataset, spec.data.numeric_bins)
+    identity = dataset_identity(dataset)  # the dataset's, whatever a pretraining cut keeps of it
+    if cut:
+        dataset = replace(dataset, data=cut.apply_table(dataset.data))
+    bins = vocab.bins if vocab is not None else _fit_bins(dataset, spec.data.numeric_bins, spec)
     if bins:
         dataset = replace(dataset, data=bin_table(dataset.data, bins))
     report = None
@@ -140,8 +153,8 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     examples = spec.task.kind in EXAMPLE_TASKS
     encoded = {s: encode_examples(labelled[s], vocab, max_len) if examples
                else [encode_patient(p, vocab, max_len) for p in patients[s]] for s in SPLITS}
-    return PreparedData(vocab, encoded, dataset_identity(dataset), dataset_name(folder), dataset.splits, labelled,
-                        folder, report, train_histories=train_histories)
+    return PreparedData(vocab, encoded, identity, dataset_name(folder), dataset.splits, labelled,
+                        folder, report, train_histories=train_histories, pretrain_cut=cut)
 
 
 def budget_rows(spec: JobSpec, labelled: dict | None) -> dict[str, np.ndarray]:
@@ -156,7 +169,8 @@ def budget_rows(spec: JobSpec, labelled: dict | None) -> dict[str, np.ndarray]:
 
 
 def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocabulary | None,
-                      remote: CacheRemote | None, warn: Callable[[str], None] | None) -> PreparedData:
+                      remote: CacheRemote | None, warn: Callable[[str], None] | None,
+                      cut: PretrainCut | None) -> PreparedData:
     start = time.perf_counter()
     task = None
     if spec.task.kind != "mlm":  # the label rows are read each time: their files are part of the key
@@ -165,7 +179,7 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
         task = LabelledTask(t.kind, labels, report, task_label_files(folder, t.label_task, t.labels_path))
     cache, how = token_cache(folder, cache_dir, spec.data.max_seq_len, spec.data.min_code_count, vocab,
                              source=spec.data.path or spec.data.source, warn=warn, remote=remote,
-                             numeric_bins=spec.data.numeric_bins, task=task)
+                             numeric_bins=spec.data.numeric_bins, task=task, cut=cut)
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
     labelled, report = load_examples(cache, encoded) if task else (None, None)
@@ -175,7 +189,7 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
     facts = {"key": manifest["key"], "name": cache.name, "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
     return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
-                        read_splits_mapping(folder), labelled, folder, report, token_cache=facts)
+                        read_splits_mapping(folder), labelled, folder, report, token_cache=facts, pretrain_cut=cut)
 
 
 def held_out_histories(spec: JobSpec, data: PreparedData) -> LabelledSplit:
@@ -202,12 +216,19 @@ def describe_token_cache(facts: dict[str, object]) -> str:
             f"in {facts['seconds']:.1f} s")
 
 
-def _fit_bins(dataset: MedsDataset, num_bins: int) -> NumericBins | None:
-    """Numeric value bins from the whole training split (as the vocabulary: no labels used); None when off."""
+def _fit_bins(dataset: MedsDataset, num_bins: int, spec: JobSpec) -> NumericBins | None:
+    """Numeric value bins from the whole training split (as the vocabulary: no labels used), on the values
+    before each labelled patient's earliest prediction time for a supervised task; None when off."""
     if not num_bins:
         return None
     train = np.array([s for s, split in dataset.splits.items() if split == "train"], np.int64)
-    return fit_table(dataset.data, train, num_bins)
+    data = dataset.data
+    if spec.task.kind in SUPERVISED and spec.task.kind != "next_visit":
+        labels, _ = read_task_labels(dataset.path, spec.task.label_task, spec.task.kind, spec.task.labels_path)
+        _, times, _ = label_arrays(labels)
+        data = PretrainCut.of_rows("cut", labels.column("subject_id").to_numpy(), times.astype(np.int64)) \
+            .apply_table(data)
+    return fit_table(data, train, num_bins)
 
 
 def _training_vocabulary(spec: JobSpec, train: list[Patient], bins: NumericBins | None) -> Vocabulary:

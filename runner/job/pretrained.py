@@ -7,18 +7,26 @@ the one a fresh run would build. The weights' sha256 goes into the summary, nami
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from safetensors.torch import load
 from torch import nn
 
+from ehrseq.data.meds_io import sha256_of
+from ehrseq.data.supervised import task_label_files
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage, split_run_uri
+
+if TYPE_CHECKING:
+    from ehrseq_runner.job.prepare import PreparedData
+    from ehrseq_runner.spec.job_spec import JobSpec
 
 
 @dataclass
@@ -28,9 +36,11 @@ class Pretrained:
     vocab: Vocabulary
     encoder: dict[str, torch.Tensor]  # encoder weights, without their `behrt.` / `med2vec.` prefix
     cohort: dict[str, Any]  # the pretraining spec's seed and data section: which patients it trained on
+    data: dict[str, Any] | None = None  # its summary's pretraining_data: fingerprint, cut mode, label files
+    checked: bool = True  # False: model.init_from_data other (pretrained elsewhere on purpose, not checked)
 
-    def provenance(self) -> dict[str, str]:
-        return {"uri": self.uri, "sha256": self.sha256}
+    def provenance(self) -> dict[str, Any]:
+        return {"uri": self.uri, "sha256": self.sha256, "pretraining_data": self.data, "checked": self.checked}
 
 
 def fetch_pretrained(run_uri: str, endpoint_url: str | None = None, kind: str = "behrt") -> Pretrained:
@@ -42,6 +52,7 @@ def fetch_pretrained(run_uri: str, endpoint_url: str | None = None, kind: str = 
         weights = run.storage.get_bytes(run.key("model.safetensors"))
         vocab = Vocabulary.from_json(run.storage.get_bytes(run.key("vocab.json")).decode())
         spec = safe_yaml.load(run.storage.get_bytes(run.key("spec.yaml")), f"{run_uri}/spec.yaml")
+        summary = json.loads(run.storage.get_bytes(run.key("summary.json")))
     except FileNotFoundError as e:
         raise InputError(f"model.init_from: {run_uri} has no finished model ({e}); "
                          "pretrain it to completion first") from None
@@ -49,7 +60,7 @@ def fetch_pretrained(run_uri: str, endpoint_url: str | None = None, kind: str = 
     if not encoder:
         raise InputError(f"model.init_from: {run_uri}/model.safetensors holds no {kind} encoder (keys {kind}.*)")
     return Pretrained(run_uri, hashlib.sha256(weights).hexdigest(), vocab, encoder,
-                      {"seed": spec["seed"], **spec["data"]})
+                      {"seed": spec["seed"], **spec["data"]}, summary.get("pretraining_data"))
 
 
 def check_no_leakage(pretrained: Pretrained, seed: int, data: dict[str, Any]) -> None:
@@ -64,6 +75,40 @@ def check_no_leakage(pretrained: Pretrained, seed: int, data: dict[str, Any]) ->
         raise InputError(f"model.init_from: {pretrained.uri} was pretrained on the same dataset with other splits "
                          f"({'; '.join(diffs)}), so its training patients may be held out here; "
                          "use the pretraining run's seed and data.num_patients")
+
+
+def check_pretraining_data(pretrained: Pretrained, spec: JobSpec, data: PreparedData) -> None:
+    """A base must have been pretrained on this dataset and splits (its recorded data fingerprint), reading of
+    this task's labelled patients nothing at or after their prediction times (cut, or an unlabelled pool), unless
+    `model.init_from_data: other` says it was pretrained elsewhere on purpose. InputError (exit 2) otherwise."""
+    fix = "or set model.init_from_data: other to fine-tune from it knowingly (the summary records it)"
+    if spec.model.init_from_data == "other":
+        pretrained.checked = False
+        return
+    recorded = pretrained.data
+    if recorded is None:
+        raise InputError(f"model.init_from: {pretrained.uri} records no pretraining data (an older run, or not a "
+                         f"pretraining); pretrain again on this dataset, {fix}")
+    ours = data.fingerprint(np.zeros(0, np.int64))
+    if recorded["fingerprint"] != ours:
+        raise InputError(f"model.init_from: {pretrained.uri} was pretrained on other data or splits (data fingerprint "
+                         f"{recorded['fingerprint']}, this run's {ours}: {data.identity}); pretrain on this dataset "
+                         f"with this seed, {fix}")
+    if spec.task.kind not in ("binary", "survival"):
+        return
+    label = spec.task.labels_path or spec.task.label_task
+    if recorded["mode"] == "all":
+        raise InputError(f"model.init_from: {pretrained.uri} was pretrained on whole timelines (task.pretrain_data: "
+                         f"all), so it read the events after this task's prediction times, outcomes included; "
+                         f"pretrain with task.pretrain_data: cut (the default) or pool, {fix}")
+    files = task_label_files(data.folder, spec.task.label_task, spec.task.labels_path)
+    cut = {sha for _, _, sha in recorded["labels"]}
+    missing = [f.name for f in files if sha256_of(f) not in cut]
+    if missing:
+        raise InputError(f"model.init_from: {pretrained.uri} was pretrained cut at other labels than this task's "
+                         f"({label}: {', '.join(missing)} not among its {len(cut)} label files), so it may have read "
+                         f"these patients' futures; pretrain with task.labels_path: {label} (or these labels under "
+                         f"the dataset's labels/), {fix}")
 
 
 def load_encoder(encoder: nn.Module, pretrained: Pretrained) -> None:

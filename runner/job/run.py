@@ -60,7 +60,7 @@ from ehrseq_runner.job.prepare import (
     prepare_data,
     training_seed,
 )
-from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, fetch_pretrained
+from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, check_pretraining_data, fetch_pretrained
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
@@ -191,6 +191,8 @@ class Job:
         with self.console.status("preparing data"), distributed.rank_zero_first():
             data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None,
                                 remote=StoredTokenCaches(self.run_folder.storage), warn=self.warn)
+        if pretrained:
+            check_pretraining_data(pretrained, spec, data)
         return pretrained, data
 
     def _train_and_report(self, pretrained: Pretrained | None, data: PreparedData) -> int:
@@ -331,6 +333,10 @@ class Job:
                      "subjects": {s: len(data.encoded[s]) for s in SPLITS}, "vocab_size": len(data.vocab)}}
         if data.token_cache:
             facts["data"]["token_cache"] = data.token_cache
+        if data.pretrain_cut:  # what a fine-tune checks: same data and splits, no labelled patient's future
+            facts["pretraining_data"] = {"fingerprint": data.fingerprint(np.zeros(0, np.int64)),
+                                         "patients_labelled": len(data.pretrain_cut.subjects),
+                                         **data.pretrain_cut.identity(data.folder)}
         if data.vocab.bins:
             facts["data"]["numeric_bins"] = {"bins": data.vocab.numeric_bins, "codes": len(data.vocab.bins.edges)}
         if data.labelled:

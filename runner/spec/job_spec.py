@@ -85,6 +85,9 @@ class ModelSpec(Section):
     init_from: str | None = None  # run or checkpoint URI to fine-tune from
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     age_feature: bool = True  # count baselines: age at the prediction time as a feature (false: what age adds)
+    # same: init_from must have been pretrained on this dataset and splits, reading no labelled patient's future
+    # (checked, exit 2 otherwise); other: it was pretrained elsewhere, on purpose (not checked, the summary says so)
+    init_from_data: Literal["same", "other"] = "same"
 
 
 class TaskSpec(Section):
@@ -98,6 +101,10 @@ class TaskSpec(Section):
     # (then `labels` names one: <labels_path>/<labels>.parquet or <labels_path>/<labels>/**/*.parquet)
     labels_path: str | None = Field(None, min_length=1, max_length=4096)
     horizon_days: float = Field(365.0, gt=0, le=36500)  # survival: the AUROC's horizon (and bag_of_codes target)
+    # mlm/med2vec: what pretraining reads of patients labelled in any <dataset>/labels/ task or in labels_path:
+    # cut (events strictly before their earliest prediction time), pool (unlabelled patients only), all (whole
+    # timelines: a fine-tune on this dataset refuses such a base)
+    pretrain_data: Literal["cut", "pool", "all"] = "cut"
 
     @property
     def label_task(self) -> str | None:
@@ -326,9 +333,12 @@ def check_supported(spec: JobSpec) -> None:
     if spec.task.kind == "next_visit" and spec.task.labels:
         raise InputError(f"task.labels: {spec.task.labels!r} is not used by next_visit, whose targets come from "
                          "each subject's last visit; leave it null")
-    if spec.task.labels_path is not None and spec.task.kind not in ("binary", "survival"):
-        raise InputError(f"task.labels_path: labels are read for task.kind binary or survival; task.kind "
-                         f"{spec.task.kind!r} takes none")
+    if spec.task.labels_path is not None and spec.task.kind not in ("binary", "survival", "mlm", "med2vec"):
+        raise InputError(f"task.labels_path: labels are read for task.kind binary or survival (and cut mlm or "
+                         f"med2vec pretraining); task.kind {spec.task.kind!r} takes none")
+    if spec.task.pretrain_data != "cut" and spec.task.kind not in ("mlm", "med2vec"):
+        raise InputError(f"task.pretrain_data: {spec.task.pretrain_data} sets what mlm or med2vec pretraining reads; "
+                         f"task.kind {spec.task.kind!r} is not a pretraining")
     if spec.train.label_budget is not None and spec.task.kind not in SUPERVISED:
         raise InputError(f"train.label_budget: {spec.train.label_budget} subsamples labelled training examples; "
                          f"task.kind {spec.task.kind!r} has no labels (pretraining uses every training patient)")

@@ -3,7 +3,8 @@
 A ladder YAML names its cohorts (any `data` block a job spec takes), one supervised task, the rungs (a model
 block, an optional pretraining run, LoRA, train overrides), the label budgets and the replicates. `expand`
 turns it into the JobSpecs to run, in order: each cohort's pretraining runs (one per distinct pretraining, on
-every training patient, without labels), then every rung at every budget and replicate, fine-tuned from them.
+the training patients without labels, each labelled patient cut before its prediction time or, with
+`pretrain.data: pool`, left out), then every rung at every budget and replicate, fine-tuned from them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Cohort(Section):
 
 class Pretrain(Section):
     task: Literal["mlm", "med2vec"]  # mlm for BEHRT, med2vec for Med2Vec
+    # what it reads of the labelled patients (the ladder's labels and every task under the dataset's labels/):
+    # cut (events strictly before their earliest prediction time) or pool (unlabelled patients only)
+    data: Literal["cut", "pool"] = "cut"
     train: TrainSpec = TrainSpec()  # overrides of the ladder's train block for the pretraining run (not the rung's)
 
 
@@ -187,8 +191,11 @@ def expand(ladder: LadderSpec) -> list[LadderRun]:
 def _pretraining(ladder: LadderSpec, cohort: Cohort, rung: Rung) -> LadderRun:
     assert rung.pretrain is not None
     model = rung.model.model_dump(exclude_unset=True)
+    task = ladder.task.model_dump(exclude_unset=True) | cohort.task  # its labels are what the cut is made at
+    labels = {k: task[k] for k in ("labels", "labels_path") if task.get(k) is not None}
     spec = _job(ladder, cohort, rung.name, f"{ladder.name}-{cohort.name}-{rung.name}-pretrain", model,
-                {"kind": rung.pretrain.task}, _train(ladder.train, rung.pretrain.train))
+                {"kind": rung.pretrain.task, "pretrain_data": rung.pretrain.data, **labels},
+                _train(ladder.train, rung.pretrain.train))
     return LadderRun(spec, cohort.name, rung.name, None, None)
 
 

@@ -6,6 +6,7 @@ interrupted write never leaves something that looks like a complete dataset. Rea
 `meds` schemas and turn any problem into a `DataError` naming the file and column.
 """
 
+import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -132,6 +133,15 @@ class MedsWriter:
         }
         (self.tmp / meds.dataset_metadata_filepath).write_text(json.dumps(metadata, indent=2) + "\n")
         swap_into_place(self.tmp, self.dest)
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256, read in 16 MB blocks: identities of data and label files, checksums of caches."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def swap_into_place(tmp: Path, dest: Path) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import meds
 import numpy as np
@@ -27,6 +28,9 @@ from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
+
+if TYPE_CHECKING:
+    from ehrseq.data.pretrain_cut import PretrainCut
 
 SPLITS = ("train", "tuning", "held_out")  # split code = index; -1: in no split (dropped)
 COLUMNS = ("subject_id", "time", "code")
@@ -265,11 +269,12 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
                      np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
 
 
-def fit_bins(dataset: Path, splits: SplitTable, num_bins: int) -> NumericBins:
+def fit_bins(dataset: Path, splits: SplitTable, num_bins: int, cut: PretrainCut | None = None) -> NumericBins:
     """Numeric value bins from the training split's values, a shard at a time (a pass of its own: the bins
-    must be known before codes are counted)."""
+    must be known before codes are counted); with `cut` (a PretrainCut), only the rows it keeps."""
     fitter = BinFitter(num_bins)
     for shard in iter_shards(dataset, values=True):
+        shard = cut.apply(shard) if cut else shard
         train = splits.of(shard.subject) == 0
         fitter.add(shard.names, shard.code[train], shard.value[train], shard.subject[train])
     return fitter.result()

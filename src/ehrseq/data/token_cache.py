@@ -38,8 +38,9 @@ import pyarrow.parquet as pq
 
 from ehrseq.data.examples import ExampleLabels
 from ehrseq.data.labels import LabelReport
-from ehrseq.data.meds_io import MedsDataset, swap_into_place
+from ehrseq.data.meds_io import MedsDataset, sha256_of, swap_into_place
 from ehrseq.data.numeric import NumericBins
+from ehrseq.data.pretrain_cut import PretrainCut
 from ehrseq.data.stream import (
     SPLITS,
     Histories,
@@ -86,19 +87,11 @@ class LabelledTask:
     files: list[Path]
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "labels": [[f.name, f.stat().st_size, _sha256(f)] for f in self.files]}
+        return {"kind": self.kind, "labels": [[f.name, f.stat().st_size, sha256_of(f)] for f in self.files]}
 
 
 class NotATokenCache(Exception):
     """The folder holds no complete, intact token cache (no manifest, or a file differs from it): rebuild it."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
@@ -110,19 +103,23 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
     files = [*data_shards(dataset), dataset / meds.subject_splits_filepath]
     if not files[-1].is_file():
         raise DataError(f"{files[-1]}: file not found")  # as meds_io._read_table says it
-    return [[f.relative_to(dataset).as_posix(), f.stat().st_size, _sha256(f)] for f in files]
+    return [[f.relative_to(dataset).as_posix(), f.stat().st_size, sha256_of(f)] for f in files]
 
 
 def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None,
-              numeric_bins: int = 0, task: LabelledTask | None = None) -> str:
-    """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary and task."""
+              numeric_bins: int = 0, task: LabelledTask | None = None, cut: PretrainCut | None = None) -> str:
+    """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary, task and cut."""
     given = None if vocab is None else hashlib.sha256(vocab.to_json().encode()).hexdigest()
     what = {"format": FORMAT, "dataset": dataset_fingerprint(dataset), "max_len": max_len, "min_count": min_count,
             "vocab": given}
     if numeric_bins and vocab is None:  # (a given vocabulary brings its own bins; 0 keeps older keys valid)
         what["numeric_bins"] = numeric_bins
+        if task:  # the bins are fitted on values before the prediction times (older caches fitted on all)
+            what["bins_fit"] = "before prediction times"
     if task:
         what["task"] = task.identity()
+    if cut and cut.mode != "all":
+        what["pretrain_data"] = cut.identity(dataset)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -270,27 +267,29 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: 
 
 
 def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins: NumericBins | None,
-                     examples: ExampleLabels | None) -> Iterator[Histories]:
-    """Each shard's histories (valued codes binned with `bins`; with `examples`, one per label row, cut at its
-    prediction time), adding its rows to events[0]."""
+                     examples: ExampleLabels | None, cut: PretrainCut | None) -> Iterator[Histories]:
+    """Each shard's histories (the rows `cut` keeps; valued codes binned with `bins`; with `examples`, one per
+    label row, cut at its prediction time), adding its rows to events[0]."""
     for shard in iter_shards(dataset, values=bins is not None):
-        events[0] += len(shard.subject)
+        events[0] += len(shard.subject)  # the dataset's events (its identity), whatever the cut keeps
+        shard = cut.apply(shard) if cut else shard
         shard = shard.binned(bins) if bins else shard
         yield histories(*examples.cut(shard)) if examples else histories(shard, splits)
 
 
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
-           key: str, numeric_bins: int, task: LabelledTask | None) -> dict[str, Any]:
+           key: str, numeric_bins: int, task: LabelledTask | None, cut: PretrainCut | None) -> dict[str, Any]:
     seconds, given, events = {}, vocab is not None, [0]
     start = time.perf_counter()
     splits = read_splits(dataset)
     examples = ExampleLabels.of(task.labels, splits) if task else None
     bins = vocab.bins if vocab is not None else None
-    if vocab is None and numeric_bins:  # pass 0
-        bins = fit_bins(dataset, splits, numeric_bins)
+    if vocab is None and numeric_bins:  # pass 0, on values before the prediction times of labelled patients
+        before = cut if cut or task is None else PretrainCut.of_rows("cut", examples.subject, examples.time)
+        bins = fit_bins(dataset, splits, numeric_bins, before)
         seconds["numeric_bins"] = time.perf_counter() - start
         start = time.perf_counter()
-    each = _shard_histories(dataset, splits, events, bins, examples)
+    each = _shard_histories(dataset, splits, events, bins, examples, cut)
     if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
         (tmp / "histories").mkdir()
         counts: Counter = Counter()
@@ -319,11 +318,11 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     files = _finish(parts, tmp)
     shutil.rmtree(parts.folder)
     (tmp / "vocab.json").write_text(vocab.to_json())
-    files["vocab.json"] = {"size": (tmp / "vocab.json").stat().st_size, "sha256": _sha256(tmp / "vocab.json")}
+    files["vocab.json"] = {"size": (tmp / "vocab.json").stat().st_size, "sha256": sha256_of(tmp / "vocab.json")}
     if task:  # each example's label, by example id
         pq.write_table(task.labels.select([c for c in LABEL_COLUMNS if c in task.labels.column_names]),
                        tmp / LABELS_FILE)
-        files[LABELS_FILE] = {"size": (tmp / LABELS_FILE).stat().st_size, "sha256": _sha256(tmp / LABELS_FILE)}
+        files[LABELS_FILE] = {"size": (tmp / LABELS_FILE).stat().st_size, "sha256": sha256_of(tmp / LABELS_FILE)}
     seconds["finish"] = time.perf_counter() - start
     patient_at = np.r_[0, np.cumsum(parts.patients())].tolist()
     token_at = np.r_[0, np.cumsum(parts.tokens())].tolist()
@@ -338,28 +337,32 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     }
     if task:
         manifest["examples"] = {"kind": task.kind, "report": examples.report(task.report).to_dict()}
+    if cut:
+        manifest["pretrain_data"] = cut.identity(dataset)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                       source: str | None = None, key: str | None = None, numeric_bins: int = 0,
-                      task: LabelledTask | None = None) -> dict[str, Any]:
+                      task: LabelledTask | None = None, cut: PretrainCut | None = None) -> dict[str, Any]:
     """Tokenise the MEDS dataset at `dataset` into a cache folder `dest` (replacing any old one); the manifest.
 
     Without `vocab`, the vocabulary is the training split's codes seen at least `min_count` times (InputError
     naming `source`, default the dataset path, if none is), numeric values binned into `numeric_bins` value
     bins per code when not 0 (fitted on the training split); a given `vocab` brings its own bins. With `task`,
     the patients are its examples (ehrseq.data.examples: one per label row, cut before its prediction time; the
-    vocabulary counts the training examples' codes, as the object path does). `key` defaults to
-    `cache_key(...)`."""
+    vocabulary counts the training examples' codes, as the object path does). With `cut` (pretraining), only the
+    rows it keeps are read, for the bins, the vocabulary and the tokens (ehrseq.data.pretrain_cut). `key`
+    defaults to `cache_key(...)`."""
     dataset, dest = Path(dataset), Path(dest)
-    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task)
+    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins, task)
+        manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins, task,
+                          cut)
         swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -382,7 +385,7 @@ def read_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
         path = folder / name
         if not path.is_file() or path.stat().st_size != want["size"]:
             raise NotATokenCache(f"{path}: missing or not {want['size']:,} bytes")
-        if verify and _sha256(path) != want["sha256"]:
+        if verify and sha256_of(path) != want["sha256"]:
             raise NotATokenCache(f"{path}: checksum differs from the manifest's")
     return manifest
 
@@ -427,14 +430,14 @@ class CacheRemote(Protocol):
 def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                 source: str | None = None, warn: Callable[[str], None] | None = None,
                 remote: CacheRemote | None = None, numeric_bins: int = 0,
-                task: LabelledTask | None = None) -> tuple[Path, str]:
+                task: LabelledTask | None = None, cut: PretrainCut | None = None) -> tuple[Path, str]:
     """The cache folder for these inputs under `cache_dir` (`tokens-<key>`) and how it was had: "reused" (an
     intact one was there), "downloaded" (from `remote`) or "built" (then published to `remote`).
 
     A damaged local or remote one is rebuilt, after `warn(message)` when given; a remote that fails to publish
     only warns (the tokens are here, training goes on)."""
     say = warn or (lambda message: None)
-    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task)
+    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut)
     folder = Path(cache_dir) / f"{'examples' if task else 'tokens'}-{key}"
     if folder.exists():
         try:
@@ -448,7 +451,7 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
                 return folder, "downloaded"
         except Exception as e:  # noqa: BLE001 - damaged (NotATokenCache) or unreachable: build it here instead
             say(f"the stored token cache {folder.name} could not be used ({one_line(e)}); building it here")
-    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task)
+    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task, cut)
     if remote is not None:
         try:
             remote.publish(folder.name, folder)
