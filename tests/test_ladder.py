@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
+from scipy.stats import norm
 
 from ehrseq.evaluation.binary import auroc
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
@@ -24,7 +25,7 @@ LADDER = """\
 name: lad
 seed: 3
 cohorts:
-  - {name: order, data: {num_patients: 200, max_seq_len: 32, synthetic: {preset: order}}}
+  - {name: order, data: {num_patients: 200, max_seq_len: 32, synthetic: {preset: transition}}}
   - {name: presence, data: {num_patients: 200, max_seq_len: 32, synthetic: {preset: presence}}}
 task: {kind: binary}
 label_budgets: [16, null]
@@ -110,7 +111,7 @@ def test_every_shipped_ladder_validates_and_opens_with_its_command(tmp_path):
     for path in paths:
         ladder, runs = load_ladder(path, [f"storage.uri=file://{tmp_path}"])  # S3 clients: slow to make x 100 runs
         assert path.read_text().startswith(f"# ehrseq ladder jobs/{path.name}")
-        assert {c.data.synthetic.preset for c in ladder.cohorts} == {"order", "presence"}
+        assert {c.data.synthetic.preset for c in ladder.cohorts} >= {"transition", "transition_presence"}
         assert {r.spec.model.kind for r in runs} >= {"bag_of_codes", "gbm", "behrt"}
 
 
@@ -190,7 +191,7 @@ def test_a_preempted_ladder_continues_and_the_report_gives_the_known_verdicts(tm
     report = (out / "report.md").read_text()
     assert "at k=all behrt beats the best count baseline (bag) by +0." in report
     assert "at k=all behrt shows no difference from the best count baseline (bag): +0.000" in report
-    assert report.count("Matches the known answer") == 2 and "oracle (true risk) 0.950" in report
+    assert report.count("Matches the known answer") == 2 and "true risk (oracle) 0.950" in report
     assert (out / "plots" / "order_label_efficiency.png").stat().st_size > 10_000
 
 
@@ -212,7 +213,7 @@ runtime: {work_dir: WORK}
     for r in rows:  # the figure is the run's own held-out AUROC
         summary = json.loads((tmp_path / "runs" / f"lad-order-{r['rung']}-k{r['k']}-r0" / "summary.json").read_text())
         assert float(r["value"]) == pytest.approx(summary["metrics"]["auroc"])
-    assert "Control `order`" in (tmp_path / "report" / "report.md").read_text()
+    assert "Control `transition`" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_survival_verdicts_use_the_c_index():
@@ -228,8 +229,62 @@ def test_survival_verdicts_use_the_c_index():
 
     cells = [cell("cox", "cox", rng.normal(size=n), 0.6), cell("gbm", "gbm", rng.normal(size=n), 0.5),
              cell("behrt", "behrt", -times / 100 + rng.normal(0, 0.5, n), 0.9)]
-    result = analyse_cohort(cells, "order", num_resamples=100)
+    result = analyse_cohort(cells, "transition", num_resamples=100)
     assert result.metric == "c_index" and result.baselines == {None: "cox"}
     behrt = next(v for v in result.verdicts if v.rung == "behrt")
     assert behrt.outcome == "beats" and behrt.difference.other > 0.8
     assert result.control.matches and "behrt (best sequence model on tuning) beats" in result.control.measured
+
+
+def _cells(figures: dict[tuple[str, str], list[float]], n: int = 400, fingerprints: list[str] | None = None):
+    """Binary cells whose held-out AUROCs sit near the given figures: one cell per replicate figure."""
+    rng = np.random.default_rng(7)
+    y = rng.random(n) < 0.4
+    ids, at = np.arange(n), np.full(n, np.datetime64("2020-01-01", "us"))
+    noise = rng.normal(size=n)
+    out, i = [], 0
+    for (rung, kind), values in figures.items():
+        for r, target in enumerate(values):
+            strength = 2 ** 0.5 * norm.ppf(target)  # the AUROC of strength x label + N(0, 1) noise
+            table = BinaryPredictions(ids, at, y, 1 / (1 + np.exp(-(strength * y + noise)))).to_table()
+            summary = {"task": "binary", "metrics": {"auroc": 0.0}, "baseline": {"tuning_score": 0.7},
+                       **({"data_fingerprint": fingerprints[i]} if fingerprints else {})}
+            out.append(LadderCell("c", rung, kind, None, r, RunResult(f"file:///r/{rung}{r}", summary, [], table)))
+            i += 1
+    return out
+
+
+def test_replicates_widen_the_interval_and_can_undo_a_one_fit_verdict():
+    """The issue's case: one replicate of a rung beats the baseline, its replicates disagree; resampling the
+    replicates puts that spread in the interval, so the pooled verdict is no longer 'beats'."""
+    one = analyse_cohort(_cells({("gbm", "gbm"): [0.70], ("behrt", "behrt"): [0.76]}), num_resamples=400)
+    assert one.verdicts[0].outcome == "beats" and any("one replicate" in n for n in one.notes)
+    spread = {("gbm", "gbm"): [0.70, 0.70, 0.70], ("behrt", "behrt"): [0.76, 0.62, 0.75]}
+    pooled = analyse_cohort(_cells(spread), num_resamples=400)
+    point = next(p for p in pooled.points if p.rung == "behrt")
+    assert len(point.values) == 3 and point.ci[1] - point.ci[0] > 2 * (one.points[1].ci[1] - one.points[1].ci[0])
+    assert pooled.verdicts[0].outcome == "no difference"
+
+
+def test_verdict_intervals_are_adjusted_for_the_number_of_comparisons():
+    figures = {("gbm", "gbm"): [0.70], **{(f"m{i}", "behrt"): [0.70 + 0.01 * i] for i in range(6)}}
+    result = analyse_cohort(_cells(figures), num_resamples=1000)
+    assert len(result.verdicts) == 6 and result.level == pytest.approx(1 - 0.05 / 6)
+    for v in result.verdicts:  # the adjusted interval contains the unadjusted 95% one
+        assert v.difference.ci[0] <= v.ci95[0] and v.difference.ci[1] >= v.ci95[1]
+        assert v.p_holm >= v.difference.p_value
+
+
+def test_holm_adjusts_step_down():
+    from ehrseq.reports.ladder import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([]) == [] and holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+
+
+def test_runs_on_different_data_are_not_paired():
+    from ehrseq.errors import InputError
+
+    cells = _cells({("gbm", "gbm"): [0.7], ("behrt", "behrt"): [0.75]}, fingerprints=["aaaa", "bbbb"])
+    with pytest.raises(InputError, match="the runs are on different data"):
+        analyse_cohort(cells, num_resamples=100)

@@ -78,8 +78,8 @@ def test_logit_inverts_the_sigmoid_and_stays_finite():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,task,preset", [("bag_of_codes", "binary", "order"), ("cox", "survival", "order"),
-                                               ("behrt", "binary", "presence")])
-def test_synthetic_runs_report_the_probe_and_both_ceilings(tmp_path, model, task, preset):
+                                               ("behrt", "binary", "presence"), ("gbm", "binary", "transition")])
+def test_synthetic_runs_report_the_probe_and_the_ceilings(tmp_path, model, task, preset):
     spec = JobSpec.model_validate({
         "name": f"{model}-{preset}", "data": {"num_patients": 300, "max_seq_len": 32, "synthetic": {"preset": preset}},
         "model": {"kind": model}, "task": {"kind": task},
@@ -94,11 +94,12 @@ def test_synthetic_runs_report_the_probe_and_both_ceilings(tmp_path, model, task
     assert 0 < probe["n"] <= held_out and 0.0 <= probe["share_positive"] <= 1.0
     assert np.isfinite(probe["mean_shift"])
     assert set(summary["oracle_order_blind"]) == set(summary["oracle"])
-    if preset == "presence":  # no order term: the two ceilings are the same numbers
-        assert summary["oracle_order_blind"] == summary["oracle"]
+    if preset == "presence":  # no order term: the three ceilings are the same numbers
+        assert summary["oracle_order_blind"] == summary["oracle"] == summary["oracle_order_marginal"]
     else:
         headline = "auroc" if task == "binary" else "c_index"
         assert summary["oracle_order_blind"][headline] < summary["oracle"][headline]
+        assert summary["oracle_order_marginal"][headline] < summary["oracle"][headline]
     assert f"synthetic-v3-{preset}-" in summary["data"]["dataset"]
     text = (folder / "SUMMARY.md").read_text()
-    assert "Order probe (the onsets of A and B swapped" in text and "| order-blind |" in text
+    assert "Order probe (the onsets of A and B swapped" in text and "| best order-blind |" in text

@@ -344,10 +344,12 @@ class Job:
             facts["labels_used"] = data.labels_used()
             if data.label_report:
                 facts["label_rows"] = data.label_report.to_dict()
-            # the true risk scored like a model: the ceiling on these subjects, and the ceiling without order
+            # the true risk scored like a model: the ceiling on these subjects, the true risk without the order term
+            # and the best an order-blind model can do (the risk averaged over the order term)
             # (labels from labels_path are the user's own: no oracle)
             oracles = () if spec.task.labels_path else (("oracle", "true_risk"),
-                                                        ("oracle_order_blind", "true_risk_order_blind"))
+                                                        ("oracle_order_blind", "true_risk_order_blind"),
+                                                        ("oracle_order_marginal", "true_risk_order_marginal"))
             for name, column in oracles:
                 risks = oracle_risks(data.folder, spec.task.label_task, held_out.subject_ids, column)
                 if risks is not None:

@@ -83,8 +83,10 @@ class LadderSpec(Section):
     task: TaskSpec  # binary or survival; cohorts may override its other fields (labels, horizon_days)
     rungs: list[Rung] = Field(min_length=1)
     label_budgets: list[int | None] = Field([None], min_length=1)  # k labelled training patients; null = all
-    replicates: int = Field(1, ge=1)
-    resamples: int = Field(1000, ge=100)  # paired bootstrap resamples of held-out patients in the report
+    replicates: int = Field(5, ge=1, le=100)  # runs per rung at each budget below all: subsample and initialisation
+    replicates_at_all: int | None = Field(None, ge=1, le=100)  # at k = all (null: replicates); initialisation only
+    resamples: int = Field(2000, ge=100, le=100_000)  # paired bootstrap resamples in the report (adjusted intervals
+    # reach into the tails: 1 - 0.05 / comparisons)
     train: TrainSpec = TrainSpec()  # defaults for every run; a rung's or a pretraining's train overrides them
     checkpoint: CheckpointSpec = CheckpointSpec()
     storage: StorageSpec = StorageSpec()
@@ -173,7 +175,8 @@ def expand(ladder: LadderSpec) -> list[LadderRun]:
             base_of[rung.name] = run.uri
         runs += pretrained.values()
         for budget in ladder.label_budgets:
-            for replicate in range(ladder.replicates):
+            for replicate in range(ladder.replicates if budget is not None else
+                                   ladder.replicates_at_all or ladder.replicates):
                 for rung in ladder.rungs:
                     model = rung.model.model_dump(exclude_unset=True)
                     if rung.name in base_of:

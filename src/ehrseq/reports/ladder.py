@@ -1,15 +1,22 @@
 """The ladder's report: at each label budget, does a model beat the strongest count baseline, and by how much?
 
 Input is one finished run per cohort x rung x label budget x replicate (loaded bundles, as `compare_runs`
-takes them). Per cohort it gives learning curves (held-out metric vs k, 95% bands), a rung x k table, a paired
-bootstrap of every rung against the best count baseline at each k, one plain sentence per (rung, k), compute per
-rung and, for synthetic control cohorts, whether the measured verdict is the known one.
+takes them). Per cohort it gives learning curves (held-out metric vs k, 95% bands, each replicate's figure), a
+rung x k table, a paired bootstrap of every rung against the best count baseline at each k, one plain sentence
+per (rung, k), the labels each figure used, compute per rung and, for synthetic control cohorts, whether the
+measured verdict is the known one.
 
 Choices, stated in the report too:
+- Runs are paired only when their data fingerprints (dataset, splits, held-out patients) are equal.
 - The best count baseline at each k is picked on the tuning split (never on the held-out patients the verdicts
-  are scored on); only when a baseline has no tuning figure does the held-out figure pick, with a note.
-- Replicates are pooled: the figure is the mean over replicates, resampled on the same patients in each draw,
-  so the interval covers patient sampling with the replicates' spread averaged in.
+  are scored on; at budget k the tuning split holds k patients too); only when a baseline has no tuning figure
+  does the held-out figure pick, with a note.
+- Replicates are in the interval: each bootstrap draw resamples the held-out patients (the same ones for every
+  rung: paired) and, for every rung, its replicates with replacement, so the variance of training and of the
+  label subsample is part of it. One replicate leaves it out (a note says so).
+- Multiplicity: a cohort's verdicts (every rung but the baseline at every k) are one family of m comparisons;
+  their intervals are simultaneous (Bonferroni: each at level 1 - 0.05 / m), a verdict says "beats" or "worse"
+  only when that interval excludes 0, and the CSV adds Holm-adjusted p-values.
 - Controls are judged with all labels (the largest budget): that is where the known answer holds; with few
   labels a pretrained model may beat counts even on a presence-driven outcome.
 """
@@ -33,10 +40,17 @@ from ehrseq.reports.compare import RunResult, headline_metric, md_table, wall_te
 from ehrseq.reports.plots import metric_label, plot_label_efficiency
 
 COUNT_KINDS = ("bag_of_codes", "gbm", "cox")  # models on code counts: the baselines a sequence model must beat
-EXPECTED = {  # synthetic control preset -> the known answer with all labels
-    "order": "the best sequence model beats the best count baseline (the outcome depends on code order)",
-    "presence": "no sequence model beats the best count baseline (the outcome depends on code presence only)",
+POSITIVE = "the best sequence model beats the best count baseline (the outcome depends on an order no per-code " \
+           "aggregate sees)"
+NEGATIVE = "no sequence model beats the best count baseline (the outcome depends on code presence only)"
+EXPECTED = {"transition": POSITIVE, "presence": NEGATIVE, "transition_presence": NEGATIVE}  # with all labels
+UNJUDGED = {  # presets whose answer against full-strength counts is not known in advance
+    "order": "onset order drives the outcome, but per-code first-occurrence features see which code came first, "
+             "so the full-strength count baseline can learn it too: no verdict is expected",
 }
+ALPHA = 0.05
+CEILINGS = (("oracle", "true risk (oracle)"), ("oracle_order_marginal", "best order-blind (true risk averaged over "
+            "the order term)"), ("oracle_order_blind", "true risk without the order term"))
 
 
 @dataclass(frozen=True)
@@ -59,10 +73,12 @@ class Point:
     kind: str
     budget: int | None
     replicates: int
-    value: float
+    value: float  # mean over replicates
     ci: tuple[float, float]
     tuning: float | None  # mean tuning-split figure, None when a replicate has none
-    draws: np.ndarray  # (resamples,) the pooled figure on each resample of held-out patients
+    draws: np.ndarray  # (resamples,) the figure on each resample of held-out patients and of replicates
+    values: tuple[float, ...] = ()  # each replicate's figure
+    labels: float | None = None  # labelled examples the fit used (train + tuning), mean over replicates
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,9 @@ class Verdict:
     rung: str
     budget: int | None
     baseline: str  # the best count baseline at this budget
-    difference: PairedDifference  # rung - baseline
+    difference: PairedDifference  # rung - baseline, its interval adjusted for the cohort's m comparisons
+    ci95: tuple[float, float] = (np.nan, np.nan)  # the unadjusted 95% interval
+    p_holm: float = np.nan  # Holm-adjusted p-value
 
     @property
     def outcome(self) -> str:
@@ -80,7 +98,7 @@ class Verdict:
 
     def sentence(self) -> str:
         d = self.difference
-        figure = f"{d.difference:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}] {metric_label(d.metric)}"
+        figure = f"{d.difference:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}] {metric_label(d.metric)} (adjusted)"
         verb = {"beats": f"beats the best count baseline ({self.baseline}) by",
                 "worse": f"is worse than the best count baseline ({self.baseline}) by",
                 "no difference": f"shows no difference from the best count baseline ({self.baseline}):"}[self.outcome]
@@ -107,6 +125,7 @@ class CohortResult:
     notes: list[str]
     control: ControlCheck | None
     plot: Path | None = None
+    level: float = 1 - ALPHA  # each verdict interval's level: 1 - alpha / m
 
 
 @dataclass
@@ -144,6 +163,10 @@ def analyse_cohort(cells: Sequence[LadderCell], control: str | None = None, *, n
     missing = [c.run.uri for c in cells if c.run.predictions is None]
     if missing:
         raise InputError(f"cohort {cohort}: no held-out predictions in {', '.join(missing)}")
+    fingerprints = {c.run.summary["data_fingerprint"]: c.run.uri for c in cells if "data_fingerprint" in c.run.summary}
+    if len(fingerprints) > 1:
+        raise InputError(f"cohort {cohort}: the runs are on different data (data fingerprints "
+                         + ", ".join(f"{f} in {uri}" for f, uri in fingerprints.items()) + "); rerun them on one")
     try:
         aligned = align_predictions([predictions_from_table(c.run.predictions) for c in cells])
     except InputError as e:
@@ -156,15 +179,21 @@ def analyse_cohort(cells: Sequence[LadderCell], control: str | None = None, *, n
     groups: dict[tuple[str, int | None], list[int]] = {}
     for i, c in enumerate(cells):
         groups.setdefault((c.rung, c.budget), []).append(i)
+    rng = np.random.default_rng([seed, 1])  # the replicates' resampling, apart from the patients'
     points = []
     for (rung, budget), rows in groups.items():
-        pooled = np.mean([draws[i] for i in rows], axis=0)
+        pooled = _resample_replicates(np.stack([draws[i] for i in rows]), rng)
         tunings = [tuning_score(cells[i].run, metric) for i in rows]
+        used = [_labels_used(cells[i].run) for i in rows]
         points.append(Point(rung, cells[rows[0]].kind, budget, len(rows), mean(figures[i] for i in rows),
                             (float(np.nanquantile(pooled, 0.025)), float(np.nanquantile(pooled, 0.975))),
-                            None if None in tunings else mean(tunings), pooled))
+                            None if None in tunings else mean(tunings), pooled, tuple(figures[i] for i in rows),
+                            None if None in used else mean(used)))
     notes: list[str] = []
-    baselines, verdicts = {}, []
+    if all(p.replicates == 1 for p in points):
+        notes.append("one replicate per rung and k: the intervals cover held-out patients only, not the variance "
+                     "of training and of the label subsample (set replicates: 5)")
+    baselines, compared = {}, []
     for budget in dict.fromkeys(c.budget for c in cells):
         at_k = [p for p in points if p.budget == budget]
         base = _best(p for p in at_k if p.kind in COUNT_KINDS)
@@ -175,15 +204,47 @@ def analyse_cohort(cells: Sequence[LadderCell], control: str | None = None, *, n
             notes.append(f"k={budget_text(budget)}: a count baseline has no tuning figure, so the best one "
                          f"({base.rung}) was picked on held-out {metric}")
         baselines[budget] = base.rung
-        for p in at_k:
-            if p is base:
-                continue
-            d = difference_from_draws(metric, base.value, p.value, p.draws - base.draws, num_subjects)
-            if d is not None:
-                verdicts.append(Verdict(cohort, p.rung, budget, base.rung, d))
-    result = CohortResult(cohort, metric, points, verdicts, baselines, notes, None)
+        compared += [(p, base) for p in at_k if p is not base]
+    level = 1 - ALPHA / max(1, len(compared))  # Bonferroni: simultaneous over the cohort's comparisons
+    found = [(p, base, difference_from_draws(metric, base.value, p.value, p.draws - base.draws, num_subjects, level),
+              difference_from_draws(metric, base.value, p.value, p.draws - base.draws, num_subjects))
+             for p, base in compared]
+    found = [f for f in found if f[2] is not None]
+    verdicts = [Verdict(cohort, p.rung, p.budget, base.rung, d, d95.ci, p_holm)
+                for (p, base, d, d95), p_holm in zip(found, holm([f[2].p_value for f in found]), strict=True)]
+    if len(compared) > 1:
+        notes.append(f"{len(compared)} comparisons: each verdict's interval is at level {100 * level:.2f}% "
+                     f"(Bonferroni), so all {len(compared)} hold together at 95%")
+    result = CohortResult(cohort, metric, points, verdicts, baselines, notes, None, level=level)
     result.control = check_control(result, control) if control in EXPECTED else None
+    if control in UNJUDGED:
+        notes.append(f"control `{control}`: {UNJUDGED[control]}")
     return result
+
+
+def _resample_replicates(draws: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(R,) from (n, R) replicate x patient-resample figures: in each draw, n replicates drawn with replacement
+    and averaged, so the spread between replicates widens the interval (n = 1: the draws themselves)."""
+    n, resamples = draws.shape
+    if n == 1:
+        return draws[0]
+    picked = rng.integers(0, n, size=(resamples, n))
+    return np.nanmean(draws[picked, np.arange(resamples)[:, None]], axis=1)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the given order."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    adjusted = np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]) if len(p) else p
+    out = np.empty_like(p)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out.tolist()
+
+
+def _labels_used(run: RunResult) -> float | None:
+    used = run.summary.get("labels_used")
+    return float(sum(used[s]["examples"] for s in ("train", "tuning"))) if used else None
 
 
 def _best(points: Any) -> Point | None:
@@ -199,7 +260,7 @@ def check_control(result: CohortResult, preset: str) -> ControlCheck:
     """The verdict a control must give with all labels (the largest budget), and the one it gave."""
     budget = None if None in result.baselines else max(result.baselines, default=None)
     sequence = [v for v in result.verdicts if v.budget == budget and v.rung not in _count_rungs(result)]
-    if preset == "order":
+    if EXPECTED[preset] == POSITIVE:
         points = {p.rung: p for p in result.points if p.budget == budget}
         best = _best(points[v.rung] for v in sequence)
         verdict = next((v for v in sequence if best and v.rung == best.rung), None)
@@ -253,28 +314,41 @@ def _train_size(cells: Sequence[LadderCell]) -> float:
 def _plot(r: CohortResult, cells: Sequence[LadderCell], path: Path) -> Path:
     all_x = _train_size(cells)
     curves: dict[str, list[tuple[float, float, Sequence[float]]]] = {}
+    replicates: dict[str, list[tuple[float, float]]] = {}
     for p in r.points:
-        curves.setdefault(p.rung, []).append((all_x if p.budget is None else float(p.budget), p.value, p.ci))
-    summary = cells[0].run.summary
-    references = {label: summary[key][r.metric] for key, label in
-                  (("oracle", "oracle"), ("oracle_order_blind", "order-blind oracle"))
-                  if r.metric in summary.get(key, {})}
+        x = all_x if p.budget is None else float(p.budget)
+        curves.setdefault(p.rung, []).append((x, p.value, p.ci))
+        replicates.setdefault(p.rung, []).extend((x, v) for v in p.values)
     return plot_label_efficiency(curves, path, f"{r.cohort}: held-out {metric_label(r.metric)} vs labels",
-                                 r.metric, dashed=sorted(_count_rungs(r)), references=references,
-                                 tick_labels={all_x: f"all ({all_x:g})"})
+                                 r.metric, dashed=sorted(_count_rungs(r)), references=ceilings(cells, r.metric),
+                                 tick_labels={all_x: f"all ({all_x:g})"}, replicates=replicates)
+
+
+def ceilings(cells: Sequence[LadderCell], metric: str) -> dict[str, float]:
+    """The synthetic cohort's true-risk figures on these held-out patients, by name (none on real data)."""
+    summary = cells[0].run.summary
+    return {label: summary[key][metric] for key, label in CEILINGS if metric in summary.get(key, {})}
 
 
 def _compute(runs: Sequence[RunResult]) -> dict[str, float | None]:
+    """Wall time, CPU-hours (wall time x threads of the runs that ran on the CPU), GPU-hours and cost."""
     costs = [r.summary.get("cost") for r in runs]
     return {"wall_time_s": sum(r.summary.get("wall_time_s", 0.0) for r in runs),
+            "cpu_hours": sum(r.summary.get("wall_time_s", 0.0) / 3600 * _cpu_threads(r.summary) for r in runs
+                             if not r.summary.get("gpus")),
             "gpu_hours": sum(r.summary.get("gpu_hours", 0.0) for r in runs),
             "cost": None if None in costs else sum(costs)}
 
 
+def _cpu_threads(summary: Mapping[str, Any]) -> int:
+    return int(summary.get("hardware", {}).get("cpu_threads") or 1)
+
+
 def _write_csv(report: LadderReport, by_cohort: Mapping[str, Sequence[LadderCell]]) -> None:
-    columns = ["cohort", "rung", "model", "k", "replicates", "metric", "value", "ci_low", "ci_high", "tuning",
-               "best_baseline", "difference", "difference_ci_low", "difference_ci_high", "p", "verdict",
-               "wall_time_s", "gpu_hours", "cost"]
+    columns = ["cohort", "rung", "model", "k", "replicates", "replicate_values", "labels_used", "metric", "value",
+               "ci_low", "ci_high", "tuning", "best_baseline", "difference", "difference_ci_low", "difference_ci_high",
+               "ci_level", "difference_ci95_low", "difference_ci95_high", "p", "p_holm", "verdict", "wall_time_s",
+               "cpu_hours", "gpu_hours", "cost"]
     with report.table.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
@@ -284,24 +358,31 @@ def _write_csv(report: LadderReport, by_cohort: Mapping[str, Sequence[LadderCell
                 runs = [c.run for c in by_cohort[r.cohort] if (c.rung, c.budget) == (p.rung, p.budget)]
                 row: dict[str, Any] = {
                     "cohort": r.cohort, "rung": p.rung, "model": p.kind, "k": budget_text(p.budget),
-                    "replicates": p.replicates, "metric": r.metric, "value": p.value, "ci_low": p.ci[0],
+                    "replicates": p.replicates, "replicate_values": " ".join(f"{v:.4f}" for v in p.values),
+                    "labels_used": p.labels, "metric": r.metric, "value": p.value, "ci_low": p.ci[0],
                     "ci_high": p.ci[1], "tuning": p.tuning, "best_baseline": r.baselines.get(p.budget),
                     **_compute(runs)}
                 v = verdicts.get((p.rung, p.budget))
                 if v:
                     d = v.difference
                     row |= {"difference": d.difference, "difference_ci_low": d.ci[0], "difference_ci_high": d.ci[1],
-                            "p": d.p_value, "verdict": v.outcome}
+                            "ci_level": r.level, "difference_ci95_low": v.ci95[0], "difference_ci95_high": v.ci95[1],
+                            "p": d.p_value, "p_holm": v.p_holm, "verdict": v.outcome}
                 writer.writerow(row)
 
 
 def render(name: str, report: LadderReport, by_cohort: Mapping[str, Sequence[LadderCell]],
            pretraining: Sequence[tuple[str, str, RunResult]], num_resamples: int) -> str:
     lines = [f"# Ladder {name}: does the bigger model help?", "",
-             "Held-out figures with 95% bootstrap intervals over patients; each rung is compared with the best count "
-             f"baseline ({', '.join(COUNT_KINDS)}) at the same k, picked on the tuning split, by a paired bootstrap "
-             f"on the same held-out patients ({num_resamples} resamples). Replicates are pooled (mean figure per "
-             "resample). \"beats\" / \"worse\": the 95% interval of the difference excludes 0.", ""]
+             "Held-out figures (the mean over replicates) with 95% bootstrap intervals that resample held-out patients "
+             "and, per rung, its replicates, so training and subsample variance are in them. At k, every model "
+             "trains on k labelled patients and makes every choice (early stopping, kept checkpoint, a baseline's "
+             "setting, the best baseline) on k tuning patients; pretraining read no labelled patient's events at or "
+             "after its prediction time. Each rung is compared with the best count baseline "
+             f"({', '.join(COUNT_KINDS)}; gbm on counts, recency, first and last occurrence and 30/365-day counts of "
+             "every code) at the same k, picked on the tuning split, by a paired bootstrap on the same held-out "
+             f"patients ({num_resamples} resamples). \"beats\" / \"worse\": the difference's interval, adjusted for "
+             "the cohort's number of comparisons (Bonferroni), excludes 0.", ""]
     for r in report.cohorts:
         lines += _render_cohort(r, by_cohort[r.cohort], [(rung, run) for c, rung, run in pretraining
                                                           if c == r.cohort])
@@ -316,12 +397,10 @@ def _render_cohort(r: CohortResult, cells: Sequence[LadderCell], pretraining: Se
              f"{data.get('description', 'unknown data')}; task {summary.get('task')} "
              f"({summary.get('labels', '-')}); held-out patients {data.get('subjects', {}).get('held_out', '?')}; "
              f"metric {metric_label(r.metric)}.", ""]
-    ceilings = [f"{label} {summary[key][r.metric]:.3f}" for key, label in
-                (("oracle", "oracle (true risk)"), ("oracle_order_blind", "order-blind oracle (true risk without "
-                                                                          "the order term)"))
-                if r.metric in summary.get(key, {})]
-    if ceilings:
-        lines += ["Ceilings on these patients: " + "; ".join(ceilings) + ".", ""]
+    known = ceilings(cells, r.metric)
+    if known:
+        lines += ["Known figures on these patients: " + "; ".join(f"{k} {v:.3f}" for k, v in known.items()) + ".",
+                  ""]
     if r.control:
         c = r.control
         lines += [f"**Control `{c.preset}`** (judged at k={budget_text(c.budget)}): expected {c.expected}; "
@@ -334,22 +413,28 @@ def _render_cohort(r: CohortResult, cells: Sequence[LadderCell], pretraining: Se
         rows.append([rung, *(f"{cell[rung, k].value:.3f} [{cell[rung, k].ci[0]:.3f}, {cell[rung, k].ci[1]:.3f}]"
                              + (" ◆" if r.baselines.get(k) == rung else "") if (rung, k) in cell else "-"
                              for k in budgets)])
+    used = {k: max((p.labels or 0) for p in r.points if p.budget == k) for k in budgets}
     lines += [f"### Held-out {metric_label(r.metric)} by k", "",
-              "◆ marks the best count baseline at that k (by tuning figure).", "",
+              "◆ marks the best count baseline at that k (by tuning figure). Labels used: training plus tuning "
+              "examples, at most " + ", ".join(f"{used[k]:,.0f} at k={budget_text(k)}" for k in budgets) + ".", "",
               md_table(["rung", *(f"k={budget_text(k)}" for k in budgets)], rows), ""]
     if r.plot:
         lines += [f"![{r.cohort} learning curves](plots/{r.plot.name})", ""]
-    lines += ["### Compute per rung", "", "Summed over every budget and replicate; pretraining is run once per cohort "
-              "and shared by the rungs with the same pretraining.", ""]
+    lines += ["### Compute per rung", "", "Fine-tuning summed over every budget and replicate; pretraining is run "
+              "once per cohort and shared by the rungs with the same pretraining. CPU-hours: wall time x threads of "
+              "the runs on the CPU.", ""]
     compute_rows = []
     for rung in dict.fromkeys(p.rung for p in r.points):
         runs = [c.run for c in cells if c.rung == rung]
         fit, pre = _compute(runs), _compute([run for name, run in pretraining if name == rung])
-        compute_rows.append([rung, str(len(runs)), wall_text(fit["wall_time_s"]), f"{fit['gpu_hours']:.3f}",
-                             f"{pre['gpu_hours']:.3f}" if any(name == rung for name, _ in pretraining) else "-",
+        pretrained = any(name == rung for name, _ in pretraining)
+        compute_rows.append([rung, str(len(runs)), wall_text(fit["wall_time_s"]), f"{fit['cpu_hours']:.2f}",
+                             f"{fit['gpu_hours']:.3f}",
+                             *((wall_text(pre["wall_time_s"]), f"{pre['cpu_hours']:.2f}", f"{pre['gpu_hours']:.3f}")
+                               if pretrained else ("-", "-", "-")),
                              "-" if fit["cost"] is None else f"${fit['cost'] + (pre['cost'] or 0):.2f}"])
-    lines += [md_table(["rung", "runs", "wall time", "GPU-hours", "pretraining GPU-hours", "cost"], compute_rows),
-              ""]
+    lines += [md_table(["rung", "runs", "wall time", "CPU-hours", "GPU-hours", "pretraining wall time",
+                        "pretraining CPU-hours", "pretraining GPU-hours", "cost"], compute_rows), ""]
     if r.notes:
         lines += ["### Notes", "", *(f"- {n}" for n in r.notes), ""]
     return lines

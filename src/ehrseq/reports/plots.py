@@ -208,11 +208,13 @@ def plot_learning_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: Pat
 def plot_label_efficiency(curves: Mapping[str, Sequence[tuple[float, float, Sequence[float]]]], path: Path,
                           title: str, metric: str, dashed: Sequence[str] = (),
                           references: Mapping[str, float] | None = None,
-                          tick_labels: Mapping[float, str] | None = None) -> Path:
+                          tick_labels: Mapping[float, str] | None = None,
+                          replicates: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> Path:
     """Held-out metric vs labelled training examples (log x), one line per model with its 95% CI band.
 
     `curves`: model -> [(k, value, [low, high])]; `dashed`: the count baselines; `references`: horizontal lines
-    (the oracle ceilings); `tick_labels`: names for x positions (k = all).
+    (the oracle ceilings); `tick_labels`: names for x positions (k = all); `replicates`: model -> [(k, value)],
+    each replicate's figure as a small dot beside its mean.
     """
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     colors = run_colors(list(curves))
@@ -221,7 +223,11 @@ def plot_label_efficiency(curves: Mapping[str, Sequence[tuple[float, float, Sequ
         x = [p[0] for p in points]
         ax.plot(x, [p[1] for p in points], "o--" if label in dashed else "o-", color=colors[label], label=label)
         ax.fill_between(x, [p[2][0] for p in points], [p[2][1] for p in points], color=colors[label], alpha=0.15)
-    for (name, value), style in zip((references or {}).items(), (":", "-."), strict=False):
+        dots = (replicates or {}).get(label, [])
+        if len(dots) > len(points):  # more than one replicate somewhere
+            ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=9, color=colors[label], alpha=0.6, zorder=3)
+    for (name, value), style in zip((references or {}).items(), (":", "-.", (0, (3, 1, 1, 1, 1, 1))),
+                                    strict=False):
         ax.axhline(value, linestyle=style, color="grey", label=f"{name} ({value:.3f})")
     ax.set_xscale("log")
     ticks = sorted({p[0] for points in curves.values() for p in points})
@@ -229,7 +235,7 @@ def plot_label_efficiency(curves: Mapping[str, Sequence[tuple[float, float, Sequ
     ax.minorticks_off()
     ax.set(xlabel="labelled training patients k (log scale)", ylabel=f"held-out {metric_label(metric)}", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", title="shaded: 95% CI; dashed: counts")
+    ax.legend(fontsize="small", title="shaded: 95% CI; dots: replicates; dashed: counts")
     return _save(fig, path)
 
 
