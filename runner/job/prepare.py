@@ -202,8 +202,9 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
                  should_stop: Callable[[], bool] = lambda: False, pretrained: Pretrained | None = None) -> Trainer:
     """A freshly initialised model and its trainer; the same spec always gives the same weights."""
     med2vec = spec.model.kind == "med2vec"
-    config = (Med2VecConfig if med2vec else BEHRTConfig).preset(spec.model.size, vocab_size=len(data.vocab),
-                                                                 dropout=spec.model.dropout)
+    config = Med2VecConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout) \
+        if med2vec else BEHRTConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout,
+                                           positions=spec.model.positions)
     seed = training_seed(spec)
     torch.manual_seed(seed)  # weight initialisation
     if spec.task.kind == "mlm":

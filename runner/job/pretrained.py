@@ -28,6 +28,7 @@ class Pretrained:
     vocab: Vocabulary
     encoder: dict[str, torch.Tensor]  # encoder weights, without their `behrt.` / `med2vec.` prefix
     cohort: dict[str, Any]  # the pretraining spec's seed and data section: which patients it trained on
+    positions: str = "learned"  # the pretraining's model.positions (runs from before that field: learned)
 
     def provenance(self) -> dict[str, str]:
         return {"uri": self.uri, "sha256": self.sha256}
@@ -49,7 +50,7 @@ def fetch_pretrained(run_uri: str, endpoint_url: str | None = None, kind: str = 
     if not encoder:
         raise InputError(f"model.init_from: {run_uri}/model.safetensors holds no {kind} encoder (keys {kind}.*)")
     return Pretrained(run_uri, hashlib.sha256(weights).hexdigest(), vocab, encoder,
-                      {"seed": spec["seed"], **spec["data"]})
+                      {"seed": spec["seed"], **spec["data"]}, spec["model"].get("positions", "learned"))
 
 
 def check_no_leakage(pretrained: Pretrained, seed: int, data: dict[str, Any]) -> None:
@@ -64,6 +65,14 @@ def check_no_leakage(pretrained: Pretrained, seed: int, data: dict[str, Any]) ->
         raise InputError(f"model.init_from: {pretrained.uri} was pretrained on the same dataset with other splits "
                          f"({'; '.join(diffs)}), so its training patients may be held out here; "
                          "use the pretraining run's seed and data.num_patients")
+
+
+def check_positions(pretrained: Pretrained, positions: str) -> None:
+    """A fine-tune reads visit positions as its pretraining did: the encoder's attention was trained on them (and
+    learned positions have a table that rope and time lack)."""
+    if positions != pretrained.positions:
+        raise InputError(f"model.positions: {positions!r}, but {pretrained.uri} was pretrained with "
+                         f"{pretrained.positions!r}: set model.positions: {pretrained.positions}")
 
 
 def load_encoder(encoder: nn.Module, pretrained: Pretrained) -> None:

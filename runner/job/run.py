@@ -59,7 +59,7 @@ from ehrseq_runner.job.prepare import (
     make_trainer,
     prepare_data,
 )
-from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, fetch_pretrained
+from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, check_positions, fetch_pretrained
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
@@ -186,6 +186,7 @@ class Job:
         pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url, spec.model.kind) \
             if spec.model.init_from else None
         if pretrained:
+            check_positions(pretrained, spec.model.positions)
             check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
         with self.console.status("preparing data"), distributed.rank_zero_first():
             data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None,

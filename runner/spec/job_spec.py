@@ -83,6 +83,10 @@ class ModelSpec(Section):
     init_from: str | None = None  # run or checkpoint URI to fine-tune from
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     age_feature: bool = True  # count baselines: age at the prediction time as a feature (false: what age adds)
+    # BEHRT's visit positions (ehrseq.models.behrt): learned, the paper's absolute table; rope, rotary over the
+    # visit index inside attention; time, rotary over months since the first visit. A fine-tune must match its
+    # pretraining (model.init_from)
+    positions: Literal["learned", "rope", "time"] = "learned"
 
 
 class TaskSpec(Section):
@@ -333,6 +337,9 @@ def check_supported(spec: JobSpec) -> None:
     if not spec.model.age_feature and spec.model.kind not in BASELINES:
         raise InputError(f"model.age_feature: false drops the age column of the count baselines "
                          f"({', '.join(BASELINES)}); model.kind {spec.model.kind!r} reads age from its tokens")
+    if spec.model.positions != "learned" and spec.model.kind != "behrt":
+        raise InputError(f"model.positions: {spec.model.positions!r} sets BEHRT's visit positions; model.kind "
+                         f"{spec.model.kind!r} has none (leave it learned)")
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")
