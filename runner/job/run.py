@@ -260,6 +260,7 @@ class Job:
         write_bundle(self.run_folder, work, spec, None if spec.lora else model, held_out, metrics.records, {
             "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(config),
             "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **selection, **extra,
+            "underfit": trainer.state.underfit,
             **self._common_facts(data, held_out, str(device)),
             **self._order_probe(data, lambda s: _scores(trainer.evaluate(
                 encode_examples(s, vocab, spec.data.max_seq_len), lambda: False))),

@@ -131,10 +131,23 @@ class TrainSpec(Section):
     compile: bool = False  # torch.compile the model: speed only, so not part of the fingerprint
     # length in epochs: ceil(epochs x training examples / batch_size) steps, max_steps an upper bound
     epochs: float | None = Field(None, gt=0, le=100000)
+    # with epochs: at least this many steps (small k: 3 epochs of 128 examples are 12); each epoch is then
+    # min_steps / epochs steps, and evaluations and patience per epoch stretch with it; patience never stops a
+    # run before min_steps; 0: no floor (ehrseq.training.length)
+    min_steps: int = Field(300, ge=0, le=MAX_COUNT)
     evals_per_epoch: int | None = Field(None, ge=1, le=10000)  # when set, replaces eval_every (rounded to whole steps)
     patience: int | None = Field(None, ge=1, le=MAX_COUNT)  # stop after this many tuning evals without improvement
+    # or in epochs (as stretched by min_steps): turned into evaluations (at least 1); set one of the two
+    patience_epochs: float | None = Field(None, gt=0, le=100000)
     label_budget: int | None = Field(None, ge=1, le=MAX_COUNT)  # a seeded, stratified k of the labelled train split
     replicate: int = Field(0, ge=0, le=MAX_COUNT)  # picks the label-budget subsample, initialisation and batch order
+
+    @field_validator("patience_epochs")
+    @classmethod
+    def _one_patience(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("patience") is not None:
+            raise ValueError(f"train.patience is {info.data['patience']} (evaluations) too: set one of the two")
+        return value
 
     @field_validator("grad_accum_steps")
     @classmethod

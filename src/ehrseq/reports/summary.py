@@ -55,6 +55,9 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         facts.append(("Held-out scored with", f"step {summary['best_step']}'s weights, the best tuning "
                       f"{summary['best_metric']} ({summary['best_tuning_value']:.4f})"
                       + (" (patience ran out: stopped early)" if summary.get("stopped_early") else "")))
+    if summary.get("underfit"):
+        facts.append(("Underfit", f"the best tuning {summary.get('best_metric') or 'evaluation'} was the last one "
+                      f"(step {summary['steps']}): the run ended still improving; a longer one may do better"))
     probe = f"\n{OrderProbe(**summary['order_probe']).sentence()}\n" if summary.get("order_probe") else ""
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
     images = "\n\n".join(f"### {PLOT_CAPTIONS.get(p.rsplit('/', 1)[-1], p)}\n\n![{p}]({p})" for p in plots)
