@@ -85,7 +85,7 @@ def test_a_budget_counts_patients_and_keeps_all_their_prediction_times():
 
 
 def test_epochs_set_the_steps_warmup_and_evaluation_cadence(tmp_path, cache):
-    spec = make_spec(tmp_path, epochs=2.5, evals_per_epoch=3, max_steps=1000)
+    spec = make_spec(tmp_path, epochs=2.5, evals_per_epoch=3, max_steps=1000, min_steps=0)
     data = prepare_data(spec, cache)
     n = len(data.encoded["train"])
     config = make_trainer(spec, data, torch.device("cpu")).config
@@ -93,6 +93,11 @@ def test_epochs_set_the_steps_warmup_and_evaluation_cadence(tmp_path, cache):
     assert config.eval_every == round(n / 16 / 3) and (config.monitor, config.higher_is_better) == ("auroc", True)
     capped = make_spec(tmp_path, epochs=2.5, max_steps=7)
     assert make_trainer(capped, data, torch.device("cpu")).config.max_steps == 7  # max_steps is an upper bound
+    # the default floor: 2.5 epochs of these few examples are under 300 steps, so each epoch stretches to 120
+    floored = make_trainer(make_spec(tmp_path, epochs=2.5, evals_per_epoch=3, max_steps=1000, patience_epochs=1),
+                           data, torch.device("cpu")).config
+    assert math.ceil(2.5 * n / 16) < 300 == floored.max_steps == floored.min_steps
+    assert (floored.eval_every, floored.patience, floored.warmup_steps) == (40, 3, 30)
 
 
 def held_out_predictions(tmp_path: Path, name: str) -> np.ndarray:
@@ -125,6 +130,7 @@ def test_held_out_is_scored_with_the_best_weights_and_early_stopping_resumes_exa
     assert list(tuning) == [5, 10, 15, 20] and max(tuning, key=tuning.get) == 10 > tuning[20]
     assert (summary["best_step"], summary["best_metric"], summary["best_tuning_value"]) == (10, "auroc", tuning[10])
     assert summary["stopped_early"] and summary["steps"] == summary["durable_step"] == 20
+    assert summary["underfit"] is False and "Underfit" not in (tmp_path / "runs/r/SUMMARY.md").read_text()
     status = json.loads((tmp_path / "runs/r/status.json").read_text())
     assert status["state"] == "completed" and status["durable_step"] == 20 and status["stopped_early"]
     assert "step 10's weights, the best tuning auroc" in (tmp_path / "runs/r/SUMMARY.md").read_text()

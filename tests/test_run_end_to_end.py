@@ -29,7 +29,8 @@ def test_small_job_runs_end_to_end_and_leaves_a_complete_run_folder(cli, tmp_pat
     assert [r["step"] for r in records if r["split"] == "tuning"] == [20, 40, 60]
 
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["metrics"]) == {"mlm_loss", "mlm_accuracy", "perplexity"}
+    assert set(summary["metrics"]) == {"mlm_loss", "mlm_accuracy", "perplexity", "mlm_unigram_loss",
+                                       "mlm_unigram_accuracy", "mlm_unigram_perplexity"}
     for name, (low, high) in summary["metrics_ci"].items():
         assert low <= summary["metrics"][name] <= high
     assert summary["params_total"] == summary["params_trainable"] > 100_000

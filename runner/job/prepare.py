@@ -55,7 +55,7 @@ from ehrseq.tasks.med2vec import Med2VecTask
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.tasks.next_visit import NextVisitTask
 from ehrseq.tasks.supervised import SupervisedTask
-from ehrseq.training.length import epoch_steps, eval_interval
+from ehrseq.training.length import run_length
 from ehrseq.training.trainer import TrainConfig, Trainer
 from ehrseq_runner.job.pretrained import Pretrained, load_encoder
 from ehrseq_runner.spec.job_spec import SUPERVISED, JobSpec
@@ -241,8 +241,9 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
                  should_stop: Callable[[], bool] = lambda: False, pretrained: Pretrained | None = None) -> Trainer:
     """A freshly initialised model and its trainer; the same spec always gives the same weights."""
     med2vec = spec.model.kind == "med2vec"
-    config = (Med2VecConfig if med2vec else BEHRTConfig).preset(spec.model.size, vocab_size=len(data.vocab),
-                                                                 dropout=spec.model.dropout)
+    config = Med2VecConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout) \
+        if med2vec else BEHRTConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout,
+                                           positions=spec.model.positions)
     seed = training_seed(spec)
     torch.manual_seed(seed)  # weight initialisation
     if spec.task.kind == "mlm":
@@ -257,16 +258,16 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
             load_encoder(model.med2vec if med2vec else model.behrt, pretrained)
         if spec.lora:
             model = apply_lora(model, LoraSettings(**spec.lora.model_dump()))
-    t, n = spec.train, len(data.encoded["train"])
-    steps = min(t.max_steps, epoch_steps(t.epochs, n, t.batch_size)) if t.epochs else t.max_steps
+    t = spec.train
+    length = run_length(len(data.encoded["train"]), t.batch_size, t.max_steps, epochs=t.epochs,
+                        min_steps=t.min_steps, evals_per_epoch=t.evals_per_epoch, eval_every=t.eval_every,
+                        patience=t.patience, patience_epochs=t.patience_epochs, warmup_steps=t.warmup_steps)
     monitor, higher_is_better = MONITOR[spec.task.kind]
     train_config = TrainConfig(
-        max_steps=steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_steps if t.warmup_steps is not None else max(1, steps // 10),
-        grad_clip=t.grad_clip, log_every=t.log_every,
-        eval_every=eval_interval(t.evals_per_epoch, n, t.batch_size) if t.evals_per_epoch else t.eval_every,
-        eval_batch_size=t.eval_batch_size, seed=seed, precision=t.precision,
-        grad_accum_steps=t.grad_accum_steps, compile=t.compile,
-        monitor=monitor, higher_is_better=higher_is_better, patience=t.patience)
+        max_steps=length.steps, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+        warmup_steps=length.warmup_steps, grad_clip=t.grad_clip, log_every=t.log_every,
+        eval_every=length.eval_every, eval_batch_size=t.eval_batch_size, seed=seed, precision=t.precision,
+        grad_accum_steps=t.grad_accum_steps, compile=t.compile, monitor=monitor,
+        higher_is_better=higher_is_better, patience=length.patience, min_steps=length.min_steps)
     return Trainer(model, task, data.encoded["train"], data.encoded["tuning"], train_config, device,
                    should_stop=should_stop)

@@ -38,6 +38,7 @@ class Pretrained:
     cohort: dict[str, Any]  # the pretraining spec's seed and data section: which patients it trained on
     data: dict[str, Any] | None = None  # its summary's pretraining_data: fingerprint, cut mode, label files
     checked: bool = True  # False: model.init_from_data other (pretrained elsewhere on purpose, not checked)
+    positions: str = "learned"  # the pretraining's model.positions (runs from before that field: learned)
 
     def provenance(self) -> dict[str, Any]:
         return {"uri": self.uri, "sha256": self.sha256, "pretraining_data": self.data, "checked": self.checked}
@@ -60,7 +61,8 @@ def fetch_pretrained(run_uri: str, endpoint_url: str | None = None, kind: str = 
     if not encoder:
         raise InputError(f"model.init_from: {run_uri}/model.safetensors holds no {kind} encoder (keys {kind}.*)")
     return Pretrained(run_uri, hashlib.sha256(weights).hexdigest(), vocab, encoder,
-                      {"seed": spec["seed"], **spec["data"]}, summary.get("pretraining_data"))
+                      {"seed": spec["seed"], **spec["data"]}, data=summary.get("pretraining_data"),
+                      positions=spec["model"].get("positions", "learned"))
 
 
 def check_no_leakage(pretrained: Pretrained, seed: int, data: dict[str, Any]) -> None:
@@ -109,6 +111,14 @@ def check_pretraining_data(pretrained: Pretrained, spec: JobSpec, data: Prepared
                          f"({label}: {', '.join(missing)} not among its {len(cut)} label files), so it may have read "
                          f"these patients' futures; pretrain with task.labels_path: {label} (or these labels under "
                          f"the dataset's labels/), {fix}")
+
+
+def check_positions(pretrained: Pretrained, positions: str) -> None:
+    """A fine-tune reads visit positions as its pretraining did: the encoder's attention was trained on them (and
+    learned positions have a table that rope and time lack)."""
+    if positions != pretrained.positions:
+        raise InputError(f"model.positions: {positions!r}, but {pretrained.uri} was pretrained with "
+                         f"{pretrained.positions!r}: set model.positions: {pretrained.positions}")
 
 
 def load_encoder(encoder: nn.Module, pretrained: Pretrained) -> None:

@@ -60,7 +60,13 @@ from ehrseq_runner.job.prepare import (
     prepare_data,
     training_seed,
 )
-from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, check_pretraining_data, fetch_pretrained
+from ehrseq_runner.job.pretrained import (
+    Pretrained,
+    check_no_leakage,
+    check_positions,
+    check_pretraining_data,
+    fetch_pretrained,
+)
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
@@ -187,6 +193,7 @@ class Job:
         pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url, spec.model.kind) \
             if spec.model.init_from else None
         if pretrained:
+            check_positions(pretrained, spec.model.positions)
             check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
         with self.console.status("preparing data"), distributed.rank_zero_first():
             data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None,
@@ -262,6 +269,7 @@ class Job:
         write_bundle(self.run_folder, work, spec, None if spec.lora else model, held_out, metrics.records, {
             "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(config),
             "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **selection, **extra,
+            "underfit": trainer.state.underfit,
             **self._common_facts(data, held_out, str(device)),
             **self._order_probe(data, lambda s: _scores(trainer.evaluate(
                 encode_examples(s, vocab, spec.data.max_seq_len), lambda: False))),

@@ -88,6 +88,10 @@ class ModelSpec(Section):
     # same: init_from must have been pretrained on this dataset and splits, reading no labelled patient's future
     # (checked, exit 2 otherwise); other: it was pretrained elsewhere, on purpose (not checked, the summary says so)
     init_from_data: Literal["same", "other"] = "same"
+    # BEHRT's visit positions (ehrseq.models.behrt): learned, the paper's absolute table; rope, rotary over the
+    # visit index inside attention; time, rotary over months since the first visit. A fine-tune must match its
+    # pretraining (model.init_from)
+    positions: Literal["learned", "rope", "time"] = "learned"
 
 
 class TaskSpec(Section):
@@ -136,10 +140,23 @@ class TrainSpec(Section):
     compile: bool = False  # torch.compile the model: speed only, so not part of the fingerprint
     # length in epochs: ceil(epochs x training examples / batch_size) steps, max_steps an upper bound
     epochs: float | None = Field(None, gt=0, le=100000)
+    # with epochs: at least this many steps (small k: 3 epochs of 128 examples are 12); each epoch is then
+    # min_steps / epochs steps, and evaluations and patience per epoch stretch with it; patience never stops a
+    # run before min_steps; 0: no floor (ehrseq.training.length)
+    min_steps: int = Field(300, ge=0, le=MAX_COUNT)
     evals_per_epoch: int | None = Field(None, ge=1, le=10000)  # when set, replaces eval_every (rounded to whole steps)
     patience: int | None = Field(None, ge=1, le=MAX_COUNT)  # stop after this many tuning evals without improvement
+    # or in epochs (as stretched by min_steps): turned into evaluations (at least 1); set one of the two
+    patience_epochs: float | None = Field(None, gt=0, le=100000)
     label_budget: int | None = Field(None, ge=1, le=MAX_COUNT)  # a seeded, stratified k of the labelled train split
     replicate: int = Field(0, ge=0, le=MAX_COUNT)  # picks the label-budget subsample, initialisation and batch order
+
+    @field_validator("patience_epochs")
+    @classmethod
+    def _one_patience(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("patience") is not None:
+            raise ValueError(f"train.patience is {info.data['patience']} (evaluations) too: set one of the two")
+        return value
 
     @field_validator("grad_accum_steps")
     @classmethod
@@ -345,6 +362,9 @@ def check_supported(spec: JobSpec) -> None:
     if not spec.model.age_feature and spec.model.kind not in BASELINES:
         raise InputError(f"model.age_feature: false drops the age column of the count baselines "
                          f"({', '.join(BASELINES)}); model.kind {spec.model.kind!r} reads age from its tokens")
+    if spec.model.positions != "learned" and spec.model.kind != "behrt":
+        raise InputError(f"model.positions: {spec.model.positions!r} sets BEHRT's visit positions; model.kind "
+                         f"{spec.model.kind!r} has none (leave it learned)")
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")

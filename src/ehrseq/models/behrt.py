@@ -2,7 +2,11 @@
 
 Each token is a medical code; its embedding is the sum of code, age (months), visit
 position and segment embeddings, plus a linear projection of two continuous time features
-(`time_features`: age in years / 100 and log1p(months since the previous visit)). A month
+(`time_features`: age in years / 100 and log1p(months since the previous visit)). The visit position is
+`config.positions`: `learned`, BEHRT's absolute embedding table; `rope`, rotary embeddings of the visit index
+applied to queries and keys in every layer (no table), so attention sees how many visits apart two tokens are,
+the same at every offset, instead of learning "Q right after P" separately for each pair of positions; `time`,
+the same rotation by months since the first visit (the time resolution the batches carry). A month
 bucket is one of 1,441 independent vectors that each must be learned; the continuous age makes
 "older" one direction from the first step, which a few thousand patients cannot otherwise teach.
 Attention is written with explicit query/key/value/output
@@ -20,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 NUM_TIME_FEATURES = 2  # continuous inputs per token: see time_features
+POSITIONS = ("learned", "rope", "time")  # how attention knows where a token's visit is (module docstring)
+ROPE_BASE = 10000.0  # rotary wavelengths from 2*pi to ~2*pi*ROPE_BASE visits (or months)
 
 @dataclass
 class BEHRTConfig:
@@ -35,10 +41,16 @@ class BEHRTConfig:
     attention_dropout: float = 0.0  # on attention weights; > 0 sends CPU SDPA to a ~10x slower kernel
     layer_norm_eps: float = 1e-12
     pad_id: int = 0
+    positions: str = "learned"  # learned | rope | time (POSITIONS); the paper's BEHRT: learned
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; choose one of {list(POSITIONS)}")
+        if self.positions != "learned" and (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"positions {self.positions!r} rotates pairs of head dimensions: hidden_size "
+                             f"{self.hidden_size} / num_heads {self.num_heads} must be even")
 
     # Presets: the user's three tiers (~0.5M / ~3M / ~15M parameters at 1,000 codes) and the paper's.
     @classmethod
@@ -77,7 +89,9 @@ class BEHRTEmbeddings(nn.Module):
         super().__init__()
         self.code = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_id)
         self.age = nn.Embedding(config.max_age, config.hidden_size)
-        self.position = nn.Embedding(config.max_position, config.hidden_size)
+        # rope / time: positions enter attention as rotations instead (BEHRT.forward)
+        self.position = nn.Embedding(config.max_position, config.hidden_size) if config.positions == "learned" \
+            else None
         self.segment = nn.Embedding(config.num_segments, config.hidden_size)
         self.time = nn.Linear(NUM_TIME_FEATURES, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -88,8 +102,9 @@ class BEHRTEmbeddings(nn.Module):
     def forward(self, codes, ages, segments, positions):  # each (B, T) long
         ages = ages.clamp(0, self.max_age - 1)
         continuous = self.time(time_features(ages, positions))  # (B, T, C)
-        positions = positions.clamp(0, self.max_position - 1)
-        x = self.code(codes) + self.age(ages) + self.position(positions) + self.segment(segments) + continuous
+        x = self.code(codes) + self.age(ages) + self.segment(segments) + continuous
+        if self.position is not None:
+            x = x + self.position(positions.clamp(0, self.max_position - 1))
         return self.dropout(self.norm(x))  # (B, T, C)
 
 
@@ -98,14 +113,35 @@ def time_features(ages: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     previous visit)] (0 for the first visit, [CLS] and static codes, which sit at position 0).
 
     Derived from what every batch carries: every token of a visit has the visit's age, so a visit's age is the
-    largest age at its position. Two scatter/gather ops on (B, T): no cost next to one attention layer.
+    largest age at its position. Two scatter/gather ops on (B, T): no cost next to one attention layer. Visit
+    indices count from [CLS]'s (0 in every batch), so adding a constant to all of them changes nothing here:
+    with rotary positions the whole model sees only differences of visit indices.
     """
     B, T = ages.shape
-    index = positions.clamp(0, T - 1)  # a visit index never exceeds its first token's index
+    index = (positions - positions[:, :1]).clamp(0, T - 1)  # a visit index never exceeds its first token's index
     visit_age = torch.zeros_like(ages).scatter_reduce(1, index, ages, "amax")  # (B, T): age of visit p at [:, p]
     previous = visit_age.gather(1, (index - 1).clamp(min=0))  # (B, T): the previous visit's age
     gap = torch.where(index > 0, ages - previous, 0).clamp(min=0)  # (B, T) months
     return torch.stack([ages.float() / 1200.0, torch.log1p(gap.float())], dim=-1)
+
+
+def rotary_angles(config: BEHRTConfig, ages: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+    """(B, T) month ages and visit indices -> (B, 1, T, D/2) rotation angles per head-dimension pair, D the head
+    size; None for learned positions. rope: the visit index; time: months since the first kept visit (the
+    [CLS] token carries its age), so two visits a year apart are one rotation apart wherever they fall."""
+    if config.positions == "learned":
+        return None
+    where = positions if config.positions == "rope" else ages - ages[:, :1]  # (B, T)
+    D = config.hidden_size // config.num_heads
+    inv_freq = ROPE_BASE ** -(torch.arange(0, D, 2, device=where.device, dtype=torch.float32) / D)  # (D/2,)
+    return where.float()[:, None, :, None] * inv_freq  # (B, 1, T, D/2)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D) with each pair (i, i + D/2) turned by its angle; cos, sin (B, 1, T, D/2). A query and a key
+    rotated this way have a dot product that depends on their angles' difference only (RoFormer, Su et al.)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class SelfAttention(nn.Module):
@@ -119,14 +155,17 @@ class SelfAttention(nn.Module):
         self.output = nn.Linear(C, C)
         self.dropout_p = config.attention_dropout
 
-    def forward(self, x, attn_mask):  # x (B, T, C); attn_mask (B, 1, 1, T) bool, True = attend
-        B, T, C = x.shape
+    def forward(self, x, attn_mask, rotary=None):  # x (B, T, C); attn_mask (B, 1, 1, T) bool, True = attend
+        B, T, C = x.shape  # rotary: None, or (cos, sin) each (B, 1, T, C/H/2)
         H = self.num_heads
 
         def heads(t):  # (B, T, C) -> (B, H, T, C/H)
             return t.view(B, T, H, C // H).transpose(1, 2)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        if rotary is not None:
+            cos, sin = (r.to(q.dtype) for r in rotary)  # bf16/fp16 runs keep q, k and v in one dtype for SDPA
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
@@ -154,8 +193,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, attn_mask):
-        x = self.norm1(x + self.dropout(self.attention(x, attn_mask)))
+    def forward(self, x, attn_mask, rotary=None):
+        x = self.norm1(x + self.dropout(self.attention(x, attn_mask, rotary)))
         return self.norm2(x + self.dropout(self.feed_forward(x)))
 
 
@@ -171,9 +210,11 @@ class BEHRT(nn.Module):
 
     def forward(self, codes, ages, segments, positions, attention_mask):  # (B, T) each
         attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        angles = rotary_angles(self.config, ages, positions)  # (B, 1, T, C/H/2), once for every layer
+        rotary = None if angles is None else (angles.cos(), angles.sin())
         x = self.embeddings(codes, ages, segments, positions)
         for layer in self.layers:
-            x = layer(x, attn_mask)
+            x = layer(x, attn_mask, rotary)
         return x  # (B, T, C)
 
 

@@ -23,7 +23,7 @@ from ehrseq.reports.plots import metric_label, plot_learning_curves, plot_metric
 
 PREDICTIONS = "predictions/held_out.parquet"  # in a run's bundle: the rows every supervised metric comes from
 HEADLINE = {"binary": "auroc", "survival": "c_index", "mlm": "mlm_loss"}
-LOWER_IS_BETTER = {"brier", "mlm_loss", "perplexity"}
+LOWER_IS_BETTER = {"brier", "mlm_loss", "perplexity", "mlm_unigram_loss", "mlm_unigram_perplexity"}
 NOT_COMPARED = {"prevalence"}  # a property of the held-out patients, the same for every model
 # summary.json fields, as they are, in comparison.csv
 SUMMARY_COLUMNS = ["model", "task", "params_total", "params_trainable", "steps", "device", "wall_time_s",

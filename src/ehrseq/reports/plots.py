@@ -29,7 +29,9 @@ METRIC_LABELS = {
     "c_index": "Harrell's C-index", "mlm_loss": "masked-token cross-entropy (nats)",
     "mlm_accuracy": "masked-token accuracy", "perplexity": "perplexity (lower is better)",
 }
-NOT_PLOTTED = {"step", "split", "time", "epoch", "prevalence"}  # bookkeeping, or a property of the data
+# bookkeeping, or a property of the data (the unigram predictor's MLM figures: the same at every evaluation)
+NOT_PLOTTED = {"step", "split", "time", "epoch", "prevalence", "mlm_unigram_loss", "mlm_unigram_accuracy",
+               "mlm_unigram_perplexity"}
 
 
 def metric_label(name: str) -> str:

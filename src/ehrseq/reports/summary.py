@@ -18,7 +18,7 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     ci = summary.get("metrics_ci", {})
     # synthetic cohorts: the true risk scored the same way, the best order-blind risk (averaged over the order
     # term) and the true risk without the order term
-    ceilings = {title: summary[key] for key, title in (("oracle", "true risk"), ("oracle_order_marginal",
+    ceilings = {title: summary[key] for key, title in (("oracle", "oracle (true risk)"), ("oracle_order_marginal",
                                                                                  "best order-blind"),
                                                        ("oracle_order_blind", "true risk w/o order term"))
                 if summary.get(key)}
@@ -62,7 +62,11 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         facts.append(("Held-out scored with", f"step {summary['best_step']}'s weights, the best tuning "
                       f"{summary['best_metric']} ({summary['best_tuning_value']:.4f})"
                       + (" (patience ran out: stopped early)" if summary.get("stopped_early") else "")))
+    if summary.get("underfit"):
+        facts.append(("Underfit", f"the best tuning {summary.get('best_metric') or 'evaluation'} was the last one "
+                      f"(step {summary['steps']}): the run ended still improving; a longer one may do better"))
     probe = f"\n{OrderProbe(**summary['order_probe']).sentence()}\n" if summary.get("order_probe") else ""
+    probe += unigram_sentence(summary["metrics"])
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
     images = "\n\n".join(f"### {PLOT_CAPTIONS.get(p.rsplit('/', 1)[-1], p)}\n\n![{p}]({p})" for p in plots)
     return f"""# {summary['run_id']}
@@ -92,3 +96,16 @@ Held-out metrics ({summary['data']['subjects']['held_out']} subjects never seen 
 - **Limitations**: synthetic or de-identified cohorts differ from any real population; metrics carry the
   uncertainty shown above and should be compared with paired tests across runs on the same held-out set.
 """
+
+
+def unigram_sentence(metrics: dict[str, float]) -> str:
+    """MLM runs: the model's held-out figures read against a code-frequency predictor's on the same masked tokens
+    (empty for other tasks)."""
+    if "mlm_unigram_loss" not in metrics:
+        return ""
+    gap = metrics["mlm_unigram_loss"] - metrics["mlm_loss"]
+    return (f"\nA code-frequency (unigram) predictor, which guesses each masked code from its share of the training "
+            f"split's codes, scores perplexity {metrics['mlm_unigram_perplexity']:.1f} and accuracy "
+            f"{metrics['mlm_unigram_accuracy']:.4f} on the same masked tokens, against the model's "
+            f"{metrics['perplexity']:.1f} and {metrics['mlm_accuracy']:.4f}: the model is {abs(gap):.3f} nats per "
+            f"token {'better' if gap > 0 else 'worse'} than frequencies alone.\n")

@@ -1,4 +1,9 @@
-"""Masked-language-model pretraining: loss for a batch, and held-out loss/accuracy/perplexity."""
+"""Masked-language-model pretraining: loss for a batch, and held-out loss/accuracy/perplexity.
+
+Beside the model's figures, those of a code-frequency (unigram) predictor on the same masked tokens: it predicts
+each masked code with its share of the training split's codes, whatever the context, so the gap between the two
+is what the model learned from context (a perplexity of 43 reads differently next to a unigram 300 than next to 45).
+"""
 
 from __future__ import annotations
 
@@ -22,14 +27,18 @@ class MLMEvaluation:
     nll_sum: np.ndarray  # (S,) summed cross-entropy over the subject's masked tokens
     correct: np.ndarray  # (S,) masked tokens predicted exactly
     count: np.ndarray  # (S,) masked tokens
+    unigram_nll_sum: np.ndarray  # (S,) the same for the unigram predictor, on the same masked tokens
+    unigram_correct: np.ndarray  # (S,)
 
     def metrics(self, rows: np.ndarray | None = None) -> dict[str, float]:
         """Pooled metrics over all subjects, or over `rows` (a bootstrap resample)."""
         sel = slice(None) if rows is None else rows
         n = max(float(self.count[sel].sum()), 1.0)
-        loss = float(self.nll_sum[sel].sum()) / n
+        loss, unigram = float(self.nll_sum[sel].sum()) / n, float(self.unigram_nll_sum[sel].sum()) / n
         return {"mlm_loss": loss, "mlm_accuracy": float(self.correct[sel].sum()) / n,
-                "perplexity": float(np.exp(min(loss, 50.0)))}
+                "perplexity": float(np.exp(min(loss, 50.0))),
+                "mlm_unigram_loss": unigram, "mlm_unigram_accuracy": float(self.unigram_correct[sel].sum()) / n,
+                "mlm_unigram_perplexity": float(np.exp(min(unigram, 50.0)))}
 
 
 class MLMTask:
@@ -38,6 +47,8 @@ class MLMTask:
     def __init__(self, vocab: Vocabulary, mask_prob: float = 0.15) -> None:
         self.vocab = vocab
         self.mask_prob = mask_prob
+        counts = torch.tensor([0] * vocab.num_special + list(vocab.counts.values()), dtype=torch.float64)
+        self.unigram_log_probs = (counts / counts.sum()).log()  # (V,) training-split shares; -inf on specials
 
     def _mask(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return mask_codes(batch.codes, mask_id=Vocabulary.MASK, num_special=self.vocab.num_special,
@@ -61,7 +72,8 @@ class MLMTask:
         was_training = model.training
         model.eval()
         generator = torch.Generator().manual_seed(seed)
-        ids, nll, correct, count = [], [], [], []
+        ids, nll, correct, count, unigram_nll, unigram_correct = [], [], [], [], [], []
+        most_frequent = int(self.unigram_log_probs.argmax())  # the unigram predictor's guess for every token
         try:
             for batch in batches:
                 if should_stop():
@@ -77,12 +89,18 @@ class MLMTask:
                 row = selected.nonzero()[:, 0]  # batch row of each masked token
                 B = len(batch.subject_ids)
                 ids.append(batch.subject_ids.numpy())
-                nll.append(torch.zeros(B, dtype=torch.float64).index_add_(0, row, token_nll.double()).numpy())
-                correct.append(torch.zeros(B, dtype=torch.float64).index_add_(0, row, token_hit).numpy())
+                nll.append(per_subject(token_nll, row, B))
+                correct.append(per_subject(token_hit, row, B))
                 count.append(torch.bincount(row, minlength=B).numpy())
+                unigram_nll.append(per_subject(-self.unigram_log_probs[labels[selected]], row, B))
+                unigram_correct.append(per_subject(labels[selected] == most_frequent, row, B))
         finally:
             model.train(was_training)
         if not ids:
             raise ValueError("evaluation split is empty")
-        return MLMEvaluation(np.concatenate(ids), np.concatenate(nll), np.concatenate(correct),
-                             np.concatenate(count))
+        return MLMEvaluation(*(np.concatenate(a) for a in (ids, nll, correct, count, unigram_nll, unigram_correct)))
+
+
+def per_subject(values: torch.Tensor, row: torch.Tensor, B: int) -> np.ndarray:
+    """(N,) figures of the masked tokens, `row` (N,) their batch rows -> (B,) float64 sums per row."""
+    return torch.zeros(B, dtype=torch.float64).index_add_(0, row, values.double()).numpy()

@@ -64,6 +64,7 @@ class TrainConfig:
     monitor: str | None = None  # tuning metric that picks the best evaluation (a key of the task's metrics)
     higher_is_better: bool = False  # True for AUROC / C-index, False for losses
     patience: int | None = None  # evaluations in a row without improvement before stopping; None: never stop
+    min_steps: int = 0  # patience never stops the run before this step (ehrseq.training.length)
 
 
 @dataclass
@@ -78,6 +79,12 @@ class TrainState:
     best_step: int | None = None  # the step it was measured at
     evals_since_best: int = 0
     stopped_early: bool = False  # patience ran out before max_steps
+
+    @property
+    def underfit(self) -> bool:
+        """The best tuning evaluation is the last one: the run ended still improving, so a longer one might do
+        better (a flag for the summary, not a verdict)."""
+        return self.best_step is not None and self.best_step == self.step
 
 
 class Task(Protocol):
@@ -253,7 +260,7 @@ class Trainer:
         else:
             st.evals_since_best += 1
         st.stopped_early = (cfg.patience is not None and st.evals_since_best >= cfg.patience
-                            and st.step < cfg.max_steps)
+                            and cfg.min_steps <= st.step < cfg.max_steps)
 
     def evaluate(self, patients: Sequence[EncodedPatient] | TokenArrays,
                  should_stop: Callable[[], bool] | None = None) -> Any:
