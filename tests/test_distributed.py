@@ -93,9 +93,15 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_picks_across_both_tiers(t
 
     args[args.index("--nproc") + 1] = "2"
     args[args.index("train.max_steps=4")] = "train.max_steps=6"
-    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180)
-    assert resumed.returncode == 0, resumed.stderr
-    said = " ".join((resumed.stdout + resumed.stderr).split())  # rich wraps long lines
+    resumed = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = resumed.communicate(timeout=180)
+    except subprocess.TimeoutExpired:  # ranks on different steps wait for each other forever: end them all
+        for pid in [*descendants(resumed.pid), resumed.pid]:
+            os.kill(pid, signal.SIGKILL)
+        raise
+    assert resumed.returncode == 0, err
+    said = " ".join((out + err).split())  # rich wraps long lines
     assert "ddp from step 4 (" in said and "rank 1: resumed from step 4" in said
     status = json.loads((tmp_path / "runs/ddp/status.json").read_text())
     assert status["state"] == "completed" and status["durable_step"] == 6
