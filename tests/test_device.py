@@ -25,12 +25,11 @@ from conftest import REPO, SMALL_SPEC
 
 NVIDIA_SMI = """#!/bin/sh
 case "$*" in
-  *--query-gpu*) echo "NVIDIA A40, 46068, 550.54.15" ;;
-  -L) echo "GPU 0: NVIDIA A40 (UUID: GPU-0f3b6c1e)" ;;
+  -L) echo "GPU 0: NVIDIA A40 (UUID: GPU-0f3b6c1e-5b2a-4c1d-9e8f-1a2b3c4d5e6f)" ;;
   *) echo "| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |" ;;
 esac
 """
-A40 = NvidiaHost(("NVIDIA A40",), "550.54.15", "12.4", (46068,))
+A40 = NvidiaHost(("NVIDIA A40",), "550.54.15", "12.4")
 
 
 @pytest.fixture
@@ -48,6 +47,8 @@ def a40_on_path(tmp_path, monkeypatch):
 def test_the_probe_reads_gpu_driver_and_cuda_from_nvidia_smi(a40_on_path, tmp_path):
     assert probe_nvidia(device_node=tmp_path / "absent") == A40
     assert A40.describe() == "NVIDIA A40 (driver 550.54.15, CUDA Version 12.4)"
+    two = NvidiaHost(("NVIDIA H100 80GB HBM3",) * 2, "570.86.15", "12.8")
+    assert two.describe() == "2 x NVIDIA H100 80GB HBM3 (driver 570.86.15, CUDA Version 12.8)"
 
 
 def test_no_nvidia_smi_means_no_gpu_unless_the_device_node_exists(tmp_path, monkeypatch):

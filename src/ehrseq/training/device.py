@@ -25,7 +25,6 @@ class NvidiaHost:
     gpus: tuple[str, ...]
     driver: str | None
     cuda: str | None  # "CUDA Version" in nvidia-smi's header: the newest CUDA runtime the driver supports
-    memory_mib: tuple[int, ...] = ()
     problem: str | None = None  # why nvidia-smi said nothing, when /dev/nvidia0 shows a GPU anyway
 
     def describe(self) -> str:
@@ -36,33 +35,26 @@ class NvidiaHost:
 
 
 def probe_nvidia(device_node: Path = NVIDIA_DEVICE) -> NvidiaHost | None:
-    """The host's NVIDIA GPUs from `nvidia-smi` on PATH; None when it lists none and `device_node` is absent."""
+    """The host's NVIDIA GPUs: `nvidia-smi -L` for their names, `nvidia-smi`'s header for the driver version and
+    the CUDA it runs; None when nvidia-smi shows no GPU and `device_node` is absent."""
     try:
-        listing = _nvidia_smi("--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits")
-        header = _nvidia_smi()
+        listing = _nvidia_smi("-L")  # GPU 0: NVIDIA A40 (UUID: GPU-...)
+        header = _nvidia_smi()  # | NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |
     except (OSError, subprocess.SubprocessError) as e:
         if device_node.exists():
             return NvidiaHost((), None, None, problem=f"{device_node} exists but nvidia-smi failed: {one_line(e, 120)}")
         return None
-    rows = [[f.strip() for f in line.split(",")] for line in listing.splitlines() if line.strip()]
-    if not rows:
-        return NvidiaHost((), None, None, problem="nvidia-smi lists no GPU") if device_node.exists() else None
+    gpus = tuple(m.group(1) for m in re.finditer(r"^GPU \d+: (.+?)(?: \(UUID: [^)]*\))?\s*$", listing, re.MULTILINE))
+    driver = re.search(r"Driver Version:\s*([0-9.]+)", header)
     cuda = re.search(r"CUDA Version:\s*([0-9.]+)", header)
-    return NvidiaHost(tuple(r[0] for r in rows), rows[0][2] if len(rows[0]) > 2 else None,
-                      cuda.group(1) if cuda else None,
-                      tuple(int(float(r[1])) for r in rows if len(r) > 1 and _is_number(r[1])))
+    if not gpus and not driver and not device_node.exists():
+        return None
+    return NvidiaHost(gpus, driver.group(1) if driver else None, cuda.group(1) if cuda else None,
+                      problem=None if gpus or driver else "nvidia-smi lists no GPU")
 
 
 def _nvidia_smi(*args: str) -> str:
     return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=20, check=True).stdout
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _counted(names: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -70,7 +62,7 @@ def _counted(names: tuple[str, ...]) -> list[tuple[str, int]]:
 
 
 def torch_build() -> str:
-    """torch's version and the CUDA it was built for, as the refusal and the run summary name them."""
+    """torch's version and the CUDA it was built for, as the refusal names them."""
     built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
     return f"torch {torch.__version__} ({built})"
 
