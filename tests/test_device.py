@@ -138,6 +138,16 @@ def test_a_gpu_summary_line_names_count_memory_driver_and_builds():
         "build; host CPU AMD EPYC 7543, 8 torch threads (8 of 128 CPUs usable)")
 
 
+def test_hardware_facts_on_cuda_take_the_driver_from_nvidia_smi(a40_on_path, monkeypatch):
+    """No GPU here: torch's device properties are stood in for; the driver comes from the stand-in nvidia-smi."""
+    class Props:
+        name, total_memory = "NVIDIA A40", 47_697_362_944
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    gpu = hardware_facts("cuda:0", processes=2)["gpu"]
+    assert gpu == {"model": "NVIDIA A40", "count": 2, "memory_gib": 44.4, "driver": "550.54.15", "driver_cuda": "12.4"}
+
+
 def test_hardware_facts_on_the_cpu_name_the_cpu_and_threads():
     facts = hardware_facts("cpu")
     assert facts["cpu"]["threads"] == torch.get_num_threads() and facts["cpu"]["cpus_host"] == os.cpu_count()
