@@ -53,8 +53,10 @@ def run(
 
     job = load_spec(spec, set_ or [])
     if nproc > 1:
+        from ehrseq.training.device import resolve_device
         from ehrseq_runner.job.distributed import launch
 
+        resolve_device(job.train.device)  # a GPU torch cannot use: one line and exit 2 here, not from each rank
         argv = [spec, *(a for item in set_ or [] for a in ("--set", item)), *(["--fresh"] if fresh else [])]
         _exit(launch(job, argv, nproc))
     _exit(run_job(job, console, fresh=fresh))
@@ -83,11 +85,13 @@ def verify_resume(
     import tempfile
 
     from ehrseq.training.device import resolve_device
+    from ehrseq.training.threads import configure_threads
     from ehrseq.training.verify import verify_resume as check
     from ehrseq_runner.job.prepare import make_trainer, prepare_data
 
     job = load_spec(spec, [*(set_ or []), f"train.max_steps={steps}"])
     device = resolve_device(job.train.device)
+    configure_threads()
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(job, Path(tmp))
         result = check(lambda: make_trainer(job, data, device))

@@ -138,6 +138,9 @@ def main(image: str) -> None:
     config = ImageConfig.of(image)
     size = int(_out(["podman", "image", "inspect", "--format", "{{.Size}}", image]))
     print(f"image {image}: {size / 1e9:.2f} GB ({size:,} bytes); entrypoint {config.entrypoint}, user {config.user}")
+    labels = json.loads(_out(["podman", "image", "inspect", "--format", "{{json .Config.Labels}}", image])) or {}
+    check(labels.get("io.ehrseq.torch-cuda") == "none" and labels.get("io.ehrseq.torch-spec", "").startswith("torch"),
+          f"the image's labels name its torch build ({labels.get('io.ehrseq.torch-spec')}, CPU)", json.dumps(labels))
     exercise_hygiene(image, config)
     with tempfile.TemporaryDirectory(prefix="image-check-") as tmp:
         server = WeedServer(Path(tmp) / "weed")
@@ -168,6 +171,8 @@ def exercise_run(image: str, config: ImageConfig, server: WeedServer, tmp: Path)
     print(f"first start: {sent - started:.1f} s to 2 metrics records (step 20); "
           f"SIGTERM to tini -> exit {code} in {stopped:.2f} s")
     check(code == 75, "SIGTERM through tini exits 75", log)
+    banner = next((line for line in log.splitlines() if line.startswith("ehrseq image: torch")), "")
+    check("CPU-only build; TORCH_SPEC" in banner, f"the job starts by naming torch's build ({banner})", log)
     check(stopped < GRACE_SECONDS, f"exit within the {GRACE_SECONDS:.0f} s grace budget ({stopped:.2f} s)")
     status = bucket_json(server, "runs/behrt-small-mlm/status.json")
     durable = status.get("durable_step", 0)

@@ -75,3 +75,33 @@ def test_two_processes_stop_together_on_one_ranks_sigterm_and_resume(tmp_path):
     lines = (tmp_path / "runs/ddp/metrics.jsonl").read_text().splitlines()
     steps = [r["step"] for r in map(json.loads, lines) if r["split"] == "train"]
     assert steps == list(range(1, stopped + 4))  # one record per step, written once (by rank 0)
+
+
+def test_every_rank_resumes_from_the_checkpoint_rank_0_picks_across_both_tiers(tmp_path):
+    """The local tier holds a newer checkpoint than storage (a final commit whose upload missed the grace budget):
+    rank 0 resumes from it, and so must rank 1, or the ranks would train different steps in lockstep."""
+    base = run_args(tmp_path, 4)
+    base[base.index("--nproc") + 1] = "1"
+    args = [*base, "--set", f"checkpoint.local_dir={tmp_path}/volume"]
+    first = subprocess.run([*args, "--set", "checkpoint.interval_seconds=0.001"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    stored = sorted((tmp_path / "runs/ddp/checkpoints").glob("step-*/manifest.json"))
+    assert stored[-1].parent.name == "step-000000004" and len(stored) >= 2
+    stored[-1].unlink()  # storage's newest is now older than the local tier's step 4
+    assert (tmp_path / "volume/ddp/checkpoints/step-000000004/manifest.json").is_file()
+
+    args[args.index("--nproc") + 1] = "2"
+    args[args.index("train.max_steps=4")] = "train.max_steps=6"
+    resumed = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = resumed.communicate(timeout=180)
+    except subprocess.TimeoutExpired:  # ranks on different steps wait for each other forever: end them all
+        for pid in [*descendants(resumed.pid), resumed.pid]:
+            os.kill(pid, signal.SIGKILL)
+        raise
+    assert resumed.returncode == 0, err
+    said = " ".join((out + err).split())  # rich wraps long lines
+    assert "ddp from step 4 (" in said and "rank 1: resumed from step 4" in said
+    status = json.loads((tmp_path / "runs/ddp/status.json").read_text())
+    assert status["state"] == "completed" and status["durable_step"] == 6

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ehrseq_runner.entrypoint import dispatch
+from ehrseq_runner.entrypoint import dispatch, image_banner
 
 from conftest import SMALL_SPEC
 
@@ -17,6 +17,13 @@ def test_a_spec_path_means_run_and_commands_pass_through():
     assert dispatch(["jobs/behrt_large.yaml", "--set", "x=1"]) == ["run", "jobs/behrt_large.yaml", "--set", "x=1"]
     assert dispatch(["status", "s3://b/runs/r"]) == ["status", "s3://b/runs/r"]
     assert dispatch([]) == []
+
+
+def test_the_image_names_its_torch_build_first(tmp_path):
+    built = tmp_path / "torch-build.txt"  # as the Dockerfile's build stage writes it into the venv
+    assert image_banner(built) is None  # outside the image: nothing to say
+    built.write_text("torch 2.10.0+cu128 (built for CUDA 12.8; TORCH_SPEC torch==2.10.*)\n")
+    assert image_banner(built) == "ehrseq image: torch 2.10.0+cu128 (built for CUDA 12.8; TORCH_SPEC torch==2.10.*)"
 
 
 @pytest.mark.slow

@@ -87,6 +87,7 @@ def test_summary_records_time_cost_versions_and_fingerprints(runs):
     for key in ("metrics", "metrics_ci", "params_total", "params_trainable", "spec_fingerprint"):
         assert key in s, key
     assert s["device"] == "cpu" and s["gpus"] == 0 and s["gpu_hours"] == 0.0
+    assert s["hardware"]["cpu"]["threads"] == torch.get_num_threads() and "gpu" not in s["hardware"]  # where it ran
     assert 0 < s["wall_time_s"] < 600 and s["cost"] is None and s["price_per_hour"] is None
     assert s["versions"]["torch"] == torch.__version__ and "cuda" in s["versions"]
     assert s["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", s["git_commit"])

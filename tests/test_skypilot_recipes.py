@@ -7,6 +7,7 @@ exit 2 (bad input) and exit 1 do not.
 """
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ sky = pytest.importorskip("sky", reason="skypilot lives in its own venv (see .ci
 RECIPES = Path(__file__).resolve().parents[1] / "deploy" / "skypilot"
 COMMANDS = {"job.yaml": ("run", "JOB"), "ladder.yaml": ("ladder", "LADDER")}  # ehrseq command, its spec's env
 BUCKET = [("STORAGE_URI", "s3://my-bucket/runs")]
+DOCKERFILE_TORCH_SPEC = re.search(r'^ARG TORCH_SPEC="([^"]+)"$', (RECIPES.parents[1] / "Dockerfile").read_text(),
+                                  re.MULTILINE).group(1)
 
 
 def load(name: str, **overrides):
@@ -37,10 +40,13 @@ def test_the_bucket_must_be_given(name):
 def test_command_resources_and_env_names(name):
     task, (command, spec) = load(name), COMMANDS[name]
     assert f'exec ~/ehrseq-venv/bin/ehrseq {command} "${spec}" --set storage.uri="$STORAGE_URI"' in task.run
-    assert "--extra-index-url \"$TORCH_INDEX\" ." in task.setup and task.workdir == "."
-    assert set(task.envs) == {spec, "STORAGE_URI", "AWS_ENDPOINT_URL", "TORCH_INDEX"}
+    # torch first from TORCH_SPEC, then the project with that torch pinned (as the Dockerfile does)
+    first, pinned = 'pip install --quiet "$TORCH_SPEC"', "pip install --quiet -c ~/torch.txt ."
+    assert first in task.setup and pinned in task.setup and task.setup.index(first) < task.setup.index(pinned)
+    assert task.workdir == "."
+    assert set(task.envs) == {spec, "STORAGE_URI", "AWS_ENDPOINT_URL", "TORCH_SPEC"}
     assert task.envs["STORAGE_URI"] == "s3://my-bucket/runs" and task.envs["AWS_ENDPOINT_URL"] == ""
-    assert task.envs["TORCH_INDEX"].startswith("https://download.pytorch.org/whl/cu")
+    assert task.envs["TORCH_SPEC"] == DOCKERFILE_TORCH_SPEC  # the image's CUDA build, so one RunPod filter fits both
     # credentials are secrets with no value in the file: supplied at launch with --secret NAME
     assert {ref.name for ref in task.managed_secret_refs} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert not task.file_mounts and not task.storage_mounts  # the bucket is ehrseq's, not a mount

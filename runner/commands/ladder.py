@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ehrseq.reports.ladder import LadderCell, LadderReport, write_ladder_report
+from ehrseq.training.device import resolve_device
 from ehrseq_runner.commands.compare import load_run
 from ehrseq_runner.job.run import EXIT_COMPLETED, run_job
 from ehrseq_runner.job.tracking import log_ladder
@@ -25,6 +26,8 @@ def run_ladder(ladder: LadderSpec, runs: Sequence[LadderRun], out: Path, console
                run: Callable[[JobSpec, Console], int] = run_job) -> int:
     """Runs each run in order, then writes the report; returns 0 or the first non-zero exit code (75 after a
     preemption: run the ladder again to continue)."""
+    for device in dict.fromkeys(r.spec.train.device for r in runs):
+        resolve_device(device)  # a GPU torch cannot use: one line and exit 2 before the first run
     for i, r in enumerate(runs, 1):
         console.rule(escape(f"ladder {ladder.name} {i}/{len(runs)}: {r.spec.resolved_run_id}"))
         code = run(r.spec, console)

@@ -10,6 +10,7 @@ checkpoint.grace_seconds while the others wait for it at a barrier, and all exit
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -22,11 +23,14 @@ from ehrseq.errors import InputError
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.state import load_snapshot, set_rng_state
+from ehrseq.training.threads import thread_count
 from ehrseq_runner.checkpoints.store import CheckpointStore
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
 from ehrseq_runner.job.prepare import make_trainer, prepare_data
 from ehrseq_runner.job.pretrained import fetch_pretrained
+from ehrseq_runner.job.resume import fetch_resume_checkpoint
 from ehrseq_runner.spec.job_spec import BASELINES, JobSpec
+from ehrseq_runner.storage.local import LocalStorage
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage
 
@@ -46,7 +50,9 @@ def launch(spec: JobSpec, argv: list[str], nproc: int) -> int:
                          f"{spec.train.grad_accum_steps} micro-batches")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "ehrseq_runner", "run", *argv]
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    threads = thread_count(processes=nproc)  # the CPU budget split between the ranks (torchrun's default: 1 each)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads is not None else {})}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     forward = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signal.SIGTERM))
                for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -72,11 +78,14 @@ def run_worker(spec: JobSpec, run: RunFolder, stop: StopRequest, console: Consol
     if distributed.any_rank(stop()):
         return EXIT_PREEMPTED
     trainer = make_trainer(spec, data, device, should_stop=stop, pretrained=pretrained)
-    resumed = CheckpointStore(run).fetch_latest(work / "resume", warn=lambda message: None)
-    if resumed is not None:  # the checkpoint rank 0 resumes from (no rank writes one before training)
+    local_dir = spec.checkpoint.local_dir
+    tiers = [CheckpointStore(RunFolder(LocalStorage(Path(local_dir)), run.run_id))] if local_dir else []
+    resumed = fetch_resume_checkpoint([*tiers, CheckpointStore(run)], work / "resume", warn=lambda message: None)
+    if resumed is not None:  # exactly the step rank 0 resumes from (no rank writes one before training)
         snapshot = load_snapshot(resumed[1], device)
         trainer.load_state_dict(snapshot)
         set_rng_state(snapshot["rng"])
+        console.print(f"rank {distributed.rank()}: resumed from step {resumed[0]['step']}", highlight=False)
     finished = trainer.fit()
     distributed.barrier()  # rank 0 has committed its checkpoint
     if finished:

@@ -33,7 +33,7 @@ from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import count_parameters
 from ehrseq.models.baselines import fit_baseline
 from ehrseq.reports.embeddings import EmbeddingReport, write_code_embeddings
-from ehrseq.reports.provenance import compute_facts, git_commit
+from ehrseq.reports.provenance import compute_facts, git_commit, hardware_facts
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.progress import ProgressReporter
@@ -44,9 +44,10 @@ from ehrseq.training.state import (
     set_rng_state,
     trainable_state_dict,
 )
+from ehrseq.training.threads import configure_threads
 from ehrseq.training.trainer import Trainer
 from ehrseq_runner.checkpoints.checkpointing import Checkpointer
-from ehrseq_runner.checkpoints.local_tier import LocalTier, fetch_newest
+from ehrseq_runner.checkpoints.local_tier import LocalTier
 from ehrseq_runner.checkpoints.store import CheckpointStore, checkpoint_dir
 from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
@@ -67,6 +68,7 @@ from ehrseq_runner.job.pretrained import (
     check_pretraining_data,
     fetch_pretrained,
 )
+from ehrseq_runner.job.resume import fetch_resume_checkpoint
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
@@ -84,10 +86,12 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     """Runs or resumes the job; returns the exit code (0 completed, 75 preempted)."""
     check_supported(spec)
     check_installed(spec.tracking)  # a tracker asked for but not installed: exit 2 before any work
+    device = resolve_device(spec.train.device)  # a GPU torch cannot use: exit 2 before storage is touched
+    configure_threads()
     storage = open_storage(spec.storage.uri, spec.storage.endpoint_url)
     storage.check()  # unreachable storage or a missing bucket: exit 2 before any work
     run = RunFolder(storage, spec.resolved_run_id)
-    distributed.init_from_env(resolve_device(spec.train.device))  # under torchrun: join the other processes
+    distributed.init_from_env(device)  # under torchrun: join the other processes
     # rank 0 is the run's one writer: another live writer makes it exit 2 before anything is touched (--fresh too)
     lease = Lease(run, warn=lambda message: warn(console, message)) if distributed.rank() == 0 else None
     if lease is not None:
@@ -330,7 +334,8 @@ class Job:
     def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:
         spec, dataset = self.spec, data.identity
         facts: dict[str, Any] = {
-            **compute_facts(time.time() - self.started, device, spec.runtime.price_per_hour),
+            **compute_facts(time.time() - self.started, device, spec.runtime.price_per_hour, distributed.world_size()),
+            "hardware": hardware_facts(device, distributed.world_size()),
             "versions": _versions(), "git_commit": git_commit(), "spec_fingerprint": spec.fingerprint(),
             "data_fingerprint": data.fingerprint(held_out.subject_ids),
             "data": {"source": spec.data.source, "dataset": dataset, "dataset_name": data.name,
@@ -396,7 +401,7 @@ class Job:
         was trained on must be the same weights, byte for byte, or the resumed model would be a different one.
         """
         tiers = [self.local.store, self.store] if self.local else [self.store]
-        resumed = fetch_newest(tiers, self.work / "resume", warn=self.warn)
+        resumed = fetch_resume_checkpoint(tiers, self.work / "resume", warn=self.warn)  # the other ranks' too
         if resumed is None:
             return b""
         manifest, folder = resumed

@@ -341,7 +341,7 @@ def _compute(runs: Sequence[RunResult]) -> dict[str, float | None]:
 
 
 def _cpu_threads(summary: Mapping[str, Any]) -> int:
-    return int(summary.get("hardware", {}).get("cpu_threads") or 1)
+    return int(summary.get("hardware", {}).get("cpu", {}).get("threads") or 1)
 
 
 def _write_csv(report: LadderReport, by_cohort: Mapping[str, Sequence[LadderCell]]) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -69,10 +70,11 @@ def data_fingerprint(identity: str, splits: Mapping[int, str], held_out_ids: Ite
     return h.hexdigest()[:16]
 
 
-def compute_facts(wall_time_s: float, device: str, price_per_hour: float | None) -> dict[str, Any]:
-    """Wall time, GPU-hours (one GPU per run on cuda, none elsewhere) and cost at the pod's hourly price."""
+def compute_facts(wall_time_s: float, device: str, price_per_hour: float | None,
+                  processes: int = 1) -> dict[str, Any]:
+    """Wall time, GPU-hours (one GPU per process on cuda, none elsewhere) and cost at the pod's hourly price."""
     hours = wall_time_s / 3600
-    gpus = 1 if device.startswith("cuda") else 0
+    gpus = processes if device.startswith("cuda") else 0
     facts: dict[str, Any] = {"wall_time_s": wall_time_s, "device": device, "gpus": gpus,
                              "gpu_hours": hours * gpus, "price_per_hour": price_per_hour,
                              "cost": None if price_per_hour is None else hours * price_per_hour}
@@ -81,3 +83,40 @@ def compute_facts(wall_time_s: float, device: str, price_per_hour: float | None)
 
         facts["device_name"] = torch.cuda.get_device_name(torch.device(device))
     return facts
+
+
+def hardware_facts(device: str, processes: int = 1) -> dict[str, Any]:
+    """Where the run ran, so a reader tells a GPU run from a CPU one at a glance: the GPU model, count (one per
+    process), memory, driver and the newest CUDA it runs; torch and its CUDA build; the CPU model, torch's
+    threads and the CPUs the process could use (the host's CPU feeds the GPU, so it is recorded on GPU runs too)."""
+    import torch
+
+    from ehrseq.training.device import probe_nvidia
+    from ehrseq.training.threads import cpu_budget
+
+    facts: dict[str, Any] = {
+        "device": device, "torch": torch.__version__, "cuda_build": torch.version.cuda,
+        "cpu": {"model": cpu_model(), "threads": torch.get_num_threads(), "cpus_usable": cpu_budget(),
+                "cpus_host": os.cpu_count()}}
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        host = probe_nvidia()
+        facts["gpu"] = {"model": props.name, "count": processes, "memory_gib": round(props.total_memory / 2**30, 1),
+                        "driver": host.driver if host else None, "driver_cuda": host.cuda if host else None}
+    elif device.startswith("mps"):
+        facts["gpu"] = {"model": f"Apple GPU ({facts['cpu']['model']})", "count": 1}
+    return facts
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name: /proc/cpuinfo on Linux, sysctl on macOS, else what `platform` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        if out:
+            return out
+    return platform.processor() or platform.machine() or "unknown"

@@ -13,6 +13,21 @@ PLOT_CAPTIONS = {
 }
 
 
+def describe_hardware(hardware: dict[str, Any]) -> str:
+    """One line that tells a GPU run from a CPU one: GPUs, memory and driver, or the CPU and its threads."""
+    cpu = hardware["cpu"]
+    build = f"CUDA {hardware['cuda_build']} build" if hardware.get("cuda_build") else "CPU-only build"
+    torch_build = f"torch {hardware['torch']}, {build}"
+    host_cpu = (f"{cpu['model']}, {cpu['threads']} torch threads "
+                f"({cpu['cpus_usable']} of {cpu['cpus_host']} CPUs usable)")
+    gpu = hardware.get("gpu")
+    if gpu is None:
+        return f"**CPU**: {host_cpu}; {torch_build}"
+    memory = f", {gpu['memory_gib']} GiB each" if gpu.get("memory_gib") else ""
+    driver = f", driver {gpu['driver']} (CUDA Version {gpu['driver_cuda']})" if gpu.get("driver") else ""
+    return f"**GPU**: {gpu['count']} x {gpu['model']}{memory}{driver}; {torch_build}; host CPU {host_cpu}"
+
+
 def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     """The summary as markdown: metrics with CIs (and the oracle ceiling), run facts, plots, model card."""
     ci = summary.get("metrics_ci", {})
@@ -48,6 +63,7 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         ("Data fingerprint (dataset, splits, held-out subjects)", summary.get("data_fingerprint", "-")),
         ("Spec fingerprint", summary["spec_fingerprint"]),
         ("torch / CUDA", f"{summary['versions']['torch']} / {summary['versions'].get('cuda') or 'none'}"),
+        *([("Hardware", describe_hardware(summary["hardware"]))] if summary.get("hardware") else []),
         ("Git commit", summary.get("git_commit") or "unknown"),
     ]
     if summary.get("labels_used"):  # every label a choice was made with, as the k-shot protocol counts them

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,15 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     t = t.to(_collective_device(), copy=True)
     dist.all_reduce(t)
     return t
+
+
+def from_rank_zero(value: Any) -> Any:
+    """Rank 0's `value` on every rank (any picklable object): one decision, taken once, followed by all."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=_collective_device())
+    return box[0]
 
 
 def barrier() -> None:
