@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from safetensors.torch import load
 from torch import nn
@@ -25,7 +25,6 @@ from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage, split_run_uri
 
 if TYPE_CHECKING:
-    from ehrseq_runner.job.prepare import PreparedData
     from ehrseq_runner.spec.job_spec import JobSpec
 
 
@@ -79,10 +78,12 @@ def check_no_leakage(pretrained: Pretrained, seed: int, data: dict[str, Any]) ->
                          "use the pretraining run's seed and data.num_patients")
 
 
-def check_pretraining_data(pretrained: Pretrained, spec: JobSpec, data: PreparedData) -> None:
-    """A base must have been pretrained on this dataset and splits (its recorded data fingerprint), reading of
-    this task's labelled patients nothing at or after their prediction times (cut, or an unlabelled pool), unless
-    `model.init_from_data: other` says it was pretrained elsewhere on purpose. InputError (exit 2) otherwise."""
+def check_pretraining_data(pretrained: Pretrained, spec: JobSpec, fingerprint: str, identity: str,
+                           folder: Path | None) -> None:
+    """A base must have been pretrained on this dataset and splits (`fingerprint` of the data without held-out
+    subjects, as its summary records it), reading of this task's labelled patients nothing at or after their
+    prediction times (cut, or an unlabelled pool), unless `model.init_from_data: other` says it was pretrained
+    elsewhere on purpose. InputError (exit 2) otherwise."""
     fix = "or set model.init_from_data: other to fine-tune from it knowingly (the summary records it)"
     if spec.model.init_from_data == "other":
         pretrained.checked = False
@@ -91,10 +92,9 @@ def check_pretraining_data(pretrained: Pretrained, spec: JobSpec, data: Prepared
     if recorded is None:
         raise InputError(f"model.init_from: {pretrained.uri} records no pretraining data (an older run, or not a "
                          f"pretraining); pretrain again on this dataset, {fix}")
-    ours = data.fingerprint(np.zeros(0, np.int64))
-    if recorded["fingerprint"] != ours:
+    if recorded["fingerprint"] != fingerprint:
         raise InputError(f"model.init_from: {pretrained.uri} was pretrained on other data or splits (data fingerprint "
-                         f"{recorded['fingerprint']}, this run's {ours}: {data.identity}); pretrain on this dataset "
+                         f"{recorded['fingerprint']}, this run's {fingerprint}: {identity}); pretrain on this dataset "
                          f"with this seed, {fix}")
     if spec.task.kind not in ("binary", "survival"):
         return
@@ -103,7 +103,7 @@ def check_pretraining_data(pretrained: Pretrained, spec: JobSpec, data: Prepared
         raise InputError(f"model.init_from: {pretrained.uri} was pretrained on whole timelines (task.pretrain_data: "
                          f"all), so it read the events after this task's prediction times, outcomes included; "
                          f"pretrain with task.pretrain_data: cut (the default) or pool, {fix}")
-    files = task_label_files(data.folder, spec.task.label_task, spec.task.labels_path)
+    files = task_label_files(folder, spec.task.label_task, spec.task.labels_path)
     cut = {sha for _, _, sha in recorded["labels"]}
     missing = [f.name for f in files if sha256_of(f) not in cut]
     if missing:

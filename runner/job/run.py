@@ -203,7 +203,8 @@ class Job:
             data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None,
                                 remote=StoredTokenCaches(self.run_folder.storage), warn=self.warn)
         if pretrained:
-            check_pretraining_data(pretrained, spec, data)
+            check_pretraining_data(pretrained, spec, data.fingerprint(np.zeros(0, np.int64)), data.identity,
+                                   data.folder)
         return pretrained, data
 
     def _train_and_report(self, pretrained: Pretrained | None, data: PreparedData) -> int:
