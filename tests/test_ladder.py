@@ -193,6 +193,7 @@ def test_a_preempted_ladder_continues_and_the_report_gives_the_known_verdicts(tm
     assert "at k=all behrt shows no difference from the best count baseline (bag): +0.000" in report
     assert report.count("Matches the known answer") == 2 and "true risk (oracle) 0.950" in report
     assert (out / "plots" / "order_label_efficiency.png").stat().st_size > 10_000
+    assert "### Pretraining" in report and "| behrt | lad-order-behrt-pretrain |" in report
 
 
 @pytest.mark.slow

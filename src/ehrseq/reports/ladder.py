@@ -435,7 +435,26 @@ def _render_cohort(r: CohortResult, cells: Sequence[LadderCell], pretraining: Se
                              "-" if fit["cost"] is None else f"${fit['cost'] + (pre['cost'] or 0):.2f}"])
     lines += [md_table(["rung", "runs", "wall time", "CPU-hours", "GPU-hours", "pretraining wall time",
                         "pretraining CPU-hours", "pretraining GPU-hours", "cost"], compute_rows), ""]
+    lines += _render_pretraining(pretraining)
     if r.notes:
         lines += ["### Notes", "", *(f"- {n}" for n in r.notes), ""]
     return lines
+
+
+def _render_pretraining(pretraining: Sequence[tuple[str, RunResult]]) -> list[str]:
+    """Each pretraining's held-out masked-code figures beside a code-frequency (unigram) guess on the same masked
+    tokens, and what it read of the labelled patients: whether the pretraining learned anything, and honestly."""
+    rows = []
+    for rung, run in {run.uri: (rung, run) for rung, run in pretraining}.values():
+        m, data = run.summary.get("metrics", {}), run.summary.get("pretraining_data") or {}
+        figures = [f"{m[k]:.3f} / {m[u]:.3f}" if k in m and u in m else "-" for k, u in
+                   (("perplexity", "mlm_unigram_perplexity"), ("mlm_accuracy", "mlm_unigram_accuracy"))]
+        rows.append([rung, run.uri.rsplit("/", 1)[-1], *figures,
+                     f"{data.get('mode', '?')} ({data.get('patients_labelled', '?')} labelled patients)"])
+    if not rows:
+        return []
+    return ["### Pretraining", "", "Held-out masked-code perplexity and accuracy, model / unigram (the training "
+            "split's code frequencies on the same masked tokens); labelled patients read before their prediction "
+            "times only (`cut`) or not at all (`pool`).", "",
+            md_table(["rung", "run", "perplexity", "accuracy", "labelled patients"], rows), ""]
 
