@@ -42,7 +42,7 @@ def s3_env(s3, monkeypatch):
 
 def assert_summary_matches_predictions(table, summary, seed: int) -> None:
     """Every held-out figure and interval in summary.json is what the predictions file gives."""
-    assert table.num_rows == summary["data"]["subjects"]["held_out"]
+    assert table.num_rows == summary["data"]["examples"]["held_out"]
     recomputed = predictions_from_table(table)
     assert recomputed.metrics() == pytest.approx(summary["metrics"], nan_ok=True)
     assert bootstrap_ci(recomputed.metrics, table.num_rows, seed=seed) == summary["metrics_ci"]

@@ -49,7 +49,7 @@ def test_aces_labels_feed_an_ehrseq_run(tmp_path):
     rows = summary["label_rows"]
     assert rows["rows"] == labels.num_rows and rows["no_history"] > 0  # first visits: nothing before them
     assert rows["examples"] + rows["no_history"] + rows["duplicates"] == labels.num_rows
-    assert sum(summary["data"]["subjects"].values()) == rows["examples"]
+    assert sum(summary["data"]["examples"].values()) == rows["examples"]
     held_out = pq.read_table(folder / "predictions" / "held_out.parquet")
     assert held_out.num_rows > len(pc.unique(held_out.column("subject_id")))  # several examples per subject
     assert 0 < pc.sum(held_out.column("boolean_value")).as_py() < held_out.num_rows

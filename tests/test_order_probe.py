@@ -90,7 +90,7 @@ def test_synthetic_runs_report_the_probe_and_the_ceilings(tmp_path, model, task,
     summary = json.loads((folder / "summary.json").read_text())
     probe = summary["order_probe"]
     assert probe["true_log_hr"] == PRESETS[preset].order_effect
-    held_out = summary["data"]["subjects"]["held_out"]  # those holding both A and B are probed (~64%)
+    held_out = summary["data"]["examples"]["held_out"]  # those holding both A and B are probed (~64%)
     assert 0 < probe["n"] <= held_out and 0.0 <= probe["share_positive"] <= 1.0
     assert np.isfinite(probe["mean_shift"])
     assert set(summary["oracle_order_blind"]) == set(summary["oracle"])

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,9 +94,16 @@ class PreparedData:
     # pretraining (mlm, med2vec): what it read of labelled patients (ehrseq.data.pretrain_cut), recorded in the
     # summary with the data fingerprint so a fine-tune can check it
     pretrain_cut: PretrainCut | None = None
+    # token-cache runs: per split, the median and 10th percentile share of each example's days and (day, code)
+    # events before its prediction time that the max_seq_len window keeps (ehrseq.data.stream.coverage)
+    coverage: dict[str, Any] | None = None
 
     def fingerprint(self, held_out_ids: np.ndarray) -> str:
         return data_fingerprint(self.identity, self.splits, held_out_ids)
+
+    def patients(self) -> dict[str, int]:
+        """Distinct patients per split (a patient may be several examples: one per prediction time)."""
+        return {s: num_patients(self.labelled[s]) if self.labelled else len(self.encoded[s]) for s in SPLITS}
 
     def labels_used(self) -> dict[str, dict[str, int]]:
         """Labelled examples and patients each fitting split used: at a label budget k, at most k patients each."""
@@ -189,7 +197,8 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
     facts = {"key": manifest["key"], "name": cache.name, "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
     return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
-                        read_splits_mapping(folder), labelled, folder, report, token_cache=facts, pretrain_cut=cut)
+                        read_splits_mapping(folder), labelled, folder, report, token_cache=facts, pretrain_cut=cut,
+                        coverage=manifest["coverage"])
 
 
 def held_out_histories(spec: JobSpec, data: PreparedData) -> LabelledSplit:

@@ -34,6 +34,7 @@ from ehrseq.models import count_parameters
 from ehrseq.models.baselines import fit_baseline
 from ehrseq.reports.embeddings import EmbeddingReport, write_code_embeddings
 from ehrseq.reports.provenance import compute_facts, git_commit, hardware_facts
+from ehrseq.reports.summary import coverage_warning
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.progress import ProgressReporter
@@ -217,6 +218,8 @@ class Job:
             console.print(escape(data.label_report.describe()), highlight=False)
         if data.token_cache:
             console.print(describe_token_cache(data.token_cache), highlight=False)
+        if warning := coverage_warning(data.coverage):
+            self.warn(warning)
         vocab.save(work / "vocab.json")
         self.run_folder.put_file("vocab.json", work / "vocab.json")
         if spec.model.kind in BASELINES:
@@ -238,8 +241,8 @@ class Job:
             best_metric=trainer.config.monitor, durable_step=trainer.state.step)
         console.print(f"[bold]{escape(self.run_folder.uri)}[/]: {spec.model.kind}-{spec.model.size} {spec.task.kind} "
                       f"({params_total:,} parameters) "
-                      f"on {device}; {len(vocab):,} tokens; subjects "
-                      + " / ".join(f"{s} {len(encoded[s])}" for s in SPLITS))
+                      f"on {device}; {len(vocab):,} tokens; examples (patients) "
+                      + " / ".join(f"{s} {len(encoded[s])} ({n})" for s, n in data.patients().items()))
 
         with ProgressReporter(trainer.config.max_steps, start_step=trainer.state.step, console=console) as progress:
             trainer.callbacks = [metrics, checkpointer, progress, self.tracker]
@@ -344,9 +347,12 @@ class Job:
                          f" ({spec.data.num_patients} patients, seed {spec.seed}, "
                          f"preset {spec.data.synthetic.preset})"
                          if spec.data.source == "synthetic" else f" from {spec.data.path}"),
-                     "subjects": {s: len(data.encoded[s]) for s in SPLITS}, "vocab_size": len(data.vocab)}}
+                     "examples": {s: len(data.encoded[s]) for s in SPLITS}, "subjects": data.patients(),
+                     "vocab_size": len(data.vocab)}}
         if data.token_cache:
             facts["data"]["token_cache"] = data.token_cache
+        if data.coverage:  # what of each history the max_seq_len window keeps
+            facts["data"]["coverage"] = data.coverage
         if data.pretrain_cut:  # what a fine-tune checks: same data and splits, no labelled patient's future
             facts["pretraining_data"] = {"fingerprint": data.fingerprint(np.zeros(0, np.int64)),
                                          "patients_labelled": len(data.pretrain_cut.subjects),

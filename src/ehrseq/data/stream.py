@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import meds
 import numpy as np
@@ -315,13 +315,17 @@ class Tokens:
     lengths: np.ndarray  # (P,) int64
     subjects: np.ndarray  # (P,) int64
     split: np.ndarray  # (P,) int8
+    # (P, 4) int64 per patient: days (visits) kept, days in its history, (day, code) events kept, events in its
+    # history: how much of what came before the prediction time reaches the model (coverage)
+    kept: np.ndarray | None = None
 
     def select(self, split: int) -> Tokens:
         """The patients of one split."""
         keep = self.split == split
         tokens = np.repeat(keep, self.lengths)
         return Tokens(self.codes[tokens], self.ages[tokens], self.segments[tokens], self.positions[tokens],
-                      self.lengths[keep], self.subjects[keep], self.split[keep])
+                      self.lengths[keep], self.subjects[keep], self.split[keep],
+                      None if self.kept is None else self.kept[keep])
 
 
 def age_months(birth: np.ndarray, when: np.ndarray) -> np.ndarray:
@@ -396,4 +400,21 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     done = np.cumsum(vlen) - vlen
     step = np.arange(int(vlen.sum())) - np.repeat(done, vlen)
     codes[np.repeat(start, vlen) + step] = lut[h.event_code[np.repeat(h.visit_start[visits], vlen) + step]]
-    return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split)
+    kept_counts = np.stack([per_patient, np.bincount(h.visit_patient, minlength=num_patients),
+                            np.bincount(vp, weights=vlen, minlength=num_patients).astype(np.int64),
+                            np.bincount(h.visit_patient, weights=size, minlength=num_patients).astype(np.int64)], 1)
+    return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split, kept_counts)
+
+
+def coverage(kept: np.ndarray) -> dict[str, Any]:
+    """Median and 10th percentile over patients of the share of their days and of their (day, code) events that
+    reach the model, from `Tokens.kept` rows (patients without any event before the prediction time count as
+    fully covered); the number of patients."""
+    kept = np.asarray(kept, np.float64).reshape(-1, 4)
+    out: dict[str, Any] = {"patients": len(kept)}
+    for name, (k, total) in (("days", (0, 1)), ("events", (2, 3))):
+        share = np.divide(kept[:, k], kept[:, total], out=np.ones(len(kept)), where=kept[:, total] > 0)
+        out[name] = {"median": float(np.median(share)) if len(share) else None,
+                     "p10": float(np.quantile(share, 0.1)) if len(share) else None}
+    return out
+

@@ -47,6 +47,7 @@ from ehrseq.data.stream import (
     SplitTable,
     Tokens,
     count_codes,
+    coverage,
     data_shards,
     encode,
     fit_bins,
@@ -62,7 +63,7 @@ from ehrseq.errors import DataError, InputError, one_line
 if TYPE_CHECKING:
     from ehrseq.data.token_arrays import TokenArrays
 
-FORMAT = 1
+FORMAT = 2  # 2: the manifest records coverage
 DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}  # token_arrays.DTYPES
 PATIENT_DTYPES = {"offsets": np.int64, "subject_ids": np.int64, "splits": np.int8}
 CACHE_FILES = (*(f"{name}.npy" for name in (*DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest.json aside
@@ -306,9 +307,13 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         seconds["vocab"] = time.perf_counter() - start
     start = time.perf_counter()
     parts = _Parts(tmp / "parts")  # pass 2: encode each shard, append it to its splits' part files
+    kept: list[list[np.ndarray]] = [[] for _ in SPLITS]  # per split, each shard's coverage counts
     try:
         for h in each:
-            parts.append(encode(h, vocab, max_len))
+            tokens = encode(h, vocab, max_len)
+            parts.append(tokens)
+            for s in range(len(SPLITS)):
+                kept[s].append(tokens.kept[tokens.split == s])
     finally:
         parts.close()
     shutil.rmtree(tmp / "histories", ignore_errors=True)
@@ -334,6 +339,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         "splits": {name: {"patients": patient_at[s: s + 2], "tokens": token_at[s: s + 2]}
                    for s, name in enumerate(SPLITS)},
         "files": files, "seconds": seconds,
+        "coverage": {name: coverage(np.concatenate(kept[s])) for s, name in enumerate(SPLITS)},
     }
     if task:
         manifest["examples"] = {"kind": task.kind, "report": examples.report(task.report).to_dict()}

@@ -38,6 +38,7 @@ from ehrseq.evaluation.paired import PairedDifference, align_predictions, differ
 from ehrseq.evaluation.predictions import predictions_from_table
 from ehrseq.reports.compare import RunResult, headline_metric, md_table, wall_text
 from ehrseq.reports.plots import metric_label, plot_label_efficiency
+from ehrseq.reports.summary import coverage_warning, describe_coverage
 
 COUNT_KINDS = ("bag_of_codes", "gbm", "cox")  # models on code counts: the baselines a sequence model must beat
 POSITIVE = "the best sequence model beats the best count baseline (the outcome depends on an order no per-code " \
@@ -397,6 +398,13 @@ def _render_cohort(r: CohortResult, cells: Sequence[LadderCell], pretraining: Se
              f"{data.get('description', 'unknown data')}; task {summary.get('task')} "
              f"({summary.get('labels', '-')}); held-out patients {data.get('subjects', {}).get('held_out', '?')}; "
              f"metric {metric_label(r.metric)}.", ""]
+    covered = next((c.run.summary["data"]["coverage"] for c in cells
+                    if c.run.summary.get("data", {}).get("coverage")), None)
+    if covered:  # the sequence models read a window; the count baselines the whole history
+        warning = coverage_warning(covered)
+        lines += ["Coverage of the sequence models' window (median [10th percentile] share of each example's history "
+                  f"before its prediction time): {describe_coverage({'held_out': covered['held_out']})}."
+                  + (f" **Warning: {warning}.**" if warning else ""), ""]
     known = ceilings(cells, r.metric)
     if known:
         lines += ["Known figures on these patients: " + "; ".join(f"{k} {v:.3f}" for k, v in known.items()) + ".",

@@ -28,6 +28,30 @@ def describe_hardware(hardware: dict[str, Any]) -> str:
     return f"**GPU**: {gpu['count']} x {gpu['model']}{memory}{driver}; {torch_build}; host CPU {host_cpu}"
 
 
+COVERAGE_FLOOR = 0.5  # below this median share of days kept, the report warns
+
+
+def describe_coverage(coverage: dict[str, Any]) -> str:
+    """Per split, the median [10th percentile] share of days and of (day, code) events before the prediction time
+    that the window keeps."""
+    def share(c: dict[str, Any], what: str) -> str:
+        return f"{100 * c[what]['median']:.0f}% [{100 * c[what]['p10']:.0f}%]" if c[what]["median"] is not None \
+            else "-"
+    return "; ".join(f"{split}: days {share(c, 'days')}, events {share(c, 'events')}"
+                     for split, c in coverage.items())
+
+
+def coverage_warning(coverage: dict[str, Any] | None) -> str | None:
+    """A sentence when the window keeps under COVERAGE_FLOOR of the median held-out example's days."""
+    held_out = (coverage or {}).get("held_out") or {}
+    median = held_out.get("days", {}).get("median")
+    if median is None or median >= COVERAGE_FLOOR:
+        return None
+    return (f"the model reads {100 * median:.0f}% of the median held-out example's days before its prediction "
+            f"time (10th percentile {100 * held_out['days']['p10']:.0f}%); count baselines read all of them, so a "
+            "comparison is about the window as much as the model: raise data.max_seq_len, or drop codes that fill it")
+
+
 def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     """The summary as markdown: metrics with CIs (and the oracle ceiling), run facts, plots, model card."""
     ci = summary.get("metrics_ci", {})
@@ -55,8 +79,11 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
          else "not recorded (set runtime.price_per_hour)"),
         ("Data", summary["data"]["description"]),
         ("Dataset", summary["data"].get("dataset", "-")),
-        ("Subjects train / tuning / held-out", " / ".join(str(summary["data"]["subjects"][s])
-                                                         for s in ("train", "tuning", "held_out"))),
+        ("Examples (patients) train / tuning / held-out", " / ".join(
+            f"{summary['data'].get('examples', summary['data']['subjects'])[s]:,} ({summary['data']['subjects'][s]:,})"
+            for s in ("train", "tuning", "held_out"))),
+        *([("Coverage (median [10th percentile] share of each example's history the model reads)",
+            describe_coverage(summary["data"]["coverage"]))] if summary["data"].get("coverage") else []),
         ("Vocabulary", f"{summary['data']['vocab_size']:,} tokens" + (
             f" (numeric values as tokens: {bins['codes']:,} codes in up to {bins['bins']} quantile bins each)"
             if (bins := summary["data"].get("numeric_bins")) else "")),
@@ -82,14 +109,17 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         facts.append(("Underfit", f"the best tuning {summary.get('best_metric') or 'evaluation'} was the last one "
                       f"(step {summary['steps']}): the run ended still improving; a longer one may do better"))
     probe = f"\n{OrderProbe(**summary['order_probe']).sentence()}\n" if summary.get("order_probe") else ""
+    warning = coverage_warning(summary["data"].get("coverage"))
+    warning = f"\n**Warning: {warning}**\n" if warning else ""
     probe += unigram_sentence(summary["metrics"])
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
     images = "\n\n".join(f"### {PLOT_CAPTIONS.get(p.rsplit('/', 1)[-1], p)}\n\n![{p}]({p})" for p in plots)
     return f"""# {summary['run_id']}
 
-Held-out metrics ({summary['data']['subjects']['held_out']} subjects never seen in training or tuning;
-95% bootstrap intervals over subjects):
-
+Held-out metrics ({summary['data'].get('examples', summary['data']['subjects'])['held_out']:,} examples of
+{summary['data']['subjects']['held_out']:,} patients never seen in training or tuning; 95% bootstrap intervals
+over patients):
+{warning}
 {header}
 {rule}
 {rows}
