@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ehrseq.data.budget import num_patients, subsample_rows, take
+from ehrseq.data.codes import CodeFilter
 from ehrseq.data.cohort import SPLITS, dataset_folder, patients_by_split
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
@@ -97,6 +98,7 @@ class PreparedData:
     # token-cache runs: per split, the median and 10th percentile share of each example's days and (day, code)
     # events before its prediction time that the max_seq_len window keeps (ehrseq.data.stream.coverage)
     coverage: dict[str, Any] | None = None
+    codes: dict[str, Any] | None = None  # data.codes: its patterns and the events they dropped (None: all codes)
 
     def fingerprint(self, held_out_ids: np.ndarray) -> str:
         return data_fingerprint(self.identity, self.splits, held_out_ids)
@@ -134,10 +136,16 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
                             spec.data.synthetic.params())
     cut = PretrainCut.of(spec.task.pretrain_data, folder, spec.task.labels_path, spec.task.labels) \
         if spec.task.kind in PRETRAINING else None
+    codes = CodeFilter(tuple(spec.data.codes.include), tuple(spec.data.codes.exclude))
     if spec.task.kind == "mlm" or (spec.task.kind in EXAMPLE_TASKS and spec.model.kind in SEQUENCE_MODELS):
-        return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn, cut)
+        return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn, cut, codes)
     dataset = read_meds_dataset(folder)
-    identity = dataset_identity(dataset)  # the dataset's, whatever a pretraining cut keeps of it
+    identity = dataset_identity(dataset)  # the dataset's, whatever data.codes or a pretraining cut keep of it
+    codes_facts = None
+    if codes:
+        kept = codes.apply_table(dataset.data)
+        codes_facts = codes.describe(dataset.data.num_rows - kept.num_rows, dataset.data.num_rows)
+        dataset = replace(dataset, data=kept)
     if cut:
         dataset = replace(dataset, data=cut.apply_table(dataset.data))
     bins = vocab.bins if vocab is not None else _fit_bins(dataset, spec.data.numeric_bins, spec)
@@ -162,7 +170,7 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     encoded = {s: encode_examples(labelled[s], vocab, max_len) if examples
                else [encode_patient(p, vocab, max_len) for p in patients[s]] for s in SPLITS}
     return PreparedData(vocab, encoded, identity, dataset_name(folder), dataset.splits, labelled,
-                        folder, report, train_histories=train_histories, pretrain_cut=cut)
+                        folder, report, train_histories=train_histories, pretrain_cut=cut, codes=codes_facts)
 
 
 def budget_rows(spec: JobSpec, labelled: dict | None) -> dict[str, np.ndarray]:
@@ -178,7 +186,7 @@ def budget_rows(spec: JobSpec, labelled: dict | None) -> dict[str, np.ndarray]:
 
 def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocabulary | None,
                       remote: CacheRemote | None, warn: Callable[[str], None] | None,
-                      cut: PretrainCut | None) -> PreparedData:
+                      cut: PretrainCut | None, codes: CodeFilter) -> PreparedData:
     start = time.perf_counter()
     task = None
     if spec.task.kind != "mlm":  # the label rows are read each time: their files are part of the key
@@ -187,7 +195,7 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
         task = LabelledTask(t.kind, labels, report, task_label_files(folder, t.label_task, t.labels_path))
     cache, how = token_cache(folder, cache_dir, spec.data.max_seq_len, spec.data.min_code_count, vocab,
                              source=spec.data.path or spec.data.source, warn=warn, remote=remote,
-                             numeric_bins=spec.data.numeric_bins, task=task, cut=cut)
+                             numeric_bins=spec.data.numeric_bins, task=task, cut=cut, codes=codes or None)
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
     labelled, report = load_examples(cache, encoded) if task else (None, None)
@@ -198,7 +206,7 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
     return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
                         read_splits_mapping(folder), labelled, folder, report, token_cache=facts, pretrain_cut=cut,
-                        coverage=manifest["coverage"])
+                        coverage=manifest["coverage"], codes=manifest.get("codes"))
 
 
 def held_out_histories(spec: JobSpec, data: PreparedData) -> LabelledSplit:

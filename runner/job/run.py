@@ -351,6 +351,8 @@ class Job:
                      "vocab_size": len(data.vocab)}}
         if data.token_cache:
             facts["data"]["token_cache"] = data.token_cache
+        if data.codes:
+            facts["data"]["codes"] = data.codes
         if data.coverage:  # what of each history the max_seq_len window keeps
             facts["data"]["coverage"] = data.coverage
         if data.pretrain_cut:  # what a fine-tune checks: same data and splits, no labelled patient's future

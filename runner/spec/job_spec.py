@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -61,6 +61,13 @@ class SyntheticSpec(Section):
         return replace(PRESETS[self.preset], **overrides)
 
 
+class CodesSpec(Section):
+    """Which codes every model reads (ehrseq.data.codes): globs, or prefixes when they hold no wildcard."""
+
+    include: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field([], max_length=1000)  # [] = all
+    exclude: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field([], max_length=1000)  # after include
+
+
 class DataSpec(Section):
     source: Literal["synthetic", "meds", "synthea-csv", "fhir"] = "synthetic"
     synthetic: SyntheticSpec = SyntheticSpec()  # synthetic only: the planted outcome's effect sizes
@@ -70,6 +77,7 @@ class DataSpec(Section):
     min_code_count: int = Field(5, ge=1, le=MAX_COUNT)  # rarer codes (in the train split) become [UNK]
     # numeric values (labs) as tokens: N quantile bins per code, fitted on the train split (CODE//Q1..QN); 0: off
     numeric_bins: int = Field(0, ge=0, le=100)
+    codes: CodesSpec = CodesSpec()  # e.g. {exclude: ["LAB//"]}: the same events for every model (MEDS_BIRTH kept)
 
     @field_validator("numeric_bins")
     @classmethod

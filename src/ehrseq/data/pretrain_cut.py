@@ -18,7 +18,7 @@ checks (ehrseq_runner.job.pretrained).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +87,7 @@ class PretrainCut:
 
     def apply(self, shard: Shard) -> Shard:
         """The shard's rows pretraining may read."""
-        keep = self.keep(shard.subject, shard.time, shard.has_time)
-        if keep.all():
-            return shard
-        return replace(shard, subject=shard.subject[keep], time=shard.time[keep], has_time=shard.has_time[keep],
-                       code=shard.code[keep], value=None if shard.value is None else shard.value[keep])
+        return shard.rows(self.keep(shard.subject, shard.time, shard.has_time))
 
     def apply_table(self, data: pa.Table) -> pa.Table:
         """A MEDS data table's rows pretraining may read (the object path: Med2Vec pretraining)."""

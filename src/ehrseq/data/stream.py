@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import meds
 import numpy as np
@@ -29,13 +29,16 @@ from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
 
-if TYPE_CHECKING:
-    from ehrseq.data.pretrain_cut import PretrainCut
-
 SPLITS = ("train", "tuning", "held_out")  # split code = index; -1: in no split (dropped)
 COLUMNS = ("subject_id", "time", "code")
 _DAY_US = 86_400 * 1_000_000
 _NULL_TIME = np.iinfo(np.int64).min  # where time is null: sorts first, as static rows do in MEDS
+
+
+class RowSelection(Protocol):
+    """Something that keeps some of a shard's rows: data.codes (ehrseq.data.codes), a pretraining cut."""
+
+    def apply(self, shard: Shard) -> Shard: ...
 
 
 @dataclass
@@ -49,6 +52,13 @@ class Shard:
     code: np.ndarray  # (R,) int64 index into names
     names: list[str]  # distinct codes
     value: np.ndarray | None = None  # (R,) float64 numeric_value, NaN where null (read when asked for)
+
+    def rows(self, keep: np.ndarray) -> Shard:
+        """The shard's rows where `keep` (R,) is True (itself when all are)."""
+        if keep.all():
+            return self
+        return Shard(self.path, self.subject[keep], self.time[keep], self.has_time[keep], self.code[keep], self.names,
+                     None if self.value is None else self.value[keep])
 
     def binned(self, bins: NumericBins) -> Shard:
         """The shard with each valued event's code replaced by its value bin's token (ehrseq.data.numeric)."""
@@ -269,12 +279,13 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
                      np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
 
 
-def fit_bins(dataset: Path, splits: SplitTable, num_bins: int, cut: PretrainCut | None = None) -> NumericBins:
+def fit_bins(dataset: Path, splits: SplitTable, num_bins: int, *selections: RowSelection) -> NumericBins:
     """Numeric value bins from the training split's values, a shard at a time (a pass of its own: the bins
-    must be known before codes are counted); with `cut` (a PretrainCut), only the rows it keeps."""
+    must be known before codes are counted); only the rows `selections` keep (data.codes, a pretraining cut)."""
     fitter = BinFitter(num_bins)
     for shard in iter_shards(dataset, values=True):
-        shard = cut.apply(shard) if cut else shard
+        for selection in selections:
+            shard = selection.apply(shard)
         train = splits.of(shard.subject) == 0
         fitter.add(shard.names, shard.code[train], shard.value[train], shard.subject[train])
     return fitter.result()

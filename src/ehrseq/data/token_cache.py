@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehrseq.data.codes import CodeFilter
 from ehrseq.data.examples import ExampleLabels
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, sha256_of, swap_into_place
@@ -108,7 +109,8 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
 
 
 def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None,
-              numeric_bins: int = 0, task: LabelledTask | None = None, cut: PretrainCut | None = None) -> str:
+              numeric_bins: int = 0, task: LabelledTask | None = None, cut: PretrainCut | None = None,
+              codes: CodeFilter | None = None) -> str:
     """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary, task and cut."""
     given = None if vocab is None else hashlib.sha256(vocab.to_json().encode()).hexdigest()
     what = {"format": FORMAT, "dataset": dataset_fingerprint(dataset), "max_len": max_len, "min_count": min_count,
@@ -121,6 +123,8 @@ def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | N
         what["task"] = task.identity()
     if cut and cut.mode != "all":
         what["pretrain_data"] = cut.identity(dataset)
+    if codes:
+        what["codes"] = codes.identity()
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -268,29 +272,36 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: 
 
 
 def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins: NumericBins | None,
-                     examples: ExampleLabels | None, cut: PretrainCut | None) -> Iterator[Histories]:
-    """Each shard's histories (the rows `cut` keeps; valued codes binned with `bins`; with `examples`, one per
-    label row, cut at its prediction time), adding its rows to events[0]."""
+                     examples: ExampleLabels | None, codes: CodeFilter | None,
+                     cut: PretrainCut | None) -> Iterator[Histories]:
+    """Each shard's histories (the rows `codes` and `cut` keep; valued codes binned with `bins`; with `examples`,
+    one per label row, cut at its prediction time), adding its rows to events[0] and those `codes` drops to
+    events[1]."""
     for shard in iter_shards(dataset, values=bins is not None):
-        events[0] += len(shard.subject)  # the dataset's events (its identity), whatever the cut keeps
+        events[0] += len(shard.subject)  # the dataset's events (its identity), whatever is kept of them
+        if codes:
+            kept = codes.apply(shard)
+            events[1] += len(shard.subject) - len(kept.subject)
+            shard = kept
         shard = cut.apply(shard) if cut else shard
         shard = shard.binned(bins) if bins else shard
         yield histories(*examples.cut(shard)) if examples else histories(shard, splits)
 
 
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
-           key: str, numeric_bins: int, task: LabelledTask | None, cut: PretrainCut | None) -> dict[str, Any]:
-    seconds, given, events = {}, vocab is not None, [0]
+           key: str, numeric_bins: int, task: LabelledTask | None, cut: PretrainCut | None,
+           codes: CodeFilter | None) -> dict[str, Any]:
+    seconds, given, events = {}, vocab is not None, [0, 0]
     start = time.perf_counter()
     splits = read_splits(dataset)
     examples = ExampleLabels.of(task.labels, splits) if task else None
     bins = vocab.bins if vocab is not None else None
     if vocab is None and numeric_bins:  # pass 0, on values before the prediction times of labelled patients
         before = cut if cut or task is None else PretrainCut.of_rows("cut", examples.subject, examples.time)
-        bins = fit_bins(dataset, splits, numeric_bins, before)
+        bins = fit_bins(dataset, splits, numeric_bins, *(s for s in (codes, before) if s))
         seconds["numeric_bins"] = time.perf_counter() - start
         start = time.perf_counter()
-    each = _shard_histories(dataset, splits, events, bins, examples, cut)
+    each = _shard_histories(dataset, splits, events, bins, examples, codes, cut)
     if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
         (tmp / "histories").mkdir()
         counts: Counter = Counter()
@@ -345,13 +356,16 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         manifest["examples"] = {"kind": task.kind, "report": examples.report(task.report).to_dict()}
     if cut:
         manifest["pretrain_data"] = cut.identity(dataset)
+    if codes:
+        manifest["codes"] = codes.describe(events[1], events[0])
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                       source: str | None = None, key: str | None = None, numeric_bins: int = 0,
-                      task: LabelledTask | None = None, cut: PretrainCut | None = None) -> dict[str, Any]:
+                      task: LabelledTask | None = None, cut: PretrainCut | None = None,
+                      codes: CodeFilter | None = None) -> dict[str, Any]:
     """Tokenise the MEDS dataset at `dataset` into a cache folder `dest` (replacing any old one); the manifest.
 
     Without `vocab`, the vocabulary is the training split's codes seen at least `min_count` times (InputError
@@ -359,16 +373,16 @@ def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 
     bins per code when not 0 (fitted on the training split); a given `vocab` brings its own bins. With `task`,
     the patients are its examples (ehrseq.data.examples: one per label row, cut before its prediction time; the
     vocabulary counts the training examples' codes, as the object path does). With `cut` (pretraining), only the
-    rows it keeps are read, for the bins, the vocabulary and the tokens (ehrseq.data.pretrain_cut). `key`
-    defaults to `cache_key(...)`."""
+    rows it keeps are read, for the bins, the vocabulary and the tokens (ehrseq.data.pretrain_cut); with `codes`
+    (data.codes), only the codes it keeps. `key` defaults to `cache_key(...)`."""
     dataset, dest = Path(dataset), Path(dest)
-    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut)
+    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins, task,
-                          cut)
+                          cut, codes)
         swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -436,14 +450,15 @@ class CacheRemote(Protocol):
 def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                 source: str | None = None, warn: Callable[[str], None] | None = None,
                 remote: CacheRemote | None = None, numeric_bins: int = 0,
-                task: LabelledTask | None = None, cut: PretrainCut | None = None) -> tuple[Path, str]:
+                task: LabelledTask | None = None, cut: PretrainCut | None = None,
+                codes: CodeFilter | None = None) -> tuple[Path, str]:
     """The cache folder for these inputs under `cache_dir` (`tokens-<key>`) and how it was had: "reused" (an
     intact one was there), "downloaded" (from `remote`) or "built" (then published to `remote`).
 
     A damaged local or remote one is rebuilt, after `warn(message)` when given; a remote that fails to publish
     only warns (the tokens are here, training goes on)."""
     say = warn or (lambda message: None)
-    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut)
+    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes)
     folder = Path(cache_dir) / f"{'examples' if task else 'tokens'}-{key}"
     if folder.exists():
         try:
@@ -457,7 +472,7 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
                 return folder, "downloaded"
         except Exception as e:  # noqa: BLE001 - damaged (NotATokenCache) or unreachable: build it here instead
             say(f"the stored token cache {folder.name} could not be used ({one_line(e)}); building it here")
-    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task, cut)
+    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task, cut, codes)
     if remote is not None:
         try:
             remote.publish(folder.name, folder)

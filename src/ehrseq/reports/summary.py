@@ -82,6 +82,9 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         ("Examples (patients) train / tuning / held-out", " / ".join(
             f"{summary['data'].get('examples', summary['data']['subjects'])[s]:,} ({summary['data']['subjects'][s]:,})"
             for s in ("train", "tuning", "held_out"))),
+        *([("Codes (data.codes)", f"include {', '.join(c['include']) or 'all'}; exclude "
+            f"{', '.join(c['exclude']) or 'none'}: {c['events_dropped']:,} of {c['events']:,} events dropped")]
+          if (c := summary["data"].get("codes")) else []),
         *([("Coverage (median [10th percentile] share of each example's history the model reads)",
             describe_coverage(summary["data"]["coverage"]))] if summary["data"].get("coverage") else []),
         ("Vocabulary", f"{summary['data']['vocab_size']:,} tokens" + (
