@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from ehrseq.data.cohort import synthetic_dataset
 from ehrseq.data.codes import CodeFilter
+from ehrseq.data.cohort import synthetic_dataset
 from ehrseq.data.token_cache import cache_key
 from ehrseq_runner.job.prepare import prepare_data
 from ehrseq_runner.job.run import run_job
@@ -38,7 +38,8 @@ def spec(tmp_path, model, **data):
 def test_every_model_reads_the_same_codes_and_the_cache_key_changes(tmp_path):
     cache = tmp_path / "cache"
     drop = {"codes": {"exclude": ["LOINC//", "CPT//"]}}
-    behrt, gbm = prepare_data(spec(tmp_path, "behrt", **drop), cache), prepare_data(spec(tmp_path, "gbm", **drop), cache)
+    behrt = prepare_data(spec(tmp_path, "behrt", **drop), cache)
+    gbm = prepare_data(spec(tmp_path, "gbm", **drop), cache)
     whole = prepare_data(spec(tmp_path, "behrt"), cache)
     assert not any(c.startswith(("LOINC//", "CPT//")) for c in behrt.vocab.itos)
     assert any(c.startswith("LOINC//") for c in whole.vocab.itos)
