@@ -136,7 +136,7 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
                             spec.data.synthetic.params())
     cut = PretrainCut.of(spec.task.pretrain_data, folder, spec.task.labels_path, spec.task.labels) \
         if spec.task.kind in PRETRAINING else None
-    codes = CodeFilter(tuple(spec.data.codes.include), tuple(spec.data.codes.exclude))
+    codes = code_filter(spec)
     if spec.task.kind == "mlm" or (spec.task.kind in EXAMPLE_TASKS and spec.model.kind in SEQUENCE_MODELS):
         return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn, cut, codes)
     dataset = read_meds_dataset(folder)
@@ -209,13 +209,21 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
                         coverage=manifest["coverage"], codes=manifest.get("codes"))
 
 
+def code_filter(spec: JobSpec) -> CodeFilter:
+    """data.codes as the filter every data path applies (empty: every code)."""
+    return CodeFilter(tuple(spec.data.codes.include), tuple(spec.data.codes.exclude))
+
+
 def held_out_histories(spec: JobSpec, data: PreparedData) -> LabelledSplit:
     """The held-out examples with their histories as Patient objects (what the order probe edits): as prepared,
-    or rebuilt by the object path (binned alike) where they came from the token cache as tokens only."""
+    or rebuilt by the object path (codes filtered and binned alike) where they came from the token cache as tokens
+    only."""
     held_out = data.labelled["held_out"]
     if held_out.patients is not None:
         return held_out
     dataset = read_meds_dataset(data.folder)
+    if codes := code_filter(spec):
+        dataset = replace(dataset, data=codes.apply_table(dataset.data))
     if data.vocab.bins:
         dataset = replace(dataset, data=bin_table(dataset.data, data.vocab.bins))
     rebuilt = labelled_splits(dataset, spec.task.label_task, ("held_out",), spec.task.kind,
