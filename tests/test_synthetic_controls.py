@@ -5,6 +5,7 @@ import hashlib
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -13,6 +14,7 @@ from ehrseq.data.labels import read_oracle
 from ehrseq.data.supervised import labelled_splits
 from ehrseq.data.synthetic import (
     BINARY_TASK,
+    FAMILY,
     PRESETS,
     PROGRESSION_A,
     PROGRESSION_B,
@@ -131,7 +133,8 @@ def test_params_name_the_dataset_and_change_its_fingerprint(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("data.synthetic.preset=strong",
-     r"data\.synthetic\.preset: Input should be 'default', 'order', 'presence', 'transition' or 'transition_presence'"),
+     r"data\.synthetic\.preset: Input should be 'default', 'order', 'presence', 'transition', 'transition_presence', "
+     r"'family' or 'family_presence'"),
     ("data.synthetic.order_effect=9", r"data\.synthetic\.order_effect: .*less than or equal to 4"),
     ("data.synthetic.prevalence_a=1.5", r"data\.synthetic\.prevalence_a: .*less than or equal to 1"),
     ("data.synthetic.order_window=0", r"data\.synthetic\.order_window: .*greater than or equal to 1"),
@@ -152,3 +155,30 @@ def test_spec_resolves_preset_and_overrides(tmp_path):
         .data.synthetic.params() == PRESETS["default"]
     with pytest.raises(SpecError, match=r"data\.synthetic: sets the synthetic generator, but data\.source is 'meds'"):
         load_spec(path, ["data.source=meds", f"data.path={tmp_path}"])
+
+
+def test_the_pretraining_control_has_a_rare_family_and_an_unlabelled_pool():
+    """`family`: 2-4 of 40 family codes per family patient, each code in a few percent of patients, only those
+    carrying the effect; 20% of the patients labelled, every patient in the data and a split; its twin plants the
+    same family, with the effect on A and B instead."""
+    family, twin = (generate_synthetic(5_000, seed=2, params=PRESETS[name]) for name in ("family", "family_presence"))
+    data = family.data
+    rows = data.filter(pc.is_in(data.column("code"), value_set=pa.array(list(FAMILY))))
+    assert rows.equals(twin.data.filter(pc.is_in(twin.data.column("code"), value_set=pa.array(list(FAMILY)))))
+    per_patient = rows.group_by("subject_id").aggregate([("code", "count_distinct")]).column(1).to_numpy()
+    assert per_patient.min() >= 2 and per_patient.max() <= 4 and 0.25 < len(per_patient) / 5_000 < 0.35
+    per_code = rows.group_by("code").aggregate([("subject_id", "count_distinct")]).column(1).to_numpy()
+    assert len(per_code) == len(FAMILY) and per_code.max() / 5_000 < 0.04
+    survival = family.labels[SURVIVAL_TASK]
+    assert 0.17 < survival.num_rows / 5_000 < 0.23
+    assert len(pc.unique(data.column("subject_id"))) == 5_000  # the pool is in the data
+    risk = family.oracle[SURVIVAL_TASK].column("true_risk").to_numpy()
+    has = np.isin(survival.column("subject_id").to_numpy(), rows.column("subject_id").to_numpy())
+    assert risk[has].mean() > 2 * risk[~has].mean()  # the family carries the outcome
+
+
+def test_a_pooled_dataset_splits_every_patient(tmp_path):
+    from ehrseq.data.meds_io import read_meds_dataset
+
+    dataset = read_meds_dataset(synthetic_dataset(300, 1, tmp_path, PRESETS["family"]))
+    assert len(dataset.splits) == 300 and set(dataset.splits.values()) == {"train", "tuning", "held_out"}

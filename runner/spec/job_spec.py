@@ -40,9 +40,10 @@ class SyntheticSpec(Section):
     """The synthetic generator's planted outcome: a named preset, then any parameter overridden (None keeps the
     preset's value). `transition` and `transition_presence` are the positive and negative controls against
     full-strength count baselines; `order` (onset order, which first-occurrence features see) and `presence` its
-    older pair (ehrseq.data.synthetic)."""
+    older pair; `family` and `family_presence` the pretraining control and its negative twin (ehrseq.data.synthetic)."""
 
-    preset: Literal["default", "order", "presence", "transition", "transition_presence"] = "default"
+    preset: Literal["default", "order", "presence", "transition", "transition_presence", "family",
+                    "family_presence"] = "default"
     prevalence_a: float | None = Field(None, ge=0.0, le=1.0)  # share of patients given code A
     prevalence_b: float | None = Field(None, ge=0.0, le=1.0)
     order_window: int | None = Field(None, ge=1, le=MAX_VISITS_BEFORE - 1)  # visits from A to B that count

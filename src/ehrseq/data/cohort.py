@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import meds
+import pyarrow.compute as pc
 
 from ehrseq.data.labels import label_path, oracle_path
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset, write_meds_dataset
 from ehrseq.data.patients import Patient, patients_from_meds
-from ehrseq.data.synthetic import PRESETS, SURVIVAL_TASK, SyntheticParams, assign_splits, generate_synthetic
+from ehrseq.data.synthetic import PRESETS, SyntheticParams, assign_splits, generate_synthetic
 from ehrseq.errors import InputError
 
 SPLITS = ("train", "tuning", "held_out")
@@ -70,7 +71,7 @@ def write_synthetic_dataset(dest: Path, num_patients: int, seed: int, params: Sy
     cohort = generate_synthetic(num_patients, seed, params)
     extra = {label_path(task): table for task, table in cohort.labels.items()}
     extra |= {oracle_path(task): table for task, table in cohort.oracle.items()}
-    splits = assign_splits(cohort.labels[SURVIVAL_TASK].column("subject_id").to_numpy(), seed)
+    splits = assign_splits(pc.unique(cohort.data.column("subject_id")).to_numpy(), seed)  # labelled or not
     write_meds_dataset(cohort.data, splits, dest, name=dest.name, extra=extra)
 
 

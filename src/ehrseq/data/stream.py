@@ -195,7 +195,7 @@ def _starts(groups: np.ndarray) -> np.ndarray:
     return np.r_[True, groups[1:] != groups[:-1]] if len(groups) else np.zeros(0, bool)
 
 
-def _rank_in_group(groups: np.ndarray) -> np.ndarray:
+def rank_in_group(groups: np.ndarray) -> np.ndarray:
     """0, 1, 2, ... within each run of equal values of a grouped array."""
     first = np.flatnonzero(_starts(groups))
     return np.arange(len(groups)) - np.repeat(first, np.diff(np.r_[first, len(groups)]))
@@ -366,7 +366,7 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     sid = lut[h.static_code]
     sp = h.static_patient[sid != Vocabulary.UNK]
     sid = sid[sid != Vocabulary.UNK]
-    srank = _rank_in_group(sp)
+    srank = rank_in_group(sp)
     sp, sid, srank = sp[srank < max_len - 2], sid[srank < max_len - 2], srank[srank < max_len - 2]
     num_static = np.bincount(sp, minlength=num_patients)
     budget = max_len - 1 - num_static  # tokens left for visits and their [SEP]s
@@ -385,7 +385,7 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     visits = np.flatnonzero(kept)  # a suffix of each patient's visits
     vp, vlen = vp[visits], length[visits]
     per_patient = np.bincount(vp, minlength=num_patients)
-    index = _rank_in_group(vp)  # visit index within the kept ones: position, and segment parity
+    index = rank_in_group(vp)  # visit index within the kept ones: position, and segment parity
     vage = np.where(h.has_birth[vp], age_months(h.birth[vp], h.visit_time[visits]), 0)
     first_age = np.zeros(num_patients, np.int64)
     first_age[vp[index == 0]] = vage[index == 0]

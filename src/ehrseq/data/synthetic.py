@@ -53,6 +53,8 @@ import meds
 import numpy as np
 import pyarrow as pa
 
+from ehrseq.data.stream import rank_in_group
+
 NUM_CLUSTERS = 12
 DX_PER_CLUSTER = 10
 RX_PER_CLUSTER = 4
@@ -92,12 +94,17 @@ class SyntheticParams:
     male_effect: float = 0.2
     base_hazard: float = 0.08 / 365  # per day, at age 50 with no risk factor
     pattern: str = "onset"  # onset (first recordings in order) | transition (A -> B in consecutive visits)
+    family_share: float = 0.0  # patients given 2-4 of the FAMILY codes (each individually rare) at random visits
+    family_effect: float = 0.0  # log hazard ratio of having any of them
+    labelled_share: float = 1.0  # patients with label rows; the others are an unlabelled pool (for pretraining)
 
     def key(self) -> str:
         """A short hash of every parameter: part of the cached dataset's name, so no change reuses a cache."""
         fields = asdict(self)
-        if fields["pattern"] == "onset":  # (the pattern came later: onset cohorts keep their names)
-            del fields["pattern"]
+        for name, default in (("pattern", "onset"), ("family_share", 0.0), ("family_effect", 0.0),
+                              ("labelled_share", 1.0)):
+            if fields[name] == default:  # (these came later: cohorts without them keep their names)
+                del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -121,8 +128,19 @@ PRESETS = {
     "transition_presence": SyntheticParams(prevalence_a=0.8, prevalence_b=0.8, order_effect=0.0,
                                            presence_effect=1.5, age_effect=0.1, recurrence=0.3, min_visits=12,
                                            pattern="transition"),
+    # Pretraining control: a family of 40 individually rare codes (each in ~2% of patients), 2-4 of them per
+    # family patient, carries the outcome; only 20% of the patients are labelled, the rest an unlabelled pool.
+    # With few labels most family codes are never seen with a label, so counts cannot learn them; a model that
+    # learned from the unlabelled sequences that they occur together can.
+    "family": SyntheticParams(prevalence_a=0.55, prevalence_b=0.55, order_effect=0.0, age_effect=0.1,
+                              min_visits=6, family_share=0.3, family_effect=1.5, labelled_share=0.2),
+    # Its negative twin: the same histories; A and B present (common codes) carry the effect, which a handful of
+    # labels teach a count model as well as anything.
+    "family_presence": SyntheticParams(prevalence_a=0.55, prevalence_b=0.55, order_effect=0.0, presence_effect=1.5,
+                                       age_effect=0.1, min_visits=6, family_share=0.3, labelled_share=0.2),
 }
 PATTERNS = ("onset", "transition")
+FAMILY = tuple(f"ICD10//T{j:02d}.7" for j in range(40))  # the pretraining control's rare family
 PAIR_GAP_DAYS = 3  # the transition's second visit comes 1..this many days after its first
 CENSOR_DAYS = (180.0, 1095.0)
 HORIZON_DAYS = 365
@@ -162,6 +180,7 @@ def _catalog() -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     background_idx = len(codes) + order
     codes += background
     codes += [code for code, _, _ in LABS] + [meds.birth_code, *SEX_CODES, PROGRESSION_A, PROGRESSION_B, OUTCOME_CODE]
+    codes += FAMILY  # last, so the other codes keep their indices
     return codes, table, item_cdf, background_idx
 
 
@@ -170,6 +189,7 @@ _LAB0 = _CODES.index(LABS[0][0])
 _BIRTH = _CODES.index(meds.birth_code)
 _SEX0 = _CODES.index(SEX_CODES[0])
 _A_IDX, _B_IDX, _OUTCOME_IDX = (_CODES.index(c) for c in (PROGRESSION_A, PROGRESSION_B, OUTCOME_CODE))
+_FAMILY0 = _CODES.index(FAMILY[0])
 _CODE_DICT = pa.array(_CODES, pa.string())
 _CLUSTER_W = 1.0 / np.arange(1, NUM_CLUSTERS + 1) ** 0.5  # some conditions are more prevalent
 _BACKGROUND_P = 1.0 / np.arange(1, NUM_BACKGROUND + 1) ** 1.1
@@ -268,6 +288,13 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
         paired = has_a & has_b & (pair_visit >= 0)
         a_then_b = paired & (rng.random(n) < 0.5)
         stratum = np.where(paired, 0, -1)
+    family = params.family_share > 0
+    if family:  # each family patient: 2-4 distinct family codes, each at a random visit before the prediction time
+        in_family = rng.random(n) < params.family_share
+        family_patient = np.repeat(np.flatnonzero(in_family), 2 + rng.binomial(2, 0.5, int(in_family.sum())))
+        ranks = np.argsort(rng.random((n, len(FAMILY))), axis=1)  # a random order of the family per patient
+        family_code = _FAMILY0 + ranks[family_patient, rank_in_group(family_patient)]
+        family_visit = (rng.random(len(family_patient)) * num_pre[family_patient]).astype(np.int64)
 
     # The outcome: true hazard, event and censoring times in days after the prediction time.
     age_at_prediction = (prediction_day - birth_day) / 365.25
@@ -275,6 +302,8 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
     p = params  # terms summed in the original order, so the default preset's output stays bit-identical
     base = p.age_effect * (age_at_prediction - 50) / 10 + p.cluster_effect * in_cluster0.any(axis=1)
     rest = p.presence_effect * (has_a & has_b) + p.male_effect * (sex == 1)
+    if family:
+        rest = rest + p.family_effect * in_family
     hazard = p.base_hazard * np.exp(base + p.order_effect * a_then_b + rest)
     hazard_blind = p.base_hazard * np.exp(base + rest)  # the order-blind ceiling: no order term
     hazard_order = p.base_hazard * np.exp(base + p.order_effect + rest)  # the same with the order term
@@ -322,6 +351,13 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
             visits = sorted_pos[first_visit[patient_of[again]] + visit_of[again]]
             recurring.append((visits, rows_per_visit[visits].copy(), code_idx))
             rows_per_visit[visits] += 1
+    if family:  # one row appended to its visit per family code (two at one visit: one after the other)
+        visits = sorted_pos[first_visit[family_patient] + family_visit]
+        order_at = np.lexsort((np.arange(len(visits)), visits))
+        offset = np.empty(len(visits), np.int64)
+        offset[order_at] = rows_per_visit[visits[order_at]] + rank_in_group(visits[order_at])
+        recurring.append((visits, offset, family_code))
+        np.add.at(rows_per_visit, visits, 1)
     row_start = np.cumsum(rows_per_visit) - rows_per_visit
 
     # Rows: 1-8 codes per real visit, each from the patient's clusters, the background, or a lab.
@@ -363,6 +399,8 @@ def _simulate_chunk(n: int, rng: np.random.Generator, params: SyntheticParams,
                "censor_days": censor_days, "true_risk": -np.expm1(-hazard * (HORIZON_DAYS - 1)),
                "true_risk_order_blind": -np.expm1(-hazard_blind * (HORIZON_DAYS - 1)),
                "true_risk_order_marginal": _order_marginal(a_then_b, stratum, hazard_order, hazard_blind)}
+    if params.labelled_share < 1:  # the rest are an unlabelled pool
+        outcome["labelled"] = rng.random(n) < params.labelled_share
     return meds.DataSchema.align(table), outcome
 
 
@@ -422,20 +460,21 @@ def _labels(outcome: dict[str, np.ndarray]) -> tuple[dict[str, pa.Table], dict[s
     followed = np.minimum(event_days, censor_days)
     positive = observed & (event_days <= HORIZON_DAYS)
     known = positive | (followed >= HORIZON_DAYS)  # censored before the horizon without an event: unknown
+    labelled = outcome.get("labelled", np.ones(len(known), bool))  # the rest: an unlabelled pool
     prediction_time = pa.array(outcome["prediction_us"], pa.timestamp("us"))
     subject_id = pa.array(outcome["subject_id"])
-    mask = pa.array(known)
+    mask, pool = pa.array(known & labelled), pa.array(labelled)
     labels = {
         BINARY_TASK: pa.table({"subject_id": subject_id.filter(mask),
                                "prediction_time": prediction_time.filter(mask),
-                               "boolean_value": pa.array(positive[known])}),
+                               "boolean_value": pa.array(positive[known & labelled])}),
         SURVIVAL_TASK: pa.table({"subject_id": subject_id, "prediction_time": prediction_time,
                                  "boolean_value": pa.array(observed),
-                                 "float_value": pa.array(followed.astype(np.float32))}),
+                                 "float_value": pa.array(followed.astype(np.float32))}).filter(pool),
     }
     oracle = pa.table({"subject_id": subject_id, "prediction_time": prediction_time,
                        **{k: outcome[k] for k in ("true_risk", "true_risk_order_blind", "true_risk_order_marginal")}})
-    oracle = {BINARY_TASK: oracle.filter(mask), SURVIVAL_TASK: oracle}
+    oracle = {BINARY_TASK: oracle.filter(mask), SURVIVAL_TASK: oracle.filter(pool)}
     return {task: meds.LabelSchema.align(t) for task, t in labels.items()}, oracle
 
 
