@@ -133,15 +133,15 @@ class CheckpointStore:
         best = best_manifest(manifests)
         if best is not None:
             keep.add(checkpoint_dir(best["step"]))
-        storage, root = self.run.storage, self.run.key("")
+        root = self.run.key("")
         by_dir: dict[str, list[str]] = {}
-        for key in storage.list(self.run.key("checkpoints/")):
+        for key in self.run.storage.list(self.run.key("checkpoints/")):
             by_dir.setdefault(key[len(root):].rsplit("/", 1)[0], []).append(key)
         for folder, keys in by_dir.items():
             if folder not in keep:
                 keys.sort(key=lambda k: not k.endswith(MANIFEST))  # un-commit first
                 for key in keys:
-                    storage.delete(key)
+                    self.run.delete(key)
 
 
 def parse_manifest(name: str, data: bytes) -> dict[str, Any]:

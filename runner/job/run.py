@@ -63,6 +63,7 @@ from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, fetch_pre
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
+from ehrseq_runner.storage.fenced import FencedRunFolder
 from ehrseq_runner.storage.lease import Lease
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.sync import Syncer
@@ -82,15 +83,17 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     run = RunFolder(storage, spec.resolved_run_id)
     distributed.init_from_env(resolve_device(spec.train.device))  # under torchrun: join the other processes
     # rank 0 is the run's one writer: another live writer makes it exit 2 before anything is touched (--fresh too)
-    lease = Lease(run, warn=lambda message: warn(console, message)) if distributed.rank() == 0 else None
+    lease = Lease(run, renew_seconds=spec.checkpoint.lease_renew_seconds,
+                  warn=lambda message: warn(console, message)) if distributed.rank() == 0 else None
     if lease is not None:
         lease.acquire()
+        run = FencedRunFolder(run, lease)  # from here every write first proves the lease is still ours
     previous, job = None, None
     try:
         if fresh and lease is not None:
             for key in storage.list(run.key("")):
                 if key != lease.key:
-                    storage.delete(key)
+                    run.delete(key)
             if spec.checkpoint.local_dir:
                 shutil.rmtree(Path(spec.checkpoint.local_dir) / run.run_id, ignore_errors=True)
         distributed.barrier()
@@ -153,7 +156,7 @@ class Job:
         self.local = LocalTier(Path(local_dir), spec.resolved_run_id, lease) if local_dir else None
         self.work = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq") / spec.resolved_run_id
         self.started = time.time()
-        self.syncer = Syncer(run, warn=self.warn, may_write=lease.holds)
+        self.syncer = Syncer(run, warn=self.warn)
         self.tracker = Tracker(spec, run.uri, self.work, self.syncer, self.warn)
 
     def warn(self, message: str) -> None:
@@ -349,6 +352,7 @@ class Job:
 
     def _completed(self, held_out: Any, durable_step: int, **fields: Any) -> int:
         self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time(), **fields)
+        self.syncer.flush(time.monotonic() + FAILED_STATUS_BUDGET_S)  # LeaseLost (exit 2) before saying completed
         self.tracker.finish(self.work / "summary.json")
         self.console.print(f"[green]completed[/] {escape(self.run_folder.uri)}: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))

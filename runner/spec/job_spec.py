@@ -146,6 +146,9 @@ class CheckpointSpec(Section):
     keep_last: int = Field(3, ge=1, le=1000)
     grace_seconds: float = Field(5.0, gt=0, le=3600)
     local_dir: str | None = None  # first tier on local disk (a spot pod's volume, e.g. /workspace/ckpt)
+    # the run's lease (runner/storage/lease.py) is renewed this often; another writer may take it over after
+    # STALE_RENEWALS (4) missed renewals
+    lease_renew_seconds: float = Field(30.0, ge=0.1, le=3600)
 
 
 class StorageSpec(Section):

@@ -10,6 +10,7 @@ from typing import Any
 from ehrseq_runner.storage.base import Storage
 
 STATES = ("running", "preempted", "completed", "failed")
+STATUS = "status.json"
 
 
 class RunFolder:
@@ -25,24 +26,31 @@ class RunFolder:
         return f"{self.run_id}/{name}"
 
     def exists(self) -> bool:
-        return self.storage.exists(self.key("status.json"))
+        return self.storage.exists(self.key(STATUS))
 
     def read_status(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.storage.get_bytes(self.key("status.json")))
+            return json.loads(self.storage.get_bytes(self.key(STATUS)))
         except FileNotFoundError:
             return None
 
     def write_status(self, state: str, durable_step: int, **extra: Any) -> dict[str, Any]:
         status = status_record(self.run_id, state=state, durable_step=durable_step, **extra)
-        self.put_text("status.json", json.dumps(status, indent=2))
+        self.put_text(STATUS, json.dumps(status, indent=2))
         return status
 
     def put_text(self, name: str, text: str) -> None:
-        self.storage.put_bytes(self.key(name), text.encode())
+        self.put_bytes(name, text.encode())
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self.storage.put_bytes(self.key(name), data)
 
     def put_file(self, name: str, path: Path) -> None:
         self.storage.put_file(self.key(name), path)
+
+    def delete(self, key: str) -> None:
+        """Deletes a storage key under this run (`key` as `list` gives it, the run's folder included)."""
+        self.storage.delete(key)
 
     def upload_dir(self, local: Path, prefix: str = "") -> None:
         for path in sorted(local.rglob("*")):

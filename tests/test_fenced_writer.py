@@ -1,0 +1,168 @@
+"""Issue 28 item 1: a writer that lost its lease writes nothing more, removes nothing, and exits 2.
+
+Unit tests on file:// and the real S3 server (weed) for the fenced run folder and the syncer; an end-to-end
+SIGSTOP/SIGCONT takeover of `ehrseq run` with a short stale window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ehrseq_runner.checkpoints.store import CheckpointStore
+from ehrseq_runner.storage.fenced import FencedRunFolder
+from ehrseq_runner.storage.lease import STALE_RENEWALS, Lease, LeaseLost
+from ehrseq_runner.storage.run_folder import STATUS, RunFolder
+from ehrseq_runner.storage.sync import Syncer
+from ehrseq_runner.storage.uri import open_storage
+
+from conftest import SMALL_SPEC, run_cli
+
+RENEW = 0.2
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request, tmp_path):
+    if request.param == "file":
+        return open_storage(f"file://{tmp_path}/runs")
+    request.getfixturevalue("s3_env")
+    return open_storage(f"s3://ehrseq-test/fenced-{time.time_ns()}")
+
+
+def _take_over(run: RunFolder, old: Lease) -> FencedRunFolder:
+    """Freezes `old`'s heartbeat, waits out the stale window and takes the run over."""
+    old._stop.set()
+    time.sleep(STALE_RENEWALS * RENEW + 0.1)
+    new = Lease(run, renew_seconds=60)
+    new.acquire()
+    return FencedRunFolder(run, new)
+
+
+def _status(run: RunFolder) -> dict:
+    return json.loads(run.storage.get_bytes(run.key(STATUS)))
+
+
+def test_writer_that_lost_its_lease_writes_and_removes_nothing(storage, tmp_path):
+    run = RunFolder(storage, "r")
+    old_lease = Lease(run, renew_seconds=RENEW)
+    old_lease.acquire()
+    old = FencedRunFolder(run, old_lease)
+    old.write_status("running", 10)
+    old.put_text("metrics.jsonl", "{}\n")
+    new = _take_over(run, old_lease)
+    new.write_status("completed", 20)
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    new.put_file("checkpoints/step-000000020/model.safetensors", tmp_path / "w.bin")
+    before = {k: storage.get_bytes(k) for k in storage.list("r/")}
+
+    for write in (lambda: old.write_status("running", 11), lambda: old.put_text("summary.json", "{}"),
+                  lambda: old.put_file("checkpoints/step-000000011/model.safetensors", tmp_path / "w.bin"),
+                  lambda: old.delete("r/checkpoints/step-000000020/model.safetensors")):
+        with pytest.raises(LeaseLost, match="taken over"):
+            write()
+    assert {k: storage.get_bytes(k) for k in storage.list("r/")} == before
+
+
+def test_status_is_compare_and_swapped_past_a_stale_check(storage):
+    """A writer paused between its lease check and its status write still cannot overwrite its successor's."""
+    run = RunFolder(storage, "cas")
+    old_lease = Lease(run, renew_seconds=RENEW)
+    old_lease.acquire()
+    old = FencedRunFolder(run, old_lease)
+    old.write_status("running", 10)
+    new = _take_over(run, old_lease)
+    new.write_status("completed", 20)
+    with pytest.raises(LeaseLost):
+        old._put_status(b'{"state": "running", "durable_step": 11}')  # the write after a check that passed
+    assert _status(run)["state"] == "completed"
+    new.write_status("completed", 21)  # the holder's own later writes go through
+    assert _status(run)["durable_step"] == 21
+
+
+def test_syncer_of_a_lost_writer_sends_nothing_and_raises(tmp_path):
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "sync")
+    old_lease = Lease(run, renew_seconds=RENEW)
+    old_lease.acquire()
+    syncer = Syncer(FencedRunFolder(run, old_lease), interval_s=0.05)
+    syncer.set_status("running", durable_step=5)
+    assert syncer.flush()
+    new = _take_over(run, old_lease)
+    new.write_status("completed", 9)
+    syncer.set_status("running", durable_step=6)
+    syncer.put_bytes("metrics.jsonl", b"{}\n")
+    time.sleep(0.3)  # the background loop meets the loss
+    with pytest.raises(LeaseLost):
+        syncer.close(deadline=time.monotonic() + 1)
+    assert _status(run) == {**_status(run), "state": "completed", "durable_step": 9}
+    assert not run.storage.exists(run.key("metrics.jsonl"))
+
+
+def test_prune_by_a_lost_writer_deletes_nothing(tmp_path):
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "prune")
+    old_lease = Lease(run, renew_seconds=RENEW)
+    old_lease.acquire()
+    (tmp_path / "w.bin").write_bytes(b"w")
+    old_store = CheckpointStore(FencedRunFolder(run, old_lease), old_lease)
+    old_store.commit(1, [tmp_path / "w.bin"], {})
+    new = _take_over(run, old_lease)
+    new_store = CheckpointStore(new, new.lease)
+    for step in (2, 3):
+        new_store.commit(step, [tmp_path / "w.bin"], {})
+    with pytest.raises(LeaseLost):
+        old_store.prune(keep_last=1)
+    assert [m["step"] for m in CheckpointStore(run).manifests()] == [1, 2, 3]
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.slow
+def test_sigstopped_writer_resumed_after_takeover_leaves_the_run_alone(tmp_path):
+    """Issue 28 item 1 end to end (file://): A paused past its stale window, B takes over and completes,
+    A continued: A exits 2 and the run folder is exactly as B left it."""
+    spec = yaml.safe_load(SMALL_SPEC.read_text())
+    spec.update(name="paused", storage={"uri": f"file://{tmp_path}/runs"})
+    spec["data"].update(num_patients=60, max_seq_len=32)
+    spec["train"].update(max_steps=100000, batch_size=4, eval_every=0, log_every=1)
+    spec["checkpoint"] = {"interval_seconds": 0.2, "lease_renew_seconds": 0.5}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "runs" / "paused"
+    cmd = [sys.executable, "-c", "from ehrseq_runner.cli import main; main()", "run", str(path)]
+    a = subprocess.Popen([*cmd, "--set", "runtime.work_dir=" + str(tmp_path / "a")], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        until = time.monotonic() + 120
+        while len(list(run_dir.glob("checkpoints/*/manifest.json"))) < 2:
+            assert a.poll() is None and time.monotonic() < until, a.stderr.read() if a.poll() else "no checkpoint"
+            time.sleep(0.1)
+        a.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)  # anything in flight lands before the takeover
+        durable = json.loads((run_dir / STATUS).read_text())["durable_step"]
+        time.sleep(STALE_RENEWALS * 0.5 + 0.5)
+        b = run_cli("run", str(path), "--set", f"train.max_steps={durable + 5}",
+                    "--set", "runtime.work_dir=" + str(tmp_path / "b"), cwd=tmp_path)
+        assert b.returncode == 0 and "took over the stale lease" in b.stderr, b.stderr
+        completed = _tree(run_dir)
+        assert json.loads((run_dir / STATUS).read_text())["state"] == "completed"
+        a.send_signal(signal.SIGCONT)
+        assert a.wait(timeout=60) == 2
+        err = a.stderr.read()
+        assert "taken over" in err and "Traceback" not in err, err
+        time.sleep(0.5)
+        assert _tree(run_dir) == completed  # nothing written, nothing removed
+    finally:
+        a.send_signal(signal.SIGCONT)
+        if a.poll() is None:
+            a.kill()
+        a.wait()
