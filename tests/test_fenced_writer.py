@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -121,46 +120,49 @@ def test_prune_by_a_lost_writer_deletes_nothing(tmp_path):
     assert [m["step"] for m in CheckpointStore(run).manifests()] == [1, 2, 3]
 
 
-def _tree(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+def _tree(run: RunFolder) -> dict[str, str]:
+    return {k: hashlib.sha256(run.storage.get_bytes(k)).hexdigest() for k in run.storage.list(run.key(""))}
 
 
 @pytest.mark.slow
-def test_sigstopped_writer_resumed_after_takeover_leaves_the_run_alone(tmp_path):
-    """Issue 28 item 1 end to end (file://): A paused past its stale window, B takes over and completes,
-    A continued: A exits 2 and the run folder is exactly as B left it."""
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_sigstopped_writer_resumed_after_takeover_leaves_the_run_alone(tmp_path, request, scheme):
+    """Issue 28 item 1 end to end: A paused past its stale window, B takes over and completes, A continued:
+    A exits 2 and the run folder is exactly as B left it."""
+    if scheme == "s3":
+        request.getfixturevalue("s3_env")  # the subprocesses inherit the server's endpoint and credentials
+    uri = f"file://{tmp_path}/runs" if scheme == "file" else f"s3://ehrseq-test/paused-{time.time_ns()}"
+    run = RunFolder(open_storage(uri), "paused")
     spec = yaml.safe_load(SMALL_SPEC.read_text())
-    spec.update(name="paused", storage={"uri": f"file://{tmp_path}/runs"})
+    spec.update(name="paused", storage={"uri": uri})
     spec["data"].update(num_patients=60, max_seq_len=32)
     spec["train"].update(max_steps=100000, batch_size=4, eval_every=0, log_every=1)
     spec["checkpoint"] = {"interval_seconds": 0.2, "lease_renew_seconds": 0.5}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    run_dir = tmp_path / "runs" / "paused"
     cmd = [sys.executable, "-c", "from ehrseq_runner.cli import main; main()", "run", str(path)]
     a = subprocess.Popen([*cmd, "--set", "runtime.work_dir=" + str(tmp_path / "a")], cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         until = time.monotonic() + 120
-        while len(list(run_dir.glob("checkpoints/*/manifest.json"))) < 2:
+        while len(CheckpointStore(run).manifests()) < 2:
             assert a.poll() is None and time.monotonic() < until, a.stderr.read() if a.poll() else "no checkpoint"
             time.sleep(0.1)
         a.send_signal(signal.SIGSTOP)
         time.sleep(0.5)  # anything in flight lands before the takeover
-        durable = json.loads((run_dir / STATUS).read_text())["durable_step"]
+        durable = _status(run)["durable_step"]
         time.sleep(STALE_RENEWALS * 0.5 + 0.5)
         b = run_cli("run", str(path), "--set", f"train.max_steps={durable + 5}",
                     "--set", "runtime.work_dir=" + str(tmp_path / "b"), cwd=tmp_path)
         assert b.returncode == 0 and "took over the stale lease" in b.stderr, b.stderr
-        completed = _tree(run_dir)
-        assert json.loads((run_dir / STATUS).read_text())["state"] == "completed"
+        completed = _tree(run)
+        assert _status(run)["state"] == "completed"
         a.send_signal(signal.SIGCONT)
         assert a.wait(timeout=60) == 2
         err = a.stderr.read()
         assert "taken over" in err and "Traceback" not in err, err
         time.sleep(0.5)
-        assert _tree(run_dir) == completed  # nothing written, nothing removed
+        assert _tree(run) == completed  # nothing written, nothing removed
     finally:
         a.send_signal(signal.SIGCONT)
         if a.poll() is None:
