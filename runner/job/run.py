@@ -7,15 +7,17 @@ storage resumes from it; a stop request (SIGTERM) commits one and exits 75.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -51,7 +53,7 @@ from ehrseq_runner.checkpoints.store import CheckpointStore, checkpoint_dir
 from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
 from ehrseq_runner.job.metrics_log import MetricsLog
-from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED, Stopped, StopRequest
 from ehrseq_runner.job.prepare import (
     PreparedData,
     describe_token_cache,
@@ -72,10 +74,12 @@ from ehrseq_runner.storage.uri import open_storage
 
 EXIT_COMPLETED = 0
 FAILED_STATUS_BUDGET_S = 10.0
+T = TypeVar("T")
 
 
-def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
-    """Runs or resumes the job; returns the exit code (0 completed, 75 preempted)."""
+def run_job(spec: JobSpec, console: Console, fresh: bool = False, stop: StopRequest | None = None) -> int:
+    """Runs or resumes the job; returns the exit code (0 completed, 75 preempted). `stop`: a caller's stop
+    request (a ladder's, across its runs); by default the job installs its own SIGTERM/SIGINT handlers."""
     check_supported(spec)
     check_installed(spec.tracking)  # a tracker asked for but not installed: exit 2 before any work
     storage = open_storage(spec.storage.uri, spec.storage.endpoint_url)
@@ -104,7 +108,7 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
                 console.print(f"[green]{escape(run.uri)} already completed[/] (step {previous['durable_step']}); "
                               "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
                 return EXIT_COMPLETED
-        with StopRequest() as stop:
+        with contextlib.nullcontext(stop) if stop is not None else StopRequest() as stop:
             if lease is None:
                 return run_worker(spec, run, stop, console)
             job = Job(spec, run, stop, console, lease, previous)
@@ -172,7 +176,10 @@ class Job:
             manifests = self.store.manifests()
             self.syncer.set_status("running", durable_step=manifests[-1]["step"] if manifests else 0,
                                    started_at=self.started)
-            return self._train_and_report(pretrained, data)
+            try:
+                return self._train_and_report(pretrained, data)
+            except Stopped:  # between a baseline's fit and the bundle's last upload: nothing half-committed
+                return self._preempted(lost=0)
         except BaseException as e:
             self.tracker.end("FAILED")
             if self.syncer.status and isinstance(e, InputError) and previous is not None:
@@ -253,6 +260,7 @@ class Job:
             held_out = trainer.evaluate(encoded["held_out"])
         if held_out is None:
             return self._preempted(lost=0, durable_step=checkpointer.durable_step)
+        self.stop.check()
         embeddings = self._code_embeddings(model, vocab) if spec.model.kind == "med2vec" else None
         extra = {**base, **self._weights_facts(metrics.records)}
         if spec.lora:  # the bundle keeps the adapter and head only; `ehrseq export --merge` folds in the base
@@ -267,7 +275,7 @@ class Job:
                 encode_examples(s, vocab, spec.data.max_seq_len), lambda: False))),
             **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
         }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
-            summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "")
+            summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "", stop=self.stop.check)
         return self._completed(held_out, checkpointer.durable_step, stopped_early=trainer.state.stopped_early,
                                epoch_steps=trainer.config.max_steps if spec.train.epochs else None)
 
@@ -289,10 +297,11 @@ class Job:
         spec, split = self.spec, data.labelled["held_out"]
         self.tracker.start([], "cpu")
         with self.console.status(f"fitting {spec.model.kind} on {len(data.labelled['train'])} subjects"):
-            baseline = fit_baseline(spec.model.kind, spec.task.kind, data.labelled["train"],
-                                    data.labelled["tuning"], spec.task.horizon_days, spec.data.min_code_count,
-                                    age=spec.model.age_feature, seed=spec.seed)
+            baseline = self._until_stopped(lambda: fit_baseline(
+                spec.model.kind, spec.task.kind, data.labelled["train"], data.labelled["tuning"],
+                spec.task.horizon_days, spec.data.min_code_count, age=spec.model.age_feature, seed=spec.seed))
             scores = baseline.score(split)
+        self.stop.check()
         if spec.task.kind == "binary":
             held_out = BinaryPredictions(split.subject_ids, split.prediction_times, split.labels, scores)
         else:
@@ -304,8 +313,29 @@ class Job:
             "baseline": {"features": baseline.features.describe(), "num_features": baseline.features.width,
                          **baseline.chosen},
             **self._common_facts(data, held_out, "cpu"), **self._order_probe(data, baseline.score),
-        }, warn=self.warn)
+        }, warn=self.warn, stop=self.stop.check)
         return self._completed(held_out, 0)
+
+    def _until_stopped(self, fn: Callable[[], T]) -> T:
+        """`fn` (a count baseline's fit, which has no safe points) on a worker thread while this one watches for a
+        stop request: Stopped within a poll of the signal, the fit abandoned (the process exits 75 without it)."""
+        outcome: list[tuple[bool, Any]] = []
+
+        def work() -> None:
+            try:
+                outcome.append((True, fn()))
+            except BaseException as e:  # re-raised on this thread
+                outcome.append((False, e))
+
+        worker = threading.Thread(target=work, name="baseline-fit", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            self.stop.check()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
     def _order_probe(self, data: PreparedData, score: Callable[[LabelledSplit], np.ndarray]) -> dict[str, Any]:
         """Synthetic binary/survival runs: the A-first vs B-first probe on held-out patients, its true answer
