@@ -63,11 +63,16 @@ class Checkpointer(Callback):
             self.tuning = {k: v for k, v in record.items() if isinstance(v, float) and k != "time"}
             self.tuning_step = record["step"]
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def raise_if_failed(self) -> None:
+        """A failed commit surfaces on the calling thread: an InputError (LeaseLost, a path refused) as it is, for
+        one clear line and exit 2."""
         if self.error is not None:
-            if isinstance(self.error, InputError):  # e.g. LeaseLost: one clear line, exit 2
+            if isinstance(self.error, InputError):
                 raise self.error
             raise RuntimeError("background checkpoint failed") from self.error
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.raise_if_failed()
         new_best = trainer.state.best_step == trainer.state.step  # this step's evaluation is the best so far
         if not (new_best or time.monotonic() - self._last >= self.interval):
             return

@@ -251,6 +251,7 @@ class Job:
             return self._preempted(lost=trainer.state.step - checkpointer.durable_step, committed=committed,
                                    durable_step=checkpointer.durable_step)
         checkpointer.save_now(trainer)  # the final state, so a larger max_steps can continue this run
+        checkpointer.raise_if_failed()
         distributed.barrier()
         metrics.close()
         self.lease.check()  # taken over meanwhile: this writer leaves no bundle and no 'completed'
