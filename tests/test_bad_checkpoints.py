@@ -113,3 +113,36 @@ def test_pull_from_a_folder_skips_symlinks_in_the_run_and_reading_one_is_refused
     for key in ("r/SUMMARY.md", "r/plots/secret.txt"):
         with pytest.raises(InputError, match="is a symlink"):
             storage.get_bytes(key)
+
+
+@pytest.mark.slow
+def test_manifests_missing_required_files_or_naming_another_step_are_skipped(tmp_path):
+    """Issue 28 item 4: a newest manifest listing no files, one without optimizer.pt, and a copy of step 2
+    whose manifest claims step 999999999 are each skipped with a warning; the run resumes from step 2."""
+    spec = tiny_spec(tmp_path, "train.max_steps=2")
+    assert run_job(spec, Console(quiet=True)) == 0
+    checkpoints = tmp_path / "bucket" / "r" / "checkpoints"
+    good = checkpoints / "step-000000002"
+    manifest = json.loads((good / "manifest.json").read_text())
+
+    def plant(step: int, drop: tuple[str, ...] = (), no_files: bool = False) -> None:
+        folder = checkpoints / f"step-{step:09d}"
+        folder.mkdir()
+        files = {} if no_files else {k: v for k, v in manifest["files"].items() if k not in drop}
+        for name in files:
+            (folder / name).write_bytes((good / name).read_bytes())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "step": step, "files": files}))
+
+    plant(3, no_files=True)
+    plant(5, drop=("optimizer.pt",))
+    plant(999999999)
+    console = Console(record=True, width=1000, file=io.StringIO())
+    spec.train.max_steps = 4
+    assert run_job(spec, console) == 0
+    said = console.export_text()
+    assert "step 999999999 is unusable (its trainer.json is at step 2, its manifest says 999999999)" in said, said
+    assert "step 5 is unusable (its manifest does not list optimizer.pt)" in said, said
+    assert "step 3 is unusable (its manifest does not list model.safetensors, optimizer.pt" in said, said
+    assert "from step 2 " in said and "Traceback" not in said
+    status = json.loads((tmp_path / "bucket" / "r" / "status.json").read_text())
+    assert status["state"] == "completed" and status["durable_step"] == 4

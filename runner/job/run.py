@@ -49,7 +49,7 @@ from ehrseq.training.state import (
 from ehrseq.training.trainer import Trainer
 from ehrseq_runner.checkpoints.checkpointing import Checkpointer
 from ehrseq_runner.checkpoints.local_tier import LocalTier, fetch_newest
-from ehrseq_runner.checkpoints.store import CheckpointStore, checkpoint_dir
+from ehrseq_runner.checkpoints.store import RUN_CHECKPOINT_FILES, CheckpointStore, checkpoint_dir
 from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
 from ehrseq_runner.job.metrics_log import MetricsLog
@@ -155,9 +155,10 @@ class Job:
         """`previous`: the run's status.json as read before this job (None for a new run)."""
         self.spec, self.run_folder, self.stop, self.console, self.lease = spec, run, stop, console, lease
         self.previous = previous
-        self.store = CheckpointStore(run, lease)
+        self.store = CheckpointStore(run, lease, RUN_CHECKPOINT_FILES)
         local_dir = spec.checkpoint.local_dir
-        self.local = LocalTier(Path(local_dir), spec.resolved_run_id, lease) if local_dir else None
+        self.local = LocalTier(Path(local_dir), spec.resolved_run_id, lease, RUN_CHECKPOINT_FILES) \
+            if local_dir else None
         self.work = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq") / spec.resolved_run_id
         self.started = time.time()
         self.syncer = Syncer(run, warn=self.warn)

@@ -40,7 +40,10 @@ class StoredTokenCaches:
         try:
             for file in (*cache_files(name), MANIFEST):
                 retry_transient(lambda file=file: self.storage.get_file(self.key(name, file), tmp / file), deadline)
-            read_manifest(tmp)  # sizes and checksums
+            unlisted = set(cache_files(name)) - set(read_manifest(tmp)["files"])  # sizes and checksums
+            if unlisted:
+                raise NotATokenCache(f"{self.storage.uri}/{PREFIX}/{name}: its manifest does not list "
+                                     f"{', '.join(sorted(unlisted))}")
             swap_into_place(tmp, dest)
         except FileNotFoundError as e:
             raise NotATokenCache(f"{self.storage.uri}/{PREFIX}/{name}: incomplete ({e})") from e
