@@ -17,7 +17,7 @@ from ehrseq.errors import InputError
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED
 from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.run_folder import RunFolder
-from ehrseq_runner.storage.uri import open_storage, split_run_uri
+from ehrseq_runner.storage.uri import open_storage, redact_credentials, split_run_uri
 
 EXIT_BAD_INPUT = 2
 
@@ -245,5 +245,6 @@ def main() -> None:
     try:
         app()
     except InputError as e:
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # user text: no markup
+        # user text: no markup; a secret typed into the wrong field is never echoed
+        console.print(f"[red]error:[/] {escape(redact_credentials(str(e)))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_BAD_INPUT)

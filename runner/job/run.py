@@ -70,7 +70,7 @@ from ehrseq_runner.storage.lease import Lease
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.sync import Syncer
 from ehrseq_runner.storage.token_caches import StoredTokenCaches
-from ehrseq_runner.storage.uri import open_storage
+from ehrseq_runner.storage.uri import open_storage, redact_credentials
 
 EXIT_COMPLETED = 0
 FAILED_STATUS_BUDGET_S = 10.0
@@ -146,7 +146,7 @@ def check_compatible(run: RunFolder, spec: JobSpec) -> None:
 
 
 def warn(console: Console, message: str) -> None:
-    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # may hold stored keys
+    console.print(f"[yellow]warning:[/] {escape(redact_credentials(message))}", highlight=False)  # stored keys
 
 
 class Job:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
 from ehrseq_runner.spec import safe_yaml
-from ehrseq_runner.storage.uri import open_storage, refuse_credentials, split_run_uri
+from ehrseq_runner.storage.uri import open_storage, redact_credentials, refuse_credentials, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
 DEFAULT_LABELS = {"binary": "outcome_within_365d", "survival": "outcome_survival"}
@@ -256,7 +256,7 @@ def read_spec_file(path: Path, overrides: list[str], sections: str) -> dict[str,
 
 def describe_errors(e: ValidationError) -> str:
     """A pydantic error as one line: each failing field by its dotted path, what is wrong, the value given."""
-    return "; ".join(_describe(err) for err in e.errors())
+    return redact_credentials("; ".join(_describe(err) for err in e.errors()))  # the values given are echoed
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -300,7 +300,8 @@ def _describe(err: dict[str, Any]) -> str:
 def check_supported(spec: JobSpec) -> None:
     """What this version can run; valid-but-unsupported values fail here, before anything is written."""
     for field, url in (("storage.uri", spec.storage.uri), ("storage.endpoint_url", spec.storage.endpoint_url),
-                       ("model.init_from", spec.model.init_from)):
+                       ("model.init_from", spec.model.init_from), ("task.labels_path", spec.task.labels_path),
+                       ("data.path", spec.data.path)):
         refuse_credentials(url, field)  # first: later messages echo these URLs
     mlflow_uri = spec.tracking.mlflow and spec.tracking.mlflow.tracking_uri
     if mlflow_uri and "@" in urlsplit(mlflow_uri).netloc:

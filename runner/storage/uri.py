@@ -5,6 +5,7 @@ URIs and endpoint URLs never carry credentials; a run URI is STORAGE_URI/RUN_ID.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +20,15 @@ def refuse_credentials(url: str | None, field: str) -> None:
     if url and "://" in url and "@" in urlsplit(url).netloc:
         raise InputError(f"{field}: the URL holds credentials (user:password@host); put credentials in AWS_* "
                          "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never in a URL")
+
+
+_USERINFO = re.compile(r"(?<![^\s'\"(\[{,=:/])[^\s'\"/@(\[{,=]*:[^\s'\"/@]*@|(?<=://)[^\s'\"/@]+@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the user:password@ of any URL (or user:password@host) replaced by ***@: error messages echo
+    what was given, and a secret typed in the wrong place must not reach a terminal or a log."""
+    return _USERINFO.sub("***@", text)
 
 
 def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
