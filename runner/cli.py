@@ -152,8 +152,13 @@ def list_runs(
     for key in storage.list():
         run_id, _, name = key.partition("/")
         if name == "status.json":
-            s = RunFolder(storage, run_id).read_status() or {}
-            table.add_row(run_id, s.get("state", "?"), str(s.get("durable_step", "?")), s.get("updated_at", ""))
+            try:
+                s = RunFolder(storage, run_id).read_status() or {}
+            except InputError as e:  # one damaged run never hides the others
+                console.print(f"[yellow]warning:[/] skipped {escape(redact_credentials(str(e)))}", highlight=False,
+                              soft_wrap=True)
+                continue
+            table.add_row(run_id, s.get("state", "?"), str(s.get("durable_step", "?")), str(s.get("updated_at", "")))
     Console().print(table)
 
 

@@ -5,15 +5,20 @@ traceback and never a `failed` mark on a completed run."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from rich.console import Console
 
+from ehrseq.errors import InputError
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import load_spec
+from ehrseq_runner.storage.lease import LEASE, Lease, LeaseRecord
+from ehrseq_runner.storage.run_folder import DamagedStatus, RunFolder
 from ehrseq_runner.storage.token_caches import PREFIX
+from ehrseq_runner.storage.uri import open_storage
 
-from conftest import SMALL_SPEC
+from conftest import SMALL_SPEC, run_cli
 
 TINY = ["data.num_patients=100", "data.max_seq_len=24", "train.batch_size=8", "train.max_steps=2",
         "train.eval_every=0"]
@@ -36,3 +41,57 @@ def test_a_stored_token_cache_whose_manifest_leaves_files_out_is_rebuilt(tmp_pat
     assert run_job(spec_for(tmp_path, "b", "pod2"), Console(stderr=True, width=400)) == 0
     err = capsys.readouterr().err
     assert "does not list" in err and "codes.npy" in err and "Traceback" not in err, err
+
+
+DAMAGED_STATUS = {"not UTF-8": b"\xff\xfe{", "a list": b"[1, 2]", "no state": b"{}",
+                  "a string step": b'{"state": "running", "durable_step": "x"}',
+                  "a NaN step": b'{"state": "completed", "durable_step": NaN}',
+                  "nested deep": b"[" * 200_000 + b"]" * 200_000}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_STATUS)
+def test_a_damaged_status_is_one_error_naming_it(tmp_path, damage):
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "r1")
+    run.storage.put_bytes(run.key("status.json"), DAMAGED_STATUS[damage])
+    with pytest.raises(DamagedStatus) as refused:
+        run.read_status()
+    assert f"{run.uri}/status.json is damaged" in str(refused.value) and "delete it" in str(refused.value)
+
+
+@pytest.mark.parametrize("field, value", [("heartbeat", float("nan")), ("heartbeat", time.time() + 1e9),
+                                          ("renew_seconds", 1e308), ("renew_seconds", 0.0),
+                                          ("takeovers", {"2": float("inf")})])
+def test_a_lease_that_could_never_go_stale_is_taken_over_as_damaged(tmp_path, field, value):
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "r1")
+    record = json.loads(LeaseRecord("x", "elsewhere", 1, None, time.time(), 2, 60.0).to_bytes())
+    run.storage.put_bytes(run.key(LEASE), json.dumps({**record, field: value}).encode())
+    warnings: list[str] = []
+    lease = Lease(run, renew_seconds=60, warn=warnings.append)
+    lease.acquire()
+    assert "was damaged" in warnings[0] and lease.fencing == 1
+    lease.release()
+
+
+def test_a_folder_in_place_of_the_lease_is_refused_naming_it(tmp_path):
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "r1")
+    (tmp_path / "runs" / "r1" / LEASE).mkdir(parents=True)
+    with pytest.raises(InputError, match=f"{tmp_path}/runs/r1/{LEASE} is a folder .* remove or rename it"):
+        Lease(run, renew_seconds=60).acquire()
+
+
+@pytest.mark.slow
+def test_status_list_and_run_on_a_damaged_status(tmp_path):
+    storage = open_storage(f"file://{tmp_path}/runs")
+    RunFolder(storage, "good").write_status("completed", 7)
+    storage.put_bytes("r1/status.json", DAMAGED_STATUS["not UTF-8"])
+    listed = run_cli("list", f"file://{tmp_path}/runs", cwd=tmp_path)
+    assert listed.returncode == 0 and "good" in listed.stdout and "completed" in listed.stdout, listed.stderr
+    assert "skipped" in listed.stderr and "r1/status.json is damaged" in listed.stderr
+    for args in (["status", f"file://{tmp_path}/runs/r1"],
+                 ["run", str(SMALL_SPEC), "--set", "name=r1", "--set", f"storage.uri=file://{tmp_path}/runs"]):
+        result = run_cli(*args, cwd=tmp_path)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and "r1/status.json is damaged" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(lines) <= 2, result.stderr  # one line, maybe wrapped
+    assert storage.get_bytes("r1/status.json") == DAMAGED_STATUS["not UTF-8"]
+    assert not storage.exists(f"r1/{LEASE}")  # a refused run leaves nothing behind

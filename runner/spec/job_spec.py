@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
 from ehrseq_runner.spec import safe_yaml
+from ehrseq_runner.storage.lease import MAX_RENEW_SECONDS
 from ehrseq_runner.storage.uri import open_storage, redact_credentials, refuse_credentials, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
@@ -148,7 +149,7 @@ class CheckpointSpec(Section):
     local_dir: str | None = None  # first tier on local disk (a spot pod's volume, e.g. /workspace/ckpt)
     # the run's lease (runner/storage/lease.py) is renewed this often; another writer may take it over after
     # STALE_RENEWALS (4) missed renewals
-    lease_renew_seconds: float = Field(30.0, ge=0.1, le=3600)
+    lease_renew_seconds: float = Field(30.0, ge=0.1, le=MAX_RENEW_SECONDS)
 
 
 class StorageSpec(Section):

@@ -40,12 +40,20 @@ class LocalStorage:
                                  "storage.uri")
         return path
 
+    def _file(self, key: str) -> Path:
+        """`_stored`, and never a folder where a file is expected (a crafted or half-deleted run): InputError
+        naming it, instead of an IsADirectoryError from deep inside a read or replace."""
+        path = self._stored(key)
+        if path.is_dir():
+            raise InputError(f"{path} is a folder where storage keeps the file {key!r}; remove or rename it")
+        return path
+
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"storage.uri {self.uri!r}: {self.root} is not a folder")
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        dest = self._stored(key)
+        dest = self._file(key)
         tmp = _durable_temp(dest, data)
         try:
             os.replace(tmp, dest)
@@ -54,7 +62,7 @@ class LocalStorage:
             raise
 
     def put_file(self, key: str, path: Path) -> None:
-        dest = self._stored(key)
+        dest = self._file(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         os.close(fd)
@@ -68,10 +76,10 @@ class LocalStorage:
             raise
 
     def get_bytes(self, key: str) -> bytes:
-        return self._stored(key).read_bytes()
+        return self._file(key).read_bytes()
 
     def get_file(self, key: str, dest: Path) -> None:
-        source = self._stored(key)
+        source = self._file(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, dest)
 
@@ -93,7 +101,7 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         """Deletes the file and the folders it leaves empty (an object store has no folders to leave behind),
         up to the key's top-level folder (the run's), which a concurrent writer may be filling."""
-        path = self._stored(key)
+        path = self._file(key)
         path.unlink(missing_ok=True)
         for folder in list(path.parents)[:max(0, len(PurePosixPath(key).parts) - 2)]:
             try:
@@ -108,7 +116,7 @@ class LocalStorage:
     def create(self, key: str, data: bytes) -> str:
         """Written to a temporary file, then hard-linked into place: link fails if the name exists (O_EXCL's
         guarantee), and a reader never sees a half-written file."""
-        dest = self._stored(key)
+        dest = self._file(key)
         tmp = _durable_temp(dest, data)
         try:
             os.link(tmp, dest)
@@ -120,7 +128,7 @@ class LocalStorage:
 
     def replace_if(self, key: str, data: bytes, tag: str) -> str:
         """Read, compare and atomic replace under an exclusive lock on a hidden lock file beside the object."""
-        dest = self._stored(key)
+        dest = self._file(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest.parent / f".{dest.name}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ehrseq.errors import InputError
 from ehrseq_runner.storage.base import Storage
 
 STATES = ("running", "preempted", "completed", "failed")
@@ -29,10 +30,22 @@ class RunFolder:
         return self.storage.exists(self.key(STATUS))
 
     def read_status(self) -> dict[str, Any] | None:
+        """status.json, None if the run has none; DamagedStatus naming it and the way out if it does not parse as
+        one (its writer may have been killed mid-way on a store without atomic writes, or someone edited it)."""
         try:
-            return json.loads(self.storage.get_bytes(self.key(STATUS)))
+            data = self.storage.get_bytes(self.key(STATUS))
         except FileNotFoundError:
             return None
+        try:
+            status = json.loads(data)
+        except (ValueError, RecursionError):
+            status, problem = None, "not JSON"
+        else:
+            problem = _status_problem(status)
+        if problem:
+            raise DamagedStatus(f"{self.uri}/{STATUS} is damaged ({problem}); restore it, or delete it: running the "
+                                "spec again then resumes from the run's newest committed checkpoint")
+        return status
 
     def write_status(self, state: str, durable_step: int, **extra: Any) -> dict[str, Any]:
         status = status_record(self.run_id, state=state, durable_step=durable_step, **extra)
@@ -56,6 +69,21 @@ class RunFolder:
         for path in sorted(local.rglob("*")):
             if path.is_file():
                 self.put_file(f"{prefix}{path.relative_to(local).as_posix()}", path)
+
+
+class DamagedStatus(InputError):
+    """A status.json that is not a status record."""
+
+
+def _status_problem(status: Any) -> str | None:
+    if not isinstance(status, dict):
+        return f"a JSON {type(status).__name__}, not an object"
+    if status.get("state") not in STATES:
+        return f"state {str(status.get('state'))[:40]!r} is none of {', '.join(STATES)}"
+    step = status.get("durable_step")
+    if type(step) is not int or step < 0:
+        return f"durable_step {str(step)[:40]!r} is not a step number"
+    return None
 
 
 def status_record(run_id: str, state: str, durable_step: int, **extra: Any) -> dict[str, Any]:
