@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ehrseq.errors import InputError
+from ehrseq.errors import InputError, no_space
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED
 from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.run_folder import RunFolder
@@ -249,7 +249,10 @@ _register_subcommands()
 def main() -> None:
     try:
         app()
-    except InputError as e:
+    except (InputError, OSError) as e:
+        error = no_space(e, "a disk this command writes") if isinstance(e, OSError) else e
+        if error is None:
+            raise
         # user text: no markup; a secret typed into the wrong field is never echoed
-        console.print(f"[red]error:[/] {escape(redact_credentials(str(e)))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(redact_credentials(str(error)))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_BAD_INPUT)

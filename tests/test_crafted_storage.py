@@ -4,13 +4,14 @@ traceback and never a `failed` mark on a completed run."""
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 
 import pytest
 from rich.console import Console
 
-from ehrseq.errors import InputError
+from ehrseq.errors import InputError, NoSpace
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.lease import LEASE, Lease, LeaseRecord
@@ -95,3 +96,39 @@ def test_status_list_and_run_on_a_damaged_status(tmp_path):
         assert "Traceback" not in result.stderr and len(lines) <= 2, result.stderr  # one line, maybe wrapped
     assert storage.get_bytes("r1/status.json") == DAMAGED_STATUS["not UTF-8"]
     assert not storage.exists(f"r1/{LEASE}")  # a refused run leaves nothing behind
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_storage_disk_is_one_error_naming_it(tmp_path, monkeypatch):
+    storage = open_storage(f"file://{tmp_path}/runs")
+    (tmp_path / "w.bin").write_bytes(b"w")
+    monkeypatch.setattr("ehrseq_runner.storage.local.os.fsync", _enospc)
+    for write in (lambda: storage.put_bytes("r/status.json", b"{}"), lambda: storage.create("r/lease.json", b"{}"),
+                  lambda: storage.put_file("r/w", tmp_path / "w.bin")):
+        with pytest.raises(NoSpace, match=f"no space left on the device of {tmp_path}/runs.*free space there"):
+            write()
+    assert [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] == []  # no temporary files left
+
+
+@pytest.mark.slow
+def test_a_full_disk_when_a_completed_run_is_continued_leaves_it_completed(tmp_path, monkeypatch):
+    spec = spec_for(tmp_path, "r1", "pod1")
+    assert run_job(spec, Console(quiet=True)) == 0
+    status = tmp_path / "runs" / "r1" / "status.json"
+    before = json.loads(status.read_text())
+    monkeypatch.setattr("ehrseq_runner.storage.local.shutil.copyfile", _enospc)  # the checkpoint download
+    spec.train.max_steps = 4
+    with pytest.raises(NoSpace, match="no space left on the device of"):
+        run_job(spec, Console(quiet=True))
+    after = json.loads(status.read_text())
+    assert (after["state"], after["durable_step"]) == (before["state"], before["durable_step"]) == ("completed", 2)
+
+
+@pytest.mark.slow
+def test_a_full_work_disk_while_checkpointing_is_one_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("ehrseq.training.state.save_file", _enospc)
+    with pytest.raises(NoSpace, match=f"no space left on the device of {tmp_path}/pod1"):
+        run_job(spec_for(tmp_path, "r1", "pod1"), Console(quiet=True))

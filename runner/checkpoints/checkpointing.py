@@ -10,6 +10,7 @@ scores held-out with that checkpoint's weights. The durable step in status.json 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ehrseq.errors import InputError
+from ehrseq.errors import InputError, NoSpace, no_space
 from ehrseq.training.state import TrainingSnapshot, capture
 from ehrseq.training.trainer import Callback, Trainer
 from ehrseq_runner.checkpoints.store import CheckpointDeadline, CheckpointStore
@@ -69,6 +70,13 @@ class Checkpointer(Callback):
         if self.error is not None:
             if isinstance(self.error, InputError):
                 raise self.error
+            full = no_space(self.error, self.local_dir)
+            if full is None and _nearly_full(self.local_dir):  # torch.save's errors carry no errno
+                full = NoSpace(f"no space left on the device of {self.local_dir} for checkpoint files: free space "
+                               "there (or point runtime.work_dir or checkpoint.local_dir at a larger disk) and run "
+                               "the same command again")
+            if full is not None:
+                raise full from None
             raise RuntimeError("background checkpoint failed") from self.error
 
     def on_step_end(self, trainer: Trainer) -> None:
@@ -161,3 +169,10 @@ class Checkpointer(Callback):
             self.warn(f"checkpoint {snapshot.step} not committed before the deadline: {e}")
         except BaseException as e:  # surfaced on the training thread
             self.error = e
+
+
+def _nearly_full(folder: Path, margin: int = 64 << 20) -> bool:
+    """Less than `margin` bytes free where the checkpoint files go (a failed write's likely reason)."""
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free < margin
+    return False

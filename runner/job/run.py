@@ -29,7 +29,7 @@ from ehrseq.data.cohort import SPLITS
 from ehrseq.data.supervised import LabelledSplit, encode_examples, oracle_risks
 from ehrseq.data.synthetic import code_clusters
 from ehrseq.data.vocab import Vocabulary
-from ehrseq.errors import InputError
+from ehrseq.errors import InputError, no_space
 from ehrseq.evaluation.order_probe import logit, order_probe
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import count_parameters
@@ -182,12 +182,15 @@ class Job:
             except Stopped:  # between a baseline's fit and the bundle's last upload: nothing half-committed
                 return self._preempted(lost=0)
         except BaseException as e:
+            error = no_space(e, self.work) or e  # a full disk anywhere: one line naming it, exit 2
             self.tracker.end("FAILED")
-            if self.syncer.status and isinstance(e, InputError) and previous is not None:
+            if self.syncer.status and isinstance(error, InputError) and previous is not None:
                 self.syncer.restore_status(previous)  # refused on input: the stored run stays as it was
             elif self.syncer.status:  # (an empty status: refused before anything was stored)
-                self.syncer.set_status("failed", error=f"{type(e).__name__}: {e}")
-            raise
+                self.syncer.set_status("failed", error=f"{type(error).__name__}: {error}")
+            if error is e:
+                raise
+            raise error from None
         finally:
             self.syncer.close(deadline=time.monotonic() + FAILED_STATUS_BUDGET_S)
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ehrseq.errors import InputError
 from ehrseq_runner.storage.lease import LeaseLost
 from ehrseq_runner.storage.run_folder import STATUS, RunFolder, status_record
 
@@ -123,8 +124,8 @@ class Syncer:
                 if self._failing_since is not None:
                     self.warn(f"storage is reachable again after {time.monotonic() - self._failing_since:.0f} s")
                     self._failing_since = None
-            except LeaseLost:
-                return  # the lease already warned; close() raises it
+            except InputError:  # LeaseLost (the lease warned) or a full disk: close() raises it
+                return
             except ConnectionError as e:
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
