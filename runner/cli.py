@@ -49,9 +49,9 @@ def run(
     within checkpoint.grace_seconds where possible -- run the same command again to resume);
     130 on a second Ctrl-C.
     """
+    job = load_spec(spec, set_ or [])  # first: a bad spec fails in milliseconds, before torch loads
     from ehrseq_runner.job.run import run_job  # imports torch: keep `--help` and `validate` fast
 
-    job = load_spec(spec, set_ or [])
     if nproc > 1:
         from ehrseq_runner.job.distributed import launch
 

@@ -34,7 +34,9 @@ class SpecError(InputError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    """Strict: a number is never read from a bool or a string (`max_steps: true` is no 1, `"20"` no 20)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True)
 
 
 class SyntheticSpec(Section):
