@@ -12,8 +12,11 @@ import pytest
 from rich.console import Console
 
 from ehrseq.errors import InputError, NoSpace
-from ehrseq_runner.job.run import run_job
-from ehrseq_runner.spec.job_spec import load_spec
+from ehrseq_runner.checkpoints.store import CheckpointStore
+from ehrseq_runner.commands.pull import pull
+from ehrseq_runner.job.run import check_compatible, run_job
+from ehrseq_runner.spec.job_spec import SpecError, load_spec
+from ehrseq_runner.spec.ladder_spec import load_ladder
 from ehrseq_runner.storage.lease import LEASE, Lease, LeaseRecord
 from ehrseq_runner.storage.run_folder import DamagedStatus, RunFolder
 from ehrseq_runner.storage.token_caches import PREFIX
@@ -132,3 +135,63 @@ def test_a_full_work_disk_while_checkpointing_is_one_error(tmp_path, monkeypatch
     monkeypatch.setattr("ehrseq.training.state.save_file", _enospc)
     with pytest.raises(NoSpace, match=f"no space left on the device of {tmp_path}/pod1"):
         run_job(spec_for(tmp_path, "r1", "pod1"), Console(quiet=True))
+
+
+DEEP = b"[" * 200_000 + b"]" * 200_000
+
+
+def test_crafted_manifests_are_ignored_with_a_warning(tmp_path):
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "r1")
+    (tmp_path / "w.bin").write_bytes(b"w")
+    CheckpointStore(run).commit(1, [tmp_path / "w.bin"], {})
+    good = json.loads(run.storage.get_bytes(run.key("checkpoints/step-000000001/manifest.json")))
+    run.storage.put_bytes(run.key("checkpoints/step-000000002/manifest.json"), DEEP)
+    long_name = {**good, "step": 3, "files": {"x" * 300: good["files"]["w.bin"]}}
+    run.storage.put_bytes(run.key("checkpoints/step-000000003/manifest.json"), json.dumps(long_name).encode())
+    warnings: list[str] = []
+    assert [m["step"] for m in CheckpointStore(run).manifests(warnings.append)] == [1]
+    assert len(warnings) == 2 and "step-000000002" in warnings[0] and "longer than 255 bytes" in warnings[1]
+
+
+def test_a_deeply_nested_lease_is_taken_over_as_damaged(tmp_path):
+    run = RunFolder(open_storage(f"file://{tmp_path}/runs"), "r1")
+    run.storage.put_bytes(run.key(LEASE), DEEP)
+    warnings: list[str] = []
+    lease = Lease(run, renew_seconds=60, warn=warnings.append)
+    lease.acquire()
+    assert "was damaged" in warnings[0]
+    lease.release()
+
+
+def test_a_damaged_stored_spec_is_one_error_naming_it(tmp_path):
+    spec = spec_for(tmp_path, "r1", "pod1")
+    run = RunFolder(open_storage(spec.storage.uri), "r1")
+    run.put_text("spec.yaml", spec.to_yaml().replace("max_steps: 2", "max_steps: lots"))
+    with pytest.raises(InputError, match=f"{run.uri}/spec.yaml: train.max_steps: .*pass --fresh"):
+        check_compatible(run, spec)
+
+
+@pytest.mark.parametrize("text, message", [(f"name: x\nseed: {'9' * 5000}\n", "digits"),
+                                           ("replicates: 1000000000\n", "replicates: Input should be less"),
+                                           ("resamples: 100000000000000\n", "resamples: Input should be less")])
+def test_huge_numbers_in_specs_are_refused_at_once(tmp_path, text, message):
+    ladder = tmp_path / "ladder.yaml"
+    ladder.write_text("name: lad\ncohorts: [{name: c}]\ntask: {kind: binary}\nrungs: [{name: b, model: {kind: gbm}}]\n"
+                      + text.replace("name: x\n", ""))
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=message):
+        load_ladder(ladder)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.slow
+def test_pull_refuses_a_key_stored_as_file_and_folder_and_skips_folder_markers(s3_env, tmp_path):
+    storage = open_storage(f"s3://ehrseq-test/pull-{time.time_ns()}")
+    for key in ("r/SUMMARY.md", "r/plots/", "r/summary.json", "r/summary.json/inner.txt"):
+        storage.put_bytes(key, b"{}")
+    with pytest.raises(InputError, match="'summary.json' is stored both as a file and as a folder"):
+        pull(RunFolder(storage, "r"), tmp_path / "dest", "all")
+    assert not (tmp_path / "dest").exists()
+    storage.delete("r/summary.json/inner.txt")
+    assert sorted(p.name for p in pull(RunFolder(storage, "r"), tmp_path / "dest", "all")) == \
+        ["SUMMARY.md", "summary.json"]

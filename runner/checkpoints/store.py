@@ -78,7 +78,7 @@ class CheckpointStore:
                 manifest = parse_manifest(key[len(root):], self.run.storage.get_bytes(key))
             except FileNotFoundError:
                 continue  # pruned meanwhile
-            except (ValueError, InputError) as e:
+            except (ValueError, RecursionError, InputError) as e:
                 warn(f"ignoring checkpoint manifest {self.run.storage.uri.rstrip('/')}/{key}: {e}")
                 continue
             if zombie_manifest(manifest, takeovers):

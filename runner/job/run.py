@@ -64,7 +64,14 @@ from ehrseq_runner.job.prepare import (
 from ehrseq_runner.job.pretrained import Pretrained, check_no_leakage, fetch_pretrained
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
-from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
+from ehrseq_runner.spec.job_spec import (
+    BASELINES,
+    SUPERVISED,
+    JobSpec,
+    check_supported,
+    flatten,
+    validate_job,
+)
 from ehrseq_runner.storage.fenced import FencedRunFolder
 from ehrseq_runner.storage.lease import Lease
 from ehrseq_runner.storage.run_folder import RunFolder
@@ -130,11 +137,14 @@ def _trained_out(status: dict[str, Any], spec: JobSpec) -> bool:
 
 def check_compatible(run: RunFolder, spec: JobSpec) -> None:
     """Refuses to resume a run whose model or data would change; a new step budget is fine."""
+    where = f"{run.uri}/spec.yaml"
     try:
-        stored = JobSpec.model_validate(safe_yaml.load(run.storage.get_bytes(run.key("spec.yaml")),
-                                                       f"{run.uri}/spec.yaml"))
+        stored = validate_job(safe_yaml.load(run.storage.get_bytes(run.key("spec.yaml")), where), where, check=False)
     except FileNotFoundError:
         return
+    except InputError as e:
+        raise InputError(f"{e} (the stored spec is damaged: restore it, or pass --fresh to start the run over)") \
+            from None
     if stored.fingerprint() == spec.fingerprint():
         return
     old, new = flatten(stored.model_dump(mode="json")), flatten(spec.model_dump(mode="json"))

@@ -81,6 +81,8 @@ def load(text: str | bytes, where: str) -> Any:
         raise InputError(f"{where}: {len(text):,} characters is too large for a spec (at most {MAX_BYTES:,})")
     try:
         return yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: builds only plain data
+    except ValueError as e:  # an integer of more than 4,300 digits (Python's int() limit)
+        raise InputError(f"{where}: {' '.join(str(e).split())[:200]}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

@@ -82,7 +82,7 @@ class LeaseRecord:
         try:
             raw = json.loads(data)
             record = cls(**raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             return None
         numbers = (record.heartbeat, record.renew_seconds,
                    *(record.takeovers.values() if isinstance(record.takeovers, dict) else [None]))
