@@ -195,3 +195,23 @@ def test_pull_refuses_a_key_stored_as_file_and_folder_and_skips_folder_markers(s
     storage.delete("r/summary.json/inner.txt")
     assert sorted(p.name for p in pull(RunFolder(storage, "r"), tmp_path / "dest", "all")) == \
         ["SUMMARY.md", "summary.json"]
+
+
+@pytest.mark.slow
+def test_a_full_local_tier_falls_back_to_uploading_only(tmp_path, monkeypatch, capsys):
+    import ehrseq.training.state as state
+
+    volume, real = tmp_path / "volume", state.save_file
+
+    def full_volume(tensors, filename, *args, **kwargs):
+        if str(filename).startswith(str(volume)):
+            _enospc()
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(state, "save_file", full_volume)
+    spec = spec_for(tmp_path, "r1", "pod1", f"checkpoint.local_dir={volume}")
+    assert run_job(spec, Console(stderr=True, width=400)) == 0
+    assert f"checkpoint.local_dir {volume}/r1/checkpoints is full" in capsys.readouterr().err
+    status = json.loads((tmp_path / "runs" / "r1" / "status.json").read_text())
+    assert (status["state"], status["durable_step"]) == ("completed", 2)
+    assert [m["step"] for m in CheckpointStore(RunFolder(open_storage(spec.storage.uri), "r1")).manifests()] == [2]

@@ -38,6 +38,7 @@ class Checkpointer(Callback):
         best_metric: str | None = None,
         durable_step: int = 0,
         first_tier: Callable[[int, list[Path], dict[str, Any]], None] | None = None,
+        fallback_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.local_dir = local_dir
@@ -49,6 +50,7 @@ class Checkpointer(Callback):
         self.best_metric = best_metric
         self.durable_step = durable_step
         self.first_tier = first_tier  # commits the written files on local disk before the upload (LocalTier)
+        self.fallback_dir = fallback_dir  # where the files go, uploaded only, once the first tier's disk is full
         self._written: tuple[int, tuple[Path, list[Path], dict[str, Any]]] | None = None  # the last step written
         self.tuning: dict[str, float] = {}  # the latest tuning evaluation
         self.tuning_step = -1
@@ -142,7 +144,16 @@ class Checkpointer(Callback):
         if self._written is not None and self._written[0] == snapshot.step:
             return self._written[1]
         folder = self.local_dir / f"step-{snapshot.step:09d}"
-        files = snapshot.write(folder)
+        try:
+            files = snapshot.write(folder)
+        except (OSError, RuntimeError) as e:  # torch.save's errors carry no errno: judged by the free space
+            full = no_space(e, folder) is not None or _nearly_full(self.local_dir)
+            if self.first_tier is None or self.fallback_dir is None or not full:
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            self.warn(f"checkpoint.local_dir {self.local_dir} is full; checkpoints are only uploaded from now on")
+            self.first_tier, self.local_dir = None, self.fallback_dir
+            return self._write(snapshot)
         meta = {"tuning": snapshot.trainer["tuning"], "best_metric": self.best_metric,
                 "best_step": snapshot.trainer["train_state"]["best_step"]}
         if self.first_tier is not None:

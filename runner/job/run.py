@@ -240,6 +240,7 @@ class Job:
         checkpointer = Checkpointer(
             self.store, self.local.folder if self.local else work / "checkpoints", spec.checkpoint.interval_seconds,
             spec.checkpoint.keep_last, first_tier=self.local.commit if self.local else None,
+            fallback_dir=work / "checkpoints",
             metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base,
                                **self.tracker.checkpoint_fields()},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
