@@ -215,3 +215,9 @@ def test_a_full_local_tier_falls_back_to_uploading_only(tmp_path, monkeypatch, c
     status = json.loads((tmp_path / "runs" / "r1" / "status.json").read_text())
     assert (status["state"], status["durable_step"]) == ("completed", 2)
     assert [m["step"] for m in CheckpointStore(RunFolder(open_storage(spec.storage.uri), "r1")).manifests()] == [2]
+
+
+@pytest.mark.parametrize("uri", ["file://", "file://  "])
+def test_a_file_uri_naming_no_folder_is_refused(uri):
+    with pytest.raises(InputError, match="names no folder; use e.g. file://./runs"):
+        open_storage(uri)

@@ -36,6 +36,8 @@ def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
     refuse_credentials(uri, "storage URI")
     refuse_credentials(endpoint_url, "endpoint URL")
     if uri.startswith("file://"):
+        if not uri[len("file://"):].strip():  # Path("") is the working directory: runs would land anywhere
+            raise InputError(f"storage URI {uri!r} names no folder; use e.g. file://./runs")
         return LocalStorage(Path(uri[len("file://"):]), uri)
     if uri.startswith("s3://"):
         from ehrseq_runner.storage.s3 import S3Storage  # boto3 loads only when needed
