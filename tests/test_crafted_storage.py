@@ -221,3 +221,21 @@ def test_a_full_local_tier_falls_back_to_uploading_only(tmp_path, monkeypatch, c
 def test_a_file_uri_naming_no_folder_is_refused(uri):
     with pytest.raises(InputError, match="names no folder; use e.g. file://./runs"):
         open_storage(uri)
+
+
+@pytest.mark.slow
+def test_a_stored_token_cache_with_an_object_array_is_rebuilt(tmp_path, capsys):
+    import hashlib
+
+    import numpy as np
+
+    assert run_job(spec_for(tmp_path, "a", "pod1"), Console(quiet=True)) == 0
+    (stored,) = (tmp_path / "runs" / PREFIX).iterdir()
+    np.save(stored / "codes.npy", np.array([1, "x", None], dtype=object), allow_pickle=True)
+    manifest = json.loads((stored / "manifest.json").read_text())
+    data = (stored / "codes.npy").read_bytes()
+    manifest["files"]["codes.npy"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (stored / "manifest.json").write_text(json.dumps(manifest))
+    assert run_job(spec_for(tmp_path, "b", "pod2"), Console(stderr=True, width=400)) == 0
+    err = capsys.readouterr().err
+    assert "codes.npy: not an array of plain numbers" in err and "building it here" in err, err
