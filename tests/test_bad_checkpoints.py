@@ -33,10 +33,14 @@ class Payload:
         return (Path.write_text, (self.marker, "PWNED"))
 
 
-def plant_payload_checkpoint(run: RunFolder, step: int, marker: Path, work: Path) -> None:
-    """A committed checkpoint whose optimizer.pt is a pickle payload, with a manifest whose sha256 matches."""
+def plant_payload_checkpoint(run: RunFolder, step: int, marker: Path, work: Path, like: Path | None = None) -> None:
+    """A committed checkpoint whose optimizer.pt is a pickle payload, with a manifest whose sha256 matches; its
+    other files copied from the checkpoint folder `like`, if given (a run's checkpoint lists them all)."""
     folder = work / f"evil-{step}"
     folder.mkdir(parents=True)
+    for path in sorted(like.iterdir()) if like else ():
+        if path.name not in ("manifest.json", "optimizer.pt"):
+            (folder / path.name).write_bytes(path.read_bytes())
     (folder / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": Payload(marker)}, protocol=2))
     torch.save({"python": 1}, folder / "rng.pt")
     CheckpointStore(run).commit(step, sorted(folder.iterdir()), {})
@@ -73,7 +77,7 @@ def test_a_run_resumes_past_a_checkpoint_that_does_not_load(tmp_path):
     assert run_job(spec, Console(quiet=True)) == 0
     run = RunFolder(open_storage(str(tmp_path / "bucket")), "r")
     marker = tmp_path / "marker"
-    plant_payload_checkpoint(run, 3, marker, tmp_path)
+    plant_payload_checkpoint(run, 3, marker, tmp_path, like=tmp_path / "bucket" / "r" / checkpoint_dir(2))
     console = Console(record=True, width=1000, file=io.StringIO())
     spec.train.max_steps = 4
     assert run_job(spec, console) == 0
