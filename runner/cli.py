@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ehrseq.errors import InputError
+from ehrseq.errors import InputError, no_space
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED
 from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.run_folder import RunFolder
-from ehrseq_runner.storage.uri import open_storage, split_run_uri
+from ehrseq_runner.storage.uri import open_storage, redact_credentials, split_run_uri
 
 EXIT_BAD_INPUT = 2
 
@@ -49,9 +49,9 @@ def run(
     within checkpoint.grace_seconds where possible -- run the same command again to resume);
     130 on a second Ctrl-C.
     """
+    job = load_spec(spec, set_ or [])  # first: a bad spec fails in milliseconds, before torch loads
     from ehrseq_runner.job.run import run_job  # imports torch: keep `--help` and `validate` fast
 
-    job = load_spec(spec, set_ or [])
     if nproc > 1:
         from ehrseq.training.device import resolve_device
         from ehrseq_runner.job.distributed import launch
@@ -156,8 +156,13 @@ def list_runs(
     for key in storage.list():
         run_id, _, name = key.partition("/")
         if name == "status.json":
-            s = RunFolder(storage, run_id).read_status() or {}
-            table.add_row(run_id, s.get("state", "?"), str(s.get("durable_step", "?")), s.get("updated_at", ""))
+            try:
+                s = RunFolder(storage, run_id).read_status() or {}
+            except InputError as e:  # one damaged run never hides the others
+                console.print(f"[yellow]warning:[/] skipped {escape(redact_credentials(str(e)))}", highlight=False,
+                              soft_wrap=True)
+                continue
+            table.add_row(run_id, s.get("state", "?"), str(s.get("durable_step", "?")), str(s.get("updated_at", "")))
     Console().print(table)
 
 
@@ -248,6 +253,10 @@ _register_subcommands()
 def main() -> None:
     try:
         app()
-    except InputError as e:
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # user text: no markup
+    except (InputError, OSError) as e:
+        error = no_space(e, "a disk this command writes") if isinstance(e, OSError) else e
+        if error is None:
+            raise
+        # user text: no markup; a secret typed into the wrong field is never echoed
+        console.print(f"[red]error:[/] {escape(redact_credentials(str(error)))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -33,10 +33,14 @@ class Payload:
         return (Path.write_text, (self.marker, "PWNED"))
 
 
-def plant_payload_checkpoint(run: RunFolder, step: int, marker: Path, work: Path) -> None:
-    """A committed checkpoint whose optimizer.pt is a pickle payload, with a manifest whose sha256 matches."""
+def plant_payload_checkpoint(run: RunFolder, step: int, marker: Path, work: Path, like: Path | None = None) -> None:
+    """A committed checkpoint whose optimizer.pt is a pickle payload, with a manifest whose sha256 matches; its
+    other files copied from the checkpoint folder `like`, if given (a run's checkpoint lists them all)."""
     folder = work / f"evil-{step}"
     folder.mkdir(parents=True)
+    for path in sorted(like.iterdir()) if like else ():
+        if path.name not in ("manifest.json", "optimizer.pt"):
+            (folder / path.name).write_bytes(path.read_bytes())
     (folder / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": Payload(marker)}, protocol=2))
     torch.save({"python": 1}, folder / "rng.pt")
     CheckpointStore(run).commit(step, sorted(folder.iterdir()), {})
@@ -73,7 +77,7 @@ def test_a_run_resumes_past_a_checkpoint_that_does_not_load(tmp_path):
     assert run_job(spec, Console(quiet=True)) == 0
     run = RunFolder(open_storage(str(tmp_path / "bucket")), "r")
     marker = tmp_path / "marker"
-    plant_payload_checkpoint(run, 3, marker, tmp_path)
+    plant_payload_checkpoint(run, 3, marker, tmp_path, like=tmp_path / "bucket" / "r" / checkpoint_dir(2))
     console = Console(record=True, width=1000, file=io.StringIO())
     spec.train.max_steps = 4
     assert run_job(spec, console) == 0
@@ -113,3 +117,36 @@ def test_pull_from_a_folder_skips_symlinks_in_the_run_and_reading_one_is_refused
     for key in ("r/SUMMARY.md", "r/plots/secret.txt"):
         with pytest.raises(InputError, match="is a symlink"):
             storage.get_bytes(key)
+
+
+@pytest.mark.slow
+def test_manifests_missing_required_files_or_naming_another_step_are_skipped(tmp_path):
+    """Issue 28 item 4: a newest manifest listing no files, one without optimizer.pt, and a copy of step 2
+    whose manifest claims step 999999999 are each skipped with a warning; the run resumes from step 2."""
+    spec = tiny_spec(tmp_path, "train.max_steps=2")
+    assert run_job(spec, Console(quiet=True)) == 0
+    checkpoints = tmp_path / "bucket" / "r" / "checkpoints"
+    good = checkpoints / "step-000000002"
+    manifest = json.loads((good / "manifest.json").read_text())
+
+    def plant(step: int, drop: tuple[str, ...] = (), no_files: bool = False) -> None:
+        folder = checkpoints / f"step-{step:09d}"
+        folder.mkdir()
+        files = {} if no_files else {k: v for k, v in manifest["files"].items() if k not in drop}
+        for name in files:
+            (folder / name).write_bytes((good / name).read_bytes())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "step": step, "files": files}))
+
+    plant(3, no_files=True)
+    plant(5, drop=("optimizer.pt",))
+    plant(999999999)
+    console = Console(record=True, width=1000, file=io.StringIO())
+    spec.train.max_steps = 4
+    assert run_job(spec, console) == 0
+    said = console.export_text()
+    assert "step 999999999 is unusable (its trainer.json is at step 2, its manifest says 999999999)" in said, said
+    assert "step 5 is unusable (its manifest does not list optimizer.pt)" in said, said
+    assert "step 3 is unusable (its manifest does not list model.safetensors, optimizer.pt" in said, said
+    assert "from step 2 " in said and "Traceback" not in said
+    status = json.loads((tmp_path / "bucket" / "r" / "status.json").read_text())
+    assert status["state"] == "completed" and status["durable_step"] == 4

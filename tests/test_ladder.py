@@ -161,7 +161,7 @@ def test_a_preempted_ladder_continues_and_the_report_gives_the_known_verdicts(tm
     ladder, runs = load_ladder(write_ladder(tmp_path, VERDICT_LADDER))
     root, calls = tmp_path / "runs", []
 
-    def fake_run(spec, console, preempt_at=None):
+    def fake_run(spec, console, stop=None, preempt_at=None):
         run = next(r for r in runs if r.spec is spec)
         calls.append(spec.resolved_run_id)
         if len(calls) == preempt_at:
@@ -172,7 +172,7 @@ def test_a_preempted_ladder_continues_and_the_report_gives_the_known_verdicts(tm
         return 0
 
     out = tmp_path / "report"
-    first = run_ladder(ladder, runs, out, Console(quiet=True), run=lambda s, c: fake_run(s, c, preempt_at=4))
+    first = run_ladder(ladder, runs, out, Console(quiet=True), run=lambda s, c, stop: fake_run(s, c, preempt_at=4))
     assert first == EXIT_PREEMPTED and not out.exists()
     made = sorted(p.name for p in root.iterdir())
     assert made == sorted(r.spec.resolved_run_id for r in runs[:3])

@@ -10,6 +10,7 @@ scores held-out with that checkpoint's weights. The durable step in status.json 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ehrseq.errors import InputError
+from ehrseq.errors import InputError, NoSpace, no_space
 from ehrseq.training.state import TrainingSnapshot, capture
 from ehrseq.training.trainer import Callback, Trainer
 from ehrseq_runner.checkpoints.store import CheckpointDeadline, CheckpointStore
@@ -37,6 +38,7 @@ class Checkpointer(Callback):
         best_metric: str | None = None,
         durable_step: int = 0,
         first_tier: Callable[[int, list[Path], dict[str, Any]], None] | None = None,
+        fallback_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.local_dir = local_dir
@@ -48,6 +50,7 @@ class Checkpointer(Callback):
         self.best_metric = best_metric
         self.durable_step = durable_step
         self.first_tier = first_tier  # commits the written files on local disk before the upload (LocalTier)
+        self.fallback_dir = fallback_dir  # where the files go, uploaded only, once the first tier's disk is full
         self._written: tuple[int, tuple[Path, list[Path], dict[str, Any]]] | None = None  # the last step written
         self.tuning: dict[str, float] = {}  # the latest tuning evaluation
         self.tuning_step = -1
@@ -63,11 +66,23 @@ class Checkpointer(Callback):
             self.tuning = {k: v for k, v in record.items() if isinstance(v, float) and k != "time"}
             self.tuning_step = record["step"]
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def raise_if_failed(self) -> None:
+        """A failed commit surfaces on the calling thread: an InputError (LeaseLost, a path refused) as it is, for
+        one clear line and exit 2."""
         if self.error is not None:
-            if isinstance(self.error, InputError):  # e.g. LeaseLost: one clear line, exit 2
+            if isinstance(self.error, InputError):
                 raise self.error
+            full = no_space(self.error, self.local_dir)
+            if full is None and _nearly_full(self.local_dir):  # torch.save's errors carry no errno
+                full = NoSpace(f"no space left on the device of {self.local_dir} for checkpoint files: free space "
+                               "there (or point runtime.work_dir or checkpoint.local_dir at a larger disk) and run "
+                               "the same command again")
+            if full is not None:
+                raise full from None
             raise RuntimeError("background checkpoint failed") from self.error
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.raise_if_failed()
         new_best = trainer.state.best_step == trainer.state.step  # this step's evaluation is the best so far
         if not (new_best or time.monotonic() - self._last >= self.interval):
             return
@@ -129,7 +144,16 @@ class Checkpointer(Callback):
         if self._written is not None and self._written[0] == snapshot.step:
             return self._written[1]
         folder = self.local_dir / f"step-{snapshot.step:09d}"
-        files = snapshot.write(folder)
+        try:
+            files = snapshot.write(folder)
+        except (OSError, RuntimeError) as e:  # torch.save's errors carry no errno: judged by the free space
+            full = no_space(e, folder) is not None or _nearly_full(self.local_dir)
+            if self.first_tier is None or self.fallback_dir is None or not full:
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            self.warn(f"checkpoint.local_dir {self.local_dir} is full; checkpoints are only uploaded from now on")
+            self.first_tier, self.local_dir = None, self.fallback_dir
+            return self._write(snapshot)
         meta = {"tuning": snapshot.trainer["tuning"], "best_metric": self.best_metric,
                 "best_step": snapshot.trainer["train_state"]["best_step"]}
         if self.first_tier is not None:
@@ -156,3 +180,10 @@ class Checkpointer(Callback):
             self.warn(f"checkpoint {snapshot.step} not committed before the deadline: {e}")
         except BaseException as e:  # surfaced on the training thread
             self.error = e
+
+
+def _nearly_full(folder: Path, margin: int = 64 << 20) -> bool:
+    """Less than `margin` bytes free where the checkpoint files go (a failed write's likely reason)."""
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free < margin
+    return False

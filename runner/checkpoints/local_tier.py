@@ -22,8 +22,8 @@ from ehrseq_runner.storage.run_folder import RunFolder
 
 
 class LocalTier:
-    def __init__(self, local_dir: Path, run_id: str, lease: Lease) -> None:
-        self.store = CheckpointStore(RunFolder(LocalStorage(local_dir), run_id))
+    def __init__(self, local_dir: Path, run_id: str, lease: Lease, required: tuple[str, ...] = ()) -> None:
+        self.store = CheckpointStore(RunFolder(LocalStorage(local_dir), run_id), required=required)
         self.folder = local_dir / run_id / "checkpoints"  # where the checkpointer writes each step's files
         self.lease = lease
 

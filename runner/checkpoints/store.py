@@ -22,6 +22,8 @@ from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.safe_paths import check_name, inside
 
 MANIFEST = "manifest.json"
+# what resuming a run loads: ehrseq.training.state's snapshot, then the runner's vocabulary and metrics
+RUN_CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "trainer.json", "vocab.json", "metrics.jsonl")
 
 
 def checkpoint_dir(step: int) -> str:
@@ -41,9 +43,11 @@ class CheckpointDeadline(TimeoutError):
 
 
 class CheckpointStore:
-    def __init__(self, run: RunFolder, lease: Lease | None = None) -> None:
+    def __init__(self, run: RunFolder, lease: Lease | None = None, required: tuple[str, ...] = ()) -> None:
+        """`required`: the files a usable checkpoint's manifest must list (RUN_CHECKPOINT_FILES for a run's)."""
         self.run = run
         self.lease = lease  # the writer's: each commit is fenced by it (checked, its number in the manifest)
+        self.required = required
 
     def commit(self, step: int, files: list[Path], meta: dict[str, Any],
                deadline: float | None = None) -> None:
@@ -74,7 +78,7 @@ class CheckpointStore:
                 manifest = parse_manifest(key[len(root):], self.run.storage.get_bytes(key))
             except FileNotFoundError:
                 continue  # pruned meanwhile
-            except (ValueError, InputError) as e:
+            except (ValueError, RecursionError, InputError) as e:
                 warn(f"ignoring checkpoint manifest {self.run.storage.uri.rstrip('/')}/{key}: {e}")
                 continue
             if zombie_manifest(manifest, takeovers):
@@ -108,6 +112,9 @@ class CheckpointStore:
     def _download_verified(self, manifest: dict[str, Any], folder: Path) -> str | None:
         from ehrseq.training.state import UnreadableCheckpoint, check_readable  # torch: keep `pull` fast
 
+        unlisted = [name for name in self.required if name not in manifest["files"]]
+        if unlisted:  # never downloaded, so never checked: a resume would fail on it
+            return f"its manifest does not list {', '.join(unlisted)}"
         prefix = checkpoint_dir(manifest["step"])
         for name, entry in manifest["files"].items():
             path = inside(folder, name, "checkpoint file name")  # parse_manifest checked it; symlinks too here
@@ -121,7 +128,7 @@ class CheckpointStore:
                 check_readable(path)  # matches its checksum, yet may be a pickle payload: never loaded
             except UnreadableCheckpoint as e:
                 return str(e)
-        return None
+        return _step_disagrees(manifest["step"], folder / "trainer.json")
 
     def prune(self, keep_last: int) -> None:
         """Keeps the newest `keep_last` checkpoints and the best one (see `best_manifest`).
@@ -133,15 +140,15 @@ class CheckpointStore:
         best = best_manifest(manifests)
         if best is not None:
             keep.add(checkpoint_dir(best["step"]))
-        storage, root = self.run.storage, self.run.key("")
+        root = self.run.key("")
         by_dir: dict[str, list[str]] = {}
-        for key in storage.list(self.run.key("checkpoints/")):
+        for key in self.run.storage.list(self.run.key("checkpoints/")):
             by_dir.setdefault(key[len(root):].rsplit("/", 1)[0], []).append(key)
         for folder, keys in by_dir.items():
             if folder not in keep:
                 keys.sort(key=lambda k: not k.endswith(MANIFEST))  # un-commit first
                 for key in keys:
-                    storage.delete(key)
+                    self.run.delete(key)
 
 
 def parse_manifest(name: str, data: bytes) -> dict[str, Any]:
@@ -162,6 +169,19 @@ def parse_manifest(name: str, data: bytes) -> dict[str, Any]:
     if not all(isinstance(v, (int, float)) for v in tuning.values()):
         raise ValueError("'tuning' values must be numbers")
     return manifest
+
+
+def _step_disagrees(step: int, trainer_json: Path) -> str | None:
+    """The problem if the checkpoint's own step (trainer.json's train_state) is not its manifest's: a copied or
+    renamed checkpoint would resume from a step it never reached. None where there is no trainer.json."""
+    if not trainer_json.is_file():
+        return None
+    trainer = json.loads(trainer_json.read_bytes())  # check_readable parsed it
+    state = trainer.get("train_state") if isinstance(trainer, dict) else None
+    own = state.get("step") if isinstance(state, dict) else None
+    if own != step:
+        return f"its trainer.json is at step {own!r}, its manifest says {step}"
+    return None
 
 
 def best_manifest(manifests: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from rich.markup import escape
 from ehrseq.reports.ladder import LadderCell, LadderReport, write_ladder_report
 from ehrseq.training.device import resolve_device
 from ehrseq_runner.commands.compare import load_run
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
 from ehrseq_runner.job.run import EXIT_COMPLETED, run_job
 from ehrseq_runner.job.tracking import log_ladder
 from ehrseq_runner.spec.job_spec import JobSpec
@@ -23,18 +24,20 @@ from ehrseq_runner.spec.ladder_spec import LadderRun, LadderSpec
 
 
 def run_ladder(ladder: LadderSpec, runs: Sequence[LadderRun], out: Path, console: Console,
-               run: Callable[[JobSpec, Console], int] = run_job) -> int:
+               run: Callable[[JobSpec, Console, StopRequest], int] = run_job) -> int:
     """Runs each run in order, then writes the report; returns 0 or the first non-zero exit code (75 after a
-    preemption: run the ladder again to continue)."""
+    preemption: run the ladder again to continue). One stop request spans the ladder: a SIGTERM in any run, or
+    between two, ends it."""
     for device in dict.fromkeys(r.spec.train.device for r in runs):
         resolve_device(device)  # a GPU torch cannot use: one line and exit 2 before the first run
-    for i, r in enumerate(runs, 1):
-        console.rule(escape(f"ladder {ladder.name} {i}/{len(runs)}: {r.spec.resolved_run_id}"))
-        code = run(r.spec, console)
-        if code != EXIT_COMPLETED:
-            console.print(f"[yellow]ladder stopped[/] at {r.spec.resolved_run_id} (exit {code}); run the same "
-                          "command again to continue")
-            return code
+    with StopRequest() as stop:
+        for i, r in enumerate(runs, 1):
+            console.rule(escape(f"ladder {ladder.name} {i}/{len(runs)}: {r.spec.resolved_run_id}"))
+            code = EXIT_PREEMPTED if stop() else run(r.spec, console, stop=stop)
+            if code != EXIT_COMPLETED:
+                console.print(f"[yellow]ladder stopped[/] at {r.spec.resolved_run_id} (exit {code}); run the same "
+                              "command again to continue")
+                return code
     report = write_report(ladder, runs, out)
     for c in report.cohorts:
         for v in c.verdicts:

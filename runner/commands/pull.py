@@ -19,9 +19,15 @@ def select_keys(run: RunFolder, what: str) -> list[str]:
     """Run-relative names to download: all | final (the bundle, no checkpoints) | best (+ best checkpoint) | plots."""
     if what not in WHAT:
         raise InputError(f"--what {what!r}: choose one of {', '.join(WHAT)}")
-    names = [k[len(run.key("")):] for k in run.storage.list(run.key(""))]
+    # an S3 console's zero-byte folder markers ('plots/') hold nothing to pull
+    names = [k[len(run.key("")):] for k in run.storage.list(run.key("")) if not k.endswith("/")]
     if not names:
         raise InputError(f"{run.uri}: no such run (nothing stored there)")
+    folders = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)}
+    clash = sorted(folders.intersection(names))
+    if clash:  # refused before anything is written, not a FileExistsError halfway through
+        raise InputError(f"{run.uri}: {clash[0]!r} is stored both as a file and as a folder ({clash[0]}/...); "
+                         "remove one of them, then pull again")
     if what == "all":
         return names
     if what == "plots":

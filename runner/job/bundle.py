@@ -39,13 +39,15 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
                  held_out: MLMEvaluation | BinaryPredictions | SurvivalPredictions,
                  records: list[dict[str, Any]], facts: dict[str, Any],
                  warn: Callable[[str], None] = lambda message: None, extra_files: Sequence[str] = (),
-                 summary_md_extra: str = "") -> dict[str, Any]:
+                 summary_md_extra: str = "", stop: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Writes the bundle locally, then copies it to the run folder; returns summary.json's content.
 
     `model` None (the non-neural baselines) writes no weights; no training records, no plots. Supervised
     tasks also write their held-out predictions, from which every figure in summary.json can be recomputed,
-    and binary and survival tasks the MEDS-DEV result record of them (meds_dev_result.json).
+    and binary and survival tasks the MEDS-DEV result record of them (meds_dev_result.json). `stop` raises at a
+    stop request (StopRequest.check): called between the phases and before each upload, summary.json last.
     """
+    stop()
     files = []
     if model is not None:
         save_model(model, str(work / "model.safetensors"))
@@ -65,6 +67,7 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
         files.append(MEDS_DEV_RESULT)
     files += [f for f in extra_files if not f.startswith("plots/")]  # written under `work` by the caller
     plot_names += [f for f in extra_files if f.startswith("plots/")]
+    stop()
     summary = {
         "run_id": spec.resolved_run_id, "model": label, "task": spec.task.kind,
         "metrics": held_out.metrics(),
@@ -76,7 +79,8 @@ def write_bundle(run: RunFolder, work: Path, spec: JobSpec, model: nn.Module | N
         summary["calibration"] = calibration_curve(held_out.labels, held_out.probabilities)
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     (work / "SUMMARY.md").write_text(render_summary_md(summary, plot_names) + summary_md_extra)
-    for name in [*files, *plot_names, "summary.json", "SUMMARY.md"]:
+    for name in [*files, *plot_names, "SUMMARY.md", "summary.json"]:
+        stop()
         retry_transient(lambda name=name: run.put_file(name, work / name),
                         on_retry=lambda e, wait: warn(f"uploading the bundle: {e}; retrying in {wait:.0f} s"))
     return summary

@@ -16,6 +16,10 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again" -- running the same command resu
 EXIT_INTERRUPTED_TWICE = 130
 
 
+class Stopped(Exception):
+    """A stop request met outside the training loop (a baseline's fit, the bundle): the run ends preempted."""
+
+
 class StopRequest:
     def __init__(self) -> None:
         self.at: float | None = None  # time.monotonic() of the first signal
@@ -38,6 +42,11 @@ class StopRequest:
 
     def __call__(self) -> bool:
         return self.at is not None
+
+    def check(self) -> None:
+        """Stopped if a stop was requested: the safe points of phases without a training loop call it."""
+        if self.at is not None:
+            raise Stopped(self.name)
 
     def deadline(self, grace_seconds: float) -> float:
         """time.monotonic() by which the final checkpoint must be committed."""

@@ -7,15 +7,17 @@ storage resumes from it; a stop request (SIGTERM) commits one and exits 75.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from ehrseq.data.cohort import SPLITS
 from ehrseq.data.supervised import LabelledSplit, encode_examples, oracle_risks
 from ehrseq.data.synthetic import code_clusters
 from ehrseq.data.vocab import Vocabulary
-from ehrseq.errors import InputError
+from ehrseq.errors import InputError, no_space
 from ehrseq.evaluation.order_probe import logit, order_probe
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import count_parameters
@@ -49,11 +51,11 @@ from ehrseq.training.threads import configure_threads
 from ehrseq.training.trainer import Trainer
 from ehrseq_runner.checkpoints.checkpointing import Checkpointer
 from ehrseq_runner.checkpoints.local_tier import LocalTier
-from ehrseq_runner.checkpoints.store import CheckpointStore, checkpoint_dir
+from ehrseq_runner.checkpoints.store import RUN_CHECKPOINT_FILES, CheckpointStore, checkpoint_dir
 from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
 from ehrseq_runner.job.metrics_log import MetricsLog
-from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
+from ehrseq_runner.job.preemption import EXIT_PREEMPTED, Stopped, StopRequest
 from ehrseq_runner.job.prepare import (
     PreparedData,
     describe_token_cache,
@@ -72,19 +74,29 @@ from ehrseq_runner.job.pretrained import (
 from ehrseq_runner.job.resume import fetch_resume_checkpoint
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
-from ehrseq_runner.spec.job_spec import BASELINES, SUPERVISED, JobSpec, check_supported, flatten
+from ehrseq_runner.spec.job_spec import (
+    BASELINES,
+    SUPERVISED,
+    JobSpec,
+    check_supported,
+    flatten,
+    validate_job,
+)
+from ehrseq_runner.storage.fenced import FencedRunFolder
 from ehrseq_runner.storage.lease import Lease
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.sync import Syncer
 from ehrseq_runner.storage.token_caches import StoredTokenCaches
-from ehrseq_runner.storage.uri import open_storage
+from ehrseq_runner.storage.uri import open_storage, redact_credentials
 
 EXIT_COMPLETED = 0
 FAILED_STATUS_BUDGET_S = 10.0
+T = TypeVar("T")
 
 
-def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
-    """Runs or resumes the job; returns the exit code (0 completed, 75 preempted)."""
+def run_job(spec: JobSpec, console: Console, fresh: bool = False, stop: StopRequest | None = None) -> int:
+    """Runs or resumes the job; returns the exit code (0 completed, 75 preempted). `stop`: a caller's stop
+    request (a ladder's, across its runs); by default the job installs its own SIGTERM/SIGINT handlers."""
     check_supported(spec)
     check_installed(spec.tracking)  # a tracker asked for but not installed: exit 2 before any work
     device = resolve_device(spec.train.device)  # a GPU torch cannot use: exit 2 before storage is touched
@@ -94,15 +106,17 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
     run = RunFolder(storage, spec.resolved_run_id)
     distributed.init_from_env(device)  # under torchrun: join the other processes
     # rank 0 is the run's one writer: another live writer makes it exit 2 before anything is touched (--fresh too)
-    lease = Lease(run, warn=lambda message: warn(console, message)) if distributed.rank() == 0 else None
+    lease = Lease(run, renew_seconds=spec.checkpoint.lease_renew_seconds,
+                  warn=lambda message: warn(console, message)) if distributed.rank() == 0 else None
     if lease is not None:
         lease.acquire()
+        run = FencedRunFolder(run, lease)  # from here every write first proves the lease is still ours
     previous, job = None, None
     try:
         if fresh and lease is not None:
             for key in storage.list(run.key("")):
                 if key != lease.key:
-                    storage.delete(key)
+                    run.delete(key)
             if spec.checkpoint.local_dir:
                 shutil.rmtree(Path(spec.checkpoint.local_dir) / run.run_id, ignore_errors=True)
         distributed.barrier()
@@ -113,7 +127,7 @@ def run_job(spec: JobSpec, console: Console, fresh: bool = False) -> int:
                 console.print(f"[green]{escape(run.uri)} already completed[/] (step {previous['durable_step']}); "
                               "nothing to do. Use --fresh to start over or raise train.max_steps to continue.")
                 return EXIT_COMPLETED
-        with StopRequest() as stop:
+        with contextlib.nullcontext(stop) if stop is not None else StopRequest() as stop:
             if lease is None:
                 return run_worker(spec, run, stop, console)
             job = Job(spec, run, stop, console, lease, previous)
@@ -135,11 +149,14 @@ def _trained_out(status: dict[str, Any], spec: JobSpec) -> bool:
 
 def check_compatible(run: RunFolder, spec: JobSpec) -> None:
     """Refuses to resume a run whose model or data would change; a new step budget is fine."""
+    where = f"{run.uri}/spec.yaml"
     try:
-        stored = JobSpec.model_validate(safe_yaml.load(run.storage.get_bytes(run.key("spec.yaml")),
-                                                       f"{run.uri}/spec.yaml"))
+        stored = validate_job(safe_yaml.load(run.storage.get_bytes(run.key("spec.yaml")), where), where, check=False)
     except FileNotFoundError:
         return
+    except InputError as e:
+        raise InputError(f"{e} (the stored spec is damaged: restore it, or pass --fresh to start the run over)") \
+            from None
     if stored.fingerprint() == spec.fingerprint():
         return
     old, new = flatten(stored.model_dump(mode="json")), flatten(spec.model_dump(mode="json"))
@@ -151,7 +168,7 @@ def check_compatible(run: RunFolder, spec: JobSpec) -> None:
 
 
 def warn(console: Console, message: str) -> None:
-    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # may hold stored keys
+    console.print(f"[yellow]warning:[/] {escape(redact_credentials(message))}", highlight=False)  # stored keys
 
 
 class Job:
@@ -160,12 +177,13 @@ class Job:
         """`previous`: the run's status.json as read before this job (None for a new run)."""
         self.spec, self.run_folder, self.stop, self.console, self.lease = spec, run, stop, console, lease
         self.previous = previous
-        self.store = CheckpointStore(run, lease)
+        self.store = CheckpointStore(run, lease, RUN_CHECKPOINT_FILES)
         local_dir = spec.checkpoint.local_dir
-        self.local = LocalTier(Path(local_dir), spec.resolved_run_id, lease) if local_dir else None
+        self.local = LocalTier(Path(local_dir), spec.resolved_run_id, lease, RUN_CHECKPOINT_FILES) \
+            if local_dir else None
         self.work = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq") / spec.resolved_run_id
         self.started = time.time()
-        self.syncer = Syncer(run, warn=self.warn, may_write=lease.holds)
+        self.syncer = Syncer(run, warn=self.warn)
         self.tracker = Tracker(spec, run.uri, self.work, self.syncer, self.warn)
 
     def warn(self, message: str) -> None:
@@ -181,14 +199,20 @@ class Job:
             manifests = self.store.manifests()
             self.syncer.set_status("running", durable_step=manifests[-1]["step"] if manifests else 0,
                                    started_at=self.started)
-            return self._train_and_report(pretrained, data)
+            try:
+                return self._train_and_report(pretrained, data)
+            except Stopped:  # between a baseline's fit and the bundle's last upload: nothing half-committed
+                return self._preempted(lost=0)
         except BaseException as e:
+            error = no_space(e, self.work) or e  # a full disk anywhere: one line naming it, exit 2
             self.tracker.end("FAILED")
-            if self.syncer.status and isinstance(e, InputError) and previous is not None:
+            if self.syncer.status and isinstance(error, InputError) and previous is not None:
                 self.syncer.restore_status(previous)  # refused on input: the stored run stays as it was
             elif self.syncer.status:  # (an empty status: refused before anything was stored)
-                self.syncer.set_status("failed", error=f"{type(e).__name__}: {e}")
-            raise
+                self.syncer.set_status("failed", error=f"{type(error).__name__}: {error}")
+            if error is e:
+                raise
+            raise error from None
         finally:
             self.syncer.close(deadline=time.monotonic() + FAILED_STATUS_BUDGET_S)
 
@@ -234,6 +258,7 @@ class Job:
         checkpointer = Checkpointer(
             self.store, self.local.folder if self.local else work / "checkpoints", spec.checkpoint.interval_seconds,
             spec.checkpoint.keep_last, first_tier=self.local.commit if self.local else None,
+            fallback_dir=work / "checkpoints",
             metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base,
                                **self.tracker.checkpoint_fields()},
                               {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
@@ -259,6 +284,7 @@ class Job:
             return self._preempted(lost=trainer.state.step - checkpointer.durable_step, committed=committed,
                                    durable_step=checkpointer.durable_step)
         checkpointer.save_now(trainer)  # the final state, so a larger max_steps can continue this run
+        checkpointer.raise_if_failed()
         distributed.barrier()
         metrics.close()
         self.lease.check()  # taken over meanwhile: this writer leaves no bundle and no 'completed'
@@ -268,6 +294,7 @@ class Job:
             held_out = trainer.evaluate(encoded["held_out"])
         if held_out is None:
             return self._preempted(lost=0, durable_step=checkpointer.durable_step)
+        self.stop.check()
         embeddings = self._code_embeddings(model, vocab) if spec.model.kind == "med2vec" else None
         extra = {**base, **self._weights_facts(metrics.records)}
         if spec.lora:  # the bundle keeps the adapter and head only; `ehrseq export --merge` folds in the base
@@ -283,7 +310,7 @@ class Job:
                 encode_examples(s, vocab, spec.data.max_seq_len), lambda: False))),
             **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
         }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
-            summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "")
+            summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "", stop=self.stop.check)
         return self._completed(held_out, checkpointer.durable_step, stopped_early=trainer.state.stopped_early,
                                epoch_steps=trainer.config.max_steps if spec.train.epochs else None)
 
@@ -305,11 +332,12 @@ class Job:
         spec, split = self.spec, data.labelled["held_out"]
         self.tracker.start([], "cpu")
         with self.console.status(f"fitting {spec.model.kind} on {len(data.labelled['train'])} subjects"):
-            baseline = fit_baseline(spec.model.kind, spec.task.kind, data.labelled["train"],
-                                    data.labelled["tuning"], spec.task.horizon_days, spec.data.min_code_count,
-                                    age=spec.model.age_feature, seed=training_seed(spec),
-                                    code_histories=data.train_histories)
+            baseline = self._until_stopped(lambda: fit_baseline(
+                spec.model.kind, spec.task.kind, data.labelled["train"], data.labelled["tuning"],
+                spec.task.horizon_days, spec.data.min_code_count, age=spec.model.age_feature,
+                seed=training_seed(spec), code_histories=data.train_histories))
             scores = baseline.score(split)
+        self.stop.check()
         if spec.task.kind == "binary":
             held_out = BinaryPredictions(split.subject_ids, split.prediction_times, split.labels, scores)
         else:
@@ -321,8 +349,29 @@ class Job:
             "baseline": {"features": baseline.features.describe(), "num_features": baseline.features.width,
                          **baseline.chosen},
             **self._common_facts(data, held_out, "cpu"), **self._order_probe(data, baseline.score),
-        }, warn=self.warn)
+        }, warn=self.warn, stop=self.stop.check)
         return self._completed(held_out, 0)
+
+    def _until_stopped(self, fn: Callable[[], T]) -> T:
+        """`fn` (a count baseline's fit, which has no safe points) on a worker thread while this one watches for a
+        stop request: Stopped within a poll of the signal, the fit abandoned (the process exits 75 without it)."""
+        outcome: list[tuple[bool, Any]] = []
+
+        def work() -> None:
+            try:
+                outcome.append((True, fn()))
+            except BaseException as e:  # re-raised on this thread
+                outcome.append((False, e))
+
+        worker = threading.Thread(target=work, name="baseline-fit", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            self.stop.check()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
     def _order_probe(self, data: PreparedData, score: Callable[[LabelledSplit], np.ndarray]) -> dict[str, Any]:
         """Synthetic binary/survival runs: the A-first vs B-first probe on held-out patients, its true answer
@@ -382,6 +431,7 @@ class Job:
 
     def _completed(self, held_out: Any, durable_step: int, **fields: Any) -> int:
         self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time(), **fields)
+        self.syncer.flush(time.monotonic() + FAILED_STATUS_BUDGET_S)  # LeaseLost (exit 2) before saying completed
         self.tracker.finish(self.work / "summary.json")
         self.console.print(f"[green]completed[/] {escape(self.run_folder.uri)}: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))

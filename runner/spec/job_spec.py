@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
 from ehrseq_runner.spec import safe_yaml
-from ehrseq_runner.storage.uri import open_storage, refuse_credentials, split_run_uri
+from ehrseq_runner.storage.lease import MAX_RENEW_SECONDS
+from ehrseq_runner.storage.uri import open_storage, redact_credentials, refuse_credentials, split_run_uri
 
 # The synthetic cohort's planted-outcome labels (ehrseq.data.synthetic BINARY_TASK / SURVIVAL_TASK).
 DEFAULT_LABELS = {"binary": "outcome_within_365d", "survival": "outcome_survival"}
@@ -33,7 +34,9 @@ class SpecError(InputError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    """Strict: a number is never read from a bool or a string (`max_steps: true` is no 1, `"20"` no 20)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True)
 
 
 class SyntheticSpec(Section):
@@ -181,6 +184,9 @@ class CheckpointSpec(Section):
     keep_last: int = Field(3, ge=1, le=1000)
     grace_seconds: float = Field(5.0, gt=0, le=3600)
     local_dir: str | None = None  # first tier on local disk (a spot pod's volume, e.g. /workspace/ckpt)
+    # the run's lease (runner/storage/lease.py) is renewed this often; another writer may take it over after
+    # STALE_RENEWALS (4) missed renewals
+    lease_renew_seconds: float = Field(30.0, ge=0.1, le=MAX_RENEW_SECONDS)
 
 
 class StorageSpec(Section):
@@ -288,7 +294,7 @@ def read_spec_file(path: Path, overrides: list[str], sections: str) -> dict[str,
 
 def describe_errors(e: ValidationError) -> str:
     """A pydantic error as one line: each failing field by its dotted path, what is wrong, the value given."""
-    return "; ".join(_describe(err) for err in e.errors())
+    return redact_credentials("; ".join(_describe(err) for err in e.errors()))  # the values given are echoed
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -332,7 +338,8 @@ def _describe(err: dict[str, Any]) -> str:
 def check_supported(spec: JobSpec) -> None:
     """What this version can run; valid-but-unsupported values fail here, before anything is written."""
     for field, url in (("storage.uri", spec.storage.uri), ("storage.endpoint_url", spec.storage.endpoint_url),
-                       ("model.init_from", spec.model.init_from)):
+                       ("model.init_from", spec.model.init_from), ("task.labels_path", spec.task.labels_path),
+                       ("data.path", spec.data.path)):
         refuse_credentials(url, field)  # first: later messages echo these URLs
     mlflow_uri = spec.tracking.mlflow and spec.tracking.mlflow.tracking_uri
     if mlflow_uri and "@" in urlsplit(mlflow_uri).netloc:

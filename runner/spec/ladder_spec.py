@@ -35,6 +35,7 @@ from ehrseq_runner.spec.job_spec import (
     validate_job,
 )
 
+MAX_RUNS = 10_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # short: run ids are <ladder>-<cohort>-<rung>-k<k>-r<r>
 LADDER_TASKS = ("binary", "survival")
 SET_BY_LADDER = ("label_budget", "replicate")  # train fields each run gets from label_budgets / replicates
@@ -78,7 +79,7 @@ class Rung(Section):
 
 class LadderSpec(Section):
     name: str = Field(pattern=NAME_PATTERN)
-    seed: int = Field(0, ge=0)  # cohort, splits and pretraining; replicates vary subsample and initialisation
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # cohort, splits, pretraining; replicates vary subsample and init
     cohorts: list[Cohort] = Field(min_length=1)
     task: TaskSpec  # binary or survival; cohorts may override its other fields (labels, horizon_days)
     rungs: list[Rung] = Field(min_length=1)
@@ -163,6 +164,10 @@ def load_ladder(path: str | Path, overrides: list[str] = ()) -> tuple[LadderSpec
 
 def expand(ladder: LadderSpec) -> list[LadderRun]:
     """Every run in order; InputError naming the cohort and rung when one of them is not a valid job."""
+    total = len(ladder.cohorts) * len(ladder.rungs) * len(ladder.label_budgets) * ladder.replicates
+    if total > MAX_RUNS:  # refused at once: expanding it would take minutes before saying anything
+        raise InputError(f"cohorts x rungs x label_budgets x replicates is {total:,} runs, more than {MAX_RUNS:,}; "
+                         "split the ladder")
     runs: list[LadderRun] = []
     for cohort in ladder.cohorts:
         pretrained: dict[str, LadderRun] = {}  # pretraining fingerprint -> its run, shared by identical rungs

@@ -8,10 +8,12 @@ refused while composing, before anything is built, so a bad document fails in mi
 from __future__ import annotations
 
 import codecs
+import re
 from typing import Any
 
 import yaml
 from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 
 from ehrseq.errors import InputError
 
@@ -20,9 +22,31 @@ MAX_DEPTH = 32  # a spec nests about 4 levels
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader without aliases and with bounded nesting (PyYAML's composer recurses once per level)."""
+    """SafeLoader without aliases and with bounded nesting (PyYAML's composer recurses once per level); a key
+    given twice is an error (PyYAML keeps the last silently), and YAML 1.1's base-60 numbers (`1:20` read as 80)
+    stay strings, as in YAML 1.2."""
 
     depth = 0
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class refuses it
+                continue
+            if duplicate:
+                raise ConstructorError("while reading a mapping", node.start_mark,
+                                       f"{key!r} is given twice; keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        return node.value if ":" in node.value else super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
+        return node.value if ":" in node.value else super().construct_yaml_float(node)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -57,8 +81,17 @@ def load(text: str | bytes, where: str) -> Any:
         raise InputError(f"{where}: {len(text):,} characters is too large for a spec (at most {MAX_BYTES:,})")
     try:
         return yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: builds only plain data
+    except ValueError as e:  # an integer of more than 4,300 digits (Python's int() limit)
+        raise InputError(f"{where}: {' '.join(str(e).split())[:200]}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
         raise InputError(f"{where}:{line} YAML syntax error: {problem}") from None
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
+_SpecLoader.add_constructor("tag:yaml.org,2002:float", _SpecLoader.construct_yaml_float)
+# YAML 1.2 floats without a dot (1e-3), which YAML 1.1 reads as strings: the strict spec takes no number as text
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import threading
@@ -36,6 +37,7 @@ from ehrseq_runner.storage.run_folder import RunFolder
 
 LEASE = "lease.json"
 RENEW_SECONDS = 30.0
+MAX_RENEW_SECONDS = 3600.0  # checkpoint.lease_renew_seconds' bound
 STALE_RENEWALS = 4  # a heartbeat older than this many renew intervals is a dead writer's
 RELEASE_BUDGET_S = 2.0  # at preemption the release must not eat the grace budget
 KEPT_TAKEOVERS = 100
@@ -80,12 +82,15 @@ class LeaseRecord:
         try:
             raw = json.loads(data)
             record = cls(**raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             return None
         numbers = (record.heartbeat, record.renew_seconds,
                    *(record.takeovers.values() if isinstance(record.takeovers, dict) else [None]))
         typed = type(record.fencing) is int and type(record.pid) is int and isinstance(record.host, str)
-        return record if typed and all(isinstance(v, (int, float)) for v in numbers) else None
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers)
+        # a heartbeat of NaN, from the future, or renewals 1e308 s apart would never go stale
+        sane = finite and 0 < record.renew_seconds <= MAX_RENEW_SECONDS and record.heartbeat < time.time() + 86400
+        return record if typed and sane else None
 
     def age(self, now: float) -> float:
         return now - self.heartbeat

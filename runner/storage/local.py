@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from ehrseq.errors import InputError
+from ehrseq.errors import InputError, naming_full_disk
 from ehrseq_runner.storage.base import WriteConflict
 from ehrseq_runner.storage.safe_paths import UnsafeName, check_name
 
@@ -28,15 +28,24 @@ class LocalStorage:
         return self.root / check_name(key.rstrip("/"), "storage key")  # never a file outside the root
 
     def _stored(self, key: str) -> Path:
-        """The key's path for reading: a symlink below the root could point at any file on this machine
-        (whoever writes the folder chooses), so one anywhere on the way is refused."""
+        """The key's path for reading or writing: a symlink below the root could point at any file or folder on
+        this machine (whoever writes the folder chooses), so one anywhere on the way is refused (UnsafeName)."""
         path = self._path(key)
         for part in (path, *path.parents):
             if part == self.root:
                 return path
             if part.is_symlink():
                 raise UnsafeName(f"refusing storage key {key!r}: {part} is a symlink (a run folder holds plain "
-                                 "files only)")
+                                 "files and folders only); replace it with a plain folder or choose another "
+                                 "storage.uri")
+        return path
+
+    def _file(self, key: str) -> Path:
+        """`_stored`, and never a folder where a file is expected (a crafted or half-deleted run): InputError
+        naming it, instead of an IsADirectoryError from deep inside a read or replace."""
+        path = self._stored(key)
+        if path.is_dir():
+            raise InputError(f"{path} is a folder where storage keeps the file {key!r}; remove or rename it")
         return path
 
     def check(self) -> None:
@@ -44,7 +53,7 @@ class LocalStorage:
             raise InputError(f"storage.uri {self.uri!r}: {self.root} is not a folder")
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        dest = self._path(key)
+        dest = self._file(key)
         tmp = _durable_temp(dest, data)
         try:
             os.replace(tmp, dest)
@@ -53,24 +62,25 @@ class LocalStorage:
             raise
 
     def put_file(self, key: str, path: Path) -> None:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        dest = self._file(key)
+        with naming_full_disk(self.root):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+            os.close(fd)
+            try:
+                shutil.copyfile(path, tmp)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, dest)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
     def get_bytes(self, key: str) -> bytes:
-        return self._stored(key).read_bytes()
+        return self._file(key).read_bytes()
 
     def get_file(self, key: str, dest: Path) -> None:
-        source = self._stored(key)
+        source = self._file(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, dest)
 
@@ -92,7 +102,7 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         """Deletes the file and the folders it leaves empty (an object store has no folders to leave behind),
         up to the key's top-level folder (the run's), which a concurrent writer may be filling."""
-        path = self._path(key)
+        path = self._file(key)
         path.unlink(missing_ok=True)
         for folder in list(path.parents)[:max(0, len(PurePosixPath(key).parts) - 2)]:
             try:
@@ -107,7 +117,7 @@ class LocalStorage:
     def create(self, key: str, data: bytes) -> str:
         """Written to a temporary file, then hard-linked into place: link fails if the name exists (O_EXCL's
         guarantee), and a reader never sees a half-written file."""
-        dest = self._path(key)
+        dest = self._file(key)
         tmp = _durable_temp(dest, data)
         try:
             os.link(tmp, dest)
@@ -119,7 +129,7 @@ class LocalStorage:
 
     def replace_if(self, key: str, data: bytes, tag: str) -> str:
         """Read, compare and atomic replace under an exclusive lock on a hidden lock file beside the object."""
-        dest = self._path(key)
+        dest = self._file(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest.parent / f".{dest.name}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -136,14 +146,15 @@ class LocalStorage:
 def _durable_temp(dest: Path, data: bytes) -> Path:
     """`data` in a new, fsynced temporary file beside `dest` (created with its folders), to be renamed or linked
     into place: a reader never sees a half-written file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming_full_disk(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return Path(tmp)

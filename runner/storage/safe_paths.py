@@ -10,6 +10,8 @@ from pathlib import Path, PurePosixPath
 
 from ehrseq.errors import InputError
 
+MAX_PART_BYTES = 255  # a file name's limit on ext4, xfs, apfs, ntfs
+
 
 class UnsafeName(InputError):
     """A stored name that is absolute, climbs out ('..'), or is otherwise not a plain relative path."""
@@ -23,6 +25,9 @@ def check_name(name: object, what: str = "stored key") -> str:
     if not plain:
         raise UnsafeName(f"refusing {what} {name!r}: not a plain relative path (absolute, '..', empty part or "
                          "backslash); the storage may have been tampered with")
+    if any(len(p.encode()) > MAX_PART_BYTES for p in parts):  # no file system takes it: ENAMETOOLONG later
+        raise UnsafeName(f"refusing {what} {name[:80]!r}...: a part longer than {MAX_PART_BYTES} bytes; the "
+                         "storage may have been tampered with")
     return name
 
 

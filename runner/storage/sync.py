@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ehrseq_runner.storage.run_folder import RunFolder, status_record
+from ehrseq.errors import InputError
+from ehrseq_runner.storage.lease import LeaseLost
+from ehrseq_runner.storage.run_folder import STATUS, RunFolder, status_record
 
 T = TypeVar("T")
 MAX_BACKOFF_S = 15.0
@@ -45,12 +47,12 @@ def retry_transient(fn: Callable[[], T], deadline: float | None = None,
 
 class Syncer:
     def __init__(self, run: RunFolder, interval_s: float = 5.0,
-                 warn: Callable[[str], None] = lambda message: None,
-                 may_write: Callable[[], bool] = lambda: True) -> None:
+                 warn: Callable[[str], None] = lambda message: None) -> None:
+        """`run`: a FencedRunFolder for a run's writer, so nothing is sent once its lease was taken over."""
         self.run = run
         self.interval_s = interval_s
         self.warn = warn
-        self.may_write = may_write  # False once this writer's lease was taken over: pending changes are dropped
+        self.lost: LeaseLost | None = None  # set once a write was refused: pending changes are dropped
         self.status: dict[str, Any] = {}
         self._pending: dict[str, tuple[bytes, float]] = {}  # name -> (content, first queued at)
         self._lock = threading.Lock()
@@ -84,7 +86,8 @@ class Syncer:
         self._wake.set()
 
     def flush(self, deadline: float | None = None) -> bool:
-        """Sends everything pending now; False if storage is still failing at `deadline`."""
+        """Sends everything pending now; False if storage is still failing at `deadline`; LeaseLost if this
+        writer's lease was taken over."""
         try:
             retry_transient(self._send_pending, deadline)
             return True
@@ -101,7 +104,7 @@ class Syncer:
     def _queue_status(self) -> None:
         with self._lock:
             record = status_record(self.run.run_id, **self.status, sync_lag_s=round(self._lag_locked(), 1))
-        self.put_bytes("status.json", json.dumps(record, indent=2).encode())
+        self.put_bytes(STATUS, json.dumps(record, indent=2).encode())
 
     def _lag_locked(self) -> float:
         """Seconds the oldest unsent change has waited (0 when storage is up to date); hold the lock."""
@@ -121,6 +124,8 @@ class Syncer:
                 if self._failing_since is not None:
                     self.warn(f"storage is reachable again after {time.monotonic() - self._failing_since:.0f} s")
                     self._failing_since = None
+            except InputError:  # LeaseLost (the lease warned) or a full disk: close() raises it
+                return
             except ConnectionError as e:
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
@@ -129,11 +134,18 @@ class Syncer:
     def _send_pending(self) -> None:
         with self._upload_lock:
             with self._lock:
-                if not self.may_write():
+                if self.lost is not None:
                     self._pending.clear()
+                    raise self.lost
                 items = dict(self._pending)
             for name, (data, _) in items.items():
-                self.run.storage.put_bytes(self.run.key(name), data)
+                try:
+                    self.run.put_bytes(name, data)
+                except LeaseLost as e:
+                    with self._lock:
+                        self.lost = e
+                        self._pending.clear()
+                    raise
                 with self._lock:
                     if self._pending.get(name, (None, 0))[0] is data:
                         del self._pending[name]

@@ -13,6 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from ehrseq.data.meds_io import swap_into_place
 from ehrseq.data.token_cache import NotATokenCache, cache_files, read_manifest
 from ehrseq_runner.storage.base import Storage
@@ -21,6 +23,19 @@ from ehrseq_runner.storage.sync import retry_transient
 PREFIX = "_token_caches"
 MANIFEST = "manifest.json"
 BUDGET_S = 60.0  # of retries through a storage outage, per fetch or publish: then the tokens are built/kept here
+
+
+def _plain_array(path: Path) -> bool:
+    """A .npy whose header declares numbers, not Python objects (which np.load refuses deep inside a run): its
+    writer chose the header, and matching checksums prove only that the manifest came with it."""
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            return not read_header(f)[2].hasobject
+    except (OSError, ValueError):
+        return False
 
 
 class StoredTokenCaches:
@@ -40,7 +55,13 @@ class StoredTokenCaches:
         try:
             for file in (*cache_files(name), MANIFEST):
                 retry_transient(lambda file=file: self.storage.get_file(self.key(name, file), tmp / file), deadline)
-            read_manifest(tmp)  # sizes and checksums
+            unlisted = set(cache_files(name)) - set(read_manifest(tmp)["files"])  # sizes and checksums
+            if unlisted:
+                raise NotATokenCache(f"{self.storage.uri}/{PREFIX}/{name}: its manifest does not list "
+                                     f"{', '.join(sorted(unlisted))}")
+            for file in cache_files(name):
+                if file.endswith(".npy") and not _plain_array(tmp / file):
+                    raise NotATokenCache(f"{self.storage.uri}/{PREFIX}/{name}/{file}: not an array of plain numbers")
             swap_into_place(tmp, dest)
         except FileNotFoundError as e:
             raise NotATokenCache(f"{self.storage.uri}/{PREFIX}/{name}: incomplete ({e})") from e

@@ -5,6 +5,7 @@ URIs and endpoint URLs never carry credentials; a run URI is STORAGE_URI/RUN_ID.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,11 +22,22 @@ def refuse_credentials(url: str | None, field: str) -> None:
                          "variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never in a URL")
 
 
+_USERINFO = re.compile(r"(?<![^\s'\"(\[{,=:/])[^\s'\"/@(\[{,=]*:[^\s'\"/@]*@|(?<=://)[^\s'\"/@]+@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the user:password@ of any URL (or user:password@host) replaced by ***@: error messages echo
+    what was given, and a secret typed in the wrong place must not reach a terminal or a log."""
+    return _USERINFO.sub("***@", text)
+
+
 def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
     """`file://path` (relative to the working directory), a plain path, or `s3://bucket/prefix`."""
     refuse_credentials(uri, "storage URI")
     refuse_credentials(endpoint_url, "endpoint URL")
     if uri.startswith("file://"):
+        if not uri[len("file://"):].strip():  # Path("") is the working directory: runs would land anywhere
+            raise InputError(f"storage URI {uri!r} names no folder; use e.g. file://./runs")
         return LocalStorage(Path(uri[len("file://"):]), uri)
     if uri.startswith("s3://"):
         from ehrseq_runner.storage.s3 import S3Storage  # boto3 loads only when needed

@@ -399,13 +399,18 @@ def read_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
         files = manifest["files"]
         if manifest.get("format") != FORMAT:
             raise NotATokenCache(f"{folder}: cache format {manifest.get('format')}, expected {FORMAT}")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not all(isinstance(w, dict) and type(w.get("size")) is int for w in files.values()):
+            raise TypeError("a file without an integer size")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise NotATokenCache(f"{folder}: no readable manifest.json ({e})") from e
+    unlisted = [name for name in CACHE_FILES if name not in files]  # an unlisted file would go unchecked
+    if unlisted:
+        raise NotATokenCache(f"{folder}: manifest.json does not list {', '.join(unlisted)}")
     for name, want in files.items():
         path = folder / name
         if not path.is_file() or path.stat().st_size != want["size"]:
             raise NotATokenCache(f"{path}: missing or not {want['size']:,} bytes")
-        if verify and sha256_of(path) != want["sha256"]:
+        if verify and sha256_of(path) != want.get("sha256"):
             raise NotATokenCache(f"{path}: checksum differs from the manifest's")
     return manifest
 

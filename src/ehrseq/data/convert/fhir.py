@@ -5,7 +5,8 @@ are. Each clinical resource becomes one event at its clinical time, coded by its
 known system (SNOMED, RxNorm, LOINC, CVX, ...). Observations keep numeric values (each component of a
 panel, such as blood pressure, is its own event); Patient gives MEDS_BIRTH, MEDS_DEATH and a static sex.
 Bundles with neither a Patient nor clinical resources (Synthea's hospital and practitioner files) are
-ignored.
+ignored. Events go to the bundle's one Patient only: a bundle holding several, or a resource whose subject is
+another patient, is refused (under skip_bad: skipped and counted), never merged into one subject.
 """
 
 from __future__ import annotations
@@ -162,6 +163,24 @@ def _patient_events(patient: dict) -> list[tuple[datetime | None, str, float | N
     return out
 
 
+def _references_to(patient: dict, full_url: Any) -> set[str]:
+    """The ways a resource in the bundle can point at its Patient: the entry's fullUrl (Synthea: urn:uuid:ID)
+    and Patient/ID."""
+    pid = patient.get("id")
+    refs = {f"Patient/{pid}", f"urn:uuid:{pid}"} if isinstance(pid, str) and pid else set()
+    return refs | ({full_url} if isinstance(full_url, str) and full_url else set())
+
+
+def _subject_reference(resource: dict) -> str | None:
+    """The patient a clinical resource names (`subject`, or `patient` for Immunization and AllergyIntolerance);
+    None when it names none (then it is the bundle's patient's)."""
+    for field in ("subject", "patient"):
+        ref = resource.get(field)
+        if isinstance(ref, dict) and ref.get("reference") is not None:
+            return ref["reference"] if isinstance(ref["reference"], str) else _show(ref["reference"])
+    return None
+
+
 def _label(i: int, resource: Any) -> str:
     if not isinstance(resource, dict):
         return f"entry {i}"
@@ -218,12 +237,20 @@ class FhirReader:
                 self.problems.bad_file(path, "Bundle has clinical resources but no Patient")
             return None  # e.g. Synthea's hospitalInformation / practitionerInformation bundles
 
+        patients = [r for r, k in zip(resources, kinds, strict=True) if k == "Patient"]
+        if len(patients) > 1:  # whose would each Condition be? never merged into one subject
+            names = ", ".join(one_line(p.get("id"), 80) if isinstance(p.get("id"), str) else "?" for p in patients[:5])
+            self.problems.bad_file(path, f"Bundle holds {len(patients)} Patients ({names}); expected one patient "
+                                         "per bundle (split it into one file per patient, as Synthea writes)")
+            return None
         i = kinds.index("Patient")
         try:
             rows = _patient_events(resources[i])
         except EntryError as e:
             self.problems.bad_file(path, f"{_label(i, resources[i])}: {e}")
             return None
+        own = _references_to(resources[i], entries[i].get("fullUrl"))
+        own_url_tail = tuple(f"/{ref}" for ref in own if ref.startswith("Patient/"))  # a server's .../Patient/ID
         for i, (resource, kind) in enumerate(zip(resources, kinds, strict=True)):
             if resource is None:
                 self.problems.bad_entries(f"{path}: entry {i}", "missing 'resource'")
@@ -233,6 +260,11 @@ class FhirReader:
                 self.problems.bad_entries(f"{path}: {_label(i, resource)}",
                                           f"resourceType {_show(resource['resourceType'])} is not a string")
             elif kind in RESOURCES:
+                subject = _subject_reference(resource)
+                if subject is not None and subject not in own and not subject.endswith(own_url_tail):
+                    self.problems.bad_entries(f"{path}: {_label(i, resource)}", f"its subject {_show(subject)} is "
+                                              "not the bundle's Patient; not given to anyone")
+                    continue
                 try:
                     rows += _events(resource)
                 except EntryError as e:
