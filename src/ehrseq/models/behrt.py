@@ -252,7 +252,9 @@ class BEHRTForMLM(nn.Module):
         h = self.behrt(codes, ages, segments, positions, attention_mask)  # (B, T, C)
         selected = labels != -100  # (B, T)
         logits = self.head(h[selected])  # (N, V)
-        loss = F.cross_entropy(logits, labels[selected]) if logits.numel() else h.sum() * 0.0
+        # no masked token (a short batch share under DDP): a zero loss that still reaches every parameter, head
+        # included, so every rank reduces the same gradients
+        loss = F.cross_entropy(logits, labels[selected]) if logits.numel() else (h.sum() + logits.sum()) * 0.0
         return loss, logits
 
 
