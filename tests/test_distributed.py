@@ -102,6 +102,6 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_picks_across_both_tiers(t
         raise
     assert resumed.returncode == 0, err
     said = " ".join((out + err).split())  # rich wraps long lines
-    assert "ddp from step 4 (" in said and "rank 1: resumed from step 4" in said
+    assert "ddp from step 4 (" in said and "rank 1: resumed from step 4" in said, said
     status = json.loads((tmp_path / "runs/ddp/status.json").read_text())
     assert status["state"] == "completed" and status["durable_step"] == 6

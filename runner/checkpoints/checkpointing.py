@@ -58,6 +58,9 @@ class Checkpointer(Callback):
         self._last = time.monotonic()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # one writer of a step's files at a time: a stop's final checkpoint and a timed one of the same step
+        # (both threads) would otherwise write the same files at once
+        self._write_lock = threading.RLock()
         self._running = False  # a background commit is in flight
         self._queued: TrainingSnapshot | None = None
 
@@ -141,6 +144,10 @@ class Checkpointer(Callback):
 
     def _write(self, snapshot: TrainingSnapshot) -> tuple[Path, list[Path], dict[str, Any]]:
         """Writes a snapshot's files (and commits them on the first tier, if any), once per step."""
+        with self._write_lock:
+            return self._write_once(snapshot)
+
+    def _write_once(self, snapshot: TrainingSnapshot) -> tuple[Path, list[Path], dict[str, Any]]:
         if self._written is not None and self._written[0] == snapshot.step:
             return self._written[1]
         folder = self.local_dir / f"step-{snapshot.step:09d}"
