@@ -1,11 +1,13 @@
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ehrseq.evaluation.bootstrap import bootstrap_ci
 from ehrseq.evaluation.predictions import predictions_from_table
+from ehrseq_runner.storage.uri import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SPEC = REPO / "jobs" / "behrt_small.yaml"
@@ -76,3 +78,12 @@ def assert_meds_dev_matches(folder: Path, summary: dict) -> None:
         for meds_name, name in (("roc_auc_score", "auroc"), ("average_precision_score", "auprc"),
                                 ("brier_score", "brier")):
             assert ours[meds_name] == pytest.approx(summary["metrics"][name], abs=1e-6), name
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request, tmp_path):
+    """The same tests on file:// storage and on the real S3 server (a fresh prefix per test)."""
+    if request.param == "file":
+        return open_storage(f"file://{tmp_path}/runs")
+    request.getfixturevalue("s3_env")
+    return open_storage(f"s3://ehrseq-test/{request.module.__name__.removeprefix('test_')}-{time.time_ns()}")

@@ -28,14 +28,6 @@ from conftest import SMALL_SPEC, run_cli
 RENEW = 0.2
 
 
-@pytest.fixture(params=["file", "s3"])
-def storage(request, tmp_path):
-    if request.param == "file":
-        return open_storage(f"file://{tmp_path}/runs")
-    request.getfixturevalue("s3_env")
-    return open_storage(f"s3://ehrseq-test/fenced-{time.time_ns()}")
-
-
 def _take_over(run: RunFolder, old: Lease) -> FencedRunFolder:
     """Freezes `old`'s heartbeat, waits out the stale window and takes the run over."""
     old._stop.set()

@@ -23,14 +23,6 @@ from ehrseq_runner.storage.uri import open_storage
 from conftest import SMALL_SPEC, run_cli
 
 
-@pytest.fixture(params=["file", "s3"])
-def storage(request, tmp_path):
-    if request.param == "file":
-        return open_storage(f"file://{tmp_path}/runs")
-    request.getfixturevalue("s3_env")
-    return open_storage(f"s3://ehrseq-test/lease-{time.time_ns()}")
-
-
 def _stored(run: RunFolder) -> LeaseRecord:
     return LeaseRecord.parse(run.storage.get_bytes(run.key(LEASE)))
 
