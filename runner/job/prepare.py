@@ -266,9 +266,10 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
                  should_stop: Callable[[], bool] = lambda: False, pretrained: Pretrained | None = None) -> Trainer:
     """A freshly initialised model and its trainer; the same spec always gives the same weights."""
     med2vec = spec.model.kind == "med2vec"
+    frozen = spec.model.freeze_encoder  # a linear probe: a head on the mean of the frozen encoder's states
     config = Med2VecConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout) \
         if med2vec else BEHRTConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout,
-                                           positions=spec.model.positions)
+                                           positions=spec.model.positions, pooling="mean" if frozen else "cls")
     seed = training_seed(spec)
     torch.manual_seed(seed)  # weight initialisation
     if spec.task.kind == "mlm":
@@ -280,7 +281,9 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
             else SupervisedTask(spec.task.kind, data.labelled.values(), spec.task.horizon_days)
         model = (Med2VecForPrediction if med2vec else BEHRTForPrediction)(config, num_outputs=task.num_outputs)
         if pretrained is not None:
-            load_encoder(model.med2vec if med2vec else model.behrt, pretrained)
+            encoder = model.med2vec if med2vec else model.behrt
+            load_encoder(encoder, pretrained)
+            encoder.requires_grad_(not frozen)
         if spec.lora:
             model = apply_lora(model, LoraSettings(**spec.lora.model_dump()))
     t = spec.train

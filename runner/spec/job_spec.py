@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.errors import InputError
@@ -101,9 +101,21 @@ class ModelSpec(Section):
     # (checked, exit 2 otherwise); other: it was pretrained elsewhere, on purpose (not checked, the summary says so)
     init_from_data: Literal["same", "other"] = "same"
     # BEHRT's visit positions (ehrseq.models.behrt): learned, the paper's absolute table; rope, rotary over the
-    # visit index inside attention; time, rotary over months since the first visit. A fine-tune must match its
-    # pretraining (model.init_from)
+    # visit index inside attention; time, rotary over months since the first visit. Default: rope for BEHRT's
+    # small / medium / large (it finds order the learned table does not), learned for size paper and the other
+    # kinds. A fine-tune must match its pretraining (model.init_from)
     positions: Literal["learned", "rope", "time"] = "learned"
+    # a fine-tune's pretrained encoder stays frozen and only a linear head on the mean of its token states trains
+    # (a linear probe, as CLMBR is evaluated); needs model.init_from
+    freeze_encoder: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_positions(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "positions" not in data and data.get("kind", "behrt") == "behrt" \
+                and data.get("size", "small") != "paper":
+            return {**data, "positions": "rope"}
+        return data
 
 
 class TaskSpec(Section):
@@ -384,6 +396,10 @@ def check_supported(spec: JobSpec) -> None:
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")
+    if spec.model.freeze_encoder and (not spec.model.init_from or spec.lora):
+        raise InputError("model.freeze_encoder: true trains a linear head on a frozen pretrained encoder; set "
+                         "model.init_from to a pretraining run's URI" + (" and remove lora (it trains adapters "
+                                                                        "in the encoder)" if spec.lora else ""))
     if spec.lora and (spec.model.kind != "behrt" or not spec.model.init_from):
         raise InputError("lora: LoRA adapts a pretrained BEHRT; set model.kind behrt and model.init_from to a "
                          "pretraining run's URI")

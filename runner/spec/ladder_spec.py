@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ehrseq.errors import InputError
-from ehrseq.reports.ladder import budget_text
+from ehrseq.reports.ladder import COUNT_KINDS, budget_text
 from ehrseq_runner.spec.job_spec import (
     CheckpointSpec,
     DataSpec,
@@ -62,6 +62,26 @@ class Pretrain(Section):
     train: TrainSpec = TrainSpec()  # overrides of the ladder's train block for the pretraining run (not the rung's)
 
 
+class Tuning(Section):
+    """The settings every trained rung tries at each budget and replicate; the one with the best tuning-split
+    figure is reported (gbm tries its own 2 settings, bag-of-codes its C grid, both on the same tuning split)."""
+
+    lr_scale: list[float] = Field([1.0], min_length=1, max_length=4)  # each multiplies the run's train.lr
+    length_scale: list[float] = Field([1.0], min_length=1, max_length=4)  # each multiplies epochs (else max_steps)
+    # and min_steps
+
+    @field_validator("lr_scale", "length_scale")
+    @classmethod
+    def _positive_and_distinct(cls, scales: list[float]) -> list[float]:
+        if any(not 0 < s <= 100 for s in scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"distinct factors in (0, 100]; got {scales}")
+        return scales
+
+    def settings(self) -> list[tuple[float, float]]:
+        """(lr factor, length factor) of each setting, in run-id order (s0, s1, ...)."""
+        return [(lr, length) for lr in self.lr_scale for length in self.length_scale]
+
+
 class Rung(Section):
     name: str = Field(pattern=NAME_PATTERN)
     model: ModelSpec
@@ -86,6 +106,7 @@ class LadderSpec(Section):
     label_budgets: list[int | None] = Field([None], min_length=1)  # k labelled training patients; null = all
     replicates: int = Field(5, ge=1, le=100)  # runs per rung at each budget below all: subsample and initialisation
     replicates_at_all: int | None = Field(None, ge=1, le=100)  # at k = all (null: replicates); initialisation only
+    tuning: Tuning = Tuning()  # settings each trained rung tries, chosen on the tuning split (default: one)
     resamples: int = Field(2000, ge=100, le=100_000)  # paired bootstrap resamples in the report (adjusted intervals
     # reach into the tails: 1 - 0.05 / comparisons)
     train: TrainSpec = TrainSpec()  # defaults for every run; a rung's or a pretraining's train overrides them
@@ -138,6 +159,7 @@ class LadderRun:
     rung: str  # a pretraining run carries the first rung that asked for it
     budget: int | None
     replicate: int | None
+    setting: str | None = None  # the tuning setting of a trained rung when the ladder tries several, e.g. "lr x0.3"
 
     @property
     def pretraining(self) -> bool:
@@ -164,7 +186,8 @@ def load_ladder(path: str | Path, overrides: list[str] = ()) -> tuple[LadderSpec
 
 def expand(ladder: LadderSpec) -> list[LadderRun]:
     """Every run in order; InputError naming the cohort and rung when one of them is not a valid job."""
-    total = len(ladder.cohorts) * len(ladder.rungs) * len(ladder.label_budgets) * ladder.replicates
+    total = len(ladder.cohorts) * len(ladder.rungs) * len(ladder.label_budgets) * ladder.replicates \
+        * len(ladder.tuning.settings())
     if total > MAX_RUNS:  # refused at once: expanding it would take minutes before saying anything
         raise InputError(f"cohorts x rungs x label_budgets x replicates is {total:,} runs, more than {MAX_RUNS:,}; "
                          "split the ladder")
@@ -187,18 +210,37 @@ def expand(ladder: LadderSpec) -> list[LadderRun]:
                     if rung.name in base_of:
                         model["init_from"] = base_of[rung.name]
                     run_id = f"{ladder.name}-{cohort.name}-{rung.name}-k{budget_text(budget)}-r{replicate}"
-                    spec = _job(ladder, cohort, rung.name, run_id, model, ladder.task.model_dump(exclude_unset=True)
-                                | cohort.task, _train(ladder.train, rung.train, label_budget=budget,
-                                                      replicate=replicate),
-                                lora=rung.lora.model_dump() if rung.lora else None,
-                                check=budget == ladder.label_budgets[0] and replicate == 0)
-                    runs.append(LadderRun(spec, cohort.name, rung.name, budget, replicate))
+                    train = _train(ladder.train, rung.train, label_budget=budget, replicate=replicate)
+                    for i, (setting, scaled) in enumerate(_settings(ladder.tuning, rung.model.kind, train)):
+                        spec = _job(ladder, cohort, rung.name, run_id + (f"-s{i}" if setting else ""), model,
+                                    ladder.task.model_dump(exclude_unset=True) | cohort.task, scaled,
+                                    lora=rung.lora.model_dump() if rung.lora else None,
+                                    check=budget == ladder.label_budgets[0] and replicate == 0 and i == 0)
+                        runs.append(LadderRun(spec, cohort.name, rung.name, budget, replicate, setting))
     return runs
+
+
+def _settings(tuning: Tuning, kind: str, train: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """(name, train block) of each setting a rung tries: one unnamed setting for a count baseline (it tunes
+    itself) or when the ladder tries only one."""
+    if kind in COUNT_KINDS or len(tuning.settings()) == 1:
+        return [(None, train)]
+    base = TrainSpec.model_validate(train)
+    out = []
+    for lr, length in tuning.settings():
+        scaled = train | {"lr": base.lr * lr, "min_steps": round(base.min_steps * length)}
+        if base.epochs is not None:
+            scaled["epochs"] = base.epochs * length
+        else:
+            scaled["max_steps"] = max(1, round(base.max_steps * length))
+        out.append((f"lr x{lr:g}, length x{length:g}", scaled))
+    return out
 
 
 def _pretraining(ladder: LadderSpec, cohort: Cohort, rung: Rung) -> LadderRun:
     assert rung.pretrain is not None
     model = rung.model.model_dump(exclude_unset=True)
+    model.pop("freeze_encoder", None)  # how the fine-tune uses the encoder: a probe shares a full fine-tune's base
     task = ladder.task.model_dump(exclude_unset=True) | cohort.task  # its labels are what the cut is made at
     labels = {k: task[k] for k in ("labels", "labels_path") if task.get(k) is not None}
     spec = _job(ladder, cohort, rung.name, f"{ladder.name}-{cohort.name}-{rung.name}-pretrain", model,
