@@ -107,8 +107,8 @@ def test_the_cli_exits_2_with_one_line_on_a_bad_ladder(cli, tmp_path):
 
 def test_every_shipped_ladder_validates_and_opens_with_its_command(tmp_path):
     paths = sorted((REPO / "jobs").glob("ladder_*.yaml"))
-    assert [p.name for p in paths] == ["ladder_cpu.yaml", "ladder_pod.yaml", "ladder_pretrain.yaml",
-                                       "ladder_tiny.yaml"]
+    assert [p.name for p in paths] == ["ladder_cpu.yaml", "ladder_pod.yaml", "ladder_positions.yaml",
+                                       "ladder_pretrain.yaml", "ladder_tiny.yaml"]
     for path in paths:
         ladder, runs = load_ladder(path, [f"storage.uri=file://{tmp_path}"])  # S3 clients: slow to make x 100 runs
         assert path.read_text().startswith(f"# ehrseq ladder jobs/{path.name}")
