@@ -97,9 +97,9 @@ class DataSpec(Section):
     max_seq_len: int = Field(128, ge=8, le=4096, description="Tokens per patient; the most recent visits before the "
                              "prediction time are kept.")
     min_code_count: int = Field(5, ge=1, le=MAX_COUNT, description="Codes rarer than this in the train split become "
-                                "[UNK] (count baselines drop them).")
+                                "`[UNK]` (count baselines drop them).")
     numeric_bins: int = Field(0, ge=0, le=100, description="Numeric values (labs) as tokens: N quantile bins per "
-                              "code, fitted on the train split (CODE//Q1..QN); 0: off.")
+                              "code, fitted on the train split (`CODE//Q1` .. `CODE//QN`); 0: off; 1 is refused.")
     codes: CodesSpec = Field(CodesSpec(), description="Code globs every model reads alike, e.g. `{exclude: "
                              "[LAB//]}`; MEDS_BIRTH is always kept; part of the token cache's key; the summary counts "
                              "the events dropped.")
@@ -123,7 +123,7 @@ class ModelSpec(Section):
         "small", description="BEHRT: small (~0.6M parameters at 1,000 codes), medium (~3M), large (~15M), paper (the "
         "original BEHRT: hidden 288, 6 layers, 12 heads, intermediate 512); Med2Vec: code and visit sizes 64, 128, "
         "256, 200.")
-    init_from: str | None = Field(None, description="A run or checkpoint URI (file:// or s3://) whose weights and "
+    init_from: str | None = Field(None, description="A run or checkpoint URI (`file://` or `s3://`) whose weights and "
                                   "vocabulary start the encoder of a fine-tune.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout probability.")
     age_feature: bool = Field(True, description="Count baselines: age at the prediction time as a feature (false: "
@@ -147,18 +147,18 @@ class TaskSpec(Section):
         "patient's last visit, from the visits before it), binary, survival: supervised.")
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: share of code tokens masked (80% [MASK], 10% "
                              "random, 10% kept).")
-    labels: str | None = Field(None, description="binary / survival: the label task under <dataset>/labels/, or "
-                               "under labels_path; null: the synthetic cohort's planted outcome "
+    labels: str | None = Field(None, description="binary / survival: the label task under `<dataset>/labels/`, "
+                               "or under labels_path; null: the synthetic cohort's planted outcome "
                                "(outcome_within_365d, outcome_survival). next_visit derives its targets from the "
                                "visits: leave it null.")
     labels_path: str | None = Field(None, min_length=1, max_length=4096, description="binary / survival: MEDS label "
                                     "parquet anywhere (e.g. ACES output): a file, a task's folder, or a folder of "
-                                    "tasks, where labels names one (<labels_path>/<labels>.parquet or "
-                                    "<labels_path>/<labels>/**/*.parquet).")
+                                    "tasks, where labels names one (`<labels_path>/<labels>.parquet` or "
+                                    "`<labels_path>/<labels>/**/*.parquet`).")
     horizon_days: float = Field(365.0, gt=0, le=36500, description="survival: the horizon of auroc_365d (and the "
                                 "target of the bag_of_codes and gbm baselines).")
     pretrain_data: Literal["cut", "pool", "all"] = Field(
-        "cut", description="mlm / med2vec: what pretraining reads of patients labelled in any <dataset>/labels/ "
+        "cut", description="mlm / med2vec: what pretraining reads of patients labelled in any `<dataset>/labels/` "
         "task or in labels_path: cut, their events strictly before their earliest prediction time; pool, nothing "
         "(unlabelled patients only); all, whole timelines (a fine-tune on this dataset refuses such a base).")
 
@@ -191,7 +191,7 @@ class TrainSpec(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="auto: cuda, else mps, else cpu. A GPU that torch cannot use is refused (exit 2), never "
         "silently replaced by the CPU.")
-    log_every: int = Field(10, ge=1, le=MAX_COUNT, description="Steps per training record in metrics.jsonl (1: "
+    log_every: int = Field(10, ge=1, le=MAX_COUNT, description="Steps per training record in `metrics.jsonl` (1: "
                            "every step).")
     eval_every: int = Field(500, ge=0, le=MAX_COUNT, description="Steps between tuning-split evaluations (0: only "
                             "at the end); evals_per_epoch replaces it.")
@@ -249,18 +249,18 @@ class CheckpointSpec(Section):
     grace_seconds: float = Field(5.0, gt=0, le=3600, description="After SIGTERM, the time to commit a final "
                                  "checkpoint (RunPod spot: 5 s to SIGKILL); one that cannot make it is abandoned.")
     local_dir: str | None = Field(None, description="A first tier on local disk (a spot pod's volume, e.g. "
-                                  "/workspace/ckpt): each checkpoint is committed there, then uploaded.")
+                                  "`/workspace/ckpt`): each checkpoint is committed there, then uploaded.")
     lease_renew_seconds: float = Field(30.0, ge=0.1, le=MAX_RENEW_SECONDS, description="How often the run's lease is "
                                        "renewed; a writer silent for 4 renewals may be taken over.")
 
 
 class StorageSpec(Section):
-    """Where runs live: each run is the folder <uri>/<run_id>/."""
+    """Where runs live: each run is the folder `<uri>/<run_id>/`."""
 
-    uri: str = Field("file://./runs", description="file://PATH or s3://BUCKET/PREFIX; credentials only from the "
-                     "AWS chain (AWS_* variables, a profile, an instance role), never in the URI.")
+    uri: str = Field("file://./runs", description="`file://PATH` or `s3://BUCKET/PREFIX`; credentials only from "
+                     "the AWS chain (`AWS_*` variables, a profile, an instance role), never in the URI.")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (R2, B2, MinIO, RunPod); null: "
-                                     "AWS_ENDPOINT_URL.")
+                                     "`AWS_ENDPOINT_URL`.")
 
 
 class RuntimeSpec(Section):
@@ -273,17 +273,17 @@ class RuntimeSpec(Section):
 
 
 class MlflowSpec(Section):
-    """One MLflow run across every resume; credentials in MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN."""
+    """One MLflow run across every resume; credentials in `MLFLOW_TRACKING_USERNAME` / `_PASSWORD` / `_TOKEN`."""
 
-    tracking_uri: str | None = Field(None, description="http(s)://host:port of an MLflow server; null: "
-                                     "MLFLOW_TRACKING_URI.")
+    tracking_uri: str | None = Field(None, description="`http(s)://host:port` of an MLflow server; null: "
+                                     "`MLFLOW_TRACKING_URI`.")
     experiment: str = Field("ehrseq", min_length=1, max_length=500, description="The MLflow experiment's name.")
 
 
 class TrackingSpec(Section):
     """Live views of the run (runner/job/tracking.py): off by default; neither changes what trains."""
 
-    tensorboard: bool = Field(False, description="Event files under the run folder's tensorboard/.")
+    tensorboard: bool = Field(False, description="Event files under the run folder's `tensorboard/`.")
     mlflow: MlflowSpec | None = Field(None, description="Log to an MLflow server; null: off.")
 
 

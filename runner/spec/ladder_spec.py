@@ -65,7 +65,7 @@ class Pretrain(Section):
     task: Literal["mlm", "med2vec"] = Field(description="mlm for BEHRT, med2vec for Med2Vec.")
     data: Literal["cut", "pool"] = Field(
         "cut", description="What it reads of the labelled patients (the ladder's labels and every task under the "
-        "dataset's labels/): cut, their events strictly before their earliest prediction time; pool, nothing "
+        "dataset's `labels/`): cut, their events strictly before their earliest prediction time; pool, nothing "
         "(unlabelled patients only).")
     train: TrainSpec = Field(TrainSpec(), description="Overrides of the ladder's train block for the pretraining run "
                              "(not the rung's).")
@@ -94,18 +94,20 @@ class Rung(Section):
 class LadderSpec(Section):
     """A ladder: rungs x cohorts x label budgets x replicates, one YAML file (`ehrseq ladder LADDER.yaml`)."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="Prefix of every run id, <name>-<cohort>-<rung>-k<k>-r<r> "
-                      "(kall: all labels), and of the report folder ladder-<name>.")
+    name: str = Field(pattern=NAME_PATTERN, description="Prefix of every run id, "
+                      "`<name>-<cohort>-<rung>-k<k>-r<replicate>` (`kall`: all labels), and of the report folder "
+                      "`ladder-<name>`.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds the cohort, splits and pretraining; replicates vary "
                       "the subsample and initialisation.")
-    cohorts: list[Cohort] = Field(min_length=1, description="The datasets; every rung runs on every cohort.")
+    cohorts: list[Cohort] = Field(min_length=1, description="The datasets, names unique; every rung runs on every "
+                                  "cohort.")
     task: TaskSpec = Field(description="A job spec's task block, binary (judged by AUROC) or survival (C-index); "
                            "cohorts may override its other fields (labels, horizon_days).")
-    rungs: list[Rung] = Field(min_length=1, description="The models, count baselines among them: the verdicts are "
-                              "against the best count baseline at each budget.")
-    label_budgets: list[int | None] = Field([None], min_length=1, description="The k's, e.g. `[64, 256, null]` "
-                                            "(null: all); each run gets train.label_budget: k training and k tuning "
-                                            "patients.")
+    rungs: list[Rung] = Field(min_length=1, description="The models, names unique, count baselines among them: "
+                              "the verdicts are against the best count baseline at each budget.")
+    label_budgets: list[int | None] = Field([None], min_length=1, description="The k's, each at least 1 and none "
+                                            "repeated, e.g. `[64, 256, null]` (null: all); each run gets "
+                                            "train.label_budget: k training and k tuning patients.")
     replicates: int = Field(5, ge=1, le=100, description="Runs per rung at each budget below all, each with its own "
                             "train.replicate (subsample, initialisation, batch order, gbm seed).")
     replicates_at_all: int | None = Field(None, ge=1, le=100, description="Runs per rung with all labels "
