@@ -1,4 +1,4 @@
-"""`ehrseq bench`: the figures design.md section 5 asks for, measured side by side in one run.
+"""`ehrseq bench`: the speed and memory targets (docs/benchmarks.md), measured side by side in one run.
 
 Timings on a shared machine are noisy, so every comparison alternates its two sides and is
 reported as a ratio of medians; nothing here is a pass/fail test.

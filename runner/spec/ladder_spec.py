@@ -42,9 +42,13 @@ SET_BY_LADDER = ("label_budget", "replicate")  # train fields each run gets from
 
 
 class Cohort(Section):
-    name: str = Field(pattern=NAME_PATTERN)
-    data: DataSpec = DataSpec()
-    task: dict[str, Any] = {}  # overrides of the ladder's task for this cohort, e.g. {labels: my_outcome}
+    """One dataset every rung runs on."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Part of every run id of the cohort.")
+    data: DataSpec = Field(DataSpec(), description="A job spec's data block (synthetic with synthetic.preset, meds "
+                           "with labels, fhir, synthea-csv).")
+    task: dict[str, Any] = Field({}, description="Overrides of the ladder's task for this cohort, e.g. `{labels: "
+                                 "my_outcome}`; never its kind.")
 
     @field_validator("task")
     @classmethod
@@ -55,20 +59,26 @@ class Cohort(Section):
 
 
 class Pretrain(Section):
-    task: Literal["mlm", "med2vec"]  # mlm for BEHRT, med2vec for Med2Vec
-    # what it reads of the labelled patients (the ladder's labels and every task under the dataset's labels/):
-    # cut (events strictly before their earliest prediction time) or pool (unlabelled patients only)
-    data: Literal["cut", "pool"] = "cut"
-    train: TrainSpec = TrainSpec()  # overrides of the ladder's train block for the pretraining run (not the rung's)
+    """A rung's pretraining: run once per cohort, on the training patients without labels; rungs with identical
+    pretraining share one."""
+
+    task: Literal["mlm", "med2vec"] = Field(description="mlm for BEHRT, med2vec for Med2Vec.")
+    data: Literal["cut", "pool"] = Field(
+        "cut", description="What it reads of the labelled patients (the ladder's labels and every task under the "
+        "dataset's `labels/`): cut, their events strictly before their earliest prediction time; pool, nothing "
+        "(unlabelled patients only).")
+    train: TrainSpec = Field(TrainSpec(), description="Overrides of the ladder's train block for the pretraining run "
+                             "(not the rung's).")
 
 
 class Tuning(Section):
     """The settings every trained rung tries at each budget and replicate; the one with the best tuning-split
     figure is reported (gbm tries its own 2 settings, bag-of-codes its C grid, both on the same tuning split)."""
 
-    lr_scale: list[float] = Field([1.0], min_length=1, max_length=4)  # each multiplies the run's train.lr
-    length_scale: list[float] = Field([1.0], min_length=1, max_length=4)  # each multiplies epochs (else max_steps)
-    # and min_steps
+    lr_scale: list[float] = Field([1.0], min_length=1, max_length=4, description="Factors, each multiplying the "
+                                  "run's train.lr: one setting per factor (times each length_scale).")
+    length_scale: list[float] = Field([1.0], min_length=1, max_length=4, description="Factors, each multiplying "
+                                      "the run's train.epochs (else max_steps) and min_steps.")
 
     @field_validator("lr_scale", "length_scale")
     @classmethod
@@ -83,11 +93,16 @@ class Tuning(Section):
 
 
 class Rung(Section):
-    name: str = Field(pattern=NAME_PATTERN)
-    model: ModelSpec
-    pretrain: Pretrain | None = None  # run once per cohort; every budget and replicate fine-tunes from it
-    lora: LoraSpec | None = None
-    train: TrainSpec = TrainSpec()  # overrides of the ladder's train block for this rung's supervised runs
+    """One model of the ladder, run at every label budget and replicate."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Part of the rung's run ids.")
+    model: ModelSpec = Field(description="A job spec's model block.")
+    pretrain: Pretrain | None = Field(None, description="Pretraining run once per cohort; every budget and "
+                                      "replicate fine-tunes from it (or model.init_from starts from an existing "
+                                      "run: set one of the two).")
+    lora: LoraSpec | None = Field(None, description="LoRA as in a job spec.")
+    train: TrainSpec = Field(TrainSpec(), description="Overrides of the ladder's train block for this rung's "
+                             "supervised runs.")
 
     @model_validator(mode="after")
     def _one_base(self) -> Rung:
@@ -98,22 +113,39 @@ class Rung(Section):
 
 
 class LadderSpec(Section):
-    name: str = Field(pattern=NAME_PATTERN)
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # cohort, splits, pretraining; replicates vary subsample and init
-    cohorts: list[Cohort] = Field(min_length=1)
-    task: TaskSpec  # binary or survival; cohorts may override its other fields (labels, horizon_days)
-    rungs: list[Rung] = Field(min_length=1)
-    label_budgets: list[int | None] = Field([None], min_length=1)  # k labelled training patients; null = all
-    replicates: int = Field(5, ge=1, le=100)  # runs per rung at each budget below all: subsample and initialisation
-    replicates_at_all: int | None = Field(None, ge=1, le=100)  # at k = all (null: replicates); initialisation only
-    tuning: Tuning = Tuning()  # settings each trained rung tries, chosen on the tuning split (default: one)
-    resamples: int = Field(2000, ge=100, le=100_000)  # paired bootstrap resamples in the report (adjusted intervals
-    # reach into the tails: 1 - 0.05 / comparisons)
-    train: TrainSpec = TrainSpec()  # defaults for every run; a rung's or a pretraining's train overrides them
-    checkpoint: CheckpointSpec = CheckpointSpec()
-    storage: StorageSpec = StorageSpec()
-    runtime: RuntimeSpec = RuntimeSpec()
-    tracking: TrackingSpec = TrackingSpec()  # every run's; with mlflow, the report is a parent run of them all
+    """A ladder: rungs x cohorts x label budgets x replicates, one YAML file (`ehrseq ladder LADDER.yaml`)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Prefix of every run id, "
+                      "`<name>-<cohort>-<rung>-k<k>-r<replicate>` (`kall`: all labels; `-s<i>` added for each "
+                      "tuning setting when there are several), and of the report folder `ladder-<name>`.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds the cohort, splits and pretraining; replicates vary "
+                      "the subsample and initialisation.")
+    cohorts: list[Cohort] = Field(min_length=1, description="The datasets, names unique; every rung runs on every "
+                                  "cohort.")
+    task: TaskSpec = Field(description="A job spec's task block, binary (judged by AUROC) or survival (C-index); "
+                           "cohorts may override its other fields (labels, horizon_days).")
+    rungs: list[Rung] = Field(min_length=1, description="The models, names unique, count baselines among them: "
+                              "the verdicts are against the best count baseline at each budget.")
+    label_budgets: list[int | None] = Field([None], min_length=1, description="The k's, each at least 1 and none "
+                                            "repeated, e.g. `[64, 256, null]` (null: all); each run gets "
+                                            "train.label_budget: k training and k tuning patients.")
+    replicates: int = Field(5, ge=1, le=100, description="Runs per rung at each budget below all, each with its own "
+                            "train.replicate (subsample, initialisation, batch order, gbm seed).")
+    replicates_at_all: int | None = Field(None, ge=1, le=100, description="Runs per rung with all labels "
+                                          "(initialisation only); null: replicates.")
+    tuning: Tuning = Field(Tuning(), description="The settings every trained rung (BEHRT, Med2Vec) tries at each "
+                           "budget and replicate, e.g. `{lr_scale: [1.0, 0.3]}`; the report keeps the one with the "
+                           "best tuning-split figure, as gbm keeps the best of its 2 settings. Default: one setting.")
+    resamples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples in the report (adjusted "
+                           "intervals reach into the tails: 1 - 0.05 / comparisons).")
+    train: TrainSpec = Field(TrainSpec(), description="Defaults for every run; a rung's or a pretraining's train "
+                             "overrides them. label_budget and replicate come from the ladder.")
+    checkpoint: CheckpointSpec = Field(CheckpointSpec(), description="A job spec's checkpoint block, for every run.")
+    storage: StorageSpec = Field(StorageSpec(), description="A job spec's storage block: every run is its own folder "
+                                 "there.")
+    runtime: RuntimeSpec = Field(RuntimeSpec(), description="A job spec's runtime block, for every run.")
+    tracking: TrackingSpec = Field(TrackingSpec(), description="Every run's tracking; with mlflow, the report is a "
+                                   "parent run of them all.")
 
     @field_validator("task")
     @classmethod
