@@ -415,8 +415,9 @@ def objects_child(dataset: str, max_len: int, min_count: int, repeats: int = 1,
     """`repeats` runs of the old object path: read_meds_dataset -> patients_by_split -> Vocabulary.build ->
     encode_patient over every split (with `examples`: labelled_splits -> encode_examples of the binary task),
     with this process's peak RSS."""
-    from ehrseq.data.cohort import SPLITS, patients_by_split
+    from ehrseq.data.cohort import patients_by_split
     from ehrseq.data.meds_io import read_meds_dataset
+    from ehrseq.data.stream import SPLITS
     from ehrseq.data.supervised import encode_examples, labelled_splits
     from ehrseq.data.synthetic import BINARY_TASK
     from ehrseq.data.tokenize import encode_patient

@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.markup import escape
 from safetensors.torch import save_file
 
-from ehrseq.data.cohort import SPLITS
+from ehrseq.data.prepared import PreparedData, held_out_histories
+from ehrseq.data.stream import SPLITS
 from ehrseq.data.supervised import LabelledSplit, encode_examples, oracle_risks
 from ehrseq.data.synthetic import code_clusters
 from ehrseq.data.vocab import Vocabulary
@@ -56,14 +57,7 @@ from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
 from ehrseq_runner.job.metrics_log import MetricsLog
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED, Stopped, StopRequest
-from ehrseq_runner.job.prepare import (
-    PreparedData,
-    describe_token_cache,
-    held_out_histories,
-    make_trainer,
-    prepare_data,
-    training_seed,
-)
+from ehrseq_runner.job.prepare import data_settings, make_trainer, prepare_data, training_seed
 from ehrseq_runner.job.pretrained import (
     Pretrained,
     check_no_leakage,
@@ -241,7 +235,7 @@ class Job:
         if data.label_report:
             console.print(escape(data.label_report.describe()), highlight=False)
         if data.token_cache:
-            console.print(describe_token_cache(data.token_cache), highlight=False)
+            console.print(data.describe_token_cache(), highlight=False)
         if warning := coverage_warning(data.coverage):
             self.warn(warning)
         vocab.save(work / "vocab.json")
@@ -380,8 +374,8 @@ class Job:
             return {}
         as_logits = logit if self.spec.task.kind == "binary" else np.asarray
         params = self.spec.data.synthetic.params()
-        probe = order_probe(held_out_histories(self.spec, data), lambda s: as_logits(score(s)), params.order_effect,
-                            params.order_window, params.pattern)
+        probe = order_probe(held_out_histories(data_settings(self.spec), data), lambda s: as_logits(score(s)),
+                            params.order_effect, params.order_window, params.pattern)
         return {"order_probe": probe.to_dict()}
 
     def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:

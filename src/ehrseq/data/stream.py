@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
-from ehrseq.data.meds_io import _read_table
+from ehrseq.data.meds_io import read_table
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 from ehrseq.data.vocab import Vocabulary
@@ -76,7 +76,7 @@ def data_shards(dataset: Path) -> list[Path]:
 
 def read_shard(path: Path, values: bool = False) -> Shard:
     """Read subject_id, time and code (and with `values`, numeric_value) of one shard, validating its whole
-    schema as `meds_io._read_table` does.
+    schema as `meds_io.read_table` does.
 
     The schema is checked on an empty table (no data read); codes come back dictionary-encoded from parquet,
     which is many times faster than decoding strings."""
@@ -92,8 +92,8 @@ def read_shard(path: Path, values: bool = False) -> Shard:
         subject = table.column("subject_id").cast(pa.int64())
         time = table.column("time").cast(pa.timestamp("us"))
         value = numeric_values(table.column("numeric_value")) if values else None
-    except pa.ArrowException:  # values that do not cast (the empty schema did): _read_table's own message
-        _read_table(path, meds.DataSchema)
+    except pa.ArrowException:  # values that do not cast (the empty schema did): read_table's own message
+        read_table(path, meds.DataSchema)
         raise
     code = table.column("code")
     for name, column in (("subject_id", subject), ("code", code)):
@@ -180,7 +180,7 @@ def read_splits(dataset: Path) -> SplitTable:
             code[at: at + len(batch)] = lut[split.indices.to_numpy(zero_copy_only=False)]
             at += len(batch)
     except (SchemaValidationError, TableValidationError, pa.ArrowException, OSError):
-        _read_table(path, meds.SubjectSplitSchema)  # raises its own message, naming the file
+        read_table(path, meds.SubjectSplitSchema)  # raises its own message, naming the file
         raise
     if not np.all(ids[1:] > ids[:-1]):  # (assign_splits writes them sorted)
         order = np.argsort(ids, kind="stable")

@@ -104,7 +104,7 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
     dataset = Path(dataset)
     files = [*data_shards(dataset), dataset / meds.subject_splits_filepath]
     if not files[-1].is_file():
-        raise DataError(f"{files[-1]}: file not found")  # as meds_io._read_table says it
+        raise DataError(f"{files[-1]}: file not found")  # as meds_io.read_table says it
     return [[f.relative_to(dataset).as_posix(), f.stat().st_size, sha256_of(f)] for f in files]
 
 
@@ -266,9 +266,9 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: 
         if not n:
             names = [SPLITS[i] if i >= 0 else "" for i in splits.split.tolist()]
             listed = MedsDataset(pa.table({}), dict(zip(splits.ids.tolist(), names, strict=True)), Path(dataset))
-            from ehrseq.data.cohort import _empty_split  # (brings pandas: only on this error)
+            from ehrseq.data.cohort import empty_split_message  # (brings pandas: only on this error)
 
-            raise InputError(_empty_split(listed, SPLITS[s]))
+            raise InputError(empty_split_message(listed, SPLITS[s]))
 
 
 def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins: NumericBins | None,

@@ -1,0 +1,256 @@
+"""From data settings to what a model trains on: `prepare(DataSettings) -> PreparedData`.
+
+The one entry point to a job's data, for the runner and a notebook alike: the dataset folder (synthetic cohorts
+and Synthea conversions written once under `cache_dir`), the numeric value bins, the vocabulary, every split
+tokenised, a supervised task's labels with each history cut before its prediction time, the label budget, and
+the dataset's identity (its name and event count, hashed with the splits into the data fingerprint).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ehrseq.data.budget import num_patients, subsample_rows, take
+from ehrseq.data.codes import CodeFilter
+from ehrseq.data.cohort import dataset_folder, patients_by_split
+from ehrseq.data.labels import LabelReport
+from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
+from ehrseq.data.numeric import NumericBins, bin_table, fit_table
+from ehrseq.data.patients import Patient
+from ehrseq.data.pretrain_cut import PretrainCut
+from ehrseq.data.stream import SPLITS, training_vocabulary
+from ehrseq.data.supervised import (
+    LabelledSplit,
+    NextVisitSplit,
+    encode_examples,
+    label_arrays,
+    labelled_splits,
+    next_visit_splits,
+    read_task_labels,
+    task_label_files,
+)
+from ehrseq.data.synthetic import PRESETS, SyntheticParams
+from ehrseq.data.token_cache import (
+    CacheRemote,
+    LabelledTask,
+    load_examples,
+    load_token_cache,
+    read_manifest,
+    token_cache,
+)
+from ehrseq.data.tokenize import EncodedPatient, encode_patient
+from ehrseq.data.vocab import Vocabulary
+from ehrseq.errors import InputError
+from ehrseq.reports.provenance import data_fingerprint, dataset_identity, dataset_name, identity_of, read_splits_mapping
+from ehrseq.seeding import LABEL_BUDGET, TUNING_BUDGET, derive_seed
+
+if TYPE_CHECKING:
+    from ehrseq.data.token_arrays import TokenArrays
+
+TASKS = ("mlm", "med2vec", "next_visit", "binary", "survival")
+PRETRAINING = ("mlm", "med2vec")  # self-supervised: they read labelled patients as `pretrain_data` says
+EXAMPLE_TASKS = ("binary", "survival")  # one example per label row: batches carry example ids
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """What a job's data depends on (a job spec's `data` block, its task's labels and its label budget)."""
+
+    source: str = "synthetic"  # synthetic | meds | synthea-csv | fhir
+    path: str | None = None  # the dataset (meds) or Synthea output (fhir, synthea-csv) folder
+    num_patients: int = 2000  # synthetic only
+    seed: int = 0  # the synthetic cohort, its splits and the label budget's sample
+    synthetic: SyntheticParams = PRESETS["default"]
+    max_seq_len: int = 128
+    min_code_count: int = 5
+    numeric_bins: int = 0
+    codes: CodeFilter = field(default_factory=CodeFilter)
+    task: str = "mlm"  # one of TASKS
+    labels: str | None = None  # binary/survival: the label task's name (under the dataset, or inside labels_path)
+    labels_path: str | None = None  # binary/survival: MEDS label parquet anywhere
+    pretrain_data: str = "cut"  # mlm/med2vec: cut | pool | all (ehrseq.data.pretrain_cut)
+    label_budget: int | None = None  # k labelled patients in the training and the tuning split
+    replicate: int = 0  # picks the label budget's sample
+    tokens: bool = True  # False: count baselines, which read whole histories
+
+    @property
+    def source_name(self) -> str:
+        """How messages name the data: its path, else its source."""
+        return self.path or self.source
+
+
+@dataclass
+class PreparedData:
+    vocab: Vocabulary
+    encoded: dict[str, list[EncodedPatient]] | dict[str, TokenArrays]  # split -> encoded patients
+    identity: str  # the dataset's name and event count (provenance.dataset_identity)
+    name: str  # metadata/dataset.json's dataset_name
+    splits: dict[int, str]  # every subject of the splits file -> its split (the data fingerprint hashes them)
+    # supervised tasks: labels (next_visit: the last visit's codes), histories cut before them
+    labelled: dict[str, LabelledSplit] | dict[str, NextVisitSplit] | None = None
+    folder: Path | None = None  # the MEDS dataset's folder (labels/ and oracle/ live there)
+    label_report: LabelReport | None = None  # binary/survival: what happened to each label row
+    token_cache: dict[str, object] | None = None  # {"key", "name", "how": reused|downloaded|built, "seconds", ...}
+    # the whole training split's histories (cut), before any label budget: codes are not labels, so the count
+    # baselines' columns come from all of them (object path only)
+    train_histories: list[Patient] | None = None
+    # pretraining (mlm, med2vec): what it read of labelled patients (ehrseq.data.pretrain_cut), recorded in the
+    # summary with the data fingerprint so a fine-tune can check it
+    pretrain_cut: PretrainCut | None = None
+    # token-cache runs: per split, the median and 10th percentile share of each example's days and (day, code)
+    # events before its prediction time that the max_seq_len window keeps (ehrseq.data.stream.coverage)
+    coverage: dict[str, Any] | None = None
+    codes: dict[str, Any] | None = None  # data.codes: its patterns and the events they dropped (None: all codes)
+
+    def fingerprint(self, held_out_ids: np.ndarray) -> str:
+        return data_fingerprint(self.identity, self.splits, held_out_ids)
+
+    def patients(self) -> dict[str, int]:
+        """Distinct patients per split (a patient may be several examples: one per prediction time)."""
+        return {s: num_patients(self.labelled[s]) if self.labelled else len(self.encoded[s]) for s in SPLITS}
+
+    def labels_used(self) -> dict[str, dict[str, int]]:
+        """Labelled examples and patients each fitting split used: at a label budget k, at most k patients each."""
+        return {s: {"examples": len(self.labelled[s]), "patients": num_patients(self.labelled[s])}
+                for s in ("train", "tuning")} if self.labelled else {}
+
+    def describe_token_cache(self) -> str:
+        """One log line: was the dataset tokenised again, or were the tokens reused?"""
+        facts = self.token_cache
+        how = {"reused": "reused (no re-tokenising)", "downloaded": "downloaded from storage (no re-tokenising)",
+               "built": "built and stored for later runs"}[str(facts["how"])]
+        return (f"token cache {facts['name']}: {how}; {facts['tokens']:,} tokens from {facts['events']:,} events "
+                f"in {facts['seconds']:.1f} s")
+
+
+def prepare(settings: DataSettings, cache_dir: Path, vocab: Vocabulary | None = None,
+            remote: CacheRemote | None = None, warn: Callable[[str], None] | None = None) -> PreparedData:
+    """The dataset, the vocabulary (training split only, unless given) and every split tokenised.
+
+    MLM pretraining, and the binary and survival tasks of the sequence models, stream the dataset into a token
+    cache under `cache_dir` (reused by every later run on the same data, labels and settings: every fine-tune,
+    label budget, replicate and ladder rung; kept in `remote` so a fresh machine downloads it); the count
+    baselines, next_visit and Med2Vec pretraining build patient objects. Supervised tasks keep only labelled
+    subjects, with histories cut strictly before the prediction time. With a label budget k, the training and the
+    tuning split are each a seeded, stratified k patients (every model kind gets the same ones;
+    ehrseq.data.budget); the vocabulary and the count features' code columns, which use no labels, still come
+    from the whole training split. Pretraining (mlm, med2vec) reads labelled patients as `pretrain_data` says
+    (cut before their prediction times by default), bins, vocabulary and tokens alike; numeric bins of a
+    supervised task are fitted on values before the prediction times.
+    """
+    s = settings
+    if vocab is not None and vocab.numeric_bins != s.numeric_bins:
+        raise InputError(f"data.numeric_bins: {s.numeric_bins}, but the vocabulary of model.init_from was "
+                         f"built with {vocab.numeric_bins} (a fine-tuned model reads its pretraining's tokens): set "
+                         f"data.numeric_bins: {vocab.numeric_bins}")
+    folder = dataset_folder(s.source, s.path, s.num_patients, s.seed, cache_dir, s.synthetic)
+    cut = PretrainCut.of(s.pretrain_data, folder, s.labels_path, s.labels) if s.task in PRETRAINING else None
+    if s.task == "mlm" or (s.task in EXAMPLE_TASKS and s.tokens):
+        return _from_token_cache(s, folder, cache_dir, vocab, remote, warn, cut)
+    dataset = read_meds_dataset(folder)
+    identity = dataset_identity(dataset)  # the dataset's, whatever data.codes or a pretraining cut keep of it
+    codes_facts = None
+    if s.codes:
+        kept = s.codes.apply_table(dataset.data)
+        codes_facts = s.codes.describe(dataset.data.num_rows - kept.num_rows, dataset.data.num_rows)
+        dataset = replace(dataset, data=kept)
+    if cut:
+        dataset = replace(dataset, data=cut.apply_table(dataset.data))
+    bins = vocab.bins if vocab is not None else _fit_bins(dataset, s)
+    if bins:
+        dataset = replace(dataset, data=bin_table(dataset.data, bins))
+    report = None
+    if s.task == "next_visit":  # labels from the data: the last visit's codes
+        labelled = next_visit_splits(dataset, SPLITS)
+    elif s.task in EXAMPLE_TASKS:
+        labelled, report = labelled_splits(dataset, s.labels, SPLITS, s.task, s.labels_path)
+    else:
+        labelled = None
+    patients = {split: labelled[split].patients for split in SPLITS} if labelled else patients_by_split(dataset)
+    vocab = vocab or training_vocabulary(Counter(Vocabulary.build(patients["train"]).counts), s.min_code_count,
+                                         s.source_name, bins)
+    train_histories = patients["train"]
+    for split, rows in budget_sample(s, labelled).items():
+        labelled[split] = take(labelled[split], rows)
+        patients[split] = labelled[split].patients
+    examples = s.task in EXAMPLE_TASKS
+    encoded = {split: encode_examples(labelled[split], vocab, s.max_seq_len) if examples
+               else [encode_patient(p, vocab, s.max_seq_len) for p in patients[split]] for split in SPLITS}
+    return PreparedData(vocab, encoded, identity, dataset_name(folder), dataset.splits, labelled,
+                        folder, report, train_histories=train_histories, pretrain_cut=cut, codes=codes_facts)
+
+
+def budget_sample(settings: DataSettings, labelled: dict | None) -> dict[str, np.ndarray]:
+    """At label budget k: the rows of the k training and the k tuning patients this replicate keeps (each its
+    own seeded, stratified sample); {} without a budget."""
+    k = settings.label_budget
+    if not labelled or k is None:
+        return {}
+    seeds = {"train": LABEL_BUDGET, "tuning": TUNING_BUDGET}
+    return {s: subsample_rows(labelled[s], k, derive_seed(settings.seed, purpose, settings.replicate), s)
+            for s, purpose in seeds.items()}
+
+
+def _from_token_cache(s: DataSettings, folder: Path, cache_dir: Path, vocab: Vocabulary | None,
+                      remote: CacheRemote | None, warn: Callable[[str], None] | None,
+                      cut: PretrainCut | None) -> PreparedData:
+    start = time.perf_counter()
+    task = None
+    if s.task != "mlm":  # the label rows are read each time: their files are part of the key
+        labels, report = read_task_labels(folder, s.labels, s.task, s.labels_path)
+        task = LabelledTask(s.task, labels, report, task_label_files(folder, s.labels, s.labels_path))
+    cache, how = token_cache(folder, cache_dir, s.max_seq_len, s.min_code_count, vocab, source=s.source_name,
+                             warn=warn, remote=remote, numeric_bins=s.numeric_bins, task=task, cut=cut,
+                             codes=s.codes or None)
+    manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
+    vocab, encoded = load_token_cache(cache, verify=False)
+    labelled, report = load_examples(cache, encoded) if task else (None, None)
+    for split, rows in budget_sample(s, labelled).items():
+        labelled[split], encoded[split] = labelled[split].take(rows), encoded[split].select(rows)
+    name = dataset_name(folder)
+    facts = {"key": manifest["key"], "name": cache.name, "how": how, "seconds": round(time.perf_counter() - start, 3),
+             "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
+    return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
+                        read_splits_mapping(folder), labelled, folder, report, token_cache=facts, pretrain_cut=cut,
+                        coverage=manifest["coverage"], codes=manifest.get("codes"))
+
+
+def held_out_histories(settings: DataSettings, data: PreparedData) -> LabelledSplit:
+    """The held-out examples with their histories as Patient objects (what the order probe edits): as prepared,
+    or rebuilt by the object path (codes filtered and binned alike) where they came from the token cache as tokens
+    only."""
+    held_out = data.labelled["held_out"]
+    if held_out.patients is not None:
+        return held_out
+    dataset = read_meds_dataset(data.folder)
+    if settings.codes:
+        dataset = replace(dataset, data=settings.codes.apply_table(dataset.data))
+    if data.vocab.bins:
+        dataset = replace(dataset, data=bin_table(dataset.data, data.vocab.bins))
+    rebuilt = labelled_splits(dataset, settings.labels, ("held_out",), settings.task,
+                              settings.labels_path)[0]["held_out"]
+    if not np.array_equal(rebuilt.example_ids, held_out.example_ids):
+        raise RuntimeError("the held-out examples rebuilt as objects differ from the token cache's")
+    return rebuilt
+
+
+def _fit_bins(dataset: MedsDataset, s: DataSettings) -> NumericBins | None:
+    """Numeric value bins from the whole training split (as the vocabulary: no labels used), on the values
+    before each labelled patient's earliest prediction time for a binary or survival task; None when off."""
+    if not s.numeric_bins:
+        return None
+    train = np.array([subject for subject, split in dataset.splits.items() if split == "train"], np.int64)
+    data = dataset.data
+    if s.task in EXAMPLE_TASKS:
+        labels, _ = read_task_labels(dataset.path, s.labels, s.task, s.labels_path)
+        _, times, _ = label_arrays(labels)
+        data = PretrainCut.of_rows("cut", labels.column("subject_id").to_numpy(), times.astype(np.int64)) \
+            .apply_table(data)
+    return fit_table(data, train, s.numeric_bins)
