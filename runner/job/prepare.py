@@ -27,7 +27,7 @@ from ehrseq.tasks.supervised import SupervisedTask
 from ehrseq.training.length import run_length
 from ehrseq.training.trainer import TrainConfig, Trainer
 from ehrseq_runner.job.pretrained import Pretrained, load_encoder
-from ehrseq_runner.spec.job_spec import BASELINES, JobSpec
+from ehrseq_runner.spec.job_spec import JobSpec
 
 # the tuning metric that picks the best evaluation (early stopping, the kept checkpoint, and for supervised
 # tasks the weights held-out is scored with), and whether higher is better
@@ -49,7 +49,7 @@ def data_settings(spec: JobSpec) -> DataSettings:
         max_seq_len=d.max_seq_len, min_code_count=d.min_code_count, numeric_bins=d.numeric_bins,
         codes=CodeFilter(tuple(d.codes.include), tuple(d.codes.exclude)), task=t.kind, labels=t.label_task,
         labels_path=t.labels_path, pretrain_data=t.pretrain_data, label_budget=spec.train.label_budget,
-        replicate=spec.train.replicate, tokens=spec.model.kind not in BASELINES)
+        replicate=spec.train.replicate)
 
 
 def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None, remote: CacheRemote | None = None,

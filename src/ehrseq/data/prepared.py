@@ -20,10 +20,10 @@ import numpy as np
 from ehrseq.data.budget import num_patients, subsample_rows, take
 from ehrseq.data.codes import CodeFilter
 from ehrseq.data.cohort import dataset_folder, patients_by_split
+from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
 from ehrseq.data.numeric import NumericBins, bin_table, fit_table
-from ehrseq.data.patients import Patient
 from ehrseq.data.pretrain_cut import PretrainCut
 from ehrseq.data.stream import SPLITS, training_vocabulary
 from ehrseq.data.supervised import (
@@ -41,6 +41,7 @@ from ehrseq.data.token_cache import (
     CacheRemote,
     LabelledTask,
     load_examples,
+    load_histories,
     load_token_cache,
     read_manifest,
     token_cache,
@@ -78,7 +79,6 @@ class DataSettings:
     pretrain_data: str = "cut"  # mlm/med2vec: cut | pool | all (ehrseq.data.pretrain_cut)
     label_budget: int | None = None  # k labelled patients in the training and the tuning split
     replicate: int = 0  # picks the label budget's sample
-    tokens: bool = True  # False: count baselines, which read whole histories
 
     @property
     def source_name(self) -> str:
@@ -99,8 +99,8 @@ class PreparedData:
     label_report: LabelReport | None = None  # binary/survival: what happened to each label row
     token_cache: dict[str, object] | None = None  # {"key", "name", "how": reused|downloaded|built, "seconds", ...}
     # the whole training split's histories (cut), before any label budget: codes are not labels, so the count
-    # baselines' columns come from all of them (object path only)
-    train_histories: list[Patient] | None = None
+    # baselines' columns come from all of them
+    train_histories: HistoryArrays | None = None
     # pretraining (mlm, med2vec): what it read of labelled patients (ehrseq.data.pretrain_cut), recorded in the
     # summary with the data fingerprint so a fine-tune can check it
     pretrain_cut: PretrainCut | None = None
@@ -152,7 +152,7 @@ def prepare(settings: DataSettings, cache_dir: Path, vocab: Vocabulary | None = 
                          f"data.numeric_bins: {vocab.numeric_bins}")
     folder = dataset_folder(s.source, s.path, s.num_patients, s.seed, cache_dir, s.synthetic)
     cut = PretrainCut.of(s.pretrain_data, folder, s.labels_path, s.labels) if s.task in PRETRAINING else None
-    if s.task == "mlm" or (s.task in EXAMPLE_TASKS and s.tokens):
+    if s.task == "mlm" or s.task in EXAMPLE_TASKS:
         return _from_token_cache(s, folder, cache_dir, vocab, remote, warn, cut)
     dataset = read_meds_dataset(folder)
     identity = dataset_identity(dataset)  # the dataset's, whatever data.codes or a pretraining cut keep of it
@@ -176,7 +176,6 @@ def prepare(settings: DataSettings, cache_dir: Path, vocab: Vocabulary | None = 
     patients = {split: labelled[split].patients for split in SPLITS} if labelled else patients_by_split(dataset)
     vocab = vocab or training_vocabulary(Counter(Vocabulary.build(patients["train"]).counts), s.min_code_count,
                                          s.source_name, bins)
-    train_histories = patients["train"]
     for split, rows in budget_sample(s, labelled).items():
         labelled[split] = take(labelled[split], rows)
         patients[split] = labelled[split].patients
@@ -184,7 +183,7 @@ def prepare(settings: DataSettings, cache_dir: Path, vocab: Vocabulary | None = 
     encoded = {split: encode_examples(labelled[split], vocab, s.max_seq_len) if examples
                else [encode_patient(p, vocab, s.max_seq_len) for p in patients[split]] for split in SPLITS}
     return PreparedData(vocab, encoded, identity, dataset_name(folder), dataset.splits, labelled,
-                        folder, report, train_histories=train_histories, pretrain_cut=cut, codes=codes_facts)
+                        folder, report, pretrain_cut=cut, codes=codes_facts)
 
 
 def budget_sample(settings: DataSettings, labelled: dict | None) -> dict[str, np.ndarray]:
@@ -211,34 +210,17 @@ def _from_token_cache(s: DataSettings, folder: Path, cache_dir: Path, vocab: Voc
                              codes=s.codes or None)
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
-    labelled, report = load_examples(cache, encoded) if task else (None, None)
+    labelled, report = load_examples(cache, encoded, load_histories(cache, vocab)) if task else (None, None)
+    train_histories = labelled["train"].histories if task else None
     for split, rows in budget_sample(s, labelled).items():
         labelled[split], encoded[split] = labelled[split].take(rows), encoded[split].select(rows)
     name = dataset_name(folder)
     facts = {"key": manifest["key"], "name": cache.name, "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
     return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
-                        read_splits_mapping(folder), labelled, folder, report, token_cache=facts, pretrain_cut=cut,
+                        read_splits_mapping(folder), labelled, folder, report, token_cache=facts,
+                        train_histories=train_histories, pretrain_cut=cut,
                         coverage=manifest["coverage"], codes=manifest.get("codes"))
-
-
-def held_out_histories(settings: DataSettings, data: PreparedData) -> LabelledSplit:
-    """The held-out examples with their histories as Patient objects (what the order probe edits): as prepared,
-    or rebuilt by the object path (codes filtered and binned alike) where they came from the token cache as tokens
-    only."""
-    held_out = data.labelled["held_out"]
-    if held_out.patients is not None:
-        return held_out
-    dataset = read_meds_dataset(data.folder)
-    if settings.codes:
-        dataset = replace(dataset, data=settings.codes.apply_table(dataset.data))
-    if data.vocab.bins:
-        dataset = replace(dataset, data=bin_table(dataset.data, data.vocab.bins))
-    rebuilt = labelled_splits(dataset, settings.labels, ("held_out",), settings.task,
-                              settings.labels_path)[0]["held_out"]
-    if not np.array_equal(rebuilt.example_ids, held_out.example_ids):
-        raise RuntimeError("the held-out examples rebuilt as objects differ from the token cache's")
-    return rebuilt
 
 
 def _fit_bins(dataset: MedsDataset, s: DataSettings) -> NumericBins | None:

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
+from ehrseq.data.history_arrays import NO_BIRTH, HistoryArrays
 from ehrseq.data.meds_io import read_table
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
@@ -279,6 +280,18 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
                      np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
 
 
+def histories_of(arrays: HistoryArrays, ids: np.ndarray) -> Histories:
+    """Whole histories from the token cache (or edited copies of them, as the order probe makes) as a shard's
+    Histories named by `ids`, so `encode` tokenises them as it tokenised the cache."""
+    rows = np.repeat(np.arange(len(arrays)), np.diff(arrays.visit_offsets))
+    visit = np.asarray(arrays.visit_offsets[:-1])[arrays.event_rows()] + arrays.event_visits  # (E,) non-decreasing
+    births = np.asarray(arrays.births)
+    return Histories(np.asarray(ids, np.int64), np.zeros(len(arrays), np.int8), np.where(births == NO_BIRTH, 0, births),
+                     births != NO_BIRTH, arrays.static_rows(), np.asarray(arrays.static_codes, np.int64), rows,
+                     np.asarray(arrays.visit_times), np.r_[0, np.cumsum(np.bincount(visit, minlength=len(rows)))],
+                     np.asarray(arrays.event_codes), list(arrays.names))
+
+
 def fit_bins(dataset: Path, splits: SplitTable, num_bins: int, *selections: RowSelection) -> NumericBins:
     """Numeric value bins from the training split's values, a shard at a time (a pass of its own: the bins
     must be known before codes are counted); only the rows `selections` keep (data.codes, a pretraining cut)."""
@@ -315,9 +328,15 @@ def training_vocabulary(counts: Counter, min_count: int, source: str, bins: Nume
     return vocab
 
 
+# each ragged group of Tokens: its per-patient count -> its per-element arrays
+RAGGED = {"lengths": ("codes", "ages", "segments", "positions"), "num_visits": ("visit_times",),
+          "num_events": ("event_codes", "event_visits"), "num_static": ("static_codes",)}
+
+
 @dataclass
 class Tokens:
-    """Encoded patients as flat arrays (as TokenArrays), `lengths` tokens each, in subject order."""
+    """Encoded patients as flat arrays (as TokenArrays), `lengths` tokens each, in subject order, and their whole
+    histories (as HistoryArrays: every visit, not only those the window keeps; codes as vocabulary ids)."""
 
     codes: np.ndarray  # (N,) int32
     ages: np.ndarray  # (N,) int16
@@ -326,6 +345,14 @@ class Tokens:
     lengths: np.ndarray  # (P,) int64
     subjects: np.ndarray  # (P,) int64
     split: np.ndarray  # (P,) int8
+    births: np.ndarray  # (P,) int64 microseconds, NO_BIRTH where unknown
+    num_visits: np.ndarray  # (P,) int64
+    visit_times: np.ndarray  # (V,) int64 microseconds
+    num_events: np.ndarray  # (P,) int64
+    event_codes: np.ndarray  # (E,) int32
+    event_visits: np.ndarray  # (E,) int32 visit index within the patient
+    num_static: np.ndarray  # (P,) int64
+    static_codes: np.ndarray  # (S,) int32
     # (P, 4) int64 per patient: days (visits) kept, days in its history, (day, code) events kept, events in its
     # history: how much of what came before the prediction time reaches the model (coverage)
     kept: np.ndarray | None = None
@@ -333,10 +360,13 @@ class Tokens:
     def select(self, split: int) -> Tokens:
         """The patients of one split."""
         keep = self.split == split
-        tokens = np.repeat(keep, self.lengths)
-        return Tokens(self.codes[tokens], self.ages[tokens], self.segments[tokens], self.positions[tokens],
-                      self.lengths[keep], self.subjects[keep], self.split[keep],
-                      None if self.kept is None else self.kept[keep])
+        elements = {name for arrays in RAGGED.values() for name in arrays}
+        out = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[keep]
+               for f in fields(self) if f.name not in elements}
+        for count, arrays in RAGGED.items():
+            elements = np.repeat(keep, getattr(self, count))
+            out |= {name: getattr(self, name)[elements] for name in arrays}
+        return Tokens(**out)
 
 
 def age_months(birth: np.ndarray, when: np.ndarray) -> np.ndarray:
@@ -411,10 +441,14 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     done = np.cumsum(vlen) - vlen
     step = np.arange(int(vlen.sum())) - np.repeat(done, vlen)
     codes[np.repeat(start, vlen) + step] = lut[h.event_code[np.repeat(h.visit_start[visits], vlen) + step]]
-    kept_counts = np.stack([per_patient, np.bincount(h.visit_patient, minlength=num_patients),
-                            np.bincount(vp, weights=vlen, minlength=num_patients).astype(np.int64),
-                            np.bincount(h.visit_patient, weights=size, minlength=num_patients).astype(np.int64)], 1)
-    return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split, kept_counts)
+    num_visits = np.bincount(h.visit_patient, minlength=num_patients)
+    num_events = np.bincount(h.visit_patient, weights=size, minlength=num_patients).astype(np.int64)
+    kept_counts = np.stack([per_patient, num_visits, np.bincount(vp, weights=vlen, minlength=num_patients)
+                            .astype(np.int64), num_events], 1)
+    return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split,
+                  np.where(h.has_birth, h.birth, NO_BIRTH), num_visits, h.visit_time, num_events,
+                  lut[h.event_code], np.repeat(rank_in_group(h.visit_patient), size).astype(np.int32),
+                  np.bincount(h.static_patient, minlength=num_patients), lut[h.static_code], kept_counts)
 
 
 def coverage(kept: np.ndarray) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ehrseq.data.cutoff import events_before, events_before_each
+from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.labels import (
     LabelReport,
     drop_duplicates,
@@ -45,6 +46,7 @@ class LabelledSplit:
     # examples (prediction times), so batches carry these, not subject ids, to find an example's label.
     example_ids: np.ndarray
     subject_ids: np.ndarray | None = None  # (S,) int64; taken from `patients` when not given
+    histories: HistoryArrays | None = None  # the token cache's whole histories, row-aligned (count features)
 
     def __post_init__(self) -> None:
         if self.subject_ids is None:
@@ -57,7 +59,7 @@ class LabelledSplit:
         """The examples at `rows`, in that order."""
         return LabelledSplit(None if self.patients is None else [self.patients[i] for i in rows],
                              self.prediction_times[rows], self.labels[rows], self.times[rows], self.example_ids[rows],
-                             self.subject_ids[rows])
+                             self.subject_ids[rows], None if self.histories is None else self.histories.select(rows))
 
 
 def task_label_files(dataset: Path | None, task: str | None, labels_path: str | Path | None) -> list[Path]:

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from ehrseq.data.codes import CodeFilter
 from ehrseq.data.examples import ExampleLabels
+from ehrseq.data.history_arrays import GROUPS, HistoryArrays, ragged_take
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, sha256_of, swap_into_place
 from ehrseq.data.numeric import NumericBins
@@ -64,10 +65,16 @@ from ehrseq.errors import DataError, InputError, one_line
 if TYPE_CHECKING:
     from ehrseq.data.token_arrays import TokenArrays
 
-FORMAT = 2  # 2: the manifest records coverage
+FORMAT = 3  # 2: the manifest records coverage; 3: whole histories beside the tokens (ehrseq.data.history_arrays)
 DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}  # token_arrays.DTYPES
-PATIENT_DTYPES = {"offsets": np.int64, "subject_ids": np.int64, "splits": np.int8}
-CACHE_FILES = (*(f"{name}.npy" for name in (*DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest.json aside
+# each ragged group: its offsets file (P + 1), its per-patient count in a shard's Tokens, its element files
+RAGGED = {"offsets": ("lengths", DTYPES), "visit_offsets": ("num_visits", GROUPS["visit_offsets"]),
+          "event_offsets": ("num_events", GROUPS["event_offsets"]),
+          "static_offsets": ("num_static", GROUPS["static_offsets"])}
+ELEMENT_DTYPES = {name: dtype for _, arrays in RAGGED.values() for name, dtype in arrays.items()}
+PATIENT_DTYPES = {"subject_ids": np.int64, "splits": np.int8, "births": np.int64,
+                  **{offsets: np.int64 for offsets in RAGGED}}
+CACHE_FILES = (*(f"{name}.npy" for name in (*ELEMENT_DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest aside
 LABELS_FILE = "labels.parquet"  # examples caches: the label rows, row = example id
 LABEL_COLUMNS = ("subject_id", "prediction_time", "boolean_value", "float_value")
 _BLOCK = 1 << 24  # bytes per read or write while copying
@@ -161,7 +168,8 @@ class _NpyWriter:
 class _Parts:
     """Each split's encoded shards appended to raw part files, with each shard's subject range and sizes."""
 
-    FIELDS = {**DTYPES, "lengths": np.int64, "subjects": np.int64}
+    FIELDS = {**ELEMENT_DTYPES, **{count: np.int64 for count, _ in RAGGED.values()}, "subjects": np.int64,
+              "births": np.int64}
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir()
@@ -170,7 +178,8 @@ class _Parts:
         for s in range(len(SPLITS)):
             for name in self.FIELDS:
                 self.files[s, name] = open(self.path(s, name), "wb")  # noqa: SIM115
-        self.chunks: list[list[tuple[int, int, int, int]]] = [[] for _ in SPLITS]  # first, last, patients, tokens
+        # per split, each shard's first and last subject, patients, and elements of each ragged group
+        self.chunks: list[list[tuple[int, int, int, dict[str, int]]]] = [[] for _ in SPLITS]
 
     def path(self, split: int, name: str) -> Path:
         return self.folder / f"{SPLITS[split]}.{name}"
@@ -182,7 +191,8 @@ class _Parts:
                 for name in self.FIELDS:
                     self.files[s, name].write(np.ascontiguousarray(getattr(part, name)).data.cast("B"))
                 self.chunks[s].append((int(part.subjects[0]), int(part.subjects[-1]), len(part.subjects),
-                                       len(part.codes)))
+                                       {offsets: int(getattr(part, count).sum()) for offsets, (count, _) in
+                                        RAGGED.items()}))
 
     def close(self) -> None:
         for f in self.files.values():
@@ -191,8 +201,9 @@ class _Parts:
     def patients(self) -> list[int]:
         return [sum(c[2] for c in chunks) for chunks in self.chunks]
 
-    def tokens(self) -> list[int]:
-        return [sum(c[3] for c in chunks) for chunks in self.chunks]
+    def elements(self, offsets: str = "offsets") -> list[int]:
+        """Per split, the elements of a ragged group (default: tokens)."""
+        return [sum(c[3][offsets] for c in chunks) for chunks in self.chunks]
 
 
 def _blocks(src: Path, dtype: type, start: int, count: int) -> Iterator[np.ndarray]:
@@ -209,51 +220,64 @@ def _blocks(src: Path, dtype: type, start: int, count: int) -> Iterator[np.ndarr
             yield np.frombuffer(block, dtype)
 
 
+class _Offsets:
+    """An offsets .npy file (P + 1) written from per-patient counts, piece by piece."""
+
+    def __init__(self, writer: _NpyWriter) -> None:
+        self.writer, self.end = writer, 0
+        writer.write(np.zeros(1, np.int64))
+
+    def add(self, counts: np.ndarray) -> None:
+        offsets = self.end + np.cumsum(counts, dtype=np.int64)
+        self.writer.write(offsets)
+        self.end = int(offsets[-1]) if len(offsets) else self.end
+
+
 def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
     """Write the .npy files from the part files: splits in order, patients by subject_id within a split."""
     parts.close()
-    num_tokens, num_patients = sum(parts.tokens()), sum(parts.patients())
-    out = {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_tokens) for name, dtype in DTYPES.items()}
-    out |= {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_patients + (name == "offsets"))
+    num_patients = sum(parts.patients())
+    out = {name: _NpyWriter(tmp / f"{name}.npy", dtype, sum(parts.elements(offsets)))
+           for offsets, (_, arrays) in RAGGED.items() for name, dtype in arrays.items()}
+    out |= {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_patients + (name in RAGGED))
             for name, dtype in PATIENT_DTYPES.items()}
-    end = np.zeros(1, np.int64)
-    out["offsets"].write(end)
-
-    def add_lengths(lengths: np.ndarray) -> None:
-        offsets = end[0] + np.cumsum(lengths)
-        out["offsets"].write(offsets)
-        end[0] = offsets[-1] if len(offsets) else end[0]
-
+    ends = {offsets: _Offsets(out[offsets]) for offsets in RAGGED}
+    per_patient = {"subject_ids": "subjects", "births": "births"}
     for s, chunks in enumerate(parts.chunks):
         out["splits"].write(np.full(parts.patients()[s], s, np.int8))
         order = sorted(range(len(chunks)), key=lambda i: chunks[i][0])
         in_order = all(chunks[a][1] < chunks[b][0] for a, b in zip(order, order[1:], strict=False))
         if in_order:  # shards hold disjoint subject ranges (the usual case): copy them in range order
             patient_at = np.r_[0, np.cumsum([c[2] for c in chunks])]
-            token_at = np.r_[0, np.cumsum([c[3] for c in chunks])]
-            for i in order:
-                for name, dtype in DTYPES.items():
-                    for block in _blocks(parts.path(s, name), dtype, int(token_at[i]), chunks[i][3]):
+            for offsets, (count, arrays) in RAGGED.items():
+                element_at = np.r_[0, np.cumsum([c[3][offsets] for c in chunks])]
+                for i in order:
+                    for name, dtype in arrays.items():
+                        for block in _blocks(parts.path(s, name), dtype, int(element_at[i]), chunks[i][3][offsets]):
+                            out[name].write(block)
+                    for block in _blocks(parts.path(s, count), np.int64, int(patient_at[i]), chunks[i][2]):
+                        ends[offsets].add(block)
+            for name, part in per_patient.items():
+                for i in order:
+                    for block in _blocks(parts.path(s, part), np.int64, int(patient_at[i]), chunks[i][2]):
                         out[name].write(block)
-                for block in _blocks(parts.path(s, "subjects"), np.int64, int(patient_at[i]), chunks[i][2]):
-                    out["subject_ids"].write(block)
-                for block in _blocks(parts.path(s, "lengths"), np.int64, int(patient_at[i]), chunks[i][2]):
-                    add_lengths(block)
         else:  # interleaved subject ranges: gather patients by subject_id, a block at a time
             subjects = np.fromfile(parts.path(s, "subjects"), np.int64)
-            lengths = np.fromfile(parts.path(s, "lengths"), np.int64)
-            starts = np.r_[0, np.cumsum(lengths)]
             perm = np.argsort(subjects, kind="stable")
-            arrays = {name: np.memmap(parts.path(s, name), dtype, "r") for name, dtype in DTYPES.items()}
-            for a in range(0, len(perm), 1 << 16):
-                p = perm[a: a + (1 << 16)]
-                n = lengths[p]
-                index = np.repeat(starts[p] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-                for name in DTYPES:
-                    out[name].write(arrays[name][index])
-                out["subject_ids"].write(subjects[p])
-                add_lengths(n)
-            del arrays
+            for offsets, (count, arrays) in RAGGED.items():
+                counts = np.fromfile(parts.path(s, count), np.int64)
+                starts = np.r_[0, np.cumsum(counts)]
+                elements = {name: np.memmap(parts.path(s, name), dtype, "r") if starts[-1] else np.zeros(0, dtype)
+                            for name, dtype in arrays.items()}
+                for a in range(0, len(perm), 1 << 16):
+                    p = perm[a: a + (1 << 16)]
+                    src, _ = ragged_take(starts, p)
+                    for name in arrays:
+                        out[name].write(elements[name][src])
+                    ends[offsets].add(counts[p])
+                del elements
+            out["subject_ids"].write(subjects[perm])
+            out["births"].write(np.fromfile(parts.path(s, "births"), np.int64)[perm])
     return {f"{name}.npy": writer.close() for name, writer in out.items()}
 
 
@@ -341,7 +365,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         files[LABELS_FILE] = {"size": (tmp / LABELS_FILE).stat().st_size, "sha256": sha256_of(tmp / LABELS_FILE)}
     seconds["finish"] = time.perf_counter() - start
     patient_at = np.r_[0, np.cumsum(parts.patients())].tolist()
-    token_at = np.r_[0, np.cumsum(parts.tokens())].tolist()
+    token_at = np.r_[0, np.cumsum(parts.elements())].tolist()
     manifest = {
         "format": FORMAT, "key": key, "dataset": str(dataset),
         "settings": {"max_len": max_len, "min_count": min_count, "vocab_given": given,
@@ -422,7 +446,7 @@ def load_token_cache(folder: Path, verify: bool = True) -> tuple[Vocabulary, dic
     folder = Path(folder)
     manifest = read_manifest(folder, verify)
     vocab = Vocabulary.from_json((folder / "vocab.json").read_text())
-    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in [*DTYPES, *PATIENT_DTYPES]}
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in [*DTYPES, "offsets", "subject_ids"]}
     out = {}
     for name in SPLITS:
         (a, b), (ta, tb) = manifest["splits"][name]["patients"], manifest["splits"][name]["tokens"]
@@ -431,16 +455,37 @@ def load_token_cache(folder: Path, verify: bool = True) -> tuple[Vocabulary, dic
     return vocab, out
 
 
-def load_examples(folder: Path, arrays: dict[str, TokenArrays]) -> tuple[dict[str, LabelledSplit], LabelReport]:
+def load_histories(folder: Path, vocab: Vocabulary) -> dict[str, HistoryArrays]:
+    """Each split's whole histories (row-aligned with `load_token_cache`'s patients), memory-mapped."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, verify=False)
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r")
+              for name in ["births", *GROUPS, *(n for group in GROUPS.values() for n in group)]}
+    out = {}
+    for name in SPLITS:
+        a, b = manifest["splits"][name]["patients"]
+        split = {"births": arrays["births"][a:b]}
+        for offsets, elements in GROUPS.items():
+            at = np.asarray(arrays[offsets][a: b + 1])
+            split[offsets] = at - at[0]
+            split |= {e: arrays[e][at[0]: at[-1]] for e in elements}
+        out[name] = HistoryArrays(**split, names=vocab.itos)
+    return out
+
+
+def load_examples(folder: Path, arrays: dict[str, TokenArrays],
+                  histories: dict[str, HistoryArrays] | None = None) -> tuple[dict[str, LabelledSplit], LabelReport]:
     """An examples cache's labels for each split of `load_token_cache(folder)` (whose subject_ids are example
-    ids), and the label report it was built with."""
+    ids), with the whole histories of `load_histories(folder)` when given, and the label report it was built
+    with."""
     labels = pq.read_table(Path(folder) / LABELS_FILE)
     times, flags, days = label_arrays(labels)
     subjects = labels.column("subject_id").to_numpy()
     out = {}
     for split, tokens in arrays.items():
         e = np.asarray(tokens.subject_ids, np.int64)
-        out[split] = LabelledSplit(None, times[e], flags[e], days[e], e, subjects[e])
+        out[split] = LabelledSplit(None, times[e], flags[e], days[e], e, subjects[e],
+                                   histories[split] if histories else None)
     return out, LabelReport(**read_manifest(folder, verify=False)["examples"]["report"])
 
 
