@@ -19,7 +19,7 @@ import numpy as np
 
 from ehrseq.data.budget import num_patients, subsample_rows, take
 from ehrseq.data.codes import CodeFilter
-from ehrseq.data.cohort import dataset_folder, patients_by_split
+from ehrseq.data.cohort import dataset_folder
 from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
@@ -29,9 +29,6 @@ from ehrseq.data.stream import SPLITS, training_vocabulary
 from ehrseq.data.supervised import (
     LabelledSplit,
     NextVisitSplit,
-    encode_examples,
-    label_arrays,
-    labelled_splits,
     next_visit_splits,
     read_task_labels,
     task_label_files,
@@ -134,16 +131,17 @@ def prepare(settings: DataSettings, cache_dir: Path, vocab: Vocabulary | None = 
             remote: CacheRemote | None = None, warn: Callable[[str], None] | None = None) -> PreparedData:
     """The dataset, the vocabulary (training split only, unless given) and every split tokenised.
 
-    MLM pretraining, and the binary and survival tasks of the sequence models, stream the dataset into a token
-    cache under `cache_dir` (reused by every later run on the same data, labels and settings: every fine-tune,
-    label budget, replicate and ladder rung; kept in `remote` so a fresh machine downloads it); the count
-    baselines, next_visit and Med2Vec pretraining build patient objects. Supervised tasks keep only labelled
-    subjects, with histories cut strictly before the prediction time. With a label budget k, the training and the
-    tuning split are each a seeded, stratified k patients (every model kind gets the same ones;
-    ehrseq.data.budget); the vocabulary and the count features' code columns, which use no labels, still come
-    from the whole training split. Pretraining (mlm, med2vec) reads labelled patients as `pretrain_data` says
-    (cut before their prediction times by default), bins, vocabulary and tokens alike; numeric bins of a
-    supervised task are fitted on values before the prediction times.
+    Every task but next_visit streams the dataset into a token cache under `cache_dir` (reused by every later run
+    on the same data, labels and settings: every fine-tune, label budget, replicate and ladder rung; kept in
+    `remote` so a fresh machine downloads it): pretraining (mlm, med2vec) whole patients, binary and survival one
+    example per label row; sequence models read its tokens, the count baselines the whole histories stored beside
+    them. next_visit still builds patient objects. Supervised tasks keep only labelled subjects, with histories
+    cut strictly before the prediction time. With a label budget k, the training and the tuning split are each a
+    seeded, stratified k patients (every model kind gets the same ones; ehrseq.data.budget); the vocabulary and
+    the count features' code columns, which use no labels, still come from the whole training split.
+    Pretraining reads labelled patients as `pretrain_data` says (cut before their prediction times by default),
+    bins, vocabulary and tokens alike; numeric bins of a supervised task are fitted on values before the
+    prediction times.
     """
     s = settings
     if vocab is not None and vocab.numeric_bins != s.numeric_bins:
@@ -152,38 +150,26 @@ def prepare(settings: DataSettings, cache_dir: Path, vocab: Vocabulary | None = 
                          f"data.numeric_bins: {vocab.numeric_bins}")
     folder = dataset_folder(s.source, s.path, s.num_patients, s.seed, cache_dir, s.synthetic)
     cut = PretrainCut.of(s.pretrain_data, folder, s.labels_path, s.labels) if s.task in PRETRAINING else None
-    if s.task == "mlm" or s.task in EXAMPLE_TASKS:
+    if s.task != "next_visit":
         return _from_token_cache(s, folder, cache_dir, vocab, remote, warn, cut)
-    dataset = read_meds_dataset(folder)
-    identity = dataset_identity(dataset)  # the dataset's, whatever data.codes or a pretraining cut keep of it
+    dataset = read_meds_dataset(folder)  # next_visit: patient objects (labels from the data: the last visit's codes)
+    identity = dataset_identity(dataset)  # the dataset's, whatever data.codes keeps of it
     codes_facts = None
     if s.codes:
         kept = s.codes.apply_table(dataset.data)
         codes_facts = s.codes.describe(dataset.data.num_rows - kept.num_rows, dataset.data.num_rows)
         dataset = replace(dataset, data=kept)
-    if cut:
-        dataset = replace(dataset, data=cut.apply_table(dataset.data))
     bins = vocab.bins if vocab is not None else _fit_bins(dataset, s)
     if bins:
         dataset = replace(dataset, data=bin_table(dataset.data, bins))
-    report = None
-    if s.task == "next_visit":  # labels from the data: the last visit's codes
-        labelled = next_visit_splits(dataset, SPLITS)
-    elif s.task in EXAMPLE_TASKS:
-        labelled, report = labelled_splits(dataset, s.labels, SPLITS, s.task, s.labels_path)
-    else:
-        labelled = None
-    patients = {split: labelled[split].patients for split in SPLITS} if labelled else patients_by_split(dataset)
-    vocab = vocab or training_vocabulary(Counter(Vocabulary.build(patients["train"]).counts), s.min_code_count,
-                                         s.source_name, bins)
+    labelled = next_visit_splits(dataset, SPLITS)
+    vocab = vocab or training_vocabulary(Counter(Vocabulary.build(labelled["train"].patients).counts),
+                                         s.min_code_count, s.source_name, bins)
     for split, rows in budget_sample(s, labelled).items():
         labelled[split] = take(labelled[split], rows)
-        patients[split] = labelled[split].patients
-    examples = s.task in EXAMPLE_TASKS
-    encoded = {split: encode_examples(labelled[split], vocab, s.max_seq_len) if examples
-               else [encode_patient(p, vocab, s.max_seq_len) for p in patients[split]] for split in SPLITS}
-    return PreparedData(vocab, encoded, identity, dataset_name(folder), dataset.splits, labelled,
-                        folder, report, pretrain_cut=cut, codes=codes_facts)
+    encoded = {split: [encode_patient(p, vocab, s.max_seq_len) for p in labelled[split].patients] for split in SPLITS}
+    return PreparedData(vocab, encoded, identity, dataset_name(folder), dataset.splits, labelled, folder,
+                        codes=codes_facts)
 
 
 def budget_sample(settings: DataSettings, labelled: dict | None) -> dict[str, np.ndarray]:
@@ -202,7 +188,7 @@ def _from_token_cache(s: DataSettings, folder: Path, cache_dir: Path, vocab: Voc
                       cut: PretrainCut | None) -> PreparedData:
     start = time.perf_counter()
     task = None
-    if s.task != "mlm":  # the label rows are read each time: their files are part of the key
+    if s.task in EXAMPLE_TASKS:  # the label rows are read each time: their files are part of the key
         labels, report = read_task_labels(folder, s.labels, s.task, s.labels_path)
         task = LabelledTask(s.task, labels, report, task_label_files(folder, s.labels, s.labels_path))
     cache, how = token_cache(folder, cache_dir, s.max_seq_len, s.min_code_count, vocab, source=s.source_name,
@@ -224,15 +210,8 @@ def _from_token_cache(s: DataSettings, folder: Path, cache_dir: Path, vocab: Voc
 
 
 def _fit_bins(dataset: MedsDataset, s: DataSettings) -> NumericBins | None:
-    """Numeric value bins from the whole training split (as the vocabulary: no labels used), on the values
-    before each labelled patient's earliest prediction time for a binary or survival task; None when off."""
+    """Numeric value bins from the whole training split (as the vocabulary: no labels used); None when off."""
     if not s.numeric_bins:
         return None
     train = np.array([subject for subject, split in dataset.splits.items() if split == "train"], np.int64)
-    data = dataset.data
-    if s.task in EXAMPLE_TASKS:
-        labels, _ = read_task_labels(dataset.path, s.labels, s.task, s.labels_path)
-        _, times, _ = label_arrays(labels)
-        data = PretrainCut.of_rows("cut", labels.column("subject_id").to_numpy(), times.astype(np.int64)) \
-            .apply_table(data)
-    return fit_table(data, train, s.numeric_bins)
+    return fit_table(dataset.data, train, s.numeric_bins)
