@@ -157,7 +157,9 @@ def test_cache_layout_and_manifest(order_cohort, tmp_path):
                      "splits.npy", "vocab.json", "manifest.json",
                      # whole histories (format 3): births, visits, events and static codes
                      "births.npy", "visit_offsets.npy", "visit_times.npy", "event_offsets.npy", "event_codes.npy",
-                     "event_visits.npy", "static_offsets.npy", "static_codes.npy"}
+                     "event_visits.npy", "static_offsets.npy", "static_codes.npy",
+                     # next_visit targets (empty for other caches)
+                     "target_times.npy", "target_offsets.npy", "target_codes.npy"}
     assert set(manifest["files"]) == names - {"manifest.json"}
     splits = np.load(tmp_path / "c" / "splits.npy")
     assert (np.diff(splits) >= 0).all() and set(splits.tolist()) == {0, 1, 2}

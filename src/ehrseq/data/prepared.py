@@ -9,9 +9,8 @@ the dataset's identity (its name and event count, hashed with the splits into th
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +21,11 @@ from ehrseq.data.codes import CodeFilter
 from ehrseq.data.cohort import dataset_folder
 from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.labels import LabelReport
-from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
-from ehrseq.data.numeric import NumericBins, bin_table, fit_table
 from ehrseq.data.pretrain_cut import PretrainCut
-from ehrseq.data.stream import SPLITS, training_vocabulary
+from ehrseq.data.stream import SPLITS
 from ehrseq.data.supervised import (
     LabelledSplit,
     NextVisitSplit,
-    next_visit_splits,
     read_task_labels,
     task_label_files,
 )
@@ -39,14 +35,15 @@ from ehrseq.data.token_cache import (
     LabelledTask,
     load_examples,
     load_histories,
+    load_next_visit,
     load_token_cache,
     read_manifest,
     token_cache,
 )
-from ehrseq.data.tokenize import EncodedPatient, encode_patient
+from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
-from ehrseq.reports.provenance import data_fingerprint, dataset_identity, dataset_name, identity_of, read_splits_mapping
+from ehrseq.reports.provenance import data_fingerprint, dataset_name, identity_of, read_splits_mapping
 from ehrseq.seeding import LABEL_BUDGET, TUNING_BUDGET, derive_seed
 
 if TYPE_CHECKING:
@@ -135,8 +132,9 @@ def prepare(settings: DataSettings, cache_dir: Path, vocab: Vocabulary | None = 
     on the same data, labels and settings: every fine-tune, label budget, replicate and ladder rung; kept in
     `remote` so a fresh machine downloads it): pretraining (mlm, med2vec) whole patients, binary and survival one
     example per label row; sequence models read its tokens, the count baselines the whole histories stored beside
-    them. next_visit still builds patient objects. Supervised tasks keep only labelled subjects, with histories
-    cut strictly before the prediction time. With a label budget k, the training and the tuning split are each a
+    them; next_visit its own examples (each patient's history before its last visit, that visit's codes the
+    target). Supervised tasks keep only labelled subjects, with histories cut strictly before the prediction
+    time. With a label budget k, the training and the tuning split are each a
     seeded, stratified k patients (every model kind gets the same ones; ehrseq.data.budget); the vocabulary and
     the count features' code columns, which use no labels, still come from the whole training split.
     Pretraining reads labelled patients as `pretrain_data` says (cut before their prediction times by default),
@@ -150,26 +148,7 @@ def prepare(settings: DataSettings, cache_dir: Path, vocab: Vocabulary | None = 
                          f"data.numeric_bins: {vocab.numeric_bins}")
     folder = dataset_folder(s.source, s.path, s.num_patients, s.seed, cache_dir, s.synthetic)
     cut = PretrainCut.of(s.pretrain_data, folder, s.labels_path, s.labels) if s.task in PRETRAINING else None
-    if s.task != "next_visit":
-        return _from_token_cache(s, folder, cache_dir, vocab, remote, warn, cut)
-    dataset = read_meds_dataset(folder)  # next_visit: patient objects (labels from the data: the last visit's codes)
-    identity = dataset_identity(dataset)  # the dataset's, whatever data.codes keeps of it
-    codes_facts = None
-    if s.codes:
-        kept = s.codes.apply_table(dataset.data)
-        codes_facts = s.codes.describe(dataset.data.num_rows - kept.num_rows, dataset.data.num_rows)
-        dataset = replace(dataset, data=kept)
-    bins = vocab.bins if vocab is not None else _fit_bins(dataset, s)
-    if bins:
-        dataset = replace(dataset, data=bin_table(dataset.data, bins))
-    labelled = next_visit_splits(dataset, SPLITS)
-    vocab = vocab or training_vocabulary(Counter(Vocabulary.build(labelled["train"].patients).counts),
-                                         s.min_code_count, s.source_name, bins)
-    for split, rows in budget_sample(s, labelled).items():
-        labelled[split] = take(labelled[split], rows)
-    encoded = {split: [encode_patient(p, vocab, s.max_seq_len) for p in labelled[split].patients] for split in SPLITS}
-    return PreparedData(vocab, encoded, identity, dataset_name(folder), dataset.splits, labelled, folder,
-                        codes=codes_facts)
+    return _from_token_cache(s, folder, cache_dir, vocab, remote, warn, cut)
 
 
 def budget_sample(settings: DataSettings, labelled: dict | None) -> dict[str, np.ndarray]:
@@ -193,13 +172,15 @@ def _from_token_cache(s: DataSettings, folder: Path, cache_dir: Path, vocab: Voc
         task = LabelledTask(s.task, labels, report, task_label_files(folder, s.labels, s.labels_path))
     cache, how = token_cache(folder, cache_dir, s.max_seq_len, s.min_code_count, vocab, source=s.source_name,
                              warn=warn, remote=remote, numeric_bins=s.numeric_bins, task=task, cut=cut,
-                             codes=s.codes or None)
+                             codes=s.codes or None, next_visit=s.task == "next_visit")
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
     labelled, report = load_examples(cache, encoded, load_histories(cache, vocab)) if task else (None, None)
     train_histories = labelled["train"].histories if task else None
+    if s.task == "next_visit":
+        labelled = load_next_visit(cache, vocab, encoded)
     for split, rows in budget_sample(s, labelled).items():
-        labelled[split], encoded[split] = labelled[split].take(rows), encoded[split].select(rows)
+        labelled[split], encoded[split] = take(labelled[split], rows), encoded[split].select(rows)
     name = dataset_name(folder)
     facts = {"key": manifest["key"], "name": cache.name, "how": how, "seconds": round(time.perf_counter() - start, 3),
              "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
@@ -207,11 +188,3 @@ def _from_token_cache(s: DataSettings, folder: Path, cache_dir: Path, vocab: Voc
                         read_splits_mapping(folder), labelled, folder, report, token_cache=facts,
                         train_histories=train_histories, pretrain_cut=cut,
                         coverage=manifest["coverage"], codes=manifest.get("codes"))
-
-
-def _fit_bins(dataset: MedsDataset, s: DataSettings) -> NumericBins | None:
-    """Numeric value bins from the whole training split (as the vocabulary: no labels used); None when off."""
-    if not s.numeric_bins:
-        return None
-    train = np.array([subject for subject, split in dataset.splits.items() if split == "train"], np.int64)
-    return fit_table(dataset.data, train, s.numeric_bins)

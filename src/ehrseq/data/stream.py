@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
-from ehrseq.data.history_arrays import NO_BIRTH, HistoryArrays
+from ehrseq.data.history_arrays import NO_BIRTH, HistoryArrays, ragged_take
 from ehrseq.data.meds_io import read_table
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
@@ -220,6 +220,11 @@ class Histories:
     visit_start: np.ndarray  # (V + 1,) into event_code
     event_code: np.ndarray  # (E,) code index
     names: list[str]
+    # next_visit examples (`last_visit_targets`): the removed last visit's time (P,), and its codes, each patient's
+    # target_code[target_start[p]:target_start[p + 1]] (code indices); empty for other data
+    target_time: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    target_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    target_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def save(self, path: Path) -> None:
         """As an uncompressed .npz (names as JSON), so pass 2 need not read and group the shard again."""
@@ -280,6 +285,26 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
                      np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
 
 
+def last_visit_targets(h: Histories) -> Histories:
+    """next_visit's examples: each patient with two or more visits, its history before its last visit (cut
+    strictly before that visit's first event, so a birth at or after it is dropped too), that visit's time and
+    codes as the target; the other patients left out."""
+    num_visits = np.bincount(h.visit_patient, minlength=len(h.subjects))
+    keep = num_visits >= 2  # (P,)
+    last = (np.cumsum(num_visits) - 1)[keep]  # (P',) each kept patient's last visit
+    src, target_start = ragged_take(h.visit_start, last)
+    visits = keep[h.visit_patient]
+    visits[last] = False
+    renumber = np.cumsum(keep) - 1
+    sizes = np.diff(h.visit_start)
+    statics = keep[h.static_patient]
+    target_time = h.visit_time[last]
+    return Histories(h.subjects[keep], h.split[keep], h.birth[keep], h.has_birth[keep] & (h.birth[keep] < target_time),
+                     renumber[h.static_patient[statics]], h.static_code[statics], renumber[h.visit_patient[visits]],
+                     h.visit_time[visits], np.r_[0, np.cumsum(sizes[visits])], h.event_code[np.repeat(visits, sizes)],
+                     h.names, target_time, target_start, h.event_code[src])
+
+
 def histories_of(arrays: HistoryArrays, ids: np.ndarray) -> Histories:
     """Whole histories from the token cache (or edited copies of them, as the order probe makes) as a shard's
     Histories named by `ids`, so `encode` tokenises them as it tokenised the cache."""
@@ -330,7 +355,8 @@ def training_vocabulary(counts: Counter, min_count: int, source: str, bins: Nume
 
 # each ragged group of Tokens: its per-patient count -> its per-element arrays
 RAGGED = {"lengths": ("codes", "ages", "segments", "positions"), "num_visits": ("visit_times",),
-          "num_events": ("event_codes", "event_visits"), "num_static": ("static_codes",)}
+          "num_events": ("event_codes", "event_visits"), "num_static": ("static_codes",),
+          "num_targets": ("target_codes",)}
 
 
 @dataclass
@@ -353,6 +379,9 @@ class Tokens:
     event_visits: np.ndarray  # (E,) int32 visit index within the patient
     num_static: np.ndarray  # (P,) int64
     static_codes: np.ndarray  # (S,) int32
+    target_times: np.ndarray  # (P,) int64 microseconds: next_visit's predicted visit (NO_BIRTH for other data)
+    num_targets: np.ndarray  # (P,) int64
+    target_codes: np.ndarray  # (T,) int32 that visit's codes
     # (P, 4) int64 per patient: days (visits) kept, days in its history, (day, code) events kept, events in its
     # history: how much of what came before the prediction time reaches the model (coverage)
     kept: np.ndarray | None = None
@@ -441,6 +470,7 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     done = np.cumsum(vlen) - vlen
     step = np.arange(int(vlen.sum())) - np.repeat(done, vlen)
     codes[np.repeat(start, vlen) + step] = lut[h.event_code[np.repeat(h.visit_start[visits], vlen) + step]]
+    targets = len(h.target_start) == num_patients + 1
     num_visits = np.bincount(h.visit_patient, minlength=num_patients)
     num_events = np.bincount(h.visit_patient, weights=size, minlength=num_patients).astype(np.int64)
     kept_counts = np.stack([per_patient, num_visits, np.bincount(vp, weights=vlen, minlength=num_patients)
@@ -448,7 +478,10 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split,
                   np.where(h.has_birth, h.birth, NO_BIRTH), num_visits, h.visit_time, num_events,
                   lut[h.event_code], np.repeat(rank_in_group(h.visit_patient), size).astype(np.int32),
-                  np.bincount(h.static_patient, minlength=num_patients), lut[h.static_code], kept_counts)
+                  np.bincount(h.static_patient, minlength=num_patients), lut[h.static_code],
+                  h.target_time if targets else np.full(num_patients, NO_BIRTH),
+                  np.diff(h.target_start) if targets else np.zeros(num_patients, np.int64), lut[h.target_code],
+                  kept_counts)
 
 
 def coverage(kept: np.ndarray) -> dict[str, Any]:

@@ -156,16 +156,17 @@ def oracle_risks(dataset: Path, task: str, subject_ids: np.ndarray, column: str 
 class NextVisitSplit:
     """Subjects' histories cut before their last visit, and the codes of that visit: the next-visit target."""
 
-    patients: list[Patient]  # row-aligned with the fields below
+    patients: list[Patient] | None  # row-aligned with the fields below; None from the token cache (tokens only)
     prediction_times: np.ndarray  # (S,) datetime64[us]: the first event of the subject's last visit
     next_codes: list[tuple[str, ...]]  # the distinct codes recorded at that visit (that calendar day)
+    subject_ids: np.ndarray | None = None  # (S,) int64; taken from `patients` when not given
 
-    @property
-    def subject_ids(self) -> np.ndarray:
-        return np.array([p.subject_id for p in self.patients], dtype=np.int64)
+    def __post_init__(self) -> None:
+        if self.subject_ids is None:
+            self.subject_ids = np.array([p.subject_id for p in self.patients], dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.patients)
+        return len(self.subject_ids)
 
 
 def next_visit_splits(dataset: MedsDataset, splits: tuple[str, ...]) -> dict[str, NextVisitSplit]:

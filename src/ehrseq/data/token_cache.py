@@ -55,10 +55,11 @@ from ehrseq.data.stream import (
     fit_bins,
     histories,
     iter_shards,
+    last_visit_targets,
     read_splits,
     training_vocabulary,
 )
-from ehrseq.data.supervised import LabelledSplit, label_arrays, no_examples
+from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, label_arrays, no_examples
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
 
@@ -70,9 +71,10 @@ DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions":
 # each ragged group: its offsets file (P + 1), its per-patient count in a shard's Tokens, its element files
 RAGGED = {"offsets": ("lengths", DTYPES), "visit_offsets": ("num_visits", GROUPS["visit_offsets"]),
           "event_offsets": ("num_events", GROUPS["event_offsets"]),
-          "static_offsets": ("num_static", GROUPS["static_offsets"])}
+          "static_offsets": ("num_static", GROUPS["static_offsets"]),
+          "target_offsets": ("num_targets", {"target_codes": np.int32})}  # next_visit's target visit
 ELEMENT_DTYPES = {name: dtype for _, arrays in RAGGED.values() for name, dtype in arrays.items()}
-PATIENT_DTYPES = {"subject_ids": np.int64, "splits": np.int8, "births": np.int64,
+PATIENT_DTYPES = {"subject_ids": np.int64, "splits": np.int8, "births": np.int64, "target_times": np.int64,
                   **{offsets: np.int64 for offsets in RAGGED}}
 CACHE_FILES = (*(f"{name}.npy" for name in (*ELEMENT_DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest aside
 LABELS_FILE = "labels.parquet"  # examples caches: the label rows, row = example id
@@ -117,7 +119,7 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
 
 def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None,
               numeric_bins: int = 0, task: LabelledTask | None = None, cut: PretrainCut | None = None,
-              codes: CodeFilter | None = None) -> str:
+              codes: CodeFilter | None = None, next_visit: bool = False) -> str:
     """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary, task and cut."""
     given = None if vocab is None else hashlib.sha256(vocab.to_json().encode()).hexdigest()
     what = {"format": FORMAT, "dataset": dataset_fingerprint(dataset), "max_len": max_len, "min_count": min_count,
@@ -132,6 +134,8 @@ def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | N
         what["pretrain_data"] = cut.identity(dataset)
     if codes:
         what["codes"] = codes.identity()
+    if next_visit:
+        what["task"] = {"kind": "next_visit"}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -169,7 +173,7 @@ class _Parts:
     """Each split's encoded shards appended to raw part files, with each shard's subject range and sizes."""
 
     FIELDS = {**ELEMENT_DTYPES, **{count: np.int64 for count, _ in RAGGED.values()}, "subjects": np.int64,
-              "births": np.int64}
+              "births": np.int64, "target_times": np.int64}
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir()
@@ -242,7 +246,7 @@ def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
     out |= {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_patients + (name in RAGGED))
             for name, dtype in PATIENT_DTYPES.items()}
     ends = {offsets: _Offsets(out[offsets]) for offsets in RAGGED}
-    per_patient = {"subject_ids": "subjects", "births": "births"}
+    per_patient = {"subject_ids": "subjects", "births": "births", "target_times": "target_times"}
     for s, chunks in enumerate(parts.chunks):
         out["splits"].write(np.full(parts.patients()[s], s, np.int8))
         order = sorted(range(len(chunks)), key=lambda i: chunks[i][0])
@@ -277,14 +281,17 @@ def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
                     ends[offsets].add(counts[p])
                 del elements
             out["subject_ids"].write(subjects[perm])
-            out["births"].write(np.fromfile(parts.path(s, "births"), np.int64)[perm])
+            for name in ("births", "target_times"):
+                out[name].write(np.fromfile(parts.path(s, name), np.int64)[perm])
     return {f"{name}.npy": writer.close() for name, writer in out.items()}
 
 
 def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: LabelledTask | None = None,
-                  examples: ExampleLabels | None = None) -> None:
+                  examples: ExampleLabels | None = None, next_visit: bool = False) -> None:
     """An empty split is bad input, with `patients_by_split`'s message (`labelled_splits`' for examples)."""
     for s, n in enumerate(patients):
+        if not n and next_visit:
+            raise InputError(f"task next_visit: the {SPLITS[s]!r} split has no subjects with two or more visits")
         if not n and task is not None:
             raise no_examples(SPLITS[s], examples.report(task.report))
         if not n:
@@ -297,7 +304,7 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: 
 
 def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins: NumericBins | None,
                      examples: ExampleLabels | None, codes: CodeFilter | None,
-                     cut: PretrainCut | None) -> Iterator[Histories]:
+                     cut: PretrainCut | None, next_visit: bool = False) -> Iterator[Histories]:
     """Each shard's histories (the rows `codes` and `cut` keep; valued codes binned with `bins`; with `examples`,
     one per label row, cut at its prediction time), adding its rows to events[0] and those `codes` drops to
     events[1]."""
@@ -309,12 +316,13 @@ def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins:
             shard = kept
         shard = cut.apply(shard) if cut else shard
         shard = shard.binned(bins) if bins else shard
-        yield histories(*examples.cut(shard)) if examples else histories(shard, splits)
+        h = histories(*examples.cut(shard)) if examples else histories(shard, splits)
+        yield last_visit_targets(h) if next_visit else h
 
 
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
            key: str, numeric_bins: int, task: LabelledTask | None, cut: PretrainCut | None,
-           codes: CodeFilter | None) -> dict[str, Any]:
+           codes: CodeFilter | None, next_visit: bool = False) -> dict[str, Any]:
     seconds, given, events = {}, vocab is not None, [0, 0]
     start = time.perf_counter()
     splits = read_splits(dataset)
@@ -325,7 +333,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         bins = fit_bins(dataset, splits, numeric_bins, *(s for s in (codes, before) if s))
         seconds["numeric_bins"] = time.perf_counter() - start
         start = time.perf_counter()
-    each = _shard_histories(dataset, splits, events, bins, examples, codes, cut)
+    each = _shard_histories(dataset, splits, events, bins, examples, codes, cut, next_visit)
     if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
         (tmp / "histories").mkdir()
         counts: Counter = Counter()
@@ -336,7 +344,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
             patients += np.bincount(h.split, minlength=len(SPLITS))
             saved.append(tmp / "histories" / f"{len(saved)}.npz")
             h.save(saved[-1])
-        _check_splits(dataset, splits, patients.tolist(), task, examples)
+        _check_splits(dataset, splits, patients.tolist(), task, examples, next_visit)
         vocab = training_vocabulary(counts, min_count, source, bins)
         each = (Histories.load(path) for path in saved)
         seconds["vocab"] = time.perf_counter() - start
@@ -352,7 +360,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     finally:
         parts.close()
     shutil.rmtree(tmp / "histories", ignore_errors=True)
-    _check_splits(dataset, splits, parts.patients(), task, examples)
+    _check_splits(dataset, splits, parts.patients(), task, examples, next_visit)
     seconds["tokenise"] = time.perf_counter() - start
     start = time.perf_counter()
     files = _finish(parts, tmp)
@@ -380,6 +388,8 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         manifest["examples"] = {"kind": task.kind, "report": examples.report(task.report).to_dict()}
     if cut:
         manifest["pretrain_data"] = cut.identity(dataset)
+    if next_visit:
+        manifest["next_visit"] = True
     if codes:
         manifest["codes"] = codes.describe(events[1], events[0])
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -389,7 +399,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
 def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                       source: str | None = None, key: str | None = None, numeric_bins: int = 0,
                       task: LabelledTask | None = None, cut: PretrainCut | None = None,
-                      codes: CodeFilter | None = None) -> dict[str, Any]:
+                      codes: CodeFilter | None = None, next_visit: bool = False) -> dict[str, Any]:
     """Tokenise the MEDS dataset at `dataset` into a cache folder `dest` (replacing any old one); the manifest.
 
     Without `vocab`, the vocabulary is the training split's codes seen at least `min_count` times (InputError
@@ -398,15 +408,17 @@ def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 
     the patients are its examples (ehrseq.data.examples: one per label row, cut before its prediction time; the
     vocabulary counts the training examples' codes, as the object path does). With `cut` (pretraining), only the
     rows it keeps are read, for the bins, the vocabulary and the tokens (ehrseq.data.pretrain_cut); with `codes`
-    (data.codes), only the codes it keeps. `key` defaults to `cache_key(...)`."""
+    (data.codes), only the codes it keeps. With `next_visit`, the patients are next_visit's examples (each
+    patient with two or more visits, cut before its last, that visit's codes the target: stream.last_visit_targets).
+    `key` defaults to `cache_key(...)`."""
     dataset, dest = Path(dataset), Path(dest)
-    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes)
+    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, next_visit)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins, task,
-                          cut, codes)
+                          cut, codes, next_visit)
         swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -489,6 +501,22 @@ def load_examples(folder: Path, arrays: dict[str, TokenArrays],
     return out, LabelReport(**read_manifest(folder, verify=False)["examples"]["report"])
 
 
+def load_next_visit(folder: Path, vocab: Vocabulary, arrays: dict[str, TokenArrays]) -> dict[str, NextVisitSplit]:
+    """A next_visit cache's targets for each split of `load_token_cache(folder)`: each subject's last visit (its
+    time, its codes by name; [UNK] for those outside the vocabulary)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, verify=False)
+    times, offsets = np.load(folder / "target_times.npy"), np.load(folder / "target_offsets.npy")
+    codes = np.load(folder / "target_codes.npy")
+    out = {}
+    for split, tokens in arrays.items():
+        a, b = manifest["splits"][split]["patients"]
+        out[split] = NextVisitSplit(None, times[a:b].astype("datetime64[us]"),
+                                    [tuple(vocab.itos[c] for c in codes[offsets[p]: offsets[p + 1]])
+                                     for p in range(a, b)], np.asarray(tokens.subject_ids, np.int64))
+    return out
+
+
 class CacheRemote(Protocol):
     """Somewhere else caches are kept (the runs' storage): a fresh machine downloads a cache from it instead of
     rebuilding, and a built one is published to it."""
@@ -501,14 +529,14 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
                 source: str | None = None, warn: Callable[[str], None] | None = None,
                 remote: CacheRemote | None = None, numeric_bins: int = 0,
                 task: LabelledTask | None = None, cut: PretrainCut | None = None,
-                codes: CodeFilter | None = None) -> tuple[Path, str]:
+                codes: CodeFilter | None = None, next_visit: bool = False) -> tuple[Path, str]:
     """The cache folder for these inputs under `cache_dir` (`tokens-<key>`) and how it was had: "reused" (an
     intact one was there), "downloaded" (from `remote`) or "built" (then published to `remote`).
 
     A damaged local or remote one is rebuilt, after `warn(message)` when given; a remote that fails to publish
     only warns (the tokens are here, training goes on)."""
     say = warn or (lambda message: None)
-    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes)
+    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, next_visit)
     folder = Path(cache_dir) / f"{'examples' if task else 'tokens'}-{key}"
     if folder.exists():
         try:
@@ -522,7 +550,8 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
                 return folder, "downloaded"
         except Exception as e:  # noqa: BLE001 - damaged (NotATokenCache) or unreachable: build it here instead
             say(f"the stored token cache {folder.name} could not be used ({one_line(e)}); building it here")
-    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task, cut, codes)
+    build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task, cut, codes,
+                      next_visit)
     if remote is not None:
         try:
             remote.publish(folder.name, folder)
