@@ -40,7 +40,6 @@ from ehrseq.data.token_cache import (
     read_manifest,
     token_cache,
 )
-from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.reports.provenance import data_fingerprint, dataset_name, identity_of, read_splits_mapping
@@ -83,11 +82,11 @@ class DataSettings:
 @dataclass
 class PreparedData:
     vocab: Vocabulary
-    encoded: dict[str, list[EncodedPatient]] | dict[str, TokenArrays]  # split -> encoded patients
+    encoded: dict[str, TokenArrays]  # split -> its patients' (examples') tokens, from the token cache
     identity: str  # the dataset's name and event count (provenance.dataset_identity)
     name: str  # metadata/dataset.json's dataset_name
     splits: dict[int, str]  # every subject of the splits file -> its split (the data fingerprint hashes them)
-    # supervised tasks: labels (next_visit: the last visit's codes), histories cut before them
+    # supervised tasks: labels (next_visit: the last visit's codes), row-aligned with `encoded`
     labelled: dict[str, LabelledSplit] | dict[str, NextVisitSplit] | None = None
     folder: Path | None = None  # the MEDS dataset's folder (labels/ and oracle/ live there)
     label_report: LabelReport | None = None  # binary/survival: what happened to each label row
