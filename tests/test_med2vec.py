@@ -13,9 +13,8 @@ import torch
 from rich.console import Console
 from safetensors import safe_open
 
-from ehrseq.data.batching import collate
 from ehrseq.data.synthetic import code_clusters
-from ehrseq.data.tokenize import STATIC_SEGMENT, EncodedPatient
+from ehrseq.data.tokenize import STATIC_SEGMENT
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.models.med2vec import Med2VecConfig, Med2VecForPrediction, Med2VecForPretraining
@@ -25,6 +24,9 @@ from ehrseq_runner.job.preemption import EXIT_PREEMPTED
 from ehrseq_runner.job.pretrained import fetch_pretrained
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import check_supported, load_spec
+
+from reference_batches import collate
+from reference_histories import EncodedPatient
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "jobs" / "med2vec.yaml"

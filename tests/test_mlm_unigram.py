@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ehrseq.data.batching import collate
 from ehrseq.data.masking import IGNORE_INDEX, mask_codes
-from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.models import BEHRTConfig, BEHRTForMLM
 from ehrseq.reports.summary import unigram_sentence
 from ehrseq.tasks.mlm import MLMTask
+
+from reference_batches import collate
+from reference_histories import EncodedPatient
 
 COUNTS = {"A": 50, "B": 30, "C": 12, "D": 5, "E": 3}  # the training split's code counts
 

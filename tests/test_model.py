@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from ehrseq.data.batching import collate
-from ehrseq.data.cohort import load_dataset, patients_by_split
-from ehrseq.data.tokenize import encode_patient
-from ehrseq.data.vocab import Vocabulary
 from ehrseq.models import BEHRT, BEHRTConfig, BEHRTForMLM, count_parameters
 from ehrseq.models.behrt import time_features
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.training.trainer import Callback, TrainConfig, Trainer
+
+from reference_batches import collate, token_arrays
+from reference_histories import build_vocabulary, encode_patient
+from reference_splits import load_dataset, patients_by_split
 
 PRESET_PARAMS = {"small": 0.5e6, "medium": 3e6, "large": 15e6}
 
@@ -95,17 +95,18 @@ class Records(Callback):
 
 def test_mlm_loss_falls_on_a_tiny_cohort(tmp_path):
     patients = patients_by_split(load_dataset("synthetic", None, 300, 0, tmp_path))
-    vocab = Vocabulary.build(patients["train"], min_count=2)
+    vocab = build_vocabulary(patients["train"], min_count=2)
     enc = {s: [encode_patient(p, vocab, 64) for p in ps] for s, ps in patients.items()}
+    arrays = {s: token_arrays(e) for s, e in enc.items()}
     torch.manual_seed(0)
     model = BEHRTForMLM(BEHRTConfig.small(len(vocab)))
     log = Records()
-    trainer = Trainer(model, MLMTask(vocab), enc["train"], enc["tuning"],
+    trainer = Trainer(model, MLMTask(vocab), arrays["train"], arrays["tuning"],
                       TrainConfig(max_steps=250, batch_size=16, lr=1e-3, warmup_steps=10, log_every=10,
                                   eval_every=0), torch.device("cpu"), callbacks=[log])
-    before = trainer.evaluate(enc["held_out"]).metrics()["mlm_loss"]
+    before = trainer.evaluate(arrays["held_out"]).metrics()["mlm_loss"]
     assert trainer.fit() is True
-    after = trainer.evaluate(enc["held_out"]).metrics()["mlm_loss"]
+    after = trainer.evaluate(arrays["held_out"]).metrics()["mlm_loss"]
     train = [r["loss"] for r in log.records if r["split"] == "train"]
     assert sum(train[-3:]) / 3 < sum(train[:3]) / 3 - 0.4
     assert after < before - 0.5, (before, after)

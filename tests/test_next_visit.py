@@ -12,10 +12,8 @@ from safetensors.torch import load_file
 from sklearn.metrics import average_precision_score, roc_auc_score
 from test_supervised_runs import make_spec, run, spec_dir
 
-from ehrseq.data.cohort import SPLITS, load_dataset
+from ehrseq.data.cohort import SPLITS
 from ehrseq.data.meds_io import MedsDataset
-from ehrseq.data.patients import Visit
-from ehrseq.data.supervised import next_visit_splits
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.evaluation.next_visit import NextVisitPredictions, recall_at_k
@@ -23,6 +21,9 @@ from ehrseq.evaluation.predictions import predictions_from_table
 from ehrseq_runner.spec.job_spec import JobSpec, SpecError, check_supported, load_spec
 
 from conftest import assert_summary_matches_predictions
+from reference_batches import rows
+from reference_histories import Visit, assert_equal_histories, bin_table, build_vocabulary, encode_patient, fit_table
+from reference_splits import load_dataset, next_visit_splits
 
 
 def meds(rows):
@@ -222,13 +223,9 @@ def test_the_token_cache_gives_the_object_paths_next_visit_examples(tmp_path, ma
 
     from ehrseq.data.cohort import synthetic_dataset
     from ehrseq.data.meds_io import read_meds_dataset
-    from ehrseq.data.numeric import bin_table, fit_table
     from ehrseq.data.prepared import DataSettings, prepare
     from ehrseq.data.synthetic import PRESETS
     from ehrseq.data.token_cache import load_histories
-    from ehrseq.data.tokenize import encode_patient
-
-    from reference_histories import assert_equal_histories
 
     dataset = read_meds_dataset(synthetic_dataset(300, 2, tmp_path / "data", PRESETS["order"]))
     data = prepare(DataSettings(num_patients=300, seed=2, synthetic=PRESETS["order"], task="next_visit",
@@ -239,7 +236,7 @@ def test_the_token_cache_gives_the_object_paths_next_visit_examples(tmp_path, ma
         assert data.vocab.bins == fit_table(dataset.data, train, numeric_bins)
         dataset = replace(dataset, data=bin_table(dataset.data, data.vocab.bins))
     want = next_visit_splits(dataset, SPLITS)
-    vocab = Vocabulary({c: n for c, n in Vocabulary.build(want["train"].patients).counts.items() if n >= min_count},
+    vocab = Vocabulary({c: n for c, n in build_vocabulary(want["train"].patients).counts.items() if n >= min_count},
                        data.vocab.bins)
     assert data.vocab == vocab and data.vocab.itos == vocab.itos
     histories = load_histories(tmp_path / "data" / data.token_cache["name"], vocab)
@@ -248,6 +245,5 @@ def test_the_token_cache_gives_the_object_paths_next_visit_examples(tmp_path, ma
         assert np.array_equal(got.subject_ids, w.subject_ids) and np.array_equal(got.prediction_times,
                                                                                  w.prediction_times)
         assert got.next_codes == [tuple(c if c in vocab.stoi else "[UNK]" for c in codes) for codes in w.next_codes]
-        assert [data.encoded[split][i] for i in range(len(w))] == [encode_patient(p, vocab, max_len)
-                                                                   for p in w.patients]
+        assert rows(data.encoded[split]) == [encode_patient(p, vocab, max_len) for p in w.patients]
         assert_equal_histories(histories[split], w.patients, vocab)

@@ -12,15 +12,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from ehrseq.data import token_cache as tc
-from ehrseq.data.cohort import patients_by_split, synthetic_dataset
+from ehrseq.data.cohort import synthetic_dataset
 from ehrseq.data.meds_io import read_meds_dataset, write_meds_dataset
-from ehrseq.data.numeric import BinFitter, NumericBins, bin_table, fit_table
+from ehrseq.data.numeric import BinFitter, NumericBins
 from ehrseq.data.synthetic import PRESETS
-from ehrseq.data.tokenize import encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq_runner.job.prepare import prepare_data
 from ehrseq_runner.spec.job_spec import load_spec
+
+from reference_batches import rows
+from reference_histories import bin_table, build_vocabulary, encode_patient, fit_table
+from reference_splits import patients_by_split
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "LOINC//2160-0"  # one of the synthetic cohort's labs (creatinine)
@@ -96,7 +99,7 @@ def object_path(ds: Path, num_bins: int, max_len: int):
     train = np.array([s for s, split in data.splits.items() if split == "train"], np.int64)
     bins = fit_table(data.data, train, num_bins)
     patients = patients_by_split(replace(data, data=bin_table(data.data, bins)))
-    vocab = Vocabulary(Vocabulary.build(patients["train"]).counts, bins)
+    vocab = Vocabulary(build_vocabulary(patients["train"]).counts, bins)
     return vocab, {s: [encode_patient(p, vocab, max_len) for p in ps] for s, ps in patients.items()}
 
 
@@ -111,7 +114,7 @@ def test_the_token_cache_bins_as_the_object_path_does(cohort, tmp_path):
     assert got_vocab == want_vocab and got_vocab.itos == want_vocab.itos
     assert any(code.startswith(f"{LAB}//Q") for code in got_vocab.itos) and LAB not in got_vocab.stoi
     for split, encoded in want.items():
-        assert [got[split][i] for i in range(len(encoded))] == encoded, split
+        assert rows(got[split]) == encoded, split
     assert manifest["settings"]["numeric_bins"] == 5 and "numeric_bins" in manifest["seconds"]
     # the key: bins change it; 0 is the key of before bins existed; a given vocabulary brings its own bins
     assert len({tc.cache_key(many, 64, 1), tc.cache_key(many, 64, 1, numeric_bins=5),

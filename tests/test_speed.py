@@ -2,23 +2,26 @@
 
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from ehrseq.data.batching import Batch
-from ehrseq.data.tokenize import EncodedPatient
+from ehrseq.data.token_arrays import TokenArrays
 from ehrseq.errors import InputError
 from ehrseq.models import BEHRT, BEHRTConfig
 from ehrseq.training.precision import resolve_precision
 from ehrseq.training.state import capture, load_snapshot
 from ehrseq.training.trainer import TrainConfig, Trainer
 from ehrseq.training.verify import verify_resume
-from ehrseq_runner.commands.bench import data_throughput, hf_comparison
+from ehrseq_runner.commands.bench import _bench_trainer, data_throughput, hf_comparison
 from ehrseq_runner.spec.job_spec import load_spec
 
 from conftest import SMALL_SPEC
+from reference_batches import token_arrays
+from reference_histories import EncodedPatient
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 
@@ -67,7 +70,7 @@ def tiny_config(vocab_size: int, **kw) -> BEHRTConfig:
     return BEHRTConfig(vocab_size, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, **kw)
 
 
-def patients(n: int, vocab: int = 40, seed: int = 0) -> list[EncodedPatient]:
+def patients(n: int, vocab: int = 40, seed: int = 0) -> TokenArrays:
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
@@ -75,7 +78,7 @@ def patients(n: int, vocab: int = 40, seed: int = 0) -> list[EncodedPatient]:
         codes = [1, *torch.randint(5, vocab, (length - 1,), generator=g).tolist()]
         out.append(EncodedPatient(i, codes, [300 + j for j in range(length)], [j % 2 for j in range(length)],
                                   [j // 3 for j in range(length)]))
-    return out
+    return token_arrays(out)
 
 
 def one_step_gradients(grad_accum_steps: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
@@ -116,7 +119,7 @@ def mlm_trainer(precision: str, max_steps: int = 6) -> Trainer:
     torch.manual_seed(0)
     model = BEHRTForMLM(tiny_config(len(vocab)))
     train = patients(32)
-    return Trainer(model, MLMTask(vocab), train, train[:8], TrainConfig(
+    return Trainer(model, MLMTask(vocab), train, train.select(slice(0, 8)), TrainConfig(
         max_steps=max_steps, batch_size=8, log_every=1, eval_every=0, precision=precision), CPU)
 
 
@@ -151,36 +154,33 @@ def test_bench_data_reports_every_stage_consistently(cli, tmp_path):
     report = json.loads(out.read_text())
     assert [row["stage"] for row in report["stages"]] == [
         "write synthetic MEDS (untimed)", "MEDS -> token cache: build", "token cache: reuse (lookup hits)",
-        "batches: TokenArrays.collate (1 epoch)", "batches: collate_rows, old per-row (1 epoch)",
-        "old object path: MEDS -> encoded patients", "binary examples -> token cache: build",
-        "old object path: binary examples"]
-    build, reuse, new, old, objects, examples, labelled = report["stages"][1:]
+        "batches: TokenArrays.collate (1 epoch)", "binary examples -> token cache: build",
+        "gbm count features from the examples cache"]
+    build, reuse, new, examples, features = report["stages"][1:]
     counts = report["counts"]
-    # the cache holds what the old object path makes of the same dataset, and both collations batch the same tokens
-    assert counts["events"] == counts["old_path"]["events"] > 0
-    assert counts["tokens"] == counts["old_path"]["tokens"] and counts["patients"] == counts["old_path"]["patients"]
-    assert counts["train_tokens_batched"] == counts["collate_rows_tokens"] > 0
-    assert counts["train_tokens_batched"] <= counts["tokens"]
-    assert report["raw"]["collation"]["identical"]
+    assert counts["events"] > 0 and 0 < counts["train_tokens_batched"] <= counts["tokens"]
     assert build["events_per_s"] == pytest.approx(counts["events"] / build["seconds"])
     assert 0 < reuse["seconds"] < build["seconds"] and reuse["speedup"] == pytest.approx(build["seconds"]
                                                                                          / reuse["seconds"])
     assert new["tokens_per_s"] == pytest.approx(counts["train_tokens_batched"] / new["seconds"])
-    assert new["speedup"] == pytest.approx(old["seconds"] / new["seconds"])
     assert 0 < build["peak_rss_mb"] <= report["raw"]["build"]["peak_rss_mb_all_runs"]
-    assert objects["peak_rss_mb"] > 0 and objects["events_per_s"] > 0
-    # the examples cache holds what the object path makes of the binary task: same examples and tokens
-    assert {k: counts["examples"][k] for k in ("events", "patients", "tokens")} == \
-        {k: counts["old_path_examples"][k] for k in ("events", "patients", "tokens")}
     assert 0 < counts["examples"]["patients"] <= counts["examples"]["label_rows"]
-    assert examples["speedup"] == pytest.approx(labelled["seconds"] / examples["seconds"])
+    assert examples["events_per_s"] > 0 and features["peak_rss_mb"] > 0 and features["events_per_s"] > 0
     assert "TokenArrays.collate" in result.stdout and "token cache" in result.stdout  # the table
 
 
-def test_bench_data_skips_the_old_path_when_asked(tmp_path):
-    report = data_throughput(num_patients=120, batch_size=8, repeats=1, old_path=False, work=tmp_path)
-    assert report["stages"][-2]["stage"] == "old object path: skipped" and report["counts"]["old_path"] is None
-    assert report["stages"][-1]["stage"] == "binary examples -> token cache: build"
-    again = data_throughput(num_patients=120, batch_size=8, repeats=1, old_path=False, work=tmp_path)
+def test_bench_memory_trains_on_the_token_cache():
+    trainer, tmp = _bench_trainer("small", max_steps=2)
+    try:
+        assert isinstance(trainer.train_set, TokenArrays) and len(trainer.tuning_set) == 64
+        assert trainer.fit() and trainer.state.step == 2
+    finally:
+        shutil.rmtree(tmp)
+
+
+def test_bench_data_reuses_its_dataset(tmp_path):
+    report = data_throughput(num_patients=120, batch_size=8, repeats=1, work=tmp_path)
+    assert report["stages"][-1]["stage"] == "gbm count features from the examples cache"
+    again = data_throughput(num_patients=120, batch_size=8, repeats=1, work=tmp_path)
     assert report["stages"][0]["seconds"] > 0 and again["stages"][0]["seconds"] == 0  # the dataset reused
     assert again["counts"] == report["counts"]

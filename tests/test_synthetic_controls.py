@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from ehrseq.data.cohort import load_dataset, synthetic_dataset
+from ehrseq.data.cohort import synthetic_dataset
 from ehrseq.data.labels import read_oracle
-from ehrseq.data.supervised import labelled_splits
 from ehrseq.data.synthetic import (
     BINARY_TASK,
     FAMILY,
@@ -28,6 +27,7 @@ from ehrseq.reports.provenance import data_fingerprint, dataset_identity
 from ehrseq_runner.spec.job_spec import SpecError, load_spec
 
 from reference_histories import history_arrays, visit_codes
+from reference_splits import labelled_splits, load_dataset
 
 POSITIVE = ("order", "transition")
 

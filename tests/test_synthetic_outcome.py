@@ -9,9 +9,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from ehrseq.data.cohort import load_dataset, synthetic_dataset
+from ehrseq.data.cohort import synthetic_dataset
 from ehrseq.data.labels import list_tasks, read_labels, read_oracle
-from ehrseq.data.patients import patients_from_meds
 from ehrseq.data.synthetic import (
     BINARY_TASK,
     HORIZON_DAYS,
@@ -24,6 +23,9 @@ from ehrseq.data.synthetic import (
     generate_synthetic,
 )
 from ehrseq.errors import DataError
+
+from reference_histories import patients_from_meds
+from reference_splits import load_dataset
 
 
 @pytest.fixture(scope="module")

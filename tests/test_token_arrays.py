@@ -1,5 +1,5 @@
 """TokenArrays.collate (the vectorised gather) against the original per-row loop, bit for bit, and the trainer
-giving the same losses from a list, from TokenArrays and from the per-row path."""
+giving the same losses from TokenArrays and from the per-row path."""
 
 from dataclasses import fields
 
@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from ehrseq.data.batching import Batch, collate, collate_rows
+from ehrseq.data.batching import Batch
 from ehrseq.data.token_arrays import DTYPES, TokenArrays
-from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.models import BEHRTConfig, BEHRTForMLM
 from ehrseq.tasks.mlm import MLMTask
 from ehrseq.training.trainer import Callback, TrainConfig, Trainer
+
+from reference_batches import collate, collate_rows, row, token_arrays
+from reference_histories import EncodedPatient
 
 FEATURES = ("codes", "ages", "segments", "positions")
 
@@ -54,15 +56,15 @@ def patients():
 
 @pytest.fixture(scope="module")
 def arrays(patients):
-    return TokenArrays.from_encoded(patients)
+    return token_arrays(patients)
 
 
 def test_from_encoded_round_trips_with_its_dtypes(patients, arrays):
     assert len(arrays) == len(patients) and arrays.lengths.tolist() == [len(p.codes) for p in patients]
     assert {name: getattr(arrays, name).dtype for name in FEATURES} == {k: np.dtype(v) for k, v in DTYPES.items()}
-    assert arrays[7] == patients[7] and arrays[-1] == patients[-1]
+    assert row(arrays, 7) == patients[7] and row(arrays, -1) == patients[-1]
     with pytest.raises(IndexError):
-        arrays[len(patients)]
+        row(arrays, len(patients))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -75,7 +77,7 @@ def test_collate_is_bit_identical_to_the_per_row_loop(patients, arrays, seed):
     assert_identical(arrays.collate(indices), want)
     assert_identical(arrays.collate(np.array(indices)), want)  # an index array too
     assert_identical(collate([patients[i] for i in indices]), want)  # the list path (same gather underneath)
-    assert_identical(collate([arrays[i] for i in indices]), want)  # the old TokenArrays.collate
+    assert_identical(collate([row(arrays, i) for i in indices]), want)  # the old TokenArrays.collate
 
 
 def test_collate_from_memmapped_arrays(patients, arrays, tmp_path):
@@ -84,12 +86,12 @@ def test_collate_from_memmapped_arrays(patients, arrays, tmp_path):
     for _ in range(4):
         indices = rng.integers(0, len(patients), 64).tolist()
         assert_identical(mm.collate(indices), collate_rows([patients[i] for i in indices]))
-    assert mm[3] == patients[3]
+    assert row(mm, 3) == patients[3]
 
 
 def test_edge_cases():
     short = [EncodedPatient(5, [1], [0], [2], [0]), EncodedPatient(6, [1, 7], [3, 4], [0, 1], [0, 1])]
-    ta = TokenArrays.from_encoded(short)
+    ta = token_arrays(short)
     for indices in ([0], [1], [0, 0, 0], [1, 0], [-1, 0]):
         assert_identical(ta.collate(indices), collate_rows([short[i] for i in indices]))
     one = ta.collate([0])
@@ -101,15 +103,15 @@ def test_edge_cases():
     with pytest.raises(IndexError):
         ta.collate([0, 2])
     # an empty row (not produced by encode_patient, which always keeps [CLS] and [SEP]) pads to nothing
-    empty = TokenArrays.from_encoded([EncodedPatient(1, [], [], [], []), short[1]])
-    assert_identical(empty.collate([0, 1, 0]), collate_rows([empty[0], short[1], empty[0]]))
+    empty = token_arrays([EncodedPatient(1, [], [], [], []), short[1]])
+    assert_identical(empty.collate([0, 1, 0]), collate_rows([row(empty, 0), short[1], row(empty, 0)]))
     assert empty.collate([0]).codes.shape == (1, 0)
-    assert len(TokenArrays.from_encoded([])) == 0
+    assert len(token_arrays([])) == 0
 
 
 def test_pad_id_and_a_pad_code_inside_a_row_match_the_loop():
     rows = [EncodedPatient(1, [3, 0, 4], [1, 2, 3], [0, 0, 1], [0, 1, 2]), EncodedPatient(2, [3], [9], [1], [4])]
-    ta = TokenArrays.from_encoded(rows)
+    ta = token_arrays(rows)
     for pad_id in (0, 3, 7):
         assert_identical(ta.collate([0, 1], pad_id=pad_id), collate_rows(rows, pad_id=pad_id))
         assert_identical(collate(rows, pad_id=pad_id), collate_rows(rows, pad_id=pad_id))
@@ -117,9 +119,9 @@ def test_pad_id_and_a_pad_code_inside_a_row_match_the_loop():
 
 def test_values_that_do_not_fit_raise_instead_of_wrapping():
     with pytest.raises(OverflowError):
-        TokenArrays.from_encoded([EncodedPatient(1, [1], [40000], [0], [0])])
+        token_arrays([EncodedPatient(1, [1], [40000], [0], [0])])
     with pytest.raises(ValueError, match="length"):
-        TokenArrays.from_encoded([EncodedPatient(1, [1, 2], [0], [0, 0], [0, 0])])
+        token_arrays([EncodedPatient(1, [1, 2], [0], [0, 0], [0, 0])])
     big = EncodedPatient(1, [1, 2], [40000, 2**40], [0, 0], [0, 0])  # the list path stays lossless (int64)
     assert_identical(collate([big]), collate_rows([big]))
 
@@ -128,16 +130,16 @@ def test_select_views_and_copies(patients, arrays, tmp_path):
     mm = memmapped(arrays, tmp_path)
     view = mm.select(slice(10, 50))
     assert isinstance(view.codes, np.memmap) and len(view) == 40  # no copy for a contiguous run
-    assert [view[i] for i in range(40)] == patients[10:50]
+    assert [row(view, i) for i in range(40)] == patients[10:50]
     picked = [5, 3, 3, 299, 0]
     sub = mm.select(picked)
-    assert [sub[i] for i in range(len(picked))] == [patients[i] for i in picked]
+    assert [row(sub, i) for i in range(len(picked))] == [patients[i] for i in picked]
     assert_identical(sub.collate(range(len(picked))), collate_rows([patients[i] for i in picked]))
-    assert len(mm.select(slice(5, 5))) == 0 and [*map(mm.select(slice(None, None, 100)).__getitem__, range(3))] \
-        == patients[::100]
+    every_100th = mm.select(slice(None, None, 100))
+    assert len(mm.select(slice(5, 5))) == 0 and [row(every_100th, i) for i in range(3)] == patients[::100]
 
 
-# -- the trainer: list, TokenArrays and the per-row path give the same losses ---------------------------------
+# -- the trainer: TokenArrays and the per-row path give the same losses -------------------------------------
 
 class Losses(Callback):
     def __init__(self) -> None:
@@ -158,24 +160,24 @@ class PerRow:
         return collate_rows([self.patients[i] for i in indices])
 
 
-def train_records(train_set, tuning_set, per_row: bool = False, steps: int = 5) -> list[dict]:
+def train_records(train: list[EncodedPatient], tuning: list[EncodedPatient], per_row: bool = False,
+                  steps: int = 5) -> list[dict]:
     vocab = Vocabulary({f"c{i}": 10 for i in range(35)})
     torch.manual_seed(0)
     model = BEHRTForMLM(BEHRTConfig(len(vocab), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
     losses = Losses()
-    trainer = Trainer(model, MLMTask(vocab), train_set, tuning_set, TrainConfig(
+    trainer = Trainer(model, MLMTask(vocab), token_arrays(train), token_arrays(tuning), TrainConfig(
         max_steps=steps, batch_size=8, log_every=1, eval_every=2, eval_batch_size=5, precision="fp32"),
         torch.device("cpu"), callbacks=[losses])
     if per_row:
-        trainer.train_set = PerRow(train_set)
+        trainer.train_set = PerRow(train)
     assert trainer.fit()
     return losses.records
 
 
-def test_trainer_gives_identical_losses_from_a_list_and_from_token_arrays():
+def test_trainer_gives_identical_losses_from_token_arrays_and_the_per_row_path():
     train = random_patients(40, seed=3, max_len=30, vocab=40, max_position=256)
     tuning = random_patients(12, seed=4, max_len=30, vocab=40, max_position=256)
-    from_list = train_records(train, tuning)
-    assert len(from_list) == 5 + 3 and {r["split"] for r in from_list} == {"train", "tuning"}
-    assert from_list == train_records(TokenArrays.from_encoded(train), TokenArrays.from_encoded(tuning))
-    assert from_list == train_records(train, tuning, per_row=True)  # the pre-vectorised batches
+    from_arrays = train_records(train, tuning)
+    assert len(from_arrays) == 5 + 3 and {r["split"] for r in from_arrays} == {"train", "tuning"}
+    assert from_arrays == train_records(train, tuning, per_row=True)  # the pre-vectorised batches

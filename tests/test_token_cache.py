@@ -1,5 +1,5 @@
-"""The streaming token cache equals the object path (patients_from_meds -> Vocabulary.build -> encode_patient)
-exactly, detects damage, and never leaves a partial cache behind."""
+"""The streaming token cache equals the object path (tests/reference_histories.py: patients_from_meds ->
+build_vocabulary -> encode_patient) exactly, detects damage, and never leaves a partial cache behind."""
 
 import errno
 import json
@@ -14,20 +14,21 @@ import pyarrow.parquet as pq
 import pytest
 
 from ehrseq.data import token_cache as tc
-from ehrseq.data.cohort import patients_by_split, synthetic_dataset
+from ehrseq.data.cohort import synthetic_dataset
 from ehrseq.data.meds_io import read_meds_dataset, write_meds_dataset
 from ehrseq.data.synthetic import PRESETS
 from ehrseq.data.token_arrays import DTYPES
-from ehrseq.data.tokenize import encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError
 
-from reference_histories import assert_equal_histories
+from reference_batches import row
+from reference_histories import assert_equal_histories, build_vocabulary, encode_patient
+from reference_splits import patients_by_split
 
 
 def old_path(ds: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None):
     patients = patients_by_split(read_meds_dataset(ds))
-    vocab = vocab or Vocabulary.build(patients["train"], min_count)
+    vocab = vocab or build_vocabulary(patients["train"], min_count)
     return vocab, {s: [encode_patient(p, vocab, max_len) for p in ps] for s, ps in patients.items()}, patients
 
 
@@ -41,7 +42,7 @@ def assert_same(ds: Path, out: Path, max_len: int, min_count: int, vocab: Vocabu
         assert len(got[split]) == len(encoded), split
         assert got[split].offsets[0] == 0 and got[split].offsets[-1] == len(got[split].codes)
         for i, e in enumerate(encoded):
-            assert got[split][i] == e, (split, i, e.subject_id)
+            assert row(got[split], i) == e, (split, i, e.subject_id)
         assert_equal_histories(histories[split], patients[split], got_vocab)
     return manifest
 
@@ -257,7 +258,7 @@ def test_a_subject_in_two_shards_names_both(tmp_path):
 
 def test_input_errors_match_the_object_path(tmp_path):
     ds = _one_shard(tmp_path)
-    counts = Vocabulary.build(patients_by_split(read_meds_dataset(ds))["train"]).counts
+    counts = build_vocabulary(patients_by_split(read_meds_dataset(ds))["train"]).counts
     with pytest.raises(InputError) as got:
         tc.build_token_cache(ds, tmp_path / "c", 16, 99, source="X")
     assert str(got.value) == (f"data.min_code_count: no code occurs 99 times in the 'train' split of X "

@@ -9,11 +9,9 @@ import pytest
 from rich.console import Console
 
 import ehrseq.data.token_cache as tc
-from ehrseq.data.cohort import SPLITS, dataset_folder, patients_by_split
+from ehrseq.data.cohort import SPLITS, dataset_folder
 from ehrseq.data.meds_io import read_meds_dataset
 from ehrseq.data.pretrain_cut import PretrainCut
-from ehrseq.data.tokenize import encode_patient
-from ehrseq.data.vocab import Vocabulary
 from ehrseq.reports.provenance import data_fingerprint, dataset_identity
 from ehrseq_runner.job.prepare import prepare_data
 from ehrseq_runner.job.run import run_job
@@ -21,6 +19,9 @@ from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.token_caches import PREFIX
 
 from conftest import SMALL_SPEC
+from reference_batches import rows
+from reference_histories import build_vocabulary, encode_patient, pretraining_rows
+from reference_splits import patients_by_split
 
 TINY = ["data.num_patients=300", "data.max_seq_len=48", "train.max_steps=12", "train.log_every=1",
         "train.eval_every=6"]
@@ -92,12 +93,12 @@ def test_the_token_cache_path_gives_the_object_paths_tokens_and_fingerprint(tmp_
     folder = dataset_folder("synthetic", None, 300, spec.seed, tmp_path / "datasets", spec.data.synthetic.params())
     dataset = read_meds_dataset(folder)
     cut = PretrainCut.of("cut", folder)  # MLM reads labelled patients before their prediction times
-    patients = patients_by_split(replace(dataset, data=cut.apply_table(dataset.data)))
-    vocab = Vocabulary.build(patients["train"], min_count=spec.data.min_code_count)
+    patients = patients_by_split(replace(dataset, data=pretraining_rows(dataset.data, cut)))
+    vocab = build_vocabulary(patients["train"], min_count=spec.data.min_code_count)
     assert data.vocab == vocab
     for split in SPLITS:
         expected = [encode_patient(p, vocab, spec.data.max_seq_len) for p in patients[split]]
-        assert [data.encoded[split][i] for i in range(len(expected))] == expected
+        assert rows(data.encoded[split]) == expected
     held_out = data.encoded["held_out"].subject_ids
     assert data.identity == dataset_identity(dataset)
     assert data.fingerprint(held_out) == data_fingerprint(dataset_identity(dataset), dataset.splits,

@@ -5,10 +5,11 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from ehrseq.data.patients import Patient, Visit, patients_from_meds
 from ehrseq.data.synthetic import generate_cohort
-from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT, encode_patient
+from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 from ehrseq.data.vocab import Vocabulary
+
+from reference_histories import Patient, Visit, build_vocabulary, encode_patient, patients_from_meds
 
 CLS, SEP = Vocabulary.CLS, Vocabulary.SEP
 
@@ -16,7 +17,7 @@ CLS, SEP = Vocabulary.CLS, Vocabulary.SEP
 @pytest.fixture(scope="module")
 def cohort() -> tuple[list[Patient], Vocabulary]:
     patients = patients_from_meds(generate_cohort(200, seed=5))
-    return patients, Vocabulary.build(patients)
+    return patients, build_vocabulary(patients)
 
 
 def _hand_patient() -> tuple[Patient, Vocabulary]:
@@ -27,7 +28,7 @@ def _hand_patient() -> tuple[Patient, Vocabulary]:
         Visit(datetime(2010, 3, 15), ("d", "e", "f")),  # 120 months
     )
     patient = Patient(42, birth, visits)
-    return patient, Vocabulary.build([patient])
+    return patient, build_vocabulary([patient])
 
 
 def test_hand_built_patient_full():
@@ -55,7 +56,7 @@ def test_truncation_keeps_latest_visits():
 
 
 def test_empty_patient_unknown_birth_and_unknown_codes():
-    vocab = Vocabulary.build([])
+    vocab = build_vocabulary([])
     empty = encode_patient(Patient(1, None, ()), vocab, max_len=10)
     assert (empty.codes, empty.ages, empty.segments, empty.positions) == ([CLS], [0], [0], [0])
     enc = encode_patient(Patient(2, None, (Visit(datetime(2020, 1, 1), ("zz",)),)), vocab, max_len=10)
@@ -104,7 +105,7 @@ def test_invariants_on_synthetic_cohort(cohort):
 def test_static_codes_follow_cls_in_their_segment_and_survive_truncation():
     patient, _ = _hand_patient()
     patient = Patient(patient.subject_id, patient.birth, patient.visits, static=("SEX//F", "zz-unseen"))
-    vocab = Vocabulary.build([Patient(0, None, patient.visits, static=("SEX//F",))])
+    vocab = build_vocabulary([Patient(0, None, patient.visits, static=("SEX//F",))])
     sex, d, e, f = (vocab.encode(x) for x in ("SEX//F", "d", "e", "f"))
     enc = encode_patient(patient, vocab, max_len=6)  # only the latest visit fits beside [CLS] and the sex code
     assert enc.codes == [CLS, sex, d, e, f, SEP]  # the code outside the vocabulary is left out, not [UNK]

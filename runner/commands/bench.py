@@ -95,24 +95,23 @@ def overhead(
 
 
 def _bench_trainer(preset: str, max_steps: int):
-    """A trainer on the synthetic cohort, outside the runner (no storage, no signals)."""
+    """A trainer on the synthetic cohort's whole patients from the token cache, outside the runner (no storage,
+    no signals)."""
     import torch
 
-    from ehrseq.data.cohort import load_dataset, patients_by_split
-    from ehrseq.data.tokenize import encode_patient
-    from ehrseq.data.vocab import Vocabulary
+    from ehrseq.data.prepared import DataSettings, prepare
     from ehrseq.models import BEHRTConfig, BEHRTForMLM
     from ehrseq.tasks.mlm import MLMTask
     from ehrseq.training.device import resolve_device
     from ehrseq.training.trainer import TrainConfig, Trainer
 
     tmp = tempfile.mkdtemp(prefix="ehrseq-bench-")
-    patients = patients_by_split(load_dataset("synthetic", None, 2000, 0, Path(tmp) / "data"))
-    vocab = Vocabulary.build(patients["train"], min_count=5)
-    train = [encode_patient(p, vocab, 128) for p in patients["train"]]
+    data = prepare(DataSettings(num_patients=2000, seed=0, max_seq_len=128, min_code_count=5, pretrain_data="all"),
+                   Path(tmp) / "data")
+    train = data.encoded["train"]
     torch.manual_seed(0)
-    model = BEHRTForMLM(BEHRTConfig.preset(preset, vocab_size=len(vocab)))
-    trainer = Trainer(model, MLMTask(vocab), train, train[:64],
+    model = BEHRTForMLM(BEHRTConfig.preset(preset, vocab_size=len(data.vocab)))
+    trainer = Trainer(model, MLMTask(data.vocab), train, train.select(slice(0, 64)),
                       TrainConfig(max_steps=max_steps, batch_size=32, eval_every=0, log_every=10 ** 9),
                       resolve_device("auto"))
     return trainer, tmp
@@ -258,7 +257,6 @@ def hf_step(
     _print("Training step: BEHRT vs HF BertForMaskedLM (median ms per step)", rows, out)
 
 
-OLD_PATH_MAX_PATIENTS = 200_000  # the object path holds every patient as Python objects: ~11 GB at 1M
 SHARD_PATIENTS = 20_000  # patients per synthetic MEDS shard
 
 
@@ -269,35 +267,27 @@ def data_pipeline(
     batch_size: Annotated[int, typer.Option(help="Patients per batch.")] = 32,
     min_count: Annotated[int, typer.Option(help="Codes rarer than this in the train split become [UNK].")] = 5,
     numeric_bins: Annotated[int, typer.Option(help="data.numeric_bins: labs as value-bin tokens (adds pass 0, the "
-                                              "bins' fit; the old object path is timed without).")] = 0,
+                                              "bins' fit).")] = 0,
     repeats: Annotated[int, typer.Option(help="Runs of each timed stage; medians are reported.")] = 3,
-    old_path: Annotated[bool | None, typer.Option(
-        "--old-path/--no-old-path", help="Also time the old object path (read_meds_dataset -> patients_by_split "
-        f"-> Vocabulary.build -> encode_patient; about 11 GB at 1M patients). Default: on up to "
-        f"{OLD_PATH_MAX_PATIENTS:,} patients, off above.")] = None,
     work: Annotated[Path | None, typer.Option(help="Keep the synthetic MEDS dataset here and reuse it on the next "
                                               "run (default: a temporary folder, removed).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
 ) -> None:
-    """What a run does with its data, stage by stage, beside the old object path.
+    """What a run does with its data, stage by stage.
 
     Writes a synthetic MEDS dataset shard by shard (not timed in the throughput), builds the token cache from
     it (events/s, pass 1 / pass 2 seconds, peak RSS of a fresh process), looks the cache up again (the
-    rerun's hit), and collates one epoch of batches from it with TokenArrays.collate and with the old per-row
-    collate_rows (tokens/s). Wall-clock medians on a possibly shared machine.
+    rerun's hit), collates one epoch of batches from it (tokens/s), builds the binary task's examples cache and
+    the gbm's count features from it. Wall-clock medians on a possibly shared machine. (The old per-patient
+    path is timed beside the cache by tests/benchmarks/data_prep.py, its per-row collation by
+    tests/benchmarks/collate.py.)
     """
-    if old_path is None:
-        old_path = num_patients <= OLD_PATH_MAX_PATIENTS
-        if not old_path:
-            console.print(f"old object path off above {OLD_PATH_MAX_PATIENTS:,} patients (it needs about 11 GB "
-                          "at 1M); --old-path to time it anyway")
     with console.status("bench data") as status:
         report = data_throughput(num_patients, max_seq_len, batch_size, repeats, min_count=min_count,
-                                 old_path=old_path, work=work, progress=status.update, numeric_bins=numeric_bins)
+                                 work=work, progress=status.update, numeric_bins=numeric_bins)
     _print(f"Data pipeline: {num_patients:,} synthetic patients, {report['counts']['events']:,} events, "
            f"max_seq_len {max_seq_len}, batch {batch_size}, medians of {repeats}", report["stages"], None,
-           caption="speedup: build events/s over the old object path's; reuse: build s / reuse s; "
-           "TokenArrays.collate: collate_rows s / its s. Wall clock; load average "
+           caption="speedup of the reuse: build s / reuse s. Wall clock; load average "
            + " ".join(f"{x:.1f}" for x in report["config"]["load_average"]))
     if out:
         out.write_text(json.dumps(report, indent=2) + "\n")
@@ -410,39 +400,6 @@ def build_child(dataset: str, work: str, max_len: int, min_count: int, repeats: 
             "peak_rss_mb_all_runs": peak_rss_mb(), "cache_bytes": sum(f.stat().st_size for f in folder.iterdir())}
 
 
-def objects_child(dataset: str, max_len: int, min_count: int, repeats: int = 1,
-                  examples: bool = False) -> dict[str, Any]:
-    """`repeats` runs of the old object path: read_meds_dataset -> patients_by_split -> Vocabulary.build ->
-    encode_patient over every split (with `examples`: labelled_splits -> encode_examples of the binary task),
-    with this process's peak RSS."""
-    from ehrseq.data.cohort import patients_by_split
-    from ehrseq.data.meds_io import read_meds_dataset
-    from ehrseq.data.stream import SPLITS
-    from ehrseq.data.supervised import encode_examples, labelled_splits
-    from ehrseq.data.synthetic import BINARY_TASK
-    from ehrseq.data.tokenize import encode_patient
-    from ehrseq.data.vocab import Vocabulary
-
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        data = read_meds_dataset(Path(dataset))
-        labelled = labelled_splits(data, BINARY_TASK, SPLITS)[0] if examples else None
-        patients = {s: labelled[s].patients for s in SPLITS} if examples else patients_by_split(data)
-        read_s = time.perf_counter() - start
-        vocab = Vocabulary.build(patients["train"], min_count)
-        vocab_s = time.perf_counter() - start - read_s
-        encoded = ({s: encode_examples(labelled[s], vocab, max_len) for s in SPLITS} if examples
-                   else {s: [encode_patient(p, vocab, max_len) for p in ps] for s, ps in patients.items()})
-        total = time.perf_counter() - start
-        runs.append({"total_s": total, "read_and_patients_s": read_s, "vocab_s": vocab_s,
-                     "encode_s": total - read_s - vocab_s})
-        counts = {"events": data.data.num_rows, "patients": sum(map(len, encoded.values())),
-                  "tokens": sum(len(e.codes) for es in encoded.values() for e in es), "codes": len(vocab)}
-        del data, patients, encoded, labelled
-    return {"runs": runs, "counts": counts, "peak_rss_mb": peak_rss_mb()}
-
-
 def features_child(folder: str, min_count: int, repeats: int = 1) -> dict[str, Any]:
     """`repeats` builds of the gbm's full-strength count features from an examples cache (what a gbm run does
     after the cache lookup): load its labels and whole histories, fit the columns on the training split, build
@@ -464,55 +421,37 @@ def features_child(folder: str, min_count: int, repeats: int = 1) -> dict[str, A
 
 def epoch_collation(arrays: Any, batch_size: int, repeats: int,
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """One epoch of EpochOrder batches from `arrays` (TokenArrays), `repeats` times per side, the sides alternated:
-    `TokenArrays.collate(indices)` (the trainer's path) and the old per-row `collate_rows` on EncodedPatient
-    objects (built per batch, outside its timer: the old trainer held them already). Seconds exclude nothing else;
-    tokens are real (unpadded) ones. `identical`: the first batches of both sides are equal, field by field."""
-    from dataclasses import fields
-
-    import torch
-
-    from ehrseq.data.batching import Batch, EpochOrder, collate_rows
+    """One epoch of EpochOrder batches from `arrays` (TokenArrays) by `TokenArrays.collate(indices)`, the
+    trainer's path, `repeats` times: seconds per run, and the real (unpadded) tokens batched."""
+    from ehrseq.data.batching import EpochOrder
 
     order = EpochOrder(arrays.lengths, batch_size, seed=0)
     batches = [order.batch_indices(0, b) for b in range(len(order))]
-    sides = {"token_arrays": (lambda idx: idx, arrays.collate),
-             "collate_rows": (lambda idx: [arrays[i] for i in idx], collate_rows)}
-    seconds: dict[str, list[float]] = {name: [] for name in sides}
-    tokens: dict[str, int] = {}
+    seconds, tokens = [], 0
     for r in range(repeats):
-        for name in list(sides)[:: 1 if r % 2 == 0 else -1]:
-            prepare, collate_fn = sides[name]
-            took, count = 0.0, 0
-            for b, idx in enumerate(batches):
-                if progress and b % 500 == 0:
-                    progress(f"collating one epoch ({name}, run {r + 1}/{repeats}): batch {b:,}/{len(batches):,}")
-                rows = prepare(idx)
-                start = time.perf_counter()
-                count += collate_fn(rows).num_tokens
-                took += time.perf_counter() - start
-            seconds[name].append(took)
-            tokens[name] = count
-    identical = all(all(torch.equal(getattr(a, f.name), getattr(b, f.name)) for f in fields(Batch))
-                    for a, b in ((arrays.collate(idx), collate_rows([arrays[i] for i in idx])) for idx in batches[:20]))
-    return {"batches": len(batches), "tokens": tokens, "seconds": seconds, "identical": identical}
+        start, tokens = time.perf_counter(), 0
+        for b, idx in enumerate(batches):
+            if progress and b % 500 == 0:
+                progress(f"collating one epoch (run {r + 1}/{repeats}): batch {b:,}/{len(batches):,}")
+            tokens += arrays.collate(idx).num_tokens
+        seconds.append(time.perf_counter() - start)
+    return {"batches": len(batches), "tokens": tokens, "seconds": seconds}
 
 
 def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int = 32, repeats: int = 3,
-                    min_count: int = 5, old_path: bool | None = None, work: Path | None = None,
-                    progress: Callable[[str], None] | None = None, numeric_bins: int = 0) -> dict[str, Any]:
+                    min_count: int = 5, work: Path | None = None, progress: Callable[[str], None] | None = None,
+                    numeric_bins: int = 0) -> dict[str, Any]:
     """Every stage `ehrseq bench data` reports: {"config", "counts", "stages" (the table's rows), "raw"}.
 
     The dataset is written (or reused from `work`) untimed; the token-cache builds and hits run in one fresh
-    subprocess (its peak RSS is the build's); collation runs here on the memory-mapped train split; the old
-    object path (default: up to OLD_PATH_MAX_PATIENTS patients) runs in its own subprocess."""
+    subprocess (its peak RSS is the build's), as do the examples cache and the count features; collation runs
+    here on the memory-mapped train split."""
     import shutil
 
     from ehrseq.data.stream import data_shards
     from ehrseq.data.token_cache import load_token_cache
 
     say = progress or (lambda message: None)
-    old_path = num_patients <= OLD_PATH_MAX_PATIENTS if old_path is None else old_path
     tmp = Path(tempfile.mkdtemp(prefix="ehrseq-bench-data-"))
     try:
         say(f"writing {num_patients:,} synthetic patients as MEDS")
@@ -534,13 +473,6 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
                              min_count=min_count, repeats=repeats, numeric_bins=numeric_bins, examples=True)
         say(f"building the gbm's count features from the examples cache ({repeats} runs, in a subprocess)")
         features = run_child("features_child", folder=examples["folder"], min_count=min_count, repeats=repeats)
-        objects = labelled = None
-        if old_path:
-            say(f"old object path ({repeats} runs, in a subprocess)")
-            objects = run_child("objects_child", dataset=str(dataset), max_len=max_seq_len, min_count=min_count,
-                                repeats=repeats)
-            labelled = run_child("objects_child", dataset=str(dataset), max_len=max_seq_len, min_count=min_count,
-                                 repeats=repeats, examples=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -549,11 +481,8 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
 
     events = counts["events"]
     build_s, hit_s = median(built["runs"], "build_s"), median(built["runs"], "hit_s")
-    old_s = median(objects["runs"], "total_s") if objects else None
-    examples_s = median(examples["runs"], "build_s")
-    labelled_s = median(labelled["runs"], "total_s") if labelled else None
-    new_c, old_c = (statistics.median(collation["seconds"][k]) for k in ("token_arrays", "collate_rows"))
-    tokens = collation["tokens"]["token_arrays"]
+    examples_s, features_s = median(examples["runs"], "build_s"), median(features["runs"], "total_s")
+    collate_s, tokens = statistics.median(collation["seconds"]), collation["tokens"]
 
     def row(stage: str, seconds: float | None, events_per_s: float | None = None, tokens_per_s: float | None = None,
             speedup: float | None = None, peak_rss_mb: float | None = None, detail: str = "") -> dict[str, Any]:
@@ -563,53 +492,31 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
     stages = [
         row("write synthetic MEDS (untimed)", write_s,
             detail=f"{shards} shards of up to {SHARD_PATIENTS:,} patients" + (", reused" if not write_s else "")),
-        row("MEDS -> token cache: build", build_s, events / build_s,
-            speedup=(events / build_s) / (objects["counts"]["events"] / old_s) if objects else None,
-            peak_rss_mb=built["peak_rss_mb"],
+        row("MEDS -> token cache: build", build_s, events / build_s, peak_rss_mb=built["peak_rss_mb"],
             detail=(f"pass 0 (numeric bins) {median(built['runs'], 'numeric_bins_s'):.2f} s, " if numeric_bins else "")
             + f"pass 1 (vocab) {median(built['runs'], 'vocab_s'):.2f} s, pass 2 (tokenise) "
             f"{median(built['runs'], 'tokenise_s'):.2f} s, finish {median(built['runs'], 'finish_s'):.2f} s; "
             f"{counts['tokens']:,} tokens, {built['cache_bytes'] / 2**20:.0f} MB"),
         row("token cache: reuse (lookup hits)", hit_s, speedup=build_s / hit_s,
             detail=f"dataset re-hashed, cache verified; then load_token_cache(verify=False) {1000 * load_s:.0f} ms"),
-        row("batches: TokenArrays.collate (1 epoch)", new_c, tokens_per_s=tokens / new_c, speedup=old_c / new_c,
-            detail=f"train split, {collation['batches']:,} batches, {tokens:,} tokens"
-            + ("" if collation["identical"] else "; BATCHES DIFFER from collate_rows")),
-        row("batches: collate_rows, old per-row (1 epoch)", old_c,
-            tokens_per_s=collation["tokens"]["collate_rows"] / old_c,
-            detail="EncodedPatient objects built per batch, untimed"),
-        row("old object path: MEDS -> encoded patients", old_s, objects["counts"]["events"] / old_s,
-            peak_rss_mb=objects["peak_rss_mb"],
-            detail="read_meds_dataset, patients_by_split, Vocabulary.build, encode_patient"
-            + (" (no numeric bins)" if numeric_bins else ""))
-        if objects else
-        row("old object path: skipped", None,
-            detail=f"--old-path times it (off above {OLD_PATH_MAX_PATIENTS:,} patients: ~11 GB at 1M)"),
+        row("batches: TokenArrays.collate (1 epoch)", collate_s, tokens_per_s=tokens / collate_s,
+            detail=f"train split, {collation['batches']:,} batches, {tokens:,} tokens"),
         row("binary examples -> token cache: build", examples_s, events / examples_s,
-            speedup=labelled_s / examples_s if labelled else None, peak_rss_mb=examples["peak_rss_mb"],
+            peak_rss_mb=examples["peak_rss_mb"],
             detail=f"{examples['counts']['patients']:,} examples of {examples['counts']['label_rows']:,} label rows, "
             f"{examples['counts']['tokens']:,} tokens; reuse {median(examples['runs'], 'hit_s'):.2f} s"),
+        row("gbm count features from the examples cache", features_s, events / features_s,
+            peak_rss_mb=features["peak_rss_mb"],
+            detail=f"load labels and whole histories, fit {features['counts']['columns']:,} columns on "
+            f"train, {features['counts']['examples']:,} rows (after the examples cache build above)"),
     ]
-    stages.append(row("gbm count features from the examples cache", median(features["runs"], "total_s"),
-                      events / median(features["runs"], "total_s"), peak_rss_mb=features["peak_rss_mb"],
-                      detail=f"load labels and whole histories, fit {features['counts']['columns']:,} columns on "
-                      f"train, {features['counts']['examples']:,} rows (after the examples cache build above)"))
-    if labelled:
-        stages.append(row("old object path: binary examples", labelled_s, events / labelled_s,
-                          peak_rss_mb=labelled["peak_rss_mb"],
-                          detail="read_meds_dataset, labelled_splits, Vocabulary.build, encode_examples"))
     return {"config": {"num_patients": num_patients, "max_seq_len": max_seq_len, "batch_size": batch_size,
                        "min_count": min_count, "numeric_bins": numeric_bins, "repeats": repeats,
-                       "old_path": old_path, "cpus": os.cpu_count(),
-                       "load_average": os.getloadavg()},
-            "counts": {**counts, "shards": shards, "train_tokens_batched": tokens,
-                       "collate_rows_tokens": collation["tokens"]["collate_rows"],
-                       "old_path": objects["counts"] if objects else None, "examples": examples["counts"],
-                       "old_path_examples": labelled["counts"] if labelled else None},
+                       "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+            "counts": {**counts, "shards": shards, "train_tokens_batched": tokens, "examples": examples["counts"]},
             "stages": stages,
             "raw": {"write_s": write_s, "build": built, "load_s": load_s, "collation": collation,
-                    "objects": objects, "examples": examples, "features": features,
-                    "labelled_objects": labelled}}
+                    "examples": examples, "features": features}}
 
 
 @bench_app.command("gpu")

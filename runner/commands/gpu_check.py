@@ -63,13 +63,10 @@ def peak_tflops(device_name: str, precision: str) -> float | None:
 def attention_length(patients: Any, batch_size: int) -> float:
     """The padded length T a real token attends over, averaged over one epoch's batches weighted by their tokens.
 
-    `patients`: TokenArrays (what the trainer batches from) or a list of anything with `.codes`."""
-    import numpy as np
-
+    `patients`: the TokenArrays the trainer batches from."""
     from ehrseq.data.batching import EpochOrder
-    from ehrseq.data.token_arrays import TokenArrays
 
-    lengths = patients.lengths if isinstance(patients, TokenArrays) else np.array([len(p.codes) for p in patients])
+    lengths = patients.lengths
     order = EpochOrder(lengths, batch_size, seed=0)
     batches = [lengths[order.batch_indices(0, b)] for b in range(len(order))]  # each (B,)
     return float(sum(int(b.sum()) * int(b.max()) for b in batches) / sum(int(b.sum()) for b in batches))
@@ -135,14 +132,11 @@ class _Records:
         pass
 
 
-def collation_throughput(patients: Any, batch_size: int, pin: bool, seconds: float = 5.0) -> float:
+def collation_throughput(arrays: Any, batch_size: int, pin: bool, seconds: float = 5.0) -> float:
     """Real tokens/s the host turns into padded batches (pinned when feeding a GPU), as the training thread does:
-    `TokenArrays.collate` of EpochOrder's batches. A list of EncodedPatient is flattened first, untimed, as the
-    Trainer does once."""
+    `TokenArrays.collate` of EpochOrder's batches."""
     from ehrseq.data.batching import EpochOrder
-    from ehrseq.training.trainer import as_token_arrays
 
-    arrays = as_token_arrays(patients)
     order = EpochOrder(arrays.lengths, batch_size, seed=0)
     tokens, start, b = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:

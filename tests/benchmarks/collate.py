@@ -7,9 +7,9 @@ the trainer draws them (`--order epoch`: EpochOrder's length-grouped batches) or
 One process, pinned to one core (torch.set_num_threads(1) and sched_setaffinity), so both paths run on the same
 machine state. Paths, each the median of `--repeats` batches:
 
-  old        collate_rows([ta[i] for i in idx])  the former TokenArrays.collate (objects + per-row loop)
+  old        collate_rows([row(ta, i) ...])      the former TokenArrays.collate (objects + per-row loop)
   old_rows   collate_rows(patients)              the per-row loop alone, objects built beforehand (the old trainer)
-  new_list   collate(patients)                   the list path now (flatten, then the shared gather)
+  new_list   collate(patients)                   the former list path (flatten, then the shared gather)
   new        ta.collate(idx)                     the vectorised gather from the flat arrays
 
 Every timed batch of `new` is checked bit-identical to `old`'s. tokens/s counts real tokens
@@ -27,12 +27,16 @@ import statistics
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ehrseq.data.batching import Batch, EpochOrder, collate, collate_rows
+from ehrseq.data.batching import Batch, EpochOrder
 from ehrseq.data.token_arrays import DTYPES, TokenArrays
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the per-row reference
+from reference_batches import collate, collate_rows, row  # noqa: E402
 
 
 def random_arrays(patients: int, seq_len: int, vocab: int, seed: int) -> TokenArrays:
@@ -82,9 +86,9 @@ def main() -> int:
     else:
         rng = np.random.default_rng(args.seed + 1)
         batches = [rng.integers(0, len(ta), args.batch).tolist() for _ in range(args.repeats)]
-    objects = [[ta[i] for i in idx] for idx in batches]  # for the paths that start from EncodedPatient lists
+    objects = [[row(ta, i) for i in idx] for idx in batches]  # for the paths that start from EncodedPatient lists
 
-    paths = {"old": lambda k: collate_rows([ta[i] for i in batches[k]]),
+    paths = {"old": lambda k: collate_rows([row(ta, i) for i in batches[k]]),
              "old_rows": lambda k: collate_rows(objects[k]),
              "new_list": lambda k: collate(objects[k]),
              "new": lambda k: ta.collate(batches[k])}

@@ -1,15 +1,13 @@
-"""Padded batches of encoded patients, and a resumable, seeded epoch order."""
+"""Padded batches of token rows, and a resumable, seeded epoch order."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.seeding import EPOCH_ORDER, derive_seed
 
 
@@ -40,9 +38,9 @@ def pad_rows(features: Sequence[np.ndarray], starts: np.ndarray, lengths: np.nda
              pad_id: int = 0) -> list[torch.Tensor]:
     """Rows features[k][starts[b]:starts[b] + lengths[b]] padded to the longest, as (B, T) long tensors.
 
-    The one collation path (lists and flat arrays alike): a single (B, T) gather index from starts/lengths,
-    one fancy-index gather per feature in its stored dtype (int8/16/32 read less memory, and memmaps stay
-    untouched), then one widening copy to int64, the dtype the model's embeddings take. No per-row loop.
+    A single (B, T) gather index from starts/lengths, one fancy-index gather per feature in its stored dtype
+    (int8/16/32 read less memory, and memmaps stay untouched), then one widening copy to int64, the dtype the
+    model's embeddings take. No per-row loop.
     """
     T = int(lengths.max()) if len(lengths) else 0
     cols = np.arange(T, dtype=np.int64)  # (T,)
@@ -57,70 +55,11 @@ def pad_rows(features: Sequence[np.ndarray], starts: np.ndarray, lengths: np.nda
     return out
 
 
-FEATURES = ("codes", "ages", "segments", "positions")
-
-
-def flatten(patients: Sequence[EncodedPatient], dtypes: dict[str, type] | None = None,
-            ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """(offsets (P + 1,), one (N,) array per FEATURES entry, subject_ids (P,)) of these patients.
-
-    int64 unless `dtypes` says otherwise; a value that does not fit raises OverflowError, never wraps.
-    """
-    dtypes = dtypes or {}
-    lengths = np.fromiter((len(p.codes) for p in patients), np.int64, len(patients))  # (P,)
-    offsets = np.zeros(len(patients) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    arrays = []
-    for attr in FEATURES:
-        values = [getattr(p, attr) for p in patients]
-        if any(len(v) != n for v, n in zip(values, lengths.tolist(), strict=True)):
-            raise ValueError(f"{attr} and codes differ in length in a patient")
-        arrays.append(np.fromiter(itertools.chain.from_iterable(values), dtypes.get(attr, np.int64),
-                                  int(offsets[-1])))  # (N,)
-    return offsets, arrays, np.fromiter((p.subject_id for p in patients), np.int64, len(patients))
-
-
-def collate(patients: Sequence[EncodedPatient], pad_id: int = 0) -> Batch:
-    """Pads to the longest sequence in the batch (not to max_len): short cohorts train faster.
-
-    Flattens the lists into int64 arrays (lossless) and pads them with `pad_rows`, the path
-    `TokenArrays.collate` takes too, so both give the same batch by construction.
-    """
-    if not patients:
-        raise ValueError("cannot collate an empty batch")
-    offsets, arrays, subject_ids = flatten(patients)
-    codes, ages, segments, positions = pad_rows(arrays, offsets[:-1], np.diff(offsets), pad_id)
-    return batch_of(codes, ages, segments, positions, torch.from_numpy(subject_ids), pad_id)
-
-
 def batch_of(codes: torch.Tensor, ages: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor,
              subject_ids: torch.Tensor, pad_id: int = 0) -> Batch:
     """The Batch of padded (B, T) features; the attention mask is every non-PAD code."""
     return Batch(codes=codes, ages=ages, segments=segments, positions=positions,
                  attention_mask=codes != pad_id, subject_ids=subject_ids)
-
-
-def collate_rows(patients: Sequence[EncodedPatient], pad_id: int = 0) -> Batch:
-    """The original per-row loop (about 1M tokens/s): kept only as the reference the tests and the collate
-    benchmark compare `collate` and `TokenArrays.collate` against. Not used for training."""
-    T = max(len(p.codes) for p in patients)
-
-    def padded(attr: str) -> torch.Tensor:
-        out = torch.full((len(patients), T), pad_id, dtype=torch.long)
-        for i, p in enumerate(patients):
-            values = getattr(p, attr)
-            out[i, : len(values)] = torch.as_tensor(values, dtype=torch.long)
-        return out
-
-    codes = padded("codes")
-    return Batch(
-        codes=codes,
-        ages=padded("ages"),
-        segments=padded("segments"),
-        positions=padded("positions"),
-        attention_mask=codes != pad_id,
-        subject_ids=torch.tensor([p.subject_id for p in patients], dtype=torch.long),
-    )
 
 
 class EpochOrder:

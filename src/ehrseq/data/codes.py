@@ -1,10 +1,10 @@
 """Which codes count: `data.codes` include / exclude patterns, applied to every model's input alike.
 
-Hospital data is mostly labs; a model with a fixed window may see a few days of them and nothing else. The same
-filter runs on the token cache's shards (sequence models) and on the MEDS table (count baselines, Med2Vec,
-next_visit), before numeric bins, vocabulary and features, so every model reads the same events. A pattern is a
-shell-style glob (`*`, `?`, `[...]`); one without a wildcard is a prefix (`LAB//` means `LAB//*`). With `include`,
-only matching codes are kept; `exclude` then drops what matches. `MEDS_BIRTH` always stays: ages come from it.
+Hospital data is mostly labs; a model with a fixed window may see a few days of them and nothing else. The
+filter runs on the token cache's shards, before numeric bins, vocabulary, tokens and whole histories, so every
+model reads the same events. A pattern is a shell-style glob (`*`, `?`, `[...]`); one without a wildcard is a
+prefix (`LAB//` means `LAB//*`). With `include`, only matching codes are kept; `exclude` then drops what matches.
+`MEDS_BIRTH` always stays: ages come from it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from typing import Any
 
 import meds
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ehrseq.data.stream import Shard
 
@@ -49,13 +47,6 @@ class CodeFilter:
     def apply(self, shard: Shard) -> Shard:
         """The shard's rows whose code is kept."""
         return shard.rows(self.allows(shard.names)[shard.code] if len(shard.names) else np.ones(0, bool))
-
-    def apply_table(self, data: pa.Table) -> pa.Table:
-        """A MEDS data table's rows whose code is kept."""
-        codes = pc.dictionary_encode(data.column("code")).combine_chunks()
-        allowed = self.allows(codes.dictionary.to_pylist())
-        keep = allowed[codes.indices.to_numpy(zero_copy_only=False)] if len(allowed) else np.ones(0, bool)
-        return data if keep.all() else data.filter(pa.array(keep))
 
     def describe(self, dropped: int, events: int) -> dict[str, Any]:
         """For the summary: the patterns and the events they dropped."""

@@ -1,4 +1,4 @@
-"""From a data source to patients per split: the first step of every job."""
+"""From a data source to the folder of a MEDS dataset: the first step of every job."""
 
 from __future__ import annotations
 
@@ -8,17 +8,10 @@ import meds
 import pyarrow.compute as pc
 
 from ehrseq.data.labels import label_path, oracle_path
-from ehrseq.data.meds_io import MedsDataset, read_meds_dataset, write_meds_dataset
-from ehrseq.data.patients import Patient, patients_from_meds
+from ehrseq.data.meds_io import MedsDataset, write_meds_dataset
 from ehrseq.data.stream import SPLITS
 from ehrseq.data.synthetic import PRESETS, SyntheticParams, assign_splits, generate_synthetic
 from ehrseq.errors import InputError
-
-
-def load_dataset(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path,
-                 synthetic: SyntheticParams = PRESETS["default"]) -> MedsDataset:
-    """The MEDS dataset of `dataset_folder`, read whole (the object path; the token cache streams it instead)."""
-    return read_meds_dataset(dataset_folder(source, path, num_patients, seed, cache_dir, synthetic))
 
 
 def dataset_folder(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path,
@@ -72,19 +65,6 @@ def write_synthetic_dataset(dest: Path, num_patients: int, seed: int, params: Sy
     extra |= {oracle_path(task): table for task, table in cohort.oracle.items()}
     splits = assign_splits(pc.unique(cohort.data.column("subject_id")).to_numpy(), seed)  # labelled or not
     write_meds_dataset(cohort.data, splits, dest, name=dest.name, extra=extra)
-
-
-def patients_by_split(dataset: MedsDataset) -> dict[str, list[Patient]]:
-    """Patients of each split, using the dataset's own patient-level splits."""
-    out: dict[str, list[Patient]] = {s: [] for s in SPLITS}
-    for patient in patients_from_meds(dataset.data):
-        split = dataset.splits.get(patient.subject_id)
-        if split in out:
-            out[split].append(patient)
-    for split, patients in out.items():
-        if not patients:
-            raise InputError(empty_split_message(dataset, split))
-    return out
 
 
 def empty_split_message(dataset: MedsDataset, split: str) -> str:

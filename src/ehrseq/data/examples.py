@@ -1,12 +1,12 @@
 """Supervised examples streamed shard by shard: each label row becomes a patient of its own, for the token cache.
 
-The object path (ehrseq.data.supervised.labelled_splits) cuts the whole MEDS table at every label's prediction
-time (cutoff.events_before_each) and builds a Patient per example. Here the same cut runs on one shard's arrays
+The per-patient reference the tests keep (tests/reference_splits.py) cuts the whole MEDS table at every label's
+prediction time and builds a Patient per example. Here the same cut runs on one shard's arrays
 at a time: a subject's rows are repeated once per label row of that subject, the rows at or after its
 prediction time dropped (static rows kept), and the example's id (its row in the label table) takes the place
 of the subject id, so ehrseq.data.stream's `histories` and `encode` tokenise examples exactly as they do
 patients. Examples without an event before their time, or whose subject is in no split or not in the data,
-are left out and counted as the object path counts them (LabelReport).
+are left out and counted by the rules of ehrseq.data.labels (LabelReport).
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class ExampleLabels:
         return cut, SplitTable(ids, split, shard.path)
 
     def report(self, report: LabelReport) -> LabelReport:
-        """`report` (the rows read and duplicates) completed with what the shards showed, as labelled_splits
-        counts it."""
+        """`report` (the rows read and duplicates) completed with what the shards showed: the rows dropped, by
+        rule, and the examples and subjects kept."""
         split = self.split >= 0
         usable = self.in_data & split & self.has_history
         return replace(report, absent_subjects=int((~self.in_data).sum()),

@@ -7,7 +7,7 @@ quantiles of its training values, repeated cut points merged (a code with few di
 A value on a cut point goes to the bin above it. Events without a value, and codes with no training values,
 keep their plain code. The fit streams: each code keeps a bounded sample (the SAMPLE_SIZE rows of lowest hash
 priority, a uniform sample that depends on the rows, not on their order or sharding), so memory stays flat in
-dataset size and the object path and the token cache's streamed path fit identical bins.
+dataset size and the token cache's streamed fit equals a fit on the whole table.
 """
 
 from __future__ import annotations
@@ -125,25 +125,3 @@ class BinFitter:
 def numeric_values(column: pa.ChunkedArray) -> np.ndarray:
     """MEDS numeric_value (float32) as float64, NaN where null."""
     return pc.fill_null(column.cast(pa.float32()), np.nan).to_numpy().astype(np.float64)
-
-
-def _codes(data: pa.Table) -> tuple[list[str], np.ndarray]:
-    codes = pc.dictionary_encode(data.column("code").cast(pa.string()).combine_chunks())
-    return codes.dictionary.to_pylist(), codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def fit_table(data: pa.Table, train_subjects: np.ndarray, num_bins: int) -> NumericBins:
-    """Bins from the rows of `data` (MEDS data schema) whose subject is in `train_subjects`."""
-    names, code = _codes(data)
-    subject = data.column("subject_id").cast(pa.int64()).to_numpy()
-    train = np.isin(subject, train_subjects)
-    fitter = BinFitter(num_bins)
-    fitter.add(names, code[train], numeric_values(data.column("numeric_value"))[train], subject[train])
-    return fitter.result()
-
-
-def bin_table(data: pa.Table, bins: NumericBins) -> pa.Table:
-    """`data` with each valued event's code replaced by its value bin's token."""
-    names, code = bins.apply(*_codes(data), numeric_values(data.column("numeric_value")))
-    binned = pa.DictionaryArray.from_arrays(pa.array(code, pa.int32()), pa.array(names, pa.string()))
-    return data.set_column(data.schema.get_field_index("code"), "code", binned.dictionary_decode())

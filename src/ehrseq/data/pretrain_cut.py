@@ -89,14 +89,6 @@ class PretrainCut:
         """The shard's rows pretraining may read."""
         return shard.rows(self.keep(shard.subject, shard.time, shard.has_time))
 
-    def apply_table(self, data: pa.Table) -> pa.Table:
-        """A MEDS data table's rows pretraining may read (the object path: Med2Vec pretraining)."""
-        time = data.column("time").cast(pa.timestamp("us"))
-        keep = self.keep(data.column("subject_id").cast(pa.int64()).to_numpy(),
-                         time.cast(pa.int64()).fill_null(0).to_numpy(),
-                         time.is_valid().to_numpy(zero_copy_only=False))
-        return data if keep.all() else data.filter(pa.array(keep))
-
     def covers(self, files: list[Path]) -> bool:
         """Whether every one of `files` (a fine-tune's labels) is among the label files this cut used."""
         mine = {sha256_of(f) for f in self.files}

@@ -1,9 +1,9 @@
 """A MEDS dataset read shard by shard and turned into BEHRT tokens with numpy, never the whole dataset at once.
 
-The same result as `patients_from_meds` -> `Vocabulary.build` -> `encode_patient` (ehrseq.data.patients,
-vocab, tokenize), exactly, but without a Python object per patient or visit: memory is bounded by one shard
-and a shard of a million rows takes a fraction of a second. MEDS shards hold whole subjects, so each shard
-is complete on its own; `iter_shards` checks that no subject appears in two of them.
+Exactly the result of the plain per-patient path the tests keep as the reference (tests/reference_histories.py:
+Patient objects, their vocabulary, their tokens), but without a Python object per patient or visit: memory is
+bounded by one shard and a shard of a million rows takes a fraction of a second. MEDS shards hold whole
+subjects, so each shard is complete on its own; `iter_shards` checks that no subject appears in two of them.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def rank_in_group(groups: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Histories:
-    """One shard's patients (subjects in a split, sorted) as arrays: what `patients_from_meds` gives as objects.
+    """One shard's patients (subjects in a split, sorted) as arrays: births, static codes and day visits.
 
     Visits are in time order per patient; `event_code[visit_start[v]:visit_start[v + 1]]` are visit v's
     distinct codes in first-seen order. Static codes are sorted by name within a patient."""
@@ -238,7 +238,8 @@ class Histories:
 
 
 def histories(shard: Shard, splits: SplitTable) -> Histories:
-    """Group a shard's rows into patients, static codes, births and day visits, as `patients_from_meds` does."""
+    """Group a shard's rows into patients, static codes, births and visits: a visit is every event of one subject on
+    one calendar day, its codes de-duplicated in first-seen order."""
     subject, time, has_time, code = shard.subject, shard.time, shard.has_time, shard.code
     later = subject[1:] > subject[:-1]  # MEDS shards usually come sorted by subject then time already
     if not (np.all(later | (subject[1:] == subject[:-1])) and np.all(later | (time[1:] >= time[:-1]))):
@@ -330,8 +331,8 @@ def fit_bins(dataset: Path, splits: SplitTable, num_bins: int, *selections: RowS
 
 
 def count_codes(h: Histories, counts: Counter) -> None:
-    """Add the training patients' code counts to `counts`, as `Vocabulary.build` counts them: every visit code
-    (after de-duplication) and each static code once per patient."""
+    """Add the training patients' code counts to `counts`: every visit code (after de-duplication) and each static
+    code once per patient."""
     train = h.split == 0
     per_visit = train[h.visit_patient]
     events = np.repeat(per_visit, np.diff(h.visit_start))
@@ -399,8 +400,8 @@ class Tokens:
 
 
 def age_months(birth: np.ndarray, when: np.ndarray) -> np.ndarray:
-    """Completed months from `birth` to `when` (microseconds), clipped to [0, MAX_AGE_MONTHS], as `_age_months`:
-    calendar months, minus one when (day of month, time of day) of `when` is before that of `birth`."""
+    """Completed months from `birth` to `when` (microseconds), clipped to [0, MAX_AGE_MONTHS]: calendar
+    months, minus one when (day of month, time of day) of `when` is before that of `birth`."""
 
     def parts(us: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         day = us // _DAY_US
@@ -413,7 +414,7 @@ def age_months(birth: np.ndarray, when: np.ndarray) -> np.ndarray:
 
 
 def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
-    """Every patient of the shard as `encode_patient(patient, vocab, max_len)` would encode it.
+    """Every patient of the shard as BEHRT input (ehrseq.data.tokenize's layout), at most `max_len` tokens.
 
     `[CLS] static v1 [SEP] v2 [SEP] ...`: the most recent whole visits that fit, or if none fits the latest's
     first codes that do; static codes outside the vocabulary dropped, at most max_len - 2 of them."""

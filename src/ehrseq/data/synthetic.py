@@ -39,7 +39,7 @@ layout, plus each labelled patient's true risk P(event within horizon) for oracl
 recomputed without the order term (`true_risk_order_blind`), and the best an order-blind model can do
 (`true_risk_order_marginal`: the true risk averaged over the order term given everything else, the order term's
 share estimated within patients who have both codes and, for `onset`, the same number of onset visits).
-Records continue after the prediction time, so inputs must be cut there (see ehrseq.data.cutoff).
+Records continue after the prediction time, so inputs must be cut there (see ehrseq.data.examples).
 
 Everything is vectorised with numpy and generated in chunks of patients, so 1M patients fit in memory.
 """

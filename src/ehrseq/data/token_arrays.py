@@ -8,17 +8,15 @@ what the trainer uses; `select` takes a subset of patients (a split) as another 
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ehrseq.data.batching import Batch, batch_of, flatten, pad_rows
+from ehrseq.data.batching import Batch, batch_of, pad_rows
 from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.stream import encode, histories_of
-from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.data.vocab import Vocabulary
 
 DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}
@@ -36,13 +34,6 @@ class TokenArrays:
     subject_ids: np.ndarray  # (P,) int64
 
     @classmethod
-    def from_encoded(cls, patients: Sequence[EncodedPatient]) -> TokenArrays:
-        """Flattens encoded patients. A value that does not fit its DTYPES entry raises OverflowError rather
-        than wrapping, so collating the result always equals collating the lists."""
-        offsets, (codes, ages, segments, positions), subject_ids = flatten(patients, DTYPES)
-        return cls(codes, ages, segments, positions, offsets, subject_ids)
-
-    @classmethod
     def encode(cls, histories: HistoryArrays, ids: np.ndarray, vocab: Vocabulary, max_len: int) -> TokenArrays:
         """Whole histories tokenised as the token cache tokenises them (the order probe's edited copies)."""
         t = encode(histories_of(histories, ids), vocab, max_len)
@@ -57,19 +48,6 @@ class TokenArrays:
         """(P,) tokens per patient."""
         return np.diff(self.offsets)
 
-    def _index(self, i: int) -> int:
-        """i as a patient index in 0..P-1 (negative counts from the end, as for a list)."""
-        i, n = operator.index(i), len(self)
-        if not -n <= i < n:
-            raise IndexError(f"patient {i} out of range for {n} patients")
-        return i + n if i < 0 else i
-
-    def __getitem__(self, i: int) -> EncodedPatient:
-        i = self._index(i)
-        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return EncodedPatient(int(self.subject_ids[i]), self.codes[a:b].tolist(), self.ages[a:b].tolist(),
-                              self.segments[a:b].tolist(), self.positions[a:b].tolist())
-
     def _positions(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """(B,) int64 patient indices, negatives wrapped, all checked in range."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -79,8 +57,8 @@ class TokenArrays:
         return np.where(idx < 0, idx + n, idx)
 
     def collate(self, indices: Sequence[int] | np.ndarray, pad_id: int = 0) -> Batch:
-        """The batch of these patients (any order, repeats allowed), bit-identical to
-        `batching.collate([self[i] for i in indices])` but gathered straight from the flat arrays."""
+        """The batch of these patients (any order, repeats allowed), padded to the longest, gathered straight from the
+        flat arrays (tests/reference_batches.py keeps the per-row loop it equals)."""
         idx = self._positions(indices)  # (B,)
         if len(idx) == 0:
             raise ValueError("cannot collate an empty batch")
@@ -92,7 +70,7 @@ class TokenArrays:
         return batch_of(codes, ages, segments, positions, subject_ids, pad_id)
 
     def select(self, indices: Sequence[int] | np.ndarray | slice) -> TokenArrays:
-        """These patients as a TokenArrays of their own (a split of a cache), patient k being self[indices[k]].
+        """These patients as a TokenArrays of their own (a split of a cache), patient k being patient indices[k] here.
 
         A slice with step 1 (e.g. `ta.select(slice(0, 1000))`) is a view: no token is copied, memmaps stay
         memmaps. Any other selection copies the selected patients' tokens into fresh in-memory arrays.

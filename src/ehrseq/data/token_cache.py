@@ -288,7 +288,7 @@ def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
 
 def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: LabelledTask | None = None,
                   examples: ExampleLabels | None = None, next_visit: bool = False) -> None:
-    """An empty split is bad input, with `patients_by_split`'s message (`labelled_splits`' for examples)."""
+    """An empty split is bad input: `cohort.empty_split_message` says why (`supervised.no_examples` for examples)."""
     for s, n in enumerate(patients):
         if not n and next_visit:
             raise InputError(f"task next_visit: the {SPLITS[s]!r} split has no subjects with two or more visits")
@@ -406,7 +406,7 @@ def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 
     naming `source`, default the dataset path, if none is), numeric values binned into `numeric_bins` value
     bins per code when not 0 (fitted on the training split); a given `vocab` brings its own bins. With `task`,
     the patients are its examples (ehrseq.data.examples: one per label row, cut before its prediction time; the
-    vocabulary counts the training examples' codes, as the object path does). With `cut` (pretraining), only the
+    vocabulary counts the training examples' codes). With `cut` (pretraining), only the
     rows it keeps are read, for the bins, the vocabulary and the tokens (ehrseq.data.pretrain_cut); with `codes`
     (data.codes), only the codes it keeps. With `next_visit`, the patients are next_visit's examples (each
     patient with two or more visits, cut before its last, that visit's codes the target: stream.last_visit_targets).
@@ -496,7 +496,7 @@ def load_examples(folder: Path, arrays: dict[str, TokenArrays],
     out = {}
     for split, tokens in arrays.items():
         e = np.asarray(tokens.subject_ids, np.int64)
-        out[split] = LabelledSplit(None, times[e], flags[e], days[e], e, subjects[e],
+        out[split] = LabelledSplit(times[e], flags[e], days[e], e, subjects[e],
                                    histories[split] if histories else None)
     return out, LabelReport(**read_manifest(folder, verify=False)["examples"]["report"])
 
@@ -511,7 +511,7 @@ def load_next_visit(folder: Path, vocab: Vocabulary, arrays: dict[str, TokenArra
     out = {}
     for split, tokens in arrays.items():
         a, b = manifest["splits"][split]["patients"]
-        out[split] = NextVisitSplit(None, times[a:b].astype("datetime64[us]"),
+        out[split] = NextVisitSplit(times[a:b].astype("datetime64[us]"),
                                     [tuple(vocab.itos[c] for c in codes[offsets[p]: offsets[p + 1]])
                                      for p in range(a, b)], np.asarray(tokens.subject_ids, np.int64))
     return out

@@ -7,12 +7,9 @@ model fine-tuned from it must bin alike.
 """
 
 import json
-from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
 from ehrseq.data.numeric import NumericBins
-from ehrseq.data.patients import Patient
 
 
 class Vocabulary:
@@ -27,14 +24,6 @@ class Vocabulary:
         self.counts = dict(ordered)
         self.itos = [*self.SPECIALS, *self.counts]
         self.stoi = {token: i for i, token in enumerate(self.itos)}
-
-    @classmethod
-    def build(cls, patients: Iterable[Patient], min_count: int = 1) -> "Vocabulary":
-        """Count every code occurrence across all visits, and each static code once per patient; keep those seen
-        at least `min_count` times."""
-        counts = Counter(code for patient in patients for visit in patient.visits for code in visit.codes)
-        counts.update(code for patient in patients for code in patient.static)
-        return cls({code: n for code, n in counts.items() if n >= min_count})
 
     def __len__(self) -> int:
         return len(self.itos)

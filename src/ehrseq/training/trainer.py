@@ -36,9 +36,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ehrseq.data.batching import Batch, EpochOrder, collate
+from ehrseq.data.batching import Batch, EpochOrder
 from ehrseq.data.token_arrays import TokenArrays
-from ehrseq.data.tokenize import EncodedPatient
 from ehrseq.seeding import EVALUATION, TRAIN_STEP, derive_seed
 from ehrseq.training import distributed
 from ehrseq.training.optim import build_optimizer, warmup_linear_decay
@@ -107,17 +106,13 @@ class Callback:
         """After each optimizer step: a safe point to checkpoint."""
 
 
-def as_token_arrays(patients: Sequence[EncodedPatient] | TokenArrays) -> TokenArrays:
-    return patients if isinstance(patients, TokenArrays) else TokenArrays.from_encoded(patients)
-
-
 class Trainer:
     def __init__(
         self,
         model: nn.Module,
         task: Task,
-        train_set: Sequence[EncodedPatient] | TokenArrays,
-        tuning_set: Sequence[EncodedPatient] | TokenArrays,
+        train_set: TokenArrays,
+        tuning_set: TokenArrays,
         config: TrainConfig,
         device: torch.device,
         callbacks: Sequence[Callback] = (),
@@ -125,10 +120,9 @@ class Trainer:
     ) -> None:
         self.model = model.to(device)
         self.task = task
-        # lists are flattened once here (values must fit TokenArrays' dtypes, else OverflowError, never a silent
-        # wrap); every step and tuning evaluation then gathers its batch from flat arrays, no per-patient objects
-        self.train_set = as_token_arrays(train_set)
-        self.tuning_set = as_token_arrays(tuning_set)
+        # every step and tuning evaluation gathers its batch from the flat arrays: no per-patient objects
+        self.train_set = train_set
+        self.tuning_set = tuning_set
         self.config = config
         self.device = device
         self.callbacks = list(callbacks)
@@ -262,18 +256,13 @@ class Trainer:
         st.stopped_early = (cfg.patience is not None and st.evals_since_best >= cfg.patience
                             and cfg.min_steps <= st.step < cfg.max_steps)
 
-    def evaluate(self, patients: Sequence[EncodedPatient] | TokenArrays,
-                 should_stop: Callable[[], bool] | None = None) -> Any:
+    def evaluate(self, patients: TokenArrays, should_stop: Callable[[], bool] | None = None) -> Any:
         """The task's evaluation on `patients` (fixed masks); None if stopped mid-way.
 
-        Batches are consecutive runs of `eval_batch_size` patients; a list and the equivalent TokenArrays give
-        the same batches (one collation path underneath).
+        Batches are consecutive runs of `eval_batch_size` patients.
         """
         size, n = self.config.eval_batch_size, len(patients)
-        if isinstance(patients, TokenArrays):
-            batches = (patients.collate(range(i, min(i + size, n))) for i in range(0, n, size))
-        else:
-            batches = (collate(patients[i : i + size]) for i in range(0, n, size))
+        batches = (patients.collate(range(i, min(i + size, n))) for i in range(0, n, size))
         with autocast(self.precision, self.device):
             return self.task.evaluate(self.model, batches, self.device,
                                       derive_seed(self.config.seed, EVALUATION), should_stop or self.should_stop)
