@@ -2,10 +2,10 @@
 
 The launcher runs `python -m torch.distributed.run --standalone --nproc-per-node N -m ehrseq_runner run SPEC ...`;
 each process trains on its share of every batch (see ehrseq.training.trainer). Rank 0 is the run exactly as a
-single process runs it: status, metrics, checkpoints and the bundle. The other ranks (`run_worker`) read
-the same data and checkpoint and write nothing to storage. A stop request on any rank stops every rank at
-the same step (the flag is reduced across ranks each step); rank 0 commits its checkpoint within
-checkpoint.grace_seconds while the others wait for it at a barrier, and all exit 75.
+single process runs it: status, metrics, checkpoints and the bundle. The other ranks (`run_worker`) read the same
+inputs and checkpoint through the same functions (job/inputs.py) and write nothing to storage. A stop request on
+any rank stops every rank at the same step (the flag is reduced across ranks each step); rank 0 commits its
+checkpoint within checkpoint.grace_seconds while the others wait for it at a barrier, and all exit 75.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from rich.console import Console
 from ehrseq.errors import InputError
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
-from ehrseq.training.state import load_snapshot, set_rng_state
 from ehrseq.training.threads import thread_count
 from ehrseq_runner.checkpoints.store import CheckpointStore
+from ehrseq_runner.job.inputs import read_inputs
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED, StopRequest
-from ehrseq_runner.job.prepare import make_trainer, prepare_data
-from ehrseq_runner.job.pretrained import fetch_pretrained
-from ehrseq_runner.job.resume import fetch_resume_checkpoint
+from ehrseq_runner.job.prepare import make_trainer
+from ehrseq_runner.job.resume import restore, resume_snapshot
 from ehrseq_runner.spec.job_spec import BASELINES, JobSpec
 from ehrseq_runner.storage.local import LocalStorage
 from ehrseq_runner.storage.run_folder import RunFolder
@@ -67,24 +66,20 @@ def launch(spec: JobSpec, argv: list[str], nproc: int) -> int:
 
 
 def run_worker(spec: JobSpec, run: RunFolder, stop: StopRequest, console: Console) -> int:
-    """A rank other than 0: the same data, model, checkpoint and steps as rank 0; no storage writes."""
+    """A rank other than 0: the same inputs, model, checkpoint and steps as rank 0 (job/inputs.py); no storage
+    writes (the dataset cache rank 0 filled is reused, never uploaded)."""
     base = Path(spec.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq")
     work = base / spec.resolved_run_id / f"rank-{distributed.rank()}"
     device = resolve_device(spec.train.device)
-    pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url, spec.model.kind) \
-        if spec.model.init_from else None
-    with distributed.rank_zero_first():  # rank 0 fills the dataset cache
-        data = prepare_data(spec, base / "datasets", vocab=pretrained.vocab if pretrained else None)
+    pretrained, data = read_inputs(spec, base / "datasets")
     if distributed.any_rank(stop()):
         return EXIT_PREEMPTED
     trainer = make_trainer(spec, data, device, should_stop=stop, pretrained=pretrained)
     local_dir = spec.checkpoint.local_dir
     tiers = [CheckpointStore(RunFolder(LocalStorage(Path(local_dir)), run.run_id))] if local_dir else []
-    resumed = fetch_resume_checkpoint([*tiers, CheckpointStore(run)], work / "resume", warn=lambda message: None)
+    resumed = resume_snapshot([*tiers, CheckpointStore(run)], work / "resume", device, warn=lambda message: None)
     if resumed is not None:  # exactly the step rank 0 resumes from (no rank writes one before training)
-        snapshot = load_snapshot(resumed[1], device)
-        trainer.load_state_dict(snapshot)
-        set_rng_state(snapshot["rng"])
+        restore(trainer, resumed[2])
         console.print(f"rank {distributed.rank()}: resumed from step {resumed[0]['step']}", highlight=False)
     finished = trainer.fit()
     distributed.barrier()  # rank 0 has committed its checkpoint

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ehrseq.training import distributed
+from ehrseq.training.state import load_snapshot, set_rng_state
+from ehrseq.training.trainer import Trainer
 from ehrseq_runner.checkpoints.local_tier import fetch_newest
 from ehrseq_runner.checkpoints.store import CheckpointStore
 
@@ -41,3 +45,20 @@ def fetch_step(tiers: list[CheckpointStore], step: int, dest: Path,
                     warn(f"{store.run.uri}: {e}")
     raise RuntimeError(f"rank {distributed.rank()}: no tier holds a verified copy of step {step}, the checkpoint "
                        "rank 0 resumes from")
+
+
+def resume_snapshot(tiers: list[CheckpointStore], dest: Path, device: torch.device,
+                    warn: Callable[[str], None]) -> tuple[dict[str, Any], Path, dict[str, Any]] | None:
+    """(manifest, folder, snapshot) of the checkpoint every rank resumes from (rank 0's choice),
+    copied under `dest`; None for a fresh start."""
+    resumed = fetch_resume_checkpoint(tiers, dest, warn=warn)
+    if resumed is None:
+        return None
+    manifest, folder = resumed
+    return manifest, folder, load_snapshot(folder, device)
+
+
+def restore(trainer: Trainer, snapshot: dict[str, Any]) -> None:
+    """The trainer (weights, optimizer, schedule, step) and the RNGs as the snapshot left them."""
+    trainer.load_state_dict(snapshot)
+    set_rng_state(snapshot["rng"])

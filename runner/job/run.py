@@ -2,20 +2,19 @@
 
 The run works in a local folder (`runtime.work_dir`) and sends what matters to its folder in
 storage, the only place a later pod or a user looks. A run with a committed checkpoint in
-storage resumes from it; a stop request (SIGTERM) commits one and exits 75.
+storage resumes from it; a stop request (SIGTERM) commits one and exits 75. This module orchestrates: the
+inputs every rank reads are job/inputs.py's, the facts a bundle reports the library's (ehrseq.reports.facts,
+ehrseq.evaluation.controls).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import platform
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,29 +25,23 @@ from rich.markup import escape
 from safetensors.torch import save_file
 
 from ehrseq.data.prepared import PreparedData
-from ehrseq.data.stream import SPLITS
-from ehrseq.data.supervised import LabelledSplit, oracle_risks
+from ehrseq.data.supervised import LabelledSplit
 from ehrseq.data.synthetic import code_clusters
 from ehrseq.data.token_arrays import TokenArrays
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError, no_space
-from ehrseq.evaluation.order_probe import logit, order_probe
+from ehrseq.evaluation.controls import oracle_facts, order_probe_facts
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import count_parameters
 from ehrseq.models.baselines import fit_baseline
 from ehrseq.reports.embeddings import EmbeddingReport, write_code_embeddings
-from ehrseq.reports.provenance import compute_facts, git_commit, hardware_facts
+from ehrseq.reports.facts import data_facts, label_facts
+from ehrseq.reports.provenance import compute_facts, git_commit, hardware_facts, versions
 from ehrseq.reports.summary import coverage_warning
 from ehrseq.training import distributed
 from ehrseq.training.device import resolve_device
 from ehrseq.training.progress import ProgressReporter
-from ehrseq.training.state import (
-    load_model_weights,
-    load_snapshot,
-    load_trainable_state_dict,
-    set_rng_state,
-    trainable_state_dict,
-)
+from ehrseq.training.state import load_model_weights, load_trainable_state_dict, trainable_state_dict
 from ehrseq.training.threads import configure_threads
 from ehrseq.training.trainer import Trainer
 from ehrseq_runner.checkpoints.checkpointing import Checkpointer
@@ -56,17 +49,12 @@ from ehrseq_runner.checkpoints.local_tier import LocalTier
 from ehrseq_runner.checkpoints.store import RUN_CHECKPOINT_FILES, CheckpointStore, checkpoint_dir
 from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
+from ehrseq_runner.job.inputs import read_inputs
 from ehrseq_runner.job.metrics_log import MetricsLog
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED, Stopped, StopRequest
-from ehrseq_runner.job.prepare import make_trainer, prepare_data, training_seed
-from ehrseq_runner.job.pretrained import (
-    Pretrained,
-    check_no_leakage,
-    check_positions,
-    check_pretraining_data,
-    fetch_pretrained,
-)
-from ehrseq_runner.job.resume import fetch_resume_checkpoint
+from ehrseq_runner.job.prepare import make_trainer, training_seed
+from ehrseq_runner.job.pretrained import Pretrained
+from ehrseq_runner.job.resume import restore, resume_snapshot
 from ehrseq_runner.job.tracking import Tracker, check_installed
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.spec.job_spec import (
@@ -212,72 +200,35 @@ class Job:
             self.syncer.close(deadline=time.monotonic() + FAILED_STATUS_BUDGET_S)
 
     def _read_inputs(self) -> tuple[Pretrained | None, PreparedData]:
-        """The base weights (model.init_from) and the data, each checked: an InputError here stores nothing."""
-        spec = self.spec
-        pretrained = fetch_pretrained(spec.model.init_from, spec.storage.endpoint_url, spec.model.kind) \
-            if spec.model.init_from else None
-        if pretrained:
-            check_positions(pretrained, spec.model.positions)
-            check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
-        with self.console.status("preparing data"), distributed.rank_zero_first():
-            data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None,
-                                remote=StoredTokenCaches(self.run_folder.storage), warn=self.warn)
-        if pretrained:
-            check_pretraining_data(pretrained, spec, data.fingerprint(np.zeros(0, np.int64)), data.identity,
-                                   data.folder)
-        return pretrained, data
+        """The base weights and the data, as every rank reads them; the token cache is kept in storage too."""
+        with self.console.status("preparing data"):
+            return read_inputs(self.spec, self.work.parent / "datasets", StoredTokenCaches(self.run_folder.storage),
+                               self.warn)
 
     def _train_and_report(self, pretrained: Pretrained | None, data: PreparedData) -> int:
-        spec, console, work = self.spec, self.console, self.work
+        spec, console = self.spec, self.console
         device = resolve_device(spec.train.device)
         if distributed.any_rank(self.stop()):
             return self._preempted(lost=0)
-        vocab, encoded = data.vocab, data.encoded
-        if data.label_report:
-            console.print(escape(data.label_report.describe()), highlight=False)
-        if data.token_cache:
-            console.print(data.describe_token_cache(), highlight=False)
-        if warning := coverage_warning(data.coverage):
-            self.warn(warning)
-        vocab.save(work / "vocab.json")
-        self.run_folder.put_file("vocab.json", work / "vocab.json")
+        self._announce_data(data)
         if spec.model.kind in BASELINES:
             return self._fit_baseline(data)
         trainer = make_trainer(spec, data, device, should_stop=self.stop, pretrained=pretrained)
-        model, config = trainer.model, trainer.model.config
-        params_total, params_trainable = count_parameters(model)
         base = {"init_from": pretrained.provenance()} if pretrained else {}
-        metrics = MetricsLog(work / "metrics.jsonl", self.syncer, self._resume(trainer, device, base))
+        metrics = MetricsLog(self.work / "metrics.jsonl", self.syncer, self._resume(trainer, device, base))
         for line in self.tracker.start(metrics.records, str(device)):
             console.print(escape(line), highlight=False)
-        checkpointer = Checkpointer(
-            self.store, self.local.folder if self.local else work / "checkpoints", spec.checkpoint.interval_seconds,
-            spec.checkpoint.keep_last, first_tier=self.local.commit if self.local else None,
-            fallback_dir=work / "checkpoints",
-            metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": _versions(), **base,
-                               **self.tracker.checkpoint_fields()},
-                              {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
-            on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
-            best_metric=trainer.config.monitor, durable_step=trainer.state.step)
+        checkpointer = self._checkpointer(trainer, metrics, base)
         console.print(f"[bold]{escape(self.run_folder.uri)}[/]: {spec.model.kind}-{spec.model.size} {spec.task.kind} "
-                      f"({params_total:,} parameters) "
-                      f"on {device}; {len(vocab):,} tokens; examples (patients) "
-                      + " / ".join(f"{s} {len(encoded[s])} ({n})" for s, n in data.patients().items()))
+                      f"({count_parameters(trainer.model)[0]:,} parameters) "
+                      f"on {device}; {len(data.vocab):,} tokens; examples (patients) "
+                      + " / ".join(f"{s} {len(data.encoded[s])} ({n})" for s, n in data.patients().items()))
 
         with ProgressReporter(trainer.config.max_steps, start_step=trainer.state.step, console=console) as progress:
             trainer.callbacks = [metrics, checkpointer, progress, self.tracker]
             finished = trainer.fit()
         if not finished:
-            committed = checkpointer.save_now(trainer, deadline=self.stop.deadline(spec.checkpoint.grace_seconds))
-            distributed.barrier()  # the other processes exit once the checkpoint is committed
-            metrics.close()
-            if self.lease.lost:
-                raise self.lease.lost
-            if not committed and self.local and self.local.has(trainer.state.step):
-                self.warn(f"step {trainer.state.step} is committed on the local tier ({self.local.folder}); a run "
-                          "with this checkpoint.local_dir resumes from it")
-            return self._preempted(lost=trainer.state.step - checkpointer.durable_step, committed=committed,
-                                   durable_step=checkpointer.durable_step)
+            return self._stopped_in_training(trainer, checkpointer, metrics)
         checkpointer.save_now(trainer)  # the final state, so a larger max_steps can continue this run
         checkpointer.raise_if_failed()
         distributed.barrier()
@@ -286,28 +237,72 @@ class Job:
         selection = self._select_best(trainer, device) if spec.task.kind in SUPERVISED else {}
 
         with console.status("evaluating on held-out patients"):
-            held_out = trainer.evaluate(encoded["held_out"])
+            held_out = trainer.evaluate(data.encoded["held_out"])
         if held_out is None:
             return self._preempted(lost=0, durable_step=checkpointer.durable_step)
         self.stop.check()
+        self._write_trained_bundle(trainer, data, held_out, metrics.records, {
+            "durable_step": checkpointer.durable_step, **selection, **base}, str(device))
+        return self._completed(held_out, checkpointer.durable_step, stopped_early=trainer.state.stopped_early,
+                               epoch_steps=trainer.config.max_steps if spec.train.epochs else None)
+
+    def _announce_data(self, data: PreparedData) -> None:
+        """Logs what happened to the labels, the token cache and the window; stores the vocabulary."""
+        if data.label_report:
+            self.console.print(escape(data.label_report.describe()), highlight=False)
+        if data.token_cache:
+            self.console.print(data.describe_token_cache(), highlight=False)
+        if warning := coverage_warning(data.coverage):
+            self.warn(warning)
+        data.vocab.save(self.work / "vocab.json")
+        self.run_folder.put_file("vocab.json", self.work / "vocab.json")
+
+    def _checkpointer(self, trainer: Trainer, metrics: MetricsLog, base: dict[str, Any]) -> Checkpointer:
+        """Timed checkpoints to the local tier (if any), then storage, each with the vocabulary and metrics."""
+        spec, work = self.spec, self.work
+        return Checkpointer(
+            self.store, self.local.folder if self.local else work / "checkpoints", spec.checkpoint.interval_seconds,
+            spec.checkpoint.keep_last, first_tier=self.local.commit if self.local else None,
+            fallback_dir=work / "checkpoints",
+            metadata=lambda: ({"spec_fingerprint": spec.fingerprint(), "versions": versions(), **base,
+                               **self.tracker.checkpoint_fields()},
+                              {"vocab.json": (work / "vocab.json").read_bytes(), "metrics.jsonl": metrics.snapshot()}),
+            on_commit=lambda step: self.syncer.set_status(durable_step=step), warn=self.warn,
+            best_metric=trainer.config.monitor, durable_step=trainer.state.step)
+
+    def _stopped_in_training(self, trainer: Trainer, checkpointer: Checkpointer, metrics: MetricsLog) -> int:
+        """A stop request mid-training: the final checkpoint within the grace budget, then exit 75."""
+        committed = checkpointer.save_now(trainer, deadline=self.stop.deadline(self.spec.checkpoint.grace_seconds))
+        distributed.barrier()  # the other processes exit once the checkpoint is committed
+        metrics.close()
+        if self.lease.lost:
+            raise self.lease.lost
+        if not committed and self.local and self.local.has(trainer.state.step):
+            self.warn(f"step {trainer.state.step} is committed on the local tier ({self.local.folder}); a run "
+                      "with this checkpoint.local_dir resumes from it")
+        return self._preempted(lost=trainer.state.step - checkpointer.durable_step, committed=committed,
+                               durable_step=checkpointer.durable_step)
+
+    def _write_trained_bundle(self, trainer: Trainer, data: PreparedData, held_out: Any,
+                              records: list[dict[str, Any]], facts: dict[str, Any], device: str) -> None:
+        """A trained model's bundle: weights (a LoRA run: adapters and head), held-out figures and the facts."""
+        spec, work, model, vocab = self.spec, self.work, trainer.model, data.vocab
+        params_total, params_trainable = count_parameters(model)
         embeddings = self._code_embeddings(model, vocab) if spec.model.kind == "med2vec" else None
-        extra = {**base, **self._weights_facts(metrics.records)}
+        facts = {**facts, **self._weights_facts(records)}
         if spec.lora:  # the bundle keeps the adapter and head only; `ehrseq export --merge` folds in the base
-            extra["lora"] = spec.lora.model_dump()
+            facts["lora"] = spec.lora.model_dump()
             save_file({k: v.cpu().contiguous() for k, v in trainable_state_dict(model).items()}, work / ADAPTER)
             self.run_folder.put_file(ADAPTER, work / ADAPTER)
-        write_bundle(self.run_folder, work, spec, None if spec.lora else model, held_out, metrics.records, {
-            "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(config),
-            "steps": trainer.state.step, "durable_step": checkpointer.durable_step, **selection, **extra,
-            "underfit": trainer.state.underfit,
-            **self._common_facts(data, held_out, str(device)),
+        write_bundle(self.run_folder, work, spec, None if spec.lora else model, held_out, records, {
+            "params_total": params_total, "params_trainable": params_trainable, "model_config": vars(model.config),
+            "steps": trainer.state.step, **facts, "underfit": trainer.state.underfit,
+            **self._common_facts(data, held_out, device),
             **self._order_probe(data, lambda s: _scores(trainer.evaluate(
                 TokenArrays.encode(s.histories, s.example_ids, vocab, spec.data.max_seq_len), lambda: False))),
             **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
         }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
             summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "", stop=self.stop.check)
-        return self._completed(held_out, checkpointer.durable_step, stopped_early=trainer.state.stopped_early,
-                               epoch_steps=trainer.config.max_steps if spec.train.epochs else None)
 
     def _select_best(self, trainer: Trainer, device: torch.device) -> dict[str, Any]:
         """Loads the weights of the best tuning evaluation (its checkpoint, which pruning keeps) for scoring
@@ -373,56 +368,23 @@ class Job:
         from the generator's order effect. `score` gives probabilities (binary; probed as log-odds) or risks."""
         if self.spec.data.source != "synthetic" or self.spec.task.kind not in ("binary", "survival"):
             return {}
-        as_logits = logit if self.spec.task.kind == "binary" else np.asarray
-        params = self.spec.data.synthetic.params()
-        probe = order_probe(data.labelled["held_out"], lambda s: as_logits(score(s)), params.order_effect,
-                            params.order_window, params.pattern)
-        return {"order_probe": probe.to_dict()}
+        return order_probe_facts(data.labelled["held_out"], score, self.spec.task.kind,
+                                 self.spec.data.synthetic.params())
 
     def _common_facts(self, data: PreparedData, held_out: Any, device: str) -> dict[str, Any]:
-        spec, dataset = self.spec, data.identity
-        facts: dict[str, Any] = {
-            **compute_facts(time.time() - self.started, device, spec.runtime.price_per_hour, distributed.world_size()),
-            "hardware": hardware_facts(device, distributed.world_size()),
-            "versions": _versions(), "git_commit": git_commit(), "spec_fingerprint": spec.fingerprint(),
-            "data_fingerprint": data.fingerprint(held_out.subject_ids),
-            "data": {"source": spec.data.source, "dataset": dataset, "dataset_name": data.name,
-                     "description": f"{spec.data.source} cohort" + (
-                         f" ({spec.data.num_patients} patients, seed {spec.seed}, "
-                         f"preset {spec.data.synthetic.preset})"
-                         if spec.data.source == "synthetic" else f" from {spec.data.path}"),
-                     "examples": {s: len(data.encoded[s]) for s in SPLITS}, "subjects": data.patients(),
-                     "vocab_size": len(data.vocab)}}
-        if data.token_cache:
-            facts["data"]["token_cache"] = data.token_cache
-        if data.codes:
-            facts["data"]["codes"] = data.codes
-        if data.coverage:  # what of each history the max_seq_len window keeps
-            facts["data"]["coverage"] = data.coverage
-        if data.pretrain_cut:  # what a fine-tune checks: same data and splits, no labelled patient's future
-            facts["pretraining_data"] = {"fingerprint": data.fingerprint(np.zeros(0, np.int64)),
-                                         "patients_labelled": len(data.pretrain_cut.subjects),
-                                         **data.pretrain_cut.identity(data.folder)}
-        if data.vocab.bins:
-            facts["data"]["numeric_bins"] = {"bins": data.vocab.numeric_bins, "codes": len(data.vocab.bins.edges)}
-        if data.labelled:
-            facts["labels"] = spec.task.labels_path or spec.task.label_task
-            facts["labels_used"] = data.labels_used()
-            if data.label_report:
-                facts["label_rows"] = data.label_report.to_dict()
-            # the true risk scored like a model: the ceiling on these subjects, the true risk without the order term
-            # and the best an order-blind model can do (the risk averaged over the order term)
-            # (labels from labels_path are the user's own: no oracle)
-            oracles = () if spec.task.labels_path else (("oracle", "true_risk"),
-                                                        ("oracle_order_blind", "true_risk_order_blind"),
-                                                        ("oracle_order_marginal", "true_risk_order_marginal"))
-            for name, column in oracles:
-                risks = oracle_risks(data.folder, spec.task.label_task, held_out.subject_ids, column)
-                if risks is not None:
-                    oracle = (replace(held_out, probabilities=risks) if spec.task.kind == "binary"
-                              else replace(held_out, risks=risks))
-                    facts[name] = oracle.metrics()
-        return facts
+        """What every bundle says besides the model: compute, environment, spec and data, labels, oracles."""
+        spec, world = self.spec, distributed.world_size()
+        description = f"{spec.data.source} cohort" + (
+            f" ({spec.data.num_patients} patients, seed {spec.seed}, preset {spec.data.synthetic.preset})"
+            if spec.data.source == "synthetic" else f" from {spec.data.path}")
+        # the oracles: none for labels from labels_path (the user's own) nor for next_visit (no true risk)
+        oracles = not spec.task.labels_path and spec.task.kind in ("binary", "survival")
+        return {**compute_facts(time.time() - self.started, device, spec.runtime.price_per_hour, world),
+                "hardware": hardware_facts(device, world), "versions": versions(), "git_commit": git_commit(),
+                "spec_fingerprint": spec.fingerprint(),
+                **data_facts(data, spec.data.source, description, held_out.subject_ids),
+                **label_facts(data, spec.task.labels_path or spec.task.label_task),
+                **(oracle_facts(data.folder, spec.task.label_task, held_out) if oracles else {})}
 
     def _completed(self, held_out: Any, durable_step: int, **fields: Any) -> int:
         self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time(), **fields)
@@ -455,18 +417,16 @@ class Job:
         was trained on must be the same weights, byte for byte, or the resumed model would be a different one.
         """
         tiers = [self.local.store, self.store] if self.local else [self.store]
-        resumed = fetch_resume_checkpoint(tiers, self.work / "resume", warn=self.warn)  # the other ranks' too
+        resumed = resume_snapshot(tiers, self.work / "resume", device, warn=self.warn)  # the other ranks' too
         if resumed is None:
             return b""
-        manifest, folder = resumed
-        snapshot = load_snapshot(folder, device)
+        manifest, folder, snapshot = resumed
         self.tracker.resume_from(snapshot["trainer"])
         stored_base = snapshot["trainer"].get("init_from")
         if stored_base != base.get("init_from"):
             raise InputError(f"{self.run_folder.uri} was trained on base {stored_base} but model.init_from now "
                              f"gives {base.get('init_from')}; resume with the original base or pass --fresh")
-        trainer.load_state_dict(snapshot)
-        set_rng_state(snapshot["rng"])
+        restore(trainer, snapshot)
         self.console.print("[bold]resuming[/] " + escape(f"{self.run_folder.uri} from step {manifest['step']} "
                                                          f"({self.run_folder.uri}/{checkpoint_dir(manifest['step'])})"))
         return (folder / "metrics.jsonl").read_bytes()
@@ -487,12 +447,3 @@ class Job:
 def _scores(predictions: BinaryPredictions | SurvivalPredictions) -> np.ndarray:
     """Probabilities (binary) or risks (survival), as a baseline's `score` gives them."""
     return predictions.probabilities if isinstance(predictions, BinaryPredictions) else predictions.risks
-
-
-def _versions() -> dict[str, str | None]:
-    try:
-        version = importlib.metadata.version("ehrseq")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "ehrseq": version}

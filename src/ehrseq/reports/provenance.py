@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -34,6 +35,17 @@ def git_commit(repo: Path | None = None) -> str | None:
         return None
     return out.stdout.strip() or None
 
+
+def versions() -> dict[str, str | None]:
+    """torch, its CUDA build, Python and ehrseq ("unknown" when not installed as a package)."""
+    import torch
+
+    try:
+        version = importlib.metadata.version("ehrseq")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "ehrseq": version}
 
 def dataset_identity(dataset: MedsDataset) -> str:
     """The dataset's name (metadata/dataset.json) and event count: which data, without hashing every row."""
