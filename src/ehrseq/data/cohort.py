@@ -11,6 +11,7 @@ from ehrseq.data.labels import label_path, oracle_path
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset, write_meds_dataset
 from ehrseq.data.patients import Patient, patients_from_meds
 from ehrseq.data.synthetic import PRESETS, SyntheticParams, assign_splits, generate_synthetic
+from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.errors import InputError
 
 SPLITS = ("train", "tuning", "held_out")
@@ -75,10 +76,10 @@ def write_synthetic_dataset(dest: Path, num_patients: int, seed: int, params: Sy
     write_meds_dataset(cohort.data, splits, dest, name=dest.name, extra=extra)
 
 
-def patients_by_split(dataset: MedsDataset) -> dict[str, list[Patient]]:
-    """Patients of each split, using the dataset's own patient-level splits."""
+def patients_by_split(dataset: MedsDataset, visits: VisitRule = DAY_VISITS) -> dict[str, list[Patient]]:
+    """Patients of each split (their events in `visits`), using the dataset's own patient-level splits."""
     out: dict[str, list[Patient]] = {s: [] for s in SPLITS}
-    for patient in patients_from_meds(dataset.data):
+    for patient in patients_from_meds(dataset.data, visits):
         split = dataset.splits.get(patient.subject_id)
         if split in out:
             out[split].append(patient)

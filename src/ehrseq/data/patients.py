@@ -1,8 +1,9 @@
 """Turn a flat MEDS event table into per-patient visit histories.
 
-A visit is every event of one subject on one calendar day: MEDS has no encounter ids, and BEHRT-style
-models want the sequence as visits. Sorting, grouping and de-duplication run in pyarrow/numpy; Python
-objects are only built at the end, so thousands of patients take milliseconds.
+MEDS has no encounter ids, and BEHRT-style models want the sequence as visits: a visit is what `data.visit`
+says (ehrseq.data.visits; by default every event of one subject on one calendar day). Sorting, grouping and
+de-duplication run in pyarrow/numpy; Python objects are only built at the end, so thousands of patients take
+milliseconds.
 """
 
 from dataclasses import dataclass, field
@@ -13,15 +14,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_DAY_US = 86_400 * 1_000_000
+from ehrseq.data.visits import DAY_VISITS, VisitRule, visit_index
 
 
 @dataclass(frozen=True)
 class Visit:
-    """The distinct codes recorded on one day, in first-seen order; `time` is the day's first event.
+    """The distinct codes recorded in one visit, in first-seen order; `time` is its first event.
 
-    `end` is the day's last event (None when unknown, as in hand-built visits: then taken as `time`), so a
-    visit can be cut at a prediction time without leaking later events of the same day. Equality ignores
+    `end` is its last event (None when unknown, as in hand-built visits: then taken as `time`), so a
+    visit can be cut at a prediction time without leaking its later events. Equality ignores
     it: two visits are equal when they hold the same codes from the same start.
     """
 
@@ -49,8 +50,8 @@ def _boundaries(keys: np.ndarray) -> np.ndarray:
     return np.r_[np.flatnonzero(np.diff(keys, prepend=keys[:1] - 1)), len(keys)]
 
 
-def patients_from_meds(data: pa.Table) -> list[Patient]:
-    """One Patient per subject in `data` (MEDS data schema), ordered by subject_id.
+def patients_from_meds(data: pa.Table, visits: VisitRule = DAY_VISITS) -> list[Patient]:
+    """One Patient per subject in `data` (MEDS data schema), ordered by subject_id, its events grouped into `visits`.
 
     Static (null-time) rows and MEDS_BIRTH are not visit codes: static rows give `static`, MEDS_BIRTH `birth`.
     """
@@ -81,10 +82,8 @@ def patients_from_meds(data: pa.Table) -> list[Patient]:
     code_idx = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     vocab = codes.dictionary.to_pylist()
 
-    # Visit id per event: a new visit whenever the subject or the calendar day changes (rows are sorted).
-    day = time_us // _DAY_US
-    new_visit = (np.diff(subject, prepend=subject[:1] - 1) != 0) | (np.diff(day, prepend=day[:1] - 1) != 0)
-    visit_id = np.cumsum(new_visit) - 1
+    visit_id = visit_index(subject, time_us, code_idx, vocab, visits)  # rows are sorted by subject, then time
+    new_visit = np.r_[True, visit_id[1:] != visit_id[:-1]] if len(visit_id) else np.zeros(0, bool)
     # Keep the first occurrence of each code within a visit, preserving order.
     _, first = np.unique(visit_id * len(vocab) + code_idx, return_index=True)
     keep = np.sort(first)
@@ -92,8 +91,8 @@ def patients_from_meds(data: pa.Table) -> list[Patient]:
     visit_start = _boundaries(visit_id)
     visit_subject = subject[keep][visit_start[:-1]]
     visit_time = time_us[keep][visit_start[:-1]].astype("datetime64[us]").tolist()
-    # The day's last event: rows are time-sorted, so it is the row before the next visit's first row.
-    last_rows = np.r_[np.flatnonzero(new_visit)[1:] - 1, len(day) - 1] if len(day) else np.zeros(0, np.int64)
+    # The visit's last event: rows are time-sorted, so it is the row before the next visit's first row.
+    last_rows = np.r_[np.flatnonzero(new_visit)[1:] - 1, len(visit_id) - 1] if len(visit_id) else np.zeros(0, np.int64)
     visit_end = time_us[last_rows].astype("datetime64[us]").tolist()
     code_lists = [vocab[i] for i in code_idx.tolist()]
     visits = [

@@ -26,6 +26,7 @@ from flexible_schema.exceptions import SchemaValidationError, TableValidationErr
 from ehrseq.data.meds_io import _read_table
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
+from ehrseq.data.visits import DAY_VISITS, VisitRule, visit_index
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
 
@@ -205,8 +206,10 @@ def rank_in_group(groups: np.ndarray) -> np.ndarray:
 class Histories:
     """One shard's patients (subjects in a split, sorted) as arrays: what `patients_from_meds` gives as objects.
 
-    Visits are in time order per patient; `event_code[visit_start[v]:visit_start[v + 1]]` are visit v's
-    distinct codes in first-seen order. Static codes are sorted by name within a patient."""
+    Visits (ehrseq.data.visits) are in time order per patient; `event_code[visit_start[v]:visit_start[v + 1]]`
+    are visit v's distinct codes in first-seen order. Static codes are sorted by name within a patient. The
+    `event_days` and `day_*` arrays say which calendar days and (day, code) events each token stands for, so
+    coverage counts days whatever a visit is."""
 
     subjects: np.ndarray  # (P,) int64
     split: np.ndarray  # (P,) int8
@@ -215,9 +218,13 @@ class Histories:
     static_patient: np.ndarray  # (S,) patient index
     static_code: np.ndarray  # (S,) code index
     visit_patient: np.ndarray  # (V,) patient index, non-decreasing
-    visit_time: np.ndarray  # (V,) the day's first event, microseconds
+    visit_time: np.ndarray  # (V,) the visit's first event, microseconds
     visit_start: np.ndarray  # (V + 1,) into event_code
     event_code: np.ndarray  # (E,) code index
+    event_days: np.ndarray  # (E,) int32 days of its visit the code was recorded on: the (day, code) events it holds
+    day_visit: np.ndarray  # (D,) int64 each (visit, calendar day) pair's visit, non-decreasing
+    day: np.ndarray  # (D,) int64 its day since the epoch
+    day_rank: np.ndarray  # (D,) int32 the first-seen rank in the visit of that day's earliest-seen code
     names: list[str]
 
     def save(self, path: Path) -> None:
@@ -231,8 +238,8 @@ class Histories:
             return cls(**{k: f[k] for k in f.files if k != "names"}, names=json.loads(str(f["names"])))
 
 
-def histories(shard: Shard, splits: SplitTable) -> Histories:
-    """Group a shard's rows into patients, static codes, births and day visits, as `patients_from_meds` does."""
+def histories(shard: Shard, splits: SplitTable, visits: VisitRule = DAY_VISITS) -> Histories:
+    """Group a shard's rows into patients, static codes, births and `visits`, as `patients_from_meds` does."""
     subject, time, has_time, code = shard.subject, shard.time, shard.has_time, shard.code
     later = subject[1:] > subject[:-1]  # MEDS shards usually come sorted by subject then time already
     if not (np.all(later | (subject[1:] == subject[:-1])) and np.all(later | (time[1:] >= time[:-1]))):
@@ -265,18 +272,28 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
 
     rows = has_time & ~is_birth
     vp, vt, vc = patient[rows], time[rows], code[rows]
-    day = vt // _DAY_US
-    new_visit = np.r_[True, (vp[1:] != vp[:-1]) | (day[1:] != day[:-1])] if len(vp) else np.zeros(0, bool)
-    visit = np.cumsum(new_visit) - 1
+    visit = visit_index(vp, vt, vc, shard.names, visits)  # (R,)
     key = visit * num_codes + vc  # first occurrence of each code within a visit, in order
     order = np.argsort(key, kind="stable")
+    first = _starts(key[order])  # (R,) in key order: a token's first row
     repeat = np.zeros(len(key), bool)
-    repeat[order[~_starts(key[order])]] = True
+    repeat[order[~first]] = True
     keep = ~repeat
-    new_visit, vp, vt, vc = new_visit[keep], vp[keep], vt[keep], vc[keep]
+    token_row = np.zeros(len(key), np.int64)  # (R,) each row's token: the row of its code's first occurrence
+    token_row[order] = order[first][np.cumsum(first) - 1]
+    day = vt // _DAY_US
+    new_day = first | np.r_[True, day[order][1:] != day[order][:-1]]  # (R,) in key order: rows are time-sorted
+    days = np.zeros(len(key), np.int64)
+    days[order[first]] = np.bincount(np.cumsum(first) - 1, weights=new_day).astype(np.int64)
+    rank = np.zeros(len(key), np.int64)
+    rank[keep] = rank_in_group(visit[keep])  # first-seen rank of each token in its visit
+    pair = np.flatnonzero(_starts(visit) | np.r_[True, day[1:] != day[:-1]]) if len(day) else np.zeros(0, np.int64)
+    day_rank = np.minimum.reduceat(rank[token_row], pair) if len(pair) else np.zeros(0, np.int64)
+    new_visit, vp, vt, vc = _starts(visit)[keep], vp[keep], vt[keep], vc[keep]
     starts = np.flatnonzero(new_visit)
     return Histories(subjects, split, birth, has_birth, static_patient, static_code, vp[starts], vt[starts],
-                     np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
+                     np.r_[starts, len(vc)], vc.astype(np.int32), days[keep].astype(np.int32), visit[pair],
+                     day[pair], day_rank.astype(np.int32), shard.names)
 
 
 def fit_bins(dataset: Path, splits: SplitTable, num_bins: int, *selections: RowSelection) -> NumericBins:
@@ -326,8 +343,8 @@ class Tokens:
     lengths: np.ndarray  # (P,) int64
     subjects: np.ndarray  # (P,) int64
     split: np.ndarray  # (P,) int8
-    # (P, 4) int64 per patient: days (visits) kept, days in its history, (day, code) events kept, events in its
-    # history: how much of what came before the prediction time reaches the model (coverage)
+    # (P, 4) int64 per patient: calendar days kept (a day some kept token holds), days in its history, (day, code)
+    # events kept, events in its history: how much of what came before the prediction time reaches the model
     kept: np.ndarray | None = None
 
     def select(self, split: int) -> Tokens:
@@ -410,11 +427,22 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     ages[at], segments[at], positions[at] = np.repeat(vage, span), np.repeat(index % 2, span), np.repeat(index, span)
     done = np.cumsum(vlen) - vlen
     step = np.arange(int(vlen.sum())) - np.repeat(done, vlen)
-    codes[np.repeat(start, vlen) + step] = lut[h.event_code[np.repeat(h.visit_start[visits], vlen) + step]]
-    kept_counts = np.stack([per_patient, np.bincount(h.visit_patient, minlength=num_patients),
-                            np.bincount(vp, weights=vlen, minlength=num_patients).astype(np.int64),
-                            np.bincount(h.visit_patient, weights=size, minlength=num_patients).astype(np.int64)], 1)
+    token = np.repeat(h.visit_start[visits], vlen) + step  # (K,) the kept tokens, into event_code
+    codes[np.repeat(start, vlen) + step] = lut[h.event_code[token]]
+    reach = kept[h.day_visit] & (h.day_rank < length[h.day_visit])  # (D,) a day reaches the model by any code
+    kept_counts = np.stack([_distinct_days(h, reach), _distinct_days(h, np.ones(len(reach), bool)),
+                            np.bincount(np.repeat(vp, vlen), weights=h.event_days[token], minlength=num_patients),
+                            np.bincount(np.repeat(h.visit_patient, size), weights=h.event_days,
+                                        minlength=num_patients)], 1).astype(np.int64)
     return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split, kept_counts)
+
+
+def _distinct_days(h: Histories, where: np.ndarray) -> np.ndarray:
+    """(P,) distinct calendar days per patient among the (visit, day) pairs `where` (D,) marks (a day two visits
+    share counts once: pairs are in (patient, day) order)."""
+    patient, day = h.visit_patient[h.day_visit[where]], h.day[where]
+    new = np.r_[True, (patient[1:] != patient[:-1]) | (day[1:] != day[:-1])] if len(day) else np.zeros(0, bool)
+    return np.bincount(patient[new], minlength=len(h.subjects))
 
 
 def coverage(kept: np.ndarray) -> dict[str, Any]:

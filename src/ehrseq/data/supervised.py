@@ -29,6 +29,7 @@ from ehrseq.data.labels import (
 from ehrseq.data.meds_io import MedsDataset
 from ehrseq.data.patients import Patient, patients_from_meds
 from ehrseq.data.tokenize import EncodedPatient, encode_patient
+from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError
 
@@ -104,13 +105,14 @@ def no_examples(split: str, report: LabelReport) -> InputError:
 
 
 def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, ...], kind: str = "binary",
-                    labels_path: str | Path | None = None) -> tuple[dict[str, LabelledSplit], LabelReport]:
-    """Each split's examples with their cut histories, and the report of the label rows dropped on the way
-    (labels as `read_task_labels` finds them)."""
+                    labels_path: str | Path | None = None,
+                    visits: VisitRule = DAY_VISITS) -> tuple[dict[str, LabelledSplit], LabelReport]:
+    """Each split's examples with their cut histories (grouped into `visits` after the cut), and the report of
+    the label rows dropped on the way (labels as `read_task_labels` finds them)."""
     labels, report = read_task_labels(dataset.path, task, kind, labels_path)
     ids = labels.column("subject_id").to_numpy()
     histories = {p.subject_id: replace(p, subject_id=int(ids[p.subject_id]))
-                 for p in patients_from_meds(events_before_each(dataset.data, labels))}
+                 for p in patients_from_meds(events_before_each(dataset.data, labels), visits)}
     in_data = set(dataset.data.column("subject_id").unique().to_pylist())
     usable = np.zeros(len(ids), dtype=bool)
     for i, s in enumerate(ids.tolist()):
@@ -156,7 +158,7 @@ class NextVisitSplit:
 
     patients: list[Patient]  # row-aligned with the fields below
     prediction_times: np.ndarray  # (S,) datetime64[us]: the first event of the subject's last visit
-    next_codes: list[tuple[str, ...]]  # the distinct codes recorded at that visit (that calendar day)
+    next_codes: list[tuple[str, ...]]  # the distinct codes recorded at that visit
 
     @property
     def subject_ids(self) -> np.ndarray:
@@ -166,16 +168,17 @@ class NextVisitSplit:
         return len(self.patients)
 
 
-def next_visit_splits(dataset: MedsDataset, splits: tuple[str, ...]) -> dict[str, NextVisitSplit]:
+def next_visit_splits(dataset: MedsDataset, splits: tuple[str, ...],
+                      visits: VisitRule = DAY_VISITS) -> dict[str, NextVisitSplit]:
     """Labels from the data itself: for each subject with two or more visits, predict the last visit's codes.
 
     The prediction time is that visit's first event, and the rows are cut strictly before it
     (`events_before`), so nothing of that day, or later, reaches the input.
     """
-    full = [p for p in patients_from_meds(dataset.data) if len(p.visits) >= 2]
+    full = [p for p in patients_from_meds(dataset.data, visits) if len(p.visits) >= 2]
     times = pa.array([p.visits[-1].time for p in full], pa.timestamp("us"))
     cut_at = pa.table({"subject_id": pa.array([p.subject_id for p in full], pa.int64()), "prediction_time": times})
-    cut = {p.subject_id: p for p in patients_from_meds(events_before(dataset.data, cut_at))}
+    cut = {p.subject_id: p for p in patients_from_meds(events_before(dataset.data, cut_at), visits)}
     out: dict[str, NextVisitSplit] = {}
     for split in splits:
         rows = [i for i, p in enumerate(full) if dataset.splits.get(p.subject_id) == split]
