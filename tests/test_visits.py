@@ -13,6 +13,8 @@ from ehrseq.data.meds_io import read_meds_dataset, write_meds_dataset
 from ehrseq.data.tokenize import encode_patient
 from ehrseq.data.visits import VisitRule, visit_index
 from ehrseq.data.vocab import Vocabulary
+from ehrseq.errors import InputError
+from ehrseq_runner.job.pretrained import Pretrained, check_visit
 
 H = 3_600 * 1_000_000
 D = 24 * H
@@ -127,3 +129,16 @@ def test_the_token_cache_and_the_patient_objects_group_alike(tmp_path, rule, max
         assert first.visits[2].codes[0] == "HOSPITAL_ADMISSION//EW EMER.//ER"
     keys = {tc.cache_key(ds, 24, 1, visits=VisitRule.parse(r)) for r in ("day", "hours:24", "hours:8", "admission")}
     assert len(keys) == 3  # hours:24 is day
+
+
+def test_a_fine_tune_reads_the_visits_its_pretraining_read():
+    base = Pretrained("file:///runs/base", "0" * 64, Vocabulary({"A": 1}), {},
+                      {"visit": "admission", "admission": {"start": ["HOSPITAL_ADMISSION"], "end": ["X"]}})
+    check_visit(base, "admission", {"start": ["HOSPITAL_ADMISSION"], "end": ["X"]})
+    for visit, admission in (("day", {}), ("admission", {"start": ["HOSPITAL_ADMISSION"], "end": ["Y"]})):
+        with pytest.raises(InputError, match="pretrained with 'admission'"):
+            check_visit(base, visit, admission)
+    older = Pretrained("file:///runs/old", "0" * 64, Vocabulary({"A": 1}), {}, {"seed": 0})  # before data.visit
+    check_visit(older, "day", {})
+    with pytest.raises(InputError, match=r"data.visit: 'hours:6', but file:///runs/old was pretrained with 'day'"):
+        check_visit(older, "hours:6", {})

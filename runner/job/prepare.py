@@ -139,6 +139,7 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
     codes = code_filter(spec)
     if spec.task.kind == "mlm" or (spec.task.kind in EXAMPLE_TASKS and spec.model.kind in SEQUENCE_MODELS):
         return _from_token_cache(spec, folder, cache_dir, vocab, remote, warn, cut, codes)
+    visits = spec.data.visit_rule()
     dataset = read_meds_dataset(folder)
     identity = dataset_identity(dataset)  # the dataset's, whatever data.codes or a pretraining cut keep of it
     codes_facts = None
@@ -153,13 +154,13 @@ def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None
         dataset = replace(dataset, data=bin_table(dataset.data, bins))
     report = None
     if spec.task.kind == "next_visit":  # labels from the data: the last visit's codes
-        labelled = next_visit_splits(dataset, SPLITS)
+        labelled = next_visit_splits(dataset, SPLITS, visits)
     elif spec.task.kind in SUPERVISED:
         labelled, report = labelled_splits(dataset, spec.task.label_task, SPLITS, spec.task.kind,
-                                           spec.task.labels_path)
+                                           spec.task.labels_path, visits)
     else:
         labelled = None
-    patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset)
+    patients = {s: labelled[s].patients for s in SPLITS} if labelled else patients_by_split(dataset, visits)
     vocab = vocab or _training_vocabulary(spec, patients["train"], bins)
     train_histories = patients["train"]
     for split, rows in budget_rows(spec, labelled).items():
@@ -195,7 +196,8 @@ def _from_token_cache(spec: JobSpec, folder: Path, cache_dir: Path, vocab: Vocab
         task = LabelledTask(t.kind, labels, report, task_label_files(folder, t.label_task, t.labels_path))
     cache, how = token_cache(folder, cache_dir, spec.data.max_seq_len, spec.data.min_code_count, vocab,
                              source=spec.data.path or spec.data.source, warn=warn, remote=remote,
-                             numeric_bins=spec.data.numeric_bins, task=task, cut=cut, codes=codes or None)
+                             numeric_bins=spec.data.numeric_bins, task=task, cut=cut, codes=codes or None,
+                             visits=spec.data.visit_rule())
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
     labelled, report = load_examples(cache, encoded) if task else (None, None)
@@ -227,7 +229,7 @@ def held_out_histories(spec: JobSpec, data: PreparedData) -> LabelledSplit:
     if data.vocab.bins:
         dataset = replace(dataset, data=bin_table(dataset.data, data.vocab.bins))
     rebuilt = labelled_splits(dataset, spec.task.label_task, ("held_out",), spec.task.kind,
-                              spec.task.labels_path)[0]["held_out"]
+                              spec.task.labels_path, spec.data.visit_rule())[0]["held_out"]
     if not np.array_equal(rebuilt.example_ids, held_out.example_ids):
         raise RuntimeError("the held-out examples rebuilt as objects differ from the token cache's")
     return rebuilt

@@ -69,6 +69,7 @@ from ehrseq_runner.job.pretrained import (
     check_no_leakage,
     check_positions,
     check_pretraining_data,
+    check_visit,
     fetch_pretrained,
 )
 from ehrseq_runner.job.resume import fetch_resume_checkpoint
@@ -223,6 +224,7 @@ class Job:
             if spec.model.init_from else None
         if pretrained:
             check_positions(pretrained, spec.model.positions)
+            check_visit(pretrained, spec.data.visit, spec.data.admission.model_dump())
             check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
         with self.console.status("preparing data"), distributed.rank_zero_first():
             data = prepare_data(spec, self.work.parent / "datasets", vocab=pretrained.vocab if pretrained else None,
@@ -376,7 +378,8 @@ class Job:
     def _order_probe(self, data: PreparedData, score: Callable[[LabelledSplit], np.ndarray]) -> dict[str, Any]:
         """Synthetic binary/survival runs: the A-first vs B-first probe on held-out patients, its true answer
         from the generator's order effect. `score` gives probabilities (binary; probed as log-odds) or risks."""
-        if self.spec.data.source != "synthetic" or self.spec.task.kind not in ("binary", "survival"):
+        if (self.spec.data.source != "synthetic" or self.spec.task.kind not in ("binary", "survival")
+                or self.spec.data.synthetic.preset == "icu"):  # (no A and B there)
             return {}
         as_logits = logit if self.spec.task.kind == "binary" else np.asarray
         params = self.spec.data.synthetic.params()
@@ -397,7 +400,7 @@ class Job:
                          f"preset {spec.data.synthetic.preset})"
                          if spec.data.source == "synthetic" else f" from {spec.data.path}"),
                      "examples": {s: len(data.encoded[s]) for s in SPLITS}, "subjects": data.patients(),
-                     "vocab_size": len(data.vocab)}}
+                     "vocab_size": len(data.vocab), "visit": spec.data.visit_rule().describe()}}
         if data.token_cache:
             facts["data"]["token_cache"] = data.token_cache
         if data.codes:

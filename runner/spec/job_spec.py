@@ -15,7 +15,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from ehrseq.data.codes import CodeFilter
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
+from ehrseq.data.synthetic_icu import READMISSION_TASK
+from ehrseq.data.visits import ADMISSION_END, ADMISSION_START, VisitRule
 from ehrseq.errors import InputError
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.storage.lease import MAX_RENEW_SECONDS
@@ -43,10 +46,11 @@ class SyntheticSpec(Section):
     """The synthetic generator's planted outcome: a named preset, then any parameter overridden (None keeps the
     preset's value). `transition` and `transition_presence` are the positive and negative controls against
     full-strength count baselines; `order` (onset order, which first-occurrence features see) and `presence` its
-    older pair; `family` and `family_presence` the pretraining control and its negative twin (ehrseq.data.synthetic)."""
+    older pair; `family` and `family_presence` the pretraining control and its negative twin (ehrseq.data.synthetic);
+    `icu` hospital timelines with a readmission task (ehrseq.data.synthetic_icu), which takes no overrides."""
 
     preset: Literal["default", "order", "presence", "transition", "transition_presence", "family",
-                    "family_presence"] = "default"
+                    "family_presence", "icu"] = "default"
     prevalence_a: float | None = Field(None, ge=0.0, le=1.0)  # share of patients given code A
     prevalence_b: float | None = Field(None, ge=0.0, le=1.0)
     order_window: int | None = Field(None, ge=1, le=MAX_VISITS_BEFORE - 1)  # visits from A to B that count
@@ -72,6 +76,16 @@ class CodesSpec(Section):
     exclude: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field([], max_length=1000)  # after include
 
 
+class AdmissionSpec(Section):
+    """data.visit admission: the codes that open and close a hospital stay (ehrseq.data.visits), as data.codes
+    patterns; the defaults are MEDS-Transforms' MIMIC-IV codes."""
+
+    start: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        list(ADMISSION_START), min_length=1, max_length=100)
+    end: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        list(ADMISSION_END), min_length=1, max_length=100)
+
+
 class DataSpec(Section):
     source: Literal["synthetic", "meds", "synthea-csv", "fhir"] = "synthetic"
     synthetic: SyntheticSpec = SyntheticSpec()  # synthetic only: the planted outcome's effect sizes
@@ -82,6 +96,16 @@ class DataSpec(Section):
     # numeric values (labs) as tokens: N quantile bins per code, fitted on the train split (CODE//Q1..QN); 0: off
     numeric_bins: int = Field(0, ge=0, le=100)
     codes: CodesSpec = CodesSpec()  # e.g. {exclude: ["LAB//"]}: the same events for every model (MEDS_BIRTH kept)
+    # what a visit is, for every model: day (calendar day), admission (a hospital stay, from data.admission's codes;
+    # events outside stays by day) or hours:N (fixed N-hour buckets)
+    visit: str = Field("day", max_length=20)
+    admission: AdmissionSpec = AdmissionSpec()  # data.visit admission only
+
+    @field_validator("visit")
+    @classmethod
+    def _visit(cls, value: str) -> str:
+        VisitRule.parse(value)  # ValueError: what is allowed
+        return value
 
     @field_validator("numeric_bins")
     @classmethod
@@ -89,6 +113,10 @@ class DataSpec(Section):
         if value == 1:
             raise ValueError("one bin says nothing about a value: use 0 (off) or 2 or more (10: deciles)")
         return value
+
+    def visit_rule(self) -> VisitRule:
+        """data.visit (with data.admission's codes) as the rule every data path groups visits by."""
+        return VisitRule.parse(self.visit, tuple(self.admission.start), tuple(self.admission.end))
 
 
 class ModelSpec(Section):
@@ -335,6 +363,33 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{field}: {err['msg']} (got {given if len(given) <= 200 else given[:200] + '...'})"
 
 
+def _check_visits(data: DataSpec) -> None:
+    """data.admission only with admission visits, and never codes that data.codes drops (stays would vanish)."""
+    if data.visit != "admission":
+        if data.admission != AdmissionSpec():
+            raise InputError(f"data.admission: sets the codes of a hospital stay, but data.visit is {data.visit!r}; "
+                             "remove it or set data.visit: admission")
+        return
+    patterns = [*data.admission.start, *data.admission.end]
+    dropped = [p for p, kept in zip(patterns, CodeFilter(tuple(data.codes.include), tuple(data.codes.exclude))
+                                    .allows(patterns), strict=True) if not kept]
+    if dropped:
+        raise InputError(f"data.codes: drops the admission codes {', '.join(dropped)} (data.admission), so no stay "
+                         "could be found; keep them in data.codes or choose another data.visit")
+
+
+def _check_icu(spec: JobSpec) -> None:
+    """The icu preset is another generator: none of the planted outcome's overrides apply, and its one task is
+    READMISSION_TASK (binary)."""
+    overrides = spec.data.synthetic.model_dump(exclude={"preset"}, exclude_none=True)
+    if overrides:
+        raise InputError(f"data.synthetic: the icu preset takes no overrides (got {', '.join(overrides)})")
+    if spec.task.kind == "survival" or (spec.task.kind == "binary" and spec.task.labels_path is None
+                                        and spec.task.labels != READMISSION_TASK):
+        raise InputError(f"task.labels: the icu preset's task is binary, task.labels: {READMISSION_TASK} "
+                         f"(got task.kind {spec.task.kind}, task.labels {spec.task.labels})")
+
+
 def check_supported(spec: JobSpec) -> None:
     """What this version can run; valid-but-unsupported values fail here, before anything is written."""
     for field, url in (("storage.uri", spec.storage.uri), ("storage.endpoint_url", spec.storage.endpoint_url),
@@ -354,6 +409,9 @@ def check_supported(spec: JobSpec) -> None:
     if spec.data.source != "synthetic" and spec.data.synthetic != SyntheticSpec():
         raise InputError(f"data.synthetic: sets the synthetic generator, but data.source is {spec.data.source!r}; "
                          "remove it or use data.source synthetic")
+    if spec.data.source == "synthetic" and spec.data.synthetic.preset == "icu":
+        _check_icu(spec)
+    _check_visits(spec.data)
     if spec.task.kind == "mlm" and spec.model.kind != "behrt":
         raise InputError(f"task.kind: mlm needs model.kind behrt (got {spec.model.kind!r}); "
                          "Med2Vec pretrains with task.kind med2vec")

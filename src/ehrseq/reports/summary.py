@@ -85,6 +85,7 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         *([("Codes (data.codes)", f"include {', '.join(c['include']) or 'all'}; exclude "
             f"{', '.join(c['exclude']) or 'none'}: {c['events_dropped']:,} of {c['events']:,} events dropped")]
           if (c := summary["data"].get("codes")) else []),
+        *([("Visits (data.visit)", v)] if (v := summary["data"].get("visit")) else []),
         *([("Coverage (median [10th percentile] share of each example's history the model reads)",
             describe_coverage(summary["data"]["coverage"]))] if summary["data"].get("coverage") else []),
         ("Vocabulary", f"{summary['data']['vocab_size']:,} tokens" + (
