@@ -270,7 +270,7 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
     med2vec = spec.model.kind == "med2vec"
     config = Med2VecConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout) \
         if med2vec else BEHRTConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout,
-                                           positions=spec.model.positions)
+                                           positions=spec.model.positions, max_seq_len=spec.data.max_seq_len)
     seed = training_seed(spec)
     torch.manual_seed(seed)  # weight initialisation
     if spec.task.kind == "mlm":

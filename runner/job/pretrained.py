@@ -137,5 +137,6 @@ def load_encoder(encoder: nn.Module, pretrained: Pretrained) -> None:
         encoder.load_state_dict(pretrained.encoder, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise InputError(f"model.init_from: {pretrained.uri} does not fit model.size / vocabulary: "
+        raise InputError(f"model.init_from: {pretrained.uri} does not fit model.size / vocabulary / "
+                         "data.max_seq_len (its visit position table): "
                          f"{' '.join(first[:2])}") from None

@@ -20,6 +20,7 @@ from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
 from ehrseq.data.synthetic_icu import READMISSION_TASK
 from ehrseq.data.visits import ADMISSION_END, ADMISSION_START, VisitRule
 from ehrseq.errors import InputError
+from ehrseq.windows import SEQ_LENS
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.storage.lease import MAX_RENEW_SECONDS
 from ehrseq_runner.storage.uri import open_storage, redact_credentials, refuse_credentials, split_run_uri
@@ -439,6 +440,12 @@ def check_supported(spec: JobSpec) -> None:
     if spec.model.positions != "learned" and spec.model.kind != "behrt":
         raise InputError(f"model.positions: {spec.model.positions!r} sets BEHRT's visit positions; model.kind "
                          f"{spec.model.kind!r} has none (leave it learned)")
+    most = SEQ_LENS[spec.model.size][1]
+    if spec.model.kind == "behrt" and spec.data.max_seq_len > most:
+        larger = next((f"; model.size {size} takes up to {n:,}" for size, (_, n) in SEQ_LENS.items()
+                       if n >= spec.data.max_seq_len), "")
+        raise InputError(f"data.max_seq_len: {spec.data.max_seq_len:,} tokens is more than BEHRT {spec.model.size} is "
+                         f"sized for ({most:,}){larger}")
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")
