@@ -3,10 +3,13 @@ visits and 128 tokens vs admission visits, value-less labs dropped and 1,024 tok
 visits; subjects and examples counted apart."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
@@ -20,8 +23,9 @@ from ehrseq.data.visits import VisitRule
 from ehrseq_runner.job.prepare import prepare_data
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import JobSpec, SpecError, load_spec
+from ehrseq_runner.spec.ladder_spec import load_ladder
 
-from conftest import SMALL_SPEC
+from conftest import REPO, SMALL_SPEC
 
 ICU = PRESETS["icu"]
 WIDE = {"visit": "admission", "codes": {"exclude": ["LAB//*//UNK"]}, "max_seq_len": 1024}  # the done-when settings
@@ -114,3 +118,33 @@ def test_the_icu_preset_takes_its_own_task_and_no_overrides():
     with pytest.raises(SpecError, match="the icu preset takes no overrides"):
         load_spec(SMALL_SPEC, ["data.synthetic.preset=icu", "data.synthetic.order_effect=1.0"])
     assert load_spec(SMALL_SPEC, ["data.synthetic.preset=icu"]).data.synthetic.params() == ICU  # mlm: no labels
+
+
+@pytest.mark.slow
+def test_the_aces_task_of_the_walkthrough_agrees_with_the_presets_labels(tmp_path):
+    """examples/aces/readmission_30d.yaml on the icu release: the preset's own label rows, the same answers (ACES
+    adds, as negatives, the discharges whose record ends within 30 days, which the preset leaves out)."""
+    pytest.importorskip("aces")
+    dataset = synthetic_dataset(150, 3, tmp_path / "d", ICU)
+    done = subprocess.run([sys.executable, "-c", "from aces.run import cli; cli()", "data.standard=meds",
+                           "data=sharded", f"data.root={dataset / 'data'}", "data.shard=0",
+                           f"cohort_dir={tmp_path / 'labels'}",
+                           f"config_path={REPO / 'examples' / 'aces' / 'readmission_30d.yaml'}",
+                           "cohort_name=readmission_30d"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def rows(table: pa.Table) -> dict:
+        return dict(zip(zip(table.column("subject_id").to_pylist(), table.column("prediction_time").to_pylist(),
+                            strict=True), table.column("boolean_value").to_pylist(), strict=True))
+
+    aces = rows(pq.read_table(tmp_path / "labels" / "readmission_30d" / "0.parquet"))
+    ours = rows(pq.read_table(dataset / "labels" / f"{READMISSION_TASK}.parquet"))
+    assert set(ours) <= set(aces) and all(aces[k] == v for k, v in ours.items())
+    assert not any(aces[k] for k in set(aces) - set(ours))
+
+
+def test_the_walkthrough_ladder_compares_two_windows_on_one_release():
+    study, runs = load_ladder(REPO / "examples" / "readmission_ladder.yaml", [])
+    windows = {(r.spec.data.visit, r.spec.data.max_seq_len, tuple(r.spec.data.codes.exclude)) for r in runs}
+    assert windows == {("day", 128, ()), ("admission", 1024, ("LAB//*//UNK",))}
+    assert {r.spec.task.labels for r in runs} == {"readmission_30d"} and len(runs) == 36
