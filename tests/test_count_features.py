@@ -1,6 +1,7 @@
 """Count features of the baselines, by hand: counts, recency weights, days since last, static codes, age."""
 
 import math
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
@@ -14,6 +15,7 @@ from ehrseq.models.count_features import CountFeatures
 from ehrseq_runner.spec.job_spec import SpecError, load_spec
 
 from conftest import REPO
+from reference_histories import history_arrays
 
 ALL = ("count", "recency", "days_since_last")
 PATIENTS = [
@@ -26,10 +28,10 @@ TIMES = np.array(["2020-01-01", "2020-01-01", "2019-06-02"], dtype="datetime64[u
 
 
 def test_each_feature_kind_by_hand():
-    features = CountFeatures.fit(PATIENTS, ALL, min_count=1)
+    features = CountFeatures.fit(history_arrays(PATIENTS), ALL, min_count=1)
     assert features.codes == {"a": 0, "b": 1, "c": 2}  # by patients holding them, ties by code
     assert features.static == {"SEX//F": 0, "SEX//M": 1, "X//rare": 2}
-    X = features.matrix(PATIENTS, TIMES)
+    X = features.matrix(history_arrays(PATIENTS), TIMES)
     assert X.shape == (3, features.width) == (3, 3 * 3 + 3 + 1) and X.dtype == np.float32
     count, recency, days, static, age = X[:, 0:3], X[:, 3:6], X[:, 6:9], X[:, 9:12], X[:, 12]
     np.testing.assert_array_equal(count, [[2, 1, 0], [0, 1, 1], [1, 0, 0]])
@@ -42,15 +44,15 @@ def test_each_feature_kind_by_hand():
 
 
 def test_static_codes_need_min_count_and_unseen_ones_are_ignored():
-    features = CountFeatures.fit(PATIENTS, ("recency",), min_count=2)
+    features = CountFeatures.fit(history_arrays(PATIENTS), ("recency",), min_count=2)
     assert features.static == {"SEX//F": 0} and features.codes == {"a": 0, "b": 1}
     other = [Patient(9, None, (Visit(datetime(2019, 1, 1), ("zz",)),), static=("SEX//F", "never"))]
-    np.testing.assert_array_equal(features.matrix(other, TIMES[:1]), [[0, 0, 1, 0]])
+    np.testing.assert_array_equal(features.matrix(history_arrays(other), TIMES[:1]), [[0, 0, 1, 0]])
 
 
 def test_age_feature_off_drops_the_age_column_and_says_so():
-    with_age, without = (CountFeatures.fit(PATIENTS, ("recency",), age=age) for age in (True, False))
-    X, Y = with_age.matrix(PATIENTS, TIMES), without.matrix(PATIENTS, TIMES)
+    with_age, without = (CountFeatures.fit(history_arrays(PATIENTS), ("recency",), age=age) for age in (True, False))
+    X, Y = with_age.matrix(history_arrays(PATIENTS), TIMES), without.matrix(history_arrays(PATIENTS), TIMES)
     np.testing.assert_array_equal(X[:, :-1], Y)
     assert without.width == with_age.width - 1 and "age_decades" not in without.names()
     assert with_age.describe() == [
@@ -72,6 +74,7 @@ def test_age_feature_is_refused_for_models_that_read_age_from_tokens():
 def test_gbm_is_deterministic_and_its_binary_score_is_a_probability(tmp_path):
     dataset = load_dataset("synthetic", None, 400, 3, tmp_path)
     splits, _ = labelled_splits(dataset, "outcome_within_365d", ("train", "tuning", "held_out"))
+    splits = {name: replace(split, histories=history_arrays(split.patients)) for name, split in splits.items()}
     fits = [fit_baseline("gbm", "binary", splits["train"], splits["tuning"], 365.0, min_code_count=5)
             for _ in range(2)]
     first, second = (fit.score(splits["held_out"]) for fit in fits)
@@ -99,8 +102,9 @@ def test_full_strength_features_recompute_from_a_plain_loop(tmp_path):
     assert {"days_since_first", "count_30d", "count_365d", "days_since_last", "count"} <= set(FULL_STRENGTH)
     dataset = load_dataset("synthetic", None, 120, 5, tmp_path)
     split = labelled_splits(dataset, "outcome_within_365d", ("train",))[0]["train"]
-    features = CountFeatures.fit(split.patients, FULL_STRENGTH)
-    X = features.matrix(split.patients, split.prediction_times)
+    histories = history_arrays(split.patients)
+    features = CountFeatures.fit(histories, FULL_STRENGTH)
+    X = features.matrix(histories, split.prediction_times)
     names = features.names()
     rng = np.random.default_rng(0)
     for i in rng.choice(len(split), 15, replace=False):
@@ -110,3 +114,24 @@ def test_full_strength_features_recompute_from_a_plain_loop(tmp_path):
             np.testing.assert_allclose([got[k] for k in FULL_STRENGTH], [want[k] for k in FULL_STRENGTH],
                                        rtol=1e-5, atol=1e-4, err_msg=f"patient row {i}, code {code}")
     assert np.isnan(X[:, names.index(f"days_since_first:{next(iter(features.codes))}")]).sum() < len(split)
+
+
+def test_the_token_cache_gives_the_per_patient_features(tmp_path):
+    """gbm's features from the token cache's whole-history arrays (codes as vocabulary ids, histories cut in the
+    stream) equal those from the per-patient objects (codes as strings, the MEDS table cut whole): the same
+    columns and the same matrix, split by split."""
+    from ehrseq.data.meds_io import read_meds_dataset
+    from ehrseq.data.prepared import DataSettings, prepare
+    from ehrseq.data.stream import SPLITS
+    from ehrseq.models.count_features import FULL_STRENGTH
+
+    data = prepare(DataSettings(num_patients=300, seed=5, task="binary", labels="outcome_within_365d",
+                                min_code_count=3, max_seq_len=16), tmp_path)
+    objects, _ = labelled_splits(read_meds_dataset(data.folder), "outcome_within_365d", SPLITS)
+    cache = CountFeatures.fit(data.train_histories, FULL_STRENGTH, min_count=3)
+    assert cache == CountFeatures.fit(history_arrays(objects["train"].patients), FULL_STRENGTH, min_count=3)
+    for split in SPLITS:
+        got, want = data.labelled[split], objects[split]
+        assert np.array_equal(got.example_ids, want.example_ids)
+        np.testing.assert_array_equal(cache.matrix(got.histories, got.prediction_times),
+                                      cache.matrix(history_arrays(want.patients), want.prediction_times))

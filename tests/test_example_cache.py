@@ -18,6 +18,8 @@ from ehrseq.data.synthetic import PRESETS
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 
+from reference_histories import assert_equal_histories
+
 SPLITS = ("train", "tuning", "held_out")
 DAY_US = 86_400_000_000
 
@@ -36,7 +38,7 @@ def assert_same(ds: Path, out: Path, kind: str, max_len: int, min_count: int, la
     want_vocab = vocab or Vocabulary({c: n for c, n in Vocabulary.build(want["train"].patients).counts.items()
                                       if n >= min_count})
     got_vocab, arrays = tc.load_token_cache(out)
-    got, got_report = tc.load_examples(out, arrays)
+    got, got_report = tc.load_examples(out, arrays, tc.load_histories(out, got_vocab))
     assert got_vocab == want_vocab and got_vocab.itos == want_vocab.itos
     assert got_report == want_report
     for split in SPLITS:
@@ -46,6 +48,7 @@ def assert_same(ds: Path, out: Path, kind: str, max_len: int, min_count: int, la
         assert np.array_equal(g.times, w.times, equal_nan=True)
         encoded = encode_examples(w, want_vocab, max_len)
         assert [arrays[split][i] for i in range(len(encoded))] == encoded, split
+        assert_equal_histories(g.histories, w.patients, want_vocab)
     return manifest
 
 

@@ -107,8 +107,8 @@ def test_the_cli_exits_2_with_one_line_on_a_bad_ladder(cli, tmp_path):
 
 def test_every_shipped_ladder_validates_and_opens_with_its_command(tmp_path):
     paths = sorted((REPO / "jobs").glob("ladder_*.yaml"))
-    assert [p.name for p in paths] == ["ladder_cpu.yaml", "ladder_pod.yaml", "ladder_pretrain.yaml",
-                                       "ladder_tiny.yaml"]
+    assert [p.name for p in paths] == ["ladder_cpu.yaml", "ladder_pod.yaml", "ladder_positions.yaml",
+                                       "ladder_pretrain.yaml", "ladder_tiny.yaml"]
     for path in paths:
         ladder, runs = load_ladder(path, [f"storage.uri=file://{tmp_path}"])  # S3 clients: slow to make x 100 runs
         assert path.read_text().startswith(f"# ehrseq ladder jobs/{path.name}")
@@ -293,3 +293,45 @@ def test_runs_on_different_data_are_not_paired():
     cells = _cells({("gbm", "gbm"): [0.7], ("behrt", "behrt"): [0.75]}, fingerprints=["aaaa", "bbbb"])
     with pytest.raises(InputError, match="the runs are on different data"):
         analyse_cohort(cells, num_resamples=100)
+
+
+TUNED_LADDER = VERDICT_LADDER.replace("replicates: 1", "replicates: 2\ntuning: {lr_scale: [1.0, 0.25]}")
+
+
+def test_every_trained_rung_tries_the_ladders_settings_and_the_report_keeps_the_best_on_tuning(tmp_path):
+    ladder, runs = load_ladder(write_ladder(tmp_path, TUNED_LADDER))
+    behrt = [r for r in runs if r.rung == "behrt" and not r.pretraining]
+    assert [r.spec.resolved_run_id for r in behrt[:2]] == ["lad-order-behrt-k16-r0-s0", "lad-order-behrt-k16-r0-s1"]
+    assert [(r.setting, r.spec.train.lr) for r in behrt[:2]] == [("lr x1, length x1", 3e-4),
+                                                                 ("lr x0.25, length x1", 7.5e-5)]
+    assert len(behrt) == 2 * 2 * 2 * 2  # cohorts x budgets x replicates x settings
+    assert all(r.setting is None and r.spec.resolved_run_id.endswith(("-r0", "-r1")) for r in runs
+               if r.rung in ("bag", "gbm"))  # count baselines tune themselves: one run each
+    root = tmp_path / "runs"
+
+    def fake_run(spec, console, stop=None):
+        run = next(r for r in runs if r.spec is spec)
+        good = run.setting is not None and "x0.25" in run.setting  # the small learning rate wins on tuning
+        strength = 0.0 if run.pretraining else STRENGTH[run.cohort, run.rung, run.budget] if good or \
+            run.rung != "behrt" else 0.0
+        fake_bundle(root, run, strength, tuning=0.9 if good else 0.6 if run.rung == "gbm" else 0.7)
+        return 0
+
+    out = tmp_path / "report"
+    assert run_ladder(ladder, runs, out, Console(quiet=True), run=fake_run) == 0
+    with (out / "ladder.csv").open() as f:
+        rows = {(r["cohort"], r["rung"], r["k"]): r for r in csv.DictReader(f)}
+    behrt_all = rows["order", "behrt", "all"]
+    assert behrt_all["verdict"] == "beats" and float(behrt_all["tuning"]) == 0.9  # the kept setting's figures
+    assert behrt_all["replicates"] == "2" and float(behrt_all["wall_time_s"]) == 4 * 60.0  # both settings' compute
+    assert float(rows["order", "bag", "all"]["wall_time_s"]) == 2 * 60.0
+    report = (out / "report.md").read_text()
+    assert "behrt: the best of 2 settings on the tuning split, per replicate and k (kept: lr x1, length x1 0 " \
+           "times, lr x0.25, length x1 4 times)" in report
+
+
+@pytest.mark.parametrize("tuning", ["{lr_scale: [1.0, 1.0]}", "{lr_scale: [0]}", "{length_scale: []}",
+                                    "{lr_scale: [1, 2, 3, 4, 5]}"])
+def test_a_bad_tuning_grid_is_refused(tuning, tmp_path):
+    with pytest.raises(SpecError, match="tuning"):
+        load_ladder(write_ladder(tmp_path, VERDICT_LADDER.replace("replicates: 1", f"replicates: 1\ntuning: {tuning}")))

@@ -1,5 +1,6 @@
 """LoRA fine-tuning that provably trains: gradients reach the adapters, the base never moves, adapters reload
-exactly, merging changes nothing, checkpoints hold only what trained, and resume is exact and checks its base."""
+exactly, merging changes nothing, checkpoints hold only what trained, and resume is exact and checks its base.
+A linear probe (frozen encoder, head on the mean token state) likewise trains its head only."""
 
 import json
 import os
@@ -23,7 +24,7 @@ from ehrseq_runner.job.preemption import EXIT_PREEMPTED
 from ehrseq_runner.job.prepare import make_trainer, prepare_data
 from ehrseq_runner.job.pretrained import fetch_pretrained
 from ehrseq_runner.job.run import run_job
-from ehrseq_runner.spec.job_spec import JobSpec
+from ehrseq_runner.spec.job_spec import JobSpec, ModelSpec, validate_job
 from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage
 
@@ -208,3 +209,44 @@ def test_a_next_visit_lora_run_exports_merged_weights_with_one_output_per_code(p
     plain = BEHRTForPrediction(BEHRTConfig(**summary["model_config"]), num_outputs=weights["head.weight"].shape[0])
     plain.load_state_dict(weights)
     assert plain.num_outputs > 100  # a logit per vocabulary code
+
+
+def test_a_linear_probe_trains_only_its_head_on_the_mean_of_a_frozen_encoder(pretrained_root):
+    base = f"file://{pretrained_root}/runs/pre"
+    spec = make_spec(pretrained_root, "probe", model={"kind": "behrt", "init_from": base, "freeze_encoder": True})
+    assert run(spec) == 0
+    summary = json.loads((run_dir(spec) / "summary.json").read_text())
+    assert summary["model_config"]["pooling"] == "mean"
+    assert summary["params_trainable"] == summary["model_config"]["hidden_size"] + 1  # the head: weights and bias
+    weights = load_file(run_dir(spec) / "model.safetensors")
+    pretrained = fetch_pretrained(base)
+    assert all(torch.equal(weights[f"behrt.{k}"], v) for k, v in pretrained.encoder.items())  # never moved
+
+    model = BEHRTForPrediction(BEHRTConfig(**summary["model_config"]))
+    model.load_state_dict(weights)
+    _, data, _ = lora_trainer(pretrained_root, {"rank": 4})
+    patients = data.encoded["held_out"].select(slice(0, 20))
+    b = patients.collate(range(len(patients)))
+    model.eval()
+    with torch.no_grad():
+        h = model.behrt(b.codes, b.ages, b.segments, b.positions, b.attention_mask)  # (B, T, C)
+        mean = (h * b.attention_mask[..., None]).sum(1) / b.attention_mask.sum(1, keepdim=True)
+        assert torch.allclose(logits(model, patients), model.head(mean).squeeze(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"kind": "behrt", "freeze_encoder": True}, "set model.init_from"),
+    ({"kind": "behrt", "freeze_encoder": True, "init_from": "file:///x/pre"}, "remove lora"),
+])
+def test_a_linear_probe_needs_a_pretrained_encoder_and_no_adapters(tmp_path, model, message):
+    raw = {"name": "p", "model": model, "task": {"kind": "binary"}, "storage": {"uri": f"file://{tmp_path}"}}
+    if "init_from" in model:
+        raw["lora"] = {"rank": 4}
+    with pytest.raises(InputError, match=message):
+        validate_job(raw, "spec")
+
+
+@pytest.mark.parametrize("model, positions", [({}, "rope"), ({"size": "large"}, "rope"), ({"size": "paper"}, "learned"),
+                                              ({"kind": "gbm"}, "learned"), ({"positions": "time"}, "time")])
+def test_behrt_presets_default_to_rotary_positions_and_the_paper_keeps_its_table(model, positions):
+    assert ModelSpec.model_validate(model).positions == positions

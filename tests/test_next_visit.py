@@ -212,3 +212,42 @@ def test_next_visit_takes_no_label_file(tmp_path):
     spec.task.labels = "outcome_within_365d"
     with pytest.raises(InputError, match="task.labels: 'outcome_within_365d' is not used by next_visit"):
         check_supported(spec)
+
+
+@pytest.mark.parametrize(("max_len", "min_count", "numeric_bins"), [(32, 2, 0), (8, 1, 4)])
+def test_the_token_cache_gives_the_object_paths_next_visit_examples(tmp_path, max_len, min_count, numeric_bins):
+    """next_visit from the token cache equals the object path (next_visit_splits -> Vocabulary.build ->
+    encode_patient): the same subjects, prediction times, target codes, vocabulary, tokens and whole histories."""
+    from dataclasses import replace
+
+    from ehrseq.data.cohort import synthetic_dataset
+    from ehrseq.data.meds_io import read_meds_dataset
+    from ehrseq.data.numeric import bin_table, fit_table
+    from ehrseq.data.prepared import DataSettings, prepare
+    from ehrseq.data.synthetic import PRESETS
+    from ehrseq.data.token_cache import load_histories
+    from ehrseq.data.tokenize import encode_patient
+
+    from reference_histories import assert_equal_histories
+
+    dataset = read_meds_dataset(synthetic_dataset(300, 2, tmp_path / "data", PRESETS["order"]))
+    data = prepare(DataSettings(num_patients=300, seed=2, synthetic=PRESETS["order"], task="next_visit",
+                                max_seq_len=max_len, min_code_count=min_count, numeric_bins=numeric_bins),
+                   tmp_path / "data")
+    if numeric_bins:  # fitted on the whole training split, as the vocabulary: no target is a label
+        train = np.array([s for s, split in dataset.splits.items() if split == "train"], np.int64)
+        assert data.vocab.bins == fit_table(dataset.data, train, numeric_bins)
+        dataset = replace(dataset, data=bin_table(dataset.data, data.vocab.bins))
+    want = next_visit_splits(dataset, SPLITS)
+    vocab = Vocabulary({c: n for c, n in Vocabulary.build(want["train"].patients).counts.items() if n >= min_count},
+                       data.vocab.bins)
+    assert data.vocab == vocab and data.vocab.itos == vocab.itos
+    histories = load_histories(tmp_path / "data" / data.token_cache["name"], vocab)
+    for split in SPLITS:
+        got, w = data.labelled[split], want[split]
+        assert np.array_equal(got.subject_ids, w.subject_ids) and np.array_equal(got.prediction_times,
+                                                                                 w.prediction_times)
+        assert got.next_codes == [tuple(c if c in vocab.stoi else "[UNK]" for c in codes) for codes in w.next_codes]
+        assert [data.encoded[split][i] for i in range(len(w))] == [encode_patient(p, vocab, max_len)
+                                                                   for p in w.patients]
+        assert_equal_histories(histories[split], w.patients, vocab)

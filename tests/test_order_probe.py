@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.patients import Patient, Visit
 from ehrseq.data.supervised import LabelledSplit
 from ehrseq.data.synthetic import PRESETS, PROGRESSION_A, PROGRESSION_B
 from ehrseq.evaluation.order_probe import logit, order_probe, swapped_histories
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import JobSpec
+
+from reference_histories import history_arrays, visit_codes
 
 A, B = PROGRESSION_A, PROGRESSION_B
 T0 = datetime(2020, 1, 1)
@@ -27,24 +30,31 @@ def _patient(sid: int, *visits: tuple[str, ...]) -> Patient:
 def _split(*patients: Patient) -> LabelledSplit:
     n = len(patients)
     return LabelledSplit(list(patients), np.full(n, np.datetime64("2021-01-01", "us")), np.zeros(n, bool),
-                         np.full(n, np.nan), np.arange(n))
+                         np.full(n, np.nan), np.arange(n), histories=history_arrays(patients))
 
 
-def _a_before_b(p: Patient) -> bool:
-    first = {code: next(i for i, v in enumerate(p.visits) if code in v.codes) for code in (A, B)}
+def _a_before_b(h: HistoryArrays, row: int) -> bool:
+    visits = visit_codes(h, row)
+    first = {code: next(i for i, v in enumerate(visits) if code in v) for code in (A, B)}
     return first[A] < first[B]
+
+
+def _swapped(p: Patient) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]] | None:
+    rows, ab, ba = swapped_histories(history_arrays([p]))
+    return (visit_codes(ab, 0), visit_codes(ba, 0)) if len(rows) else None
 
 
 def test_swapped_histories_swap_the_onsets_and_keep_everything_else():
     p = _patient(1, ("X", B), ("Y",), (A, "Z"), (A, B), ("W",))
-    ab, ba = swapped_histories(p)
+    h = history_arrays([p])
+    _, ab, ba = swapped_histories(h)
     # the first B (visit 0) and the first A (visit 2) trade places; the later records and other codes stay
-    assert [v.codes for v in ab.visits] == [("X", A), ("Y",), ("Z", B), (A, B), ("W",)]
-    assert [v.codes for v in ba.visits] == [("X", B), ("Y",), ("Z", A), (A, B), ("W",)]
-    assert [v.time for v in ab.visits] == [v.time for v in p.visits]
-    assert (ab.subject_id, ab.birth) == (p.subject_id, p.birth)
-    assert swapped_histories(_patient(2, ("X",), (A,))) is None  # no B: no order to swap
-    assert swapped_histories(_patient(3, (A, B), ("X",))) is None  # both onsets in one visit
+    assert visit_codes(ab, 0) == [("X", A), ("Y",), ("Z", B), (A, B), ("W",)]
+    assert visit_codes(ba, 0) == [("X", B), ("Y",), ("Z", A), (A, B), ("W",)]
+    assert np.array_equal(ab.visit_times, h.visit_times)
+    assert (ab.births.tolist(), ab.static_codes.tolist()) == (h.births.tolist(), h.static_codes.tolist())
+    assert _swapped(_patient(2, ("X",), (A,))) is None  # no B: no order to swap
+    assert _swapped(_patient(3, (A, B), ("X",))) is None  # both onsets in one visit
 
 
 def test_probe_recovers_a_known_order_effect():
@@ -54,7 +64,7 @@ def test_probe_recovers_a_known_order_effect():
 
     def order_aware(s: LabelledSplit) -> np.ndarray:  # +1 log-odds when A's onset precedes B's, on any history
         seen.append(len(s))
-        return np.array([0.2 + float(_a_before_b(p)) for p in s.patients])
+        return np.array([0.2 + float(_a_before_b(s.histories, i)) for i in range(len(s))])
 
     probe = order_probe(split, order_aware, order_effect=1.0, order_window=26)
     assert (probe.mean_shift, probe.share_positive, probe.true_log_hr, probe.n) == (1.0, 1.0, 1.0, 2)
@@ -63,7 +73,8 @@ def test_probe_recovers_a_known_order_effect():
     assert order_probe(split, order_aware, order_effect=1.0, order_window=3).true_log_hr == 0.5
 
     def counts(s: LabelledSplit) -> np.ndarray:  # a bag of codes without recency: blind to order
-        return np.array([sum(c in (A, B) for v in p.visits for c in v.codes) for p in s.patients], float)
+        return np.array([sum(c in (A, B) for v in visit_codes(s.histories, i) for c in v)
+                         for i in range(len(s))], float)
 
     blind = order_probe(split, counts, order_effect=0.0, order_window=26)
     assert (blind.mean_shift, blind.share_positive) == (0.0, 0.0)

@@ -25,6 +25,7 @@ from ehrseq_runner.spec.job_spec import JobSpec
 def make_spec(tmp_path: Path, name: str = "r", **train) -> JobSpec:
     return JobSpec.model_validate({
         "name": name, "data": {"num_patients": 300, "max_seq_len": 32}, "task": {"kind": "binary"},
+        "model": {"positions": "learned"},  # the trajectories below (a peak at step 10) were found with it
         "train": {"max_steps": 40, "batch_size": 16, "eval_every": 5, "device": "cpu", "log_every": 5, **train},
         "checkpoint": {"interval_seconds": 1000, "keep_last": 1},
         "storage": {"uri": f"file://{tmp_path}/runs"}, "runtime": {"work_dir": str(tmp_path / "work")}})

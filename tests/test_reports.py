@@ -63,15 +63,15 @@ def assert_png(path):
 
 
 @pytest.mark.parametrize("name,task", [("mlm", "mlm"), ("behrt-binary", "binary"), ("behrt-survival", "survival")])
-def test_bundle_has_every_file_the_readme_lists_and_plots_are_readable(runs, name, task):
+def test_bundle_has_every_file_the_docs_list_and_plots_are_readable(runs, name, task):
     folder = runs / "runs" / name
     stored = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert set(EXPECTED[task]) <= stored, set(EXPECTED[task]) - stored
     assert any(s.startswith("checkpoints/") and s.endswith("/manifest.json") for s in stored)
-    bundle_table = REPO.joinpath("README.md").read_text().split("## What a run leaves behind")[1].split("\n## ")[0]
+    bundle_table = (REPO / "docs" / "runs.md").read_text().split("## What a run leaves behind")[1].split("\n## ")[0]
     for item in EXPECTED[task]:
         listed = f"`{item}`" in bundle_table or f"`{item.rsplit('/', 1)[-1]}`" in bundle_table
-        assert listed, f"README's bundle table does not list {item}"
+        assert listed, f"docs/runs.md's bundle table does not list {item}"
     plots = sorted(s for s in stored if s.startswith("plots/"))
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["plots"] == [p for p in EXPECTED[task] if p.startswith("plots/")]

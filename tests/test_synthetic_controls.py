@@ -22,10 +22,12 @@ from ehrseq.data.synthetic import (
     generate_synthetic,
 )
 from ehrseq.evaluation.binary import auroc
-from ehrseq.evaluation.order_probe import transition
+from ehrseq.evaluation.order_probe import NONE, transition
 from ehrseq.models.count_features import FULL_STRENGTH, CountFeatures
 from ehrseq.reports.provenance import data_fingerprint, dataset_identity
 from ehrseq_runner.spec.job_spec import SpecError, load_spec
+
+from reference_histories import history_arrays, visit_codes
 
 POSITIVE = ("order", "transition")
 
@@ -80,8 +82,9 @@ def test_transition_is_invisible_to_per_code_aggregates_and_found_by_the_pair(tm
     tells the planted direction for every patient whose risk carries the order term."""
     dataset = load_dataset("synthetic", None, 3_000, 4, tmp_path, PRESETS["transition"])
     split = labelled_splits(dataset, SURVIVAL_TASK, ("train",), "survival")[0]["train"]
-    features = CountFeatures.fit(split.patients, FULL_STRENGTH)
-    X, names = features.matrix(split.patients, split.prediction_times), features.names()
+    histories = history_arrays(split.patients)
+    features = CountFeatures.fit(histories, FULL_STRENGTH)
+    X, names = features.matrix(histories, split.prediction_times), features.names()
     a, b = ({k: X[:, names.index(f"{k}:{code}")] for k in FULL_STRENGTH} for code in (PROGRESSION_A, PROGRESSION_B))
     both = ~np.isnan(a["days_since_first"]) & ~np.isnan(b["days_since_first"])
     for kind in ("count", "days_since_first", "days_since_last"):
@@ -92,10 +95,11 @@ def test_transition_is_invisible_to_per_code_aggregates_and_found_by_the_pair(tm
     oracle = read_oracle(dataset.path, SURVIVAL_TASK).to_pylist()
     ordered = {r["subject_id"]: r["true_risk"] != r["true_risk_order_blind"] for r in oracle}
     found = 0
-    for patient in split.patients:
-        pair = transition(patient)
+    for row, (patient, pair) in enumerate(zip(split.patients, transition(histories), strict=True)):
+        pair = None if pair[0] == NONE else pair
         found += pair is not None
-        first = set(patient.visits[pair[0]].codes) & {PROGRESSION_A, PROGRESSION_B} if pair else set()
+        first = set(visit_codes(histories, row)[pair[0]]) & {PROGRESSION_A, PROGRESSION_B} if pair is not None \
+            else set()
         assert (first == {PROGRESSION_A}) == ordered[patient.subject_id]
     assert found > 0.4 * len(split)
 

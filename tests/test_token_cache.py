@@ -22,23 +22,27 @@ from ehrseq.data.tokenize import encode_patient
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError
 
+from reference_histories import assert_equal_histories
+
 
 def old_path(ds: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None):
     patients = patients_by_split(read_meds_dataset(ds))
     vocab = vocab or Vocabulary.build(patients["train"], min_count)
-    return vocab, {s: [encode_patient(p, vocab, max_len) for p in ps] for s, ps in patients.items()}
+    return vocab, {s: [encode_patient(p, vocab, max_len) for p in ps] for s, ps in patients.items()}, patients
 
 
 def assert_same(ds: Path, out: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None) -> dict:
     manifest = tc.build_token_cache(ds, out, max_len, min_count, vocab)
-    want_vocab, want = old_path(ds, max_len, min_count, vocab)
+    want_vocab, want, patients = old_path(ds, max_len, min_count, vocab)
     got_vocab, got = tc.load_token_cache(out)
+    histories = tc.load_histories(out, got_vocab)
     assert got_vocab == want_vocab and got_vocab.itos == want_vocab.itos
     for split, encoded in want.items():
         assert len(got[split]) == len(encoded), split
         assert got[split].offsets[0] == 0 and got[split].offsets[-1] == len(got[split].codes)
         for i, e in enumerate(encoded):
             assert got[split][i] == e, (split, i, e.subject_id)
+        assert_equal_histories(histories[split], patients[split], got_vocab)
     return manifest
 
 
@@ -150,7 +154,12 @@ def test_cache_layout_and_manifest(order_cohort, tmp_path):
     manifest = tc.build_token_cache(order_cohort, tmp_path / "c", 32, 1)
     names = {p.name for p in (tmp_path / "c").iterdir()}
     assert names == {"codes.npy", "ages.npy", "segments.npy", "positions.npy", "offsets.npy", "subject_ids.npy",
-                     "splits.npy", "vocab.json", "manifest.json"}
+                     "splits.npy", "vocab.json", "manifest.json",
+                     # whole histories (format 3): births, visits, events and static codes
+                     "births.npy", "visit_offsets.npy", "visit_times.npy", "event_offsets.npy", "event_codes.npy",
+                     "event_visits.npy", "static_offsets.npy", "static_codes.npy",
+                     # next_visit targets (empty for other caches)
+                     "target_times.npy", "target_offsets.npy", "target_codes.npy"}
     assert set(manifest["files"]) == names - {"manifest.json"}
     splits = np.load(tmp_path / "c" / "splits.npy")
     assert (np.diff(splits) >= 0).all() and set(splits.tolist()) == {0, 1, 2}

@@ -1,4 +1,4 @@
-"""`ehrseq bench`: the figures design.md section 5 asks for, measured side by side in one run.
+"""`ehrseq bench`: the speed and memory targets (docs/benchmarks.md), measured side by side in one run.
 
 Timings on a shared machine are noisy, so every comparison alternates its two sides and is
 reported as a ratio of medians; nothing here is a pass/fail test.
@@ -491,8 +491,9 @@ def objects_child(dataset: str, max_len: int, min_count: int, repeats: int = 1,
     """`repeats` runs of the old object path: read_meds_dataset -> patients_by_split -> Vocabulary.build ->
     encode_patient over every split (with `examples`: labelled_splits -> encode_examples of the binary task),
     with this process's peak RSS."""
-    from ehrseq.data.cohort import SPLITS, patients_by_split
+    from ehrseq.data.cohort import patients_by_split
     from ehrseq.data.meds_io import read_meds_dataset
+    from ehrseq.data.stream import SPLITS
     from ehrseq.data.supervised import encode_examples, labelled_splits
     from ehrseq.data.synthetic import BINARY_TASK
     from ehrseq.data.tokenize import encode_patient
@@ -516,6 +517,25 @@ def objects_child(dataset: str, max_len: int, min_count: int, repeats: int = 1,
                   "tokens": sum(len(e.codes) for es in encoded.values() for e in es), "codes": len(vocab)}
         del data, patients, encoded, labelled
     return {"runs": runs, "counts": counts, "peak_rss_mb": peak_rss_mb()}
+
+
+def features_child(folder: str, min_count: int, repeats: int = 1) -> dict[str, Any]:
+    """`repeats` builds of the gbm's full-strength count features from an examples cache (what a gbm run does
+    after the cache lookup): load its labels and whole histories, fit the columns on the training split, build
+    every split's matrix; with this process's peak RSS."""
+    from ehrseq.data.token_cache import load_examples, load_histories, load_token_cache
+    from ehrseq.models.count_features import FULL_STRENGTH, CountFeatures
+
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        vocab, arrays = load_token_cache(Path(folder), verify=False)
+        splits, _ = load_examples(Path(folder), arrays, load_histories(Path(folder), vocab))
+        features = CountFeatures.fit(splits["train"].histories, FULL_STRENGTH, min_count=min_count)
+        cells = sum(features.matrix(s.histories, s.prediction_times).size for s in splits.values())
+        runs.append({"total_s": time.perf_counter() - start})
+    return {"runs": runs, "counts": {"examples": sum(map(len, splits.values())), "columns": features.width,
+                                     "cells": cells}, "peak_rss_mb": peak_rss_mb()}
 
 
 def epoch_collation(arrays: Any, batch_size: int, repeats: int,
@@ -588,6 +608,8 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
         say(f"building the binary task's examples cache ({repeats} runs, in a subprocess)")
         examples = run_child("build_child", dataset=str(dataset), work=str(tmp / "examples"), max_len=max_seq_len,
                              min_count=min_count, repeats=repeats, numeric_bins=numeric_bins, examples=True)
+        say(f"building the gbm's count features from the examples cache ({repeats} runs, in a subprocess)")
+        features = run_child("features_child", folder=examples["folder"], min_count=min_count, repeats=repeats)
         objects = labelled = None
         if old_path:
             say(f"old object path ({repeats} runs, in a subprocess)")
@@ -644,6 +666,10 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
             detail=f"{examples['counts']['patients']:,} examples of {examples['counts']['label_rows']:,} label rows, "
             f"{examples['counts']['tokens']:,} tokens; reuse {median(examples['runs'], 'hit_s'):.2f} s"),
     ]
+    stages.append(row("gbm count features from the examples cache", median(features["runs"], "total_s"),
+                      events / median(features["runs"], "total_s"), peak_rss_mb=features["peak_rss_mb"],
+                      detail=f"load labels and whole histories, fit {features['counts']['columns']:,} columns on "
+                      f"train, {features['counts']['examples']:,} rows (after the examples cache build above)"))
     if labelled:
         stages.append(row("old object path: binary examples", labelled_s, events / labelled_s,
                           peak_rss_mb=labelled["peak_rss_mb"],
@@ -658,7 +684,8 @@ def data_throughput(num_patients: int, max_seq_len: int = 128, batch_size: int =
                        "old_path_examples": labelled["counts"] if labelled else None},
             "stages": stages,
             "raw": {"write_s": write_s, "build": built, "load_s": load_s, "collation": collation,
-                    "objects": objects, "examples": examples, "labelled_objects": labelled}}
+                    "objects": objects, "examples": examples, "features": features,
+                    "labelled_objects": labelled}}
 
 
 @bench_app.command("gpu")

@@ -59,7 +59,7 @@ def write_report(ladder: LadderSpec, runs: Sequence[LadderRun], out: Path) -> La
     """Loads every finished run's bundle and writes the ladder report into `out`."""
     endpoint = ladder.storage.endpoint_url
     kinds = {rung.name: rung.model.kind for rung in ladder.rungs}
-    cells = [LadderCell(r.cohort, r.rung, kinds[r.rung], r.budget, r.replicate, load_run(r.uri, endpoint))
+    cells = [LadderCell(r.cohort, r.rung, kinds[r.rung], r.budget, r.replicate, load_run(r.uri, endpoint), r.setting)
              for r in runs if not r.pretraining]
     loaded = {r.uri: load_run(r.uri, endpoint) for r in runs if r.pretraining}
     base_uris = {(r.cohort, r.rung): r.spec.model.init_from for r in runs if not r.pretraining}

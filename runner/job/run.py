@@ -25,9 +25,11 @@ from rich.console import Console
 from rich.markup import escape
 from safetensors.torch import save_file
 
-from ehrseq.data.cohort import SPLITS
-from ehrseq.data.supervised import LabelledSplit, encode_examples, oracle_risks
+from ehrseq.data.prepared import PreparedData
+from ehrseq.data.stream import SPLITS
+from ehrseq.data.supervised import LabelledSplit, oracle_risks
 from ehrseq.data.synthetic import code_clusters
+from ehrseq.data.token_arrays import TokenArrays
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError, no_space
 from ehrseq.evaluation.order_probe import logit, order_probe
@@ -56,14 +58,7 @@ from ehrseq_runner.job.bundle import ADAPTER, write_bundle
 from ehrseq_runner.job.distributed import run_worker
 from ehrseq_runner.job.metrics_log import MetricsLog
 from ehrseq_runner.job.preemption import EXIT_PREEMPTED, Stopped, StopRequest
-from ehrseq_runner.job.prepare import (
-    PreparedData,
-    describe_token_cache,
-    held_out_histories,
-    make_trainer,
-    prepare_data,
-    training_seed,
-)
+from ehrseq_runner.job.prepare import make_trainer, prepare_data, training_seed
 from ehrseq_runner.job.pretrained import (
     Pretrained,
     check_no_leakage,
@@ -243,7 +238,7 @@ class Job:
         if data.label_report:
             console.print(escape(data.label_report.describe()), highlight=False)
         if data.token_cache:
-            console.print(describe_token_cache(data.token_cache), highlight=False)
+            console.print(data.describe_token_cache(), highlight=False)
         if warning := coverage_warning(data.coverage):
             self.warn(warning)
         vocab.save(work / "vocab.json")
@@ -309,7 +304,7 @@ class Job:
             "underfit": trainer.state.underfit,
             **self._common_facts(data, held_out, str(device)),
             **self._order_probe(data, lambda s: _scores(trainer.evaluate(
-                encode_examples(s, vocab, spec.data.max_seq_len), lambda: False))),
+                TokenArrays.encode(s.histories, s.example_ids, vocab, spec.data.max_seq_len), lambda: False))),
             **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
         }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
             summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "", stop=self.stop.check)
@@ -383,7 +378,7 @@ class Job:
             return {}
         as_logits = logit if self.spec.task.kind == "binary" else np.asarray
         params = self.spec.data.synthetic.params()
-        probe = order_probe(held_out_histories(self.spec, data), lambda s: as_logits(score(s)), params.order_effect,
+        probe = order_probe(data.labelled["held_out"], lambda s: as_logits(score(s)), params.order_effect,
                             params.order_window, params.pattern)
         return {"order_probe": probe.to_dict()}
 

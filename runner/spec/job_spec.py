@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ehrseq.data.codes import CodeFilter
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
@@ -51,19 +51,29 @@ class SyntheticSpec(Section):
     `icu` hospital timelines with a readmission task (ehrseq.data.synthetic_icu), which takes no overrides."""
 
     preset: Literal["default", "order", "presence", "transition", "transition_presence", "family",
-                    "family_presence", "icu"] = "default"
-    prevalence_a: float | None = Field(None, ge=0.0, le=1.0)  # share of patients given code A
-    prevalence_b: float | None = Field(None, ge=0.0, le=1.0)
-    order_window: int | None = Field(None, ge=1, le=MAX_VISITS_BEFORE - 1)  # visits from A to B that count
-    onset_span: float | None = Field(None, gt=0.0, le=1.0)  # A and B first recorded in this leading share of visits
-    recurrence: float | None = Field(None, ge=0.0, le=1.0)  # later visits re-recording A and B, each
-    min_visits: int | None = Field(None, ge=2, le=MAX_VISITS_BEFORE)  # fewest visits before the prediction time
-    order_effect: float | None = Field(None, ge=-4.0, le=4.0)  # log hazard ratios from here on
-    presence_effect: float | None = Field(None, ge=-4.0, le=4.0)
-    age_effect: float | None = Field(None, ge=-2.0, le=2.0)  # per decade
-    cluster_effect: float | None = Field(None, ge=-4.0, le=4.0)
-    male_effect: float | None = Field(None, ge=-4.0, le=4.0)
-    base_hazard: float | None = Field(None, gt=0.0, le=0.01)  # per day at age 50 without risk factors
+                    "family_presence", "icu"] = Field("default", description="The generator's parameter set; "
+                                                      "the fields below override its values one by one (icu: a "
+                                                      "hospital generator that takes no overrides).")
+    prevalence_a: float | None = Field(None, ge=0.0, le=1.0, description="Share of patients given code A.")
+    prevalence_b: float | None = Field(None, ge=0.0, le=1.0, description="Share of patients given code B.")
+    order_window: int | None = Field(None, ge=1, le=MAX_VISITS_BEFORE - 1,
+                                     description="Visits from A's onset to B's that count as A then B.")
+    onset_span: float | None = Field(None, gt=0.0, le=1.0, description="A and B are first recorded within this "
+                                     "leading share of the visits before the prediction time.")
+    recurrence: float | None = Field(None, ge=0.0, le=1.0, description="Once both are recorded, each later visit "
+                                     "re-records A and B, each with this probability.")
+    min_visits: int | None = Field(None, ge=2, le=MAX_VISITS_BEFORE,
+                                   description="Fewest visits before the prediction time.")
+    order_effect: float | None = Field(None, ge=-4.0, le=4.0,
+                                       description="Log hazard ratio of A followed by B (the order term).")
+    presence_effect: float | None = Field(None, ge=-4.0, le=4.0,
+                                          description="Log hazard ratio of A and B both present, in any order.")
+    age_effect: float | None = Field(None, ge=-2.0, le=2.0, description="Log hazard ratio per decade of age.")
+    cluster_effect: float | None = Field(None, ge=-4.0, le=4.0,
+                                         description="Log hazard ratio of the first comorbidity cluster.")
+    male_effect: float | None = Field(None, ge=-4.0, le=4.0, description="Log hazard ratio of male sex.")
+    base_hazard: float | None = Field(None, gt=0.0, le=0.01,
+                                      description="Hazard per day at age 50 without risk factors.")
 
     def params(self) -> SyntheticParams:
         overrides = self.model_dump(exclude={"preset"}, exclude_none=True)
@@ -73,8 +83,10 @@ class SyntheticSpec(Section):
 class CodesSpec(Section):
     """Which codes every model reads (ehrseq.data.codes): globs, or prefixes when they hold no wildcard."""
 
-    include: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field([], max_length=1000)  # [] = all
-    exclude: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field([], max_length=1000)  # after include
+    include: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        [], max_length=1000, description="Codes kept (globs, or prefixes without a wildcard); `[]` keeps all.")
+    exclude: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        [], max_length=1000, description="Codes dropped after `include`, e.g. `[LAB//]`.")
 
 
 class AdmissionSpec(Section):
@@ -82,25 +94,38 @@ class AdmissionSpec(Section):
     patterns; the defaults are MEDS-Transforms' MIMIC-IV codes."""
 
     start: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        list(ADMISSION_START), min_length=1, max_length=100)
+        list(ADMISSION_START), min_length=1, max_length=100,
+        description="Codes that open a stay (globs, or prefixes without a wildcard).")
     end: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        list(ADMISSION_END), min_length=1, max_length=100)
+        list(ADMISSION_END), min_length=1, max_length=100, description="Codes that close a stay.")
 
 
 class DataSpec(Section):
-    source: Literal["synthetic", "meds", "synthea-csv", "fhir"] = "synthetic"
-    synthetic: SyntheticSpec = SyntheticSpec()  # synthetic only: the planted outcome's effect sizes
-    path: str | None = None  # dataset folder for meds / synthea-csv / fhir
-    num_patients: int = Field(2000, ge=10, le=MAX_COUNT)  # synthetic only
-    max_seq_len: int = Field(128, ge=8, le=4096)  # tokens per patient, most recent visits kept
-    min_code_count: int = Field(5, ge=1, le=MAX_COUNT)  # rarer codes (in the train split) become [UNK]
-    # numeric values (labs) as tokens: N quantile bins per code, fitted on the train split (CODE//Q1..QN); 0: off
-    numeric_bins: int = Field(0, ge=0, le=100)
-    codes: CodesSpec = CodesSpec()  # e.g. {exclude: ["LAB//"]}: the same events for every model (MEDS_BIRTH kept)
-    # what a visit is, for every model: day (calendar day), admission (a hospital stay, from data.admission's codes;
-    # events outside stays by day) or hours:N (fixed N-hour buckets)
-    visit: str = Field("day", max_length=20)
-    admission: AdmissionSpec = AdmissionSpec()  # data.visit admission only
+    """Where the patients come from and how their events become tokens."""
+
+    source: Literal["synthetic", "meds", "synthea-csv", "fhir"] = Field(
+        "synthetic", description="synthetic: a seeded cohort with a planted outcome; meds: a MEDS dataset, read in "
+        "place with its own splits; fhir: a folder of FHIR R4 bundles (Synthea); synthea-csv: a Synthea CSV export.")
+    synthetic: SyntheticSpec = Field(SyntheticSpec(), description="synthetic only: the planted outcome's preset and "
+                                     "effect sizes.")
+    path: str | None = Field(None, description="The dataset folder (meds, synthea-csv, fhir).")
+    num_patients: int = Field(2000, ge=10, le=MAX_COUNT, description="synthetic only: the cohort size, split "
+                              "80/10/10 by patient.")
+    max_seq_len: int = Field(128, ge=8, le=4096, description="Tokens per patient; the most recent visits before the "
+                             "prediction time are kept. BEHRT small and medium take up to 2,048, large up to 4,096 "
+                             "(meant for 512, 1,024 and 2,048: `ehrseq bench length`).")
+    min_code_count: int = Field(5, ge=1, le=MAX_COUNT, description="Codes rarer than this in the train split become "
+                                "`[UNK]` (count baselines drop them).")
+    numeric_bins: int = Field(0, ge=0, le=100, description="Numeric values (labs) as tokens: N quantile bins per "
+                              "code, fitted on the train split (`CODE//Q1` .. `CODE//QN`); 0: off; 1 is refused.")
+    codes: CodesSpec = Field(CodesSpec(), description="Code globs every model reads alike, e.g. `{exclude: "
+                             "[LAB//]}`; MEDS_BIRTH is always kept; part of the token cache's key; the summary counts "
+                             "the events dropped.")
+    visit: str = Field("day", max_length=20, description="What a visit is, for every model: day (a calendar day), "
+                       "admission (a hospital stay, from `data.admission`'s codes; events outside stays by day) or "
+                       "hours:N (fixed N-hour buckets); part of the token cache's key.")
+    admission: AdmissionSpec = Field(AdmissionSpec(), description="data.visit admission only: the code patterns "
+                                     "that open and close a stay.")
 
     @field_validator("visit")
     @classmethod
@@ -121,35 +146,67 @@ class DataSpec(Section):
 
 
 class ModelSpec(Section):
-    kind: Literal["behrt", "med2vec", "bag_of_codes", "cox", "gbm"] = "behrt"
-    size: Literal["small", "medium", "large", "paper"] = "small"
-    init_from: str | None = None  # run or checkpoint URI to fine-tune from
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    age_feature: bool = True  # count baselines: age at the prediction time as a feature (false: what age adds)
-    # same: init_from must have been pretrained on this dataset and splits, reading no labelled patient's future
-    # (checked, exit 2 otherwise); other: it was pretrained elsewhere, on purpose (not checked, the summary says so)
-    init_from_data: Literal["same", "other"] = "same"
-    # BEHRT's visit positions (ehrseq.models.behrt): learned, the paper's absolute table; rope, rotary over the
-    # visit index inside attention; time, rotary over months since the first visit. A fine-tune must match its
-    # pretraining (model.init_from)
-    positions: Literal["learned", "rope", "time"] = "learned"
+    """Which model trains, and from what."""
+
+    kind: Literal["behrt", "med2vec", "bag_of_codes", "cox", "gbm"] = Field(
+        "behrt", description="behrt: BEHRT; med2vec: Med2Vec; the count baselines: bag_of_codes (L2 logistic "
+        "regression on recency-weighted code counts), cox (penalised Cox proportional hazards), gbm (LightGBM on "
+        "every per-code aggregate: the strong count baseline).")
+    size: Literal["small", "medium", "large", "paper"] = Field(
+        "small", description="BEHRT: small (~0.6M parameters at 1,000 codes), medium (~3M), large (~15M), paper (the "
+        "original BEHRT: hidden 288, 6 layers, 12 heads, intermediate 512); Med2Vec: code and visit sizes 64, 128, "
+        "256, 200.")
+    init_from: str | None = Field(None, description="A run or checkpoint URI (`file://` or `s3://`) whose weights and "
+                                  "vocabulary start the encoder of a fine-tune.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout probability.")
+    age_feature: bool = Field(True, description="Count baselines: age at the prediction time as a feature (false: "
+                              "see what the codes give without age).")
+    init_from_data: Literal["same", "other"] = Field(
+        "same", description="same: init_from must have been pretrained on this dataset and splits, reading no "
+        "labelled patient's future (checked, exit 2 otherwise); other: it was pretrained elsewhere, on purpose (not "
+        "checked, the summary says so).")
+    positions: Literal["learned", "rope", "time"] = Field(
+        "learned", description="BEHRT's visit positions: learned, the paper's absolute table; rope, rotary over the "
+        "visit index inside attention; time, rotary over months since the first visit. Unset: rope for BEHRT "
+        "small / medium / large (it finds an order across consecutive visits the learned table does not, see the "
+        "results), learned for size paper and the other kinds. A fine-tune must match its pretraining "
+        "(model.init_from).")
+    freeze_encoder: bool = Field(False, description="A linear probe (as CLMBR is evaluated): the pretrained "
+                                 "encoder (model.init_from) stays frozen and only a linear head on the mean of its "
+                                 "token states trains.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_positions(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "positions" not in data and data.get("kind", "behrt") == "behrt" \
+                and data.get("size", "small") != "paper":
+            return {**data, "positions": "rope"}
+        return data
 
 
 class TaskSpec(Section):
-    # mlm: BEHRT's masked-code pretraining; med2vec: Med2Vec's own pretraining (codes of a visit predict each
-    # other, a visit predicts the codes of its neighbours); next_visit, binary, survival: supervised
-    kind: Literal["mlm", "med2vec", "next_visit", "binary", "survival"] = "mlm"
-    mask_prob: float = Field(0.15, gt=0.0, lt=1.0)  # mlm: share of code tokens masked
-    labels: str | None = None  # binary/survival: the label task in <dataset>/labels/; default per kind below
-    # (next_visit derives its labels from the visits themselves)
-    # binary/survival: MEDS label parquet anywhere (ACES output): a file, a task's folder, or a folder of tasks
-    # (then `labels` names one: <labels_path>/<labels>.parquet or <labels_path>/<labels>/**/*.parquet)
-    labels_path: str | None = Field(None, min_length=1, max_length=4096)
-    horizon_days: float = Field(365.0, gt=0, le=36500)  # survival: the AUROC's horizon (and bag_of_codes target)
-    # mlm/med2vec: what pretraining reads of patients labelled in any <dataset>/labels/ task or in labels_path:
-    # cut (events strictly before their earliest prediction time), pool (unlabelled patients only), all (whole
-    # timelines: a fine-tune on this dataset refuses such a base)
-    pretrain_data: Literal["cut", "pool", "all"] = "cut"
+    """What the model learns to predict."""
+
+    kind: Literal["mlm", "med2vec", "next_visit", "binary", "survival"] = Field(
+        "mlm", description="mlm: BEHRT's masked-code pretraining; med2vec: Med2Vec's own pretraining (codes of a "
+        "visit predict each other, a visit predicts the codes of its neighbours); next_visit (the codes of each "
+        "patient's last visit, from the visits before it), binary, survival: supervised.")
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: share of code tokens masked (80% [MASK], 10% "
+                             "random, 10% kept).")
+    labels: str | None = Field(None, description="binary / survival: the label task under `<dataset>/labels/`, "
+                               "or under labels_path; null: the synthetic cohort's planted outcome "
+                               "(outcome_within_365d, outcome_survival). next_visit derives its targets from the "
+                               "visits: leave it null.")
+    labels_path: str | None = Field(None, min_length=1, max_length=4096, description="binary / survival: MEDS label "
+                                    "parquet anywhere (e.g. ACES output): a file, a task's folder, or a folder of "
+                                    "tasks, where labels names one (`<labels_path>/<labels>.parquet` or "
+                                    "`<labels_path>/<labels>/**/*.parquet`).")
+    horizon_days: float = Field(365.0, gt=0, le=36500, description="survival: the horizon of auroc_365d (and the "
+                                "target of the bag_of_codes and gbm baselines).")
+    pretrain_data: Literal["cut", "pool", "all"] = Field(
+        "cut", description="mlm / med2vec: what pretraining reads of patients labelled in any `<dataset>/labels/` "
+        "task or in labels_path: cut, their events strictly before their earliest prediction time; pool, nothing "
+        "(unlabelled patients only); all, whole timelines (a fine-tune on this dataset refuses such a base).")
 
     @property
     def label_task(self) -> str | None:
@@ -166,31 +223,52 @@ class TaskSpec(Section):
 
 
 class TrainSpec(Section):
-    max_steps: int = Field(2000, ge=1, le=MAX_COUNT)
-    batch_size: int = Field(32, ge=1, le=65536)
-    lr: float = Field(3.0e-4, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
-    warmup_steps: int | None = Field(None, ge=0, le=MAX_COUNT)  # default: 10% of the steps the run trains for
-    grad_clip: float = Field(1.0, gt=0.0, le=1e6)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    log_every: int = Field(10, ge=1, le=MAX_COUNT)
-    eval_every: int = Field(500, ge=0, le=MAX_COUNT)  # 0: evaluate only at the end
-    eval_batch_size: int = Field(64, ge=1, le=65536)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on CPU/MPS
-    grad_accum_steps: int = Field(1, ge=1, le=65536)  # micro-batches per optimizer step; batch_size: the whole step
-    compile: bool = False  # torch.compile the model: speed only, so not part of the fingerprint
-    # length in epochs: ceil(epochs x training examples / batch_size) steps, max_steps an upper bound
-    epochs: float | None = Field(None, gt=0, le=100000)
-    # with epochs: at least this many steps (small k: 3 epochs of 128 examples are 12); each epoch is then
-    # min_steps / epochs steps, and evaluations and patience per epoch stretch with it; patience never stops a
-    # run before min_steps; 0: no floor (ehrseq.training.length)
-    min_steps: int = Field(300, ge=0, le=MAX_COUNT)
-    evals_per_epoch: int | None = Field(None, ge=1, le=10000)  # when set, replaces eval_every (rounded to whole steps)
-    patience: int | None = Field(None, ge=1, le=MAX_COUNT)  # stop after this many tuning evals without improvement
-    # or in epochs (as stretched by min_steps): turned into evaluations (at least 1); set one of the two
-    patience_epochs: float | None = Field(None, gt=0, le=100000)
-    label_budget: int | None = Field(None, ge=1, le=MAX_COUNT)  # a seeded, stratified k of the labelled train split
-    replicate: int = Field(0, ge=0, le=MAX_COUNT)  # picks the label-budget subsample, initialisation and batch order
+    """How long and how it trains, and when it evaluates."""
+
+    max_steps: int = Field(2000, ge=1, le=MAX_COUNT, description="Optimizer steps; with epochs, an upper bound. "
+                           "Raising it continues a finished run.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Patients (examples) per step: the global batch, split "
+                            "across grad_accum_steps and DDP processes.")
+    lr: float = Field(3.0e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0, description="AdamW weight decay.")
+    warmup_steps: int | None = Field(None, ge=0, le=MAX_COUNT, description="Linear warm-up steps, then linear decay "
+                                     "to 10% of the peak; null: 10% of the steps the run trains for.")
+    grad_clip: float = Field(1.0, gt=0.0, le=1e6, description="Max global gradient norm.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="auto: cuda, else mps, else cpu. A GPU that torch cannot use is refused (exit 2), never "
+        "silently replaced by the CPU.")
+    log_every: int = Field(10, ge=1, le=MAX_COUNT, description="Steps per training record in `metrics.jsonl` (1: "
+                           "every step).")
+    eval_every: int = Field(500, ge=0, le=MAX_COUNT, description="Steps between tuning-split evaluations (0: only "
+                            "at the end); evals_per_epoch replaces it.")
+    eval_batch_size: int = Field(64, ge=1, le=65536, description="Patients per batch when evaluating (tuning and "
+                                 "held-out).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA GPUs that have it, fp16 with a dynamic loss scale on older "
+        "ones, fp32 on CPU and Apple MPS; fp32, bf16 or fp16 forces one. On CPU fp32 keeps resume bit-exact.")
+    grad_accum_steps: int = Field(1, ge=1, le=65536, description="Micro-batches per optimizer step (must divide "
+                                  "batch_size), for a batch that does not fit in memory at once; part of the run's "
+                                  "identity.")
+    compile: bool = Field(False, description="torch.compile the model: speed only, so not part of the fingerprint "
+                          "(a resume may differ).")
+    epochs: float | None = Field(None, gt=0, le=100000, description="Length in epochs: ceil(epochs x training "
+                                 "examples / batch_size) steps, max_steps an upper bound; null: max_steps.")
+    min_steps: int = Field(300, ge=0, le=MAX_COUNT, description="With epochs: at least this many steps (small k: 3 "
+                           "epochs of 128 examples are 12); each epoch is then min_steps / epochs steps, and "
+                           "evaluations and patience per epoch stretch with it; patience never stops a run before "
+                           "min_steps; 0: no floor.")
+    evals_per_epoch: int | None = Field(None, ge=1, le=10000, description="Tuning evaluations per epoch (rounded to "
+                                        "whole steps); when set, replaces eval_every.")
+    patience: int | None = Field(None, ge=1, le=MAX_COUNT, description="Stop after this many tuning evaluations in "
+                                 "a row without improvement; null: never.")
+    patience_epochs: float | None = Field(None, gt=0, le=100000, description="Patience in epochs (as stretched by "
+                                          "min_steps), turned into evaluations (at least 1); set this or patience, "
+                                          "not both.")
+    label_budget: int | None = Field(None, ge=1, le=MAX_COUNT, description="k: train on a seeded, stratified k "
+                                     "labelled training patients and make every choice on k tuning patients (the "
+                                     "EHRSHOT k-shot protocol); null: all. Supervised tasks only.")
+    replicate: int = Field(0, ge=0, le=MAX_COUNT, description="Picks the label-budget subsample, initialisation, "
+                           "batch order, dropout and gbm seed; seed keeps the cohort and its splits.")
 
     @field_validator("patience_epochs")
     @classmethod
@@ -209,61 +287,86 @@ class TrainSpec(Section):
 
 
 class CheckpointSpec(Section):
-    interval_seconds: float = Field(600, gt=0, le=7 * 86400)
-    keep_last: int = Field(3, ge=1, le=1000)
-    grace_seconds: float = Field(5.0, gt=0, le=3600)
-    local_dir: str | None = None  # first tier on local disk (a spot pod's volume, e.g. /workspace/ckpt)
-    # the run's lease (runner/storage/lease.py) is renewed this often; another writer may take it over after
-    # STALE_RENEWALS (4) missed renewals
-    lease_renew_seconds: float = Field(30.0, ge=0.1, le=MAX_RENEW_SECONDS)
+    """When checkpoints are committed, and how a stop is handled."""
+
+    interval_seconds: float = Field(600, gt=0, le=7 * 86400, description="Wall-clock time between timed "
+                                    "checkpoints (each new best tuning evaluation commits one too).")
+    keep_last: int = Field(3, ge=1, le=1000, description="Committed checkpoints kept, besides the best.")
+    grace_seconds: float = Field(5.0, gt=0, le=3600, description="After SIGTERM, the time to commit a final "
+                                 "checkpoint (RunPod spot: 5 s to SIGKILL); one that cannot make it is abandoned.")
+    local_dir: str | None = Field(None, description="A first tier on local disk (a spot pod's volume, e.g. "
+                                  "`/workspace/ckpt`): each checkpoint is committed there, then uploaded.")
+    lease_renew_seconds: float = Field(30.0, ge=0.1, le=MAX_RENEW_SECONDS, description="How often the run's lease is "
+                                       "renewed; a writer silent for 4 renewals may be taken over.")
 
 
 class StorageSpec(Section):
-    uri: str = "file://./runs"
-    endpoint_url: str | None = None  # S3-compatible endpoint; else AWS_ENDPOINT_URL
+    """Where runs live: each run is the folder `<uri>/<run_id>/`."""
+
+    uri: str = Field("file://./runs", description="`file://PATH` or `s3://BUCKET/PREFIX`; credentials only from "
+                     "the AWS chain (`AWS_*` variables, a profile, an instance role), never in the URI.")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (R2, B2, MinIO, RunPod); null: "
+                                     "`AWS_ENDPOINT_URL`.")
 
 
 class RuntimeSpec(Section):
-    work_dir: str | None = None  # fast local scratch; default: a temp folder
-    price_per_hour: float | None = Field(None, ge=0, le=10000)
+    """The machine the run works on."""
+
+    work_dir: str | None = Field(None, description="Fast local scratch for data, caches and checkpoints in the "
+                                 "making; null: a temporary folder.")
+    price_per_hour: float | None = Field(None, ge=0, le=10000, description="The pod's price in USD per hour, for "
+                                         "cost in the summary, compare and ladder reports.")
 
 
 class MlflowSpec(Section):
-    tracking_uri: str | None = None  # http(s)://host:port of an MLflow server; null: MLFLOW_TRACKING_URI
-    experiment: str = Field("ehrseq", min_length=1, max_length=500)
+    """One MLflow run across every resume; credentials in `MLFLOW_TRACKING_USERNAME` / `_PASSWORD` / `_TOKEN`."""
+
+    tracking_uri: str | None = Field(None, description="`http(s)://host:port` of an MLflow server; null: "
+                                     "`MLFLOW_TRACKING_URI`.")
+    experiment: str = Field("ehrseq", min_length=1, max_length=500, description="The MLflow experiment's name.")
 
 
 class TrackingSpec(Section):
     """Live views of the run (runner/job/tracking.py): off by default; neither changes what trains."""
 
-    tensorboard: bool = False  # event files under the run folder's tensorboard/
-    mlflow: MlflowSpec | None = None  # one MLflow run across every resume
+    tensorboard: bool = Field(False, description="Event files under the run folder's `tensorboard/`.")
+    mlflow: MlflowSpec | None = Field(None, description="Log to an MLflow server; null: off.")
 
 
 LoraTarget = Literal["query", "key", "value", "output", "up", "down"]  # BEHRT's Linear layers
 
 
 class LoraSpec(Section):
-    rank: int = Field(8, ge=1, le=4096)
-    alpha: float = Field(16, gt=0, le=1e6)  # the adapter update is scaled by alpha / rank
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    targets: list[LoraTarget] = Field(["query", "key", "value", "output"], min_length=1)
-    trained_in_full: list[Literal["head"]] = ["head"]  # modules trained without adapters
+    """Low-rank adapters (peft) on BEHRT's Linear layers, fine-tuning the model.init_from base, which stays frozen."""
+
+    rank: int = Field(8, ge=1, le=4096, description="Adapter rank r.")
+    alpha: float = Field(16, gt=0, le=1e6, description="The adapter update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    targets: list[LoraTarget] = Field(["query", "key", "value", "output"], min_length=1, description="BEHRT's Linear "
+                                      "layers that get adapters: attention query, key, value, output; feed-forward "
+                                      "up, down.")
+    trained_in_full: list[Literal["head"]] = Field(["head"], description="Modules trained without adapters.")
 
 
 class JobSpec(Section):
-    name: str = Field(pattern=RUN_ID_PATTERN)
-    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)  # default: name
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy seeds are 32-bit
-    data: DataSpec = DataSpec()
-    model: ModelSpec = ModelSpec()
-    task: TaskSpec = TaskSpec()
-    train: TrainSpec = TrainSpec()
-    checkpoint: CheckpointSpec = CheckpointSpec()
-    storage: StorageSpec = StorageSpec()
-    runtime: RuntimeSpec = RuntimeSpec()
-    lora: LoraSpec | None = None
-    tracking: TrackingSpec = TrackingSpec()
+    """A job: one run, one YAML file (`ehrseq run SPEC`)."""
+
+    name: str = Field(pattern=RUN_ID_PATTERN, description="The run id in storage: re-running the same name finds "
+                      "the same run and resumes it.")
+    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Overrides name as the run id.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds the cohort, splits, initialisation, batch order and "
+                      "masks (numpy seeds are 32-bit).")
+    data: DataSpec = Field(DataSpec(), description="The dataset and its tokens.")
+    model: ModelSpec = Field(ModelSpec(), description="The model.")
+    task: TaskSpec = Field(TaskSpec(), description="What it predicts.")
+    train: TrainSpec = Field(TrainSpec(), description="Training length, optimizer, evaluations.")
+    checkpoint: CheckpointSpec = Field(CheckpointSpec(), description="Checkpoints and stopping.")
+    storage: StorageSpec = Field(StorageSpec(), description="Where the run folder lives.")
+    runtime: RuntimeSpec = Field(RuntimeSpec(), description="Local scratch and price.")
+    lora: LoraSpec | None = Field(None, description="LoRA fine-tuning of the model.init_from base; null: full "
+                                  "fine-tuning (or none).")
+    tracking: TrackingSpec = Field(TrackingSpec(), description="Live views in TensorBoard and MLflow; not part of "
+                                   "the fingerprint.")
 
     @property
     def resolved_run_id(self) -> str:
@@ -449,6 +552,10 @@ def check_supported(spec: JobSpec) -> None:
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")
+    if spec.model.freeze_encoder and (not spec.model.init_from or spec.lora):
+        raise InputError("model.freeze_encoder: true trains a linear head on a frozen pretrained encoder; set "
+                         "model.init_from to a pretraining run's URI" + (" and remove lora (it trains adapters "
+                                                                        "in the encoder)" if spec.lora else ""))
     if spec.lora and (spec.model.kind != "behrt" or not spec.model.init_from):
         raise InputError("lora: LoRA adapts a pretrained BEHRT; set model.kind behrt and model.init_from to a "
                          "pretraining run's URI")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ehrseq.errors import InputError
-from ehrseq.reports.ladder import budget_text
+from ehrseq.reports.ladder import COUNT_KINDS, budget_text
 from ehrseq_runner.spec.job_spec import (
     CheckpointSpec,
     DataSpec,
@@ -42,9 +42,13 @@ SET_BY_LADDER = ("label_budget", "replicate")  # train fields each run gets from
 
 
 class Cohort(Section):
-    name: str = Field(pattern=NAME_PATTERN)
-    data: DataSpec = DataSpec()
-    task: dict[str, Any] = {}  # overrides of the ladder's task for this cohort, e.g. {labels: my_outcome}
+    """One dataset every rung runs on."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Part of every run id of the cohort.")
+    data: DataSpec = Field(DataSpec(), description="A job spec's data block (synthetic with synthetic.preset, meds "
+                           "with labels, fhir, synthea-csv).")
+    task: dict[str, Any] = Field({}, description="Overrides of the ladder's task for this cohort, e.g. `{labels: "
+                                 "my_outcome}`; never its kind.")
 
     @field_validator("task")
     @classmethod
@@ -55,19 +59,50 @@ class Cohort(Section):
 
 
 class Pretrain(Section):
-    task: Literal["mlm", "med2vec"]  # mlm for BEHRT, med2vec for Med2Vec
-    # what it reads of the labelled patients (the ladder's labels and every task under the dataset's labels/):
-    # cut (events strictly before their earliest prediction time) or pool (unlabelled patients only)
-    data: Literal["cut", "pool"] = "cut"
-    train: TrainSpec = TrainSpec()  # overrides of the ladder's train block for the pretraining run (not the rung's)
+    """A rung's pretraining: run once per cohort, on the training patients without labels; rungs with identical
+    pretraining share one."""
+
+    task: Literal["mlm", "med2vec"] = Field(description="mlm for BEHRT, med2vec for Med2Vec.")
+    data: Literal["cut", "pool"] = Field(
+        "cut", description="What it reads of the labelled patients (the ladder's labels and every task under the "
+        "dataset's `labels/`): cut, their events strictly before their earliest prediction time; pool, nothing "
+        "(unlabelled patients only).")
+    train: TrainSpec = Field(TrainSpec(), description="Overrides of the ladder's train block for the pretraining run "
+                             "(not the rung's).")
+
+
+class Tuning(Section):
+    """The settings every trained rung tries at each budget and replicate; the one with the best tuning-split
+    figure is reported (gbm tries its own 2 settings, bag-of-codes its C grid, both on the same tuning split)."""
+
+    lr_scale: list[float] = Field([1.0], min_length=1, max_length=4, description="Factors, each multiplying the "
+                                  "run's train.lr: one setting per factor (times each length_scale).")
+    length_scale: list[float] = Field([1.0], min_length=1, max_length=4, description="Factors, each multiplying "
+                                      "the run's train.epochs (else max_steps) and min_steps.")
+
+    @field_validator("lr_scale", "length_scale")
+    @classmethod
+    def _positive_and_distinct(cls, scales: list[float]) -> list[float]:
+        if any(not 0 < s <= 100 for s in scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"distinct factors in (0, 100]; got {scales}")
+        return scales
+
+    def settings(self) -> list[tuple[float, float]]:
+        """(lr factor, length factor) of each setting, in run-id order (s0, s1, ...)."""
+        return [(lr, length) for lr in self.lr_scale for length in self.length_scale]
 
 
 class Rung(Section):
-    name: str = Field(pattern=NAME_PATTERN)
-    model: ModelSpec
-    pretrain: Pretrain | None = None  # run once per cohort; every budget and replicate fine-tunes from it
-    lora: LoraSpec | None = None
-    train: TrainSpec = TrainSpec()  # overrides of the ladder's train block for this rung's supervised runs
+    """One model of the ladder, run at every label budget and replicate."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Part of the rung's run ids.")
+    model: ModelSpec = Field(description="A job spec's model block.")
+    pretrain: Pretrain | None = Field(None, description="Pretraining run once per cohort; every budget and "
+                                      "replicate fine-tunes from it (or model.init_from starts from an existing "
+                                      "run: set one of the two).")
+    lora: LoraSpec | None = Field(None, description="LoRA as in a job spec.")
+    train: TrainSpec = Field(TrainSpec(), description="Overrides of the ladder's train block for this rung's "
+                             "supervised runs.")
 
     @model_validator(mode="after")
     def _one_base(self) -> Rung:
@@ -78,21 +113,39 @@ class Rung(Section):
 
 
 class LadderSpec(Section):
-    name: str = Field(pattern=NAME_PATTERN)
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # cohort, splits, pretraining; replicates vary subsample and init
-    cohorts: list[Cohort] = Field(min_length=1)
-    task: TaskSpec  # binary or survival; cohorts may override its other fields (labels, horizon_days)
-    rungs: list[Rung] = Field(min_length=1)
-    label_budgets: list[int | None] = Field([None], min_length=1)  # k labelled training patients; null = all
-    replicates: int = Field(5, ge=1, le=100)  # runs per rung at each budget below all: subsample and initialisation
-    replicates_at_all: int | None = Field(None, ge=1, le=100)  # at k = all (null: replicates); initialisation only
-    resamples: int = Field(2000, ge=100, le=100_000)  # paired bootstrap resamples in the report (adjusted intervals
-    # reach into the tails: 1 - 0.05 / comparisons)
-    train: TrainSpec = TrainSpec()  # defaults for every run; a rung's or a pretraining's train overrides them
-    checkpoint: CheckpointSpec = CheckpointSpec()
-    storage: StorageSpec = StorageSpec()
-    runtime: RuntimeSpec = RuntimeSpec()
-    tracking: TrackingSpec = TrackingSpec()  # every run's; with mlflow, the report is a parent run of them all
+    """A ladder: rungs x cohorts x label budgets x replicates, one YAML file (`ehrseq ladder LADDER.yaml`)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Prefix of every run id, "
+                      "`<name>-<cohort>-<rung>-k<k>-r<replicate>` (`kall`: all labels; `-s<i>` added for each "
+                      "tuning setting when there are several), and of the report folder `ladder-<name>`.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds the cohort, splits and pretraining; replicates vary "
+                      "the subsample and initialisation.")
+    cohorts: list[Cohort] = Field(min_length=1, description="The datasets, names unique; every rung runs on every "
+                                  "cohort.")
+    task: TaskSpec = Field(description="A job spec's task block, binary (judged by AUROC) or survival (C-index); "
+                           "cohorts may override its other fields (labels, horizon_days).")
+    rungs: list[Rung] = Field(min_length=1, description="The models, names unique, count baselines among them: "
+                              "the verdicts are against the best count baseline at each budget.")
+    label_budgets: list[int | None] = Field([None], min_length=1, description="The k's, each at least 1 and none "
+                                            "repeated, e.g. `[64, 256, null]` (null: all); each run gets "
+                                            "train.label_budget: k training and k tuning patients.")
+    replicates: int = Field(5, ge=1, le=100, description="Runs per rung at each budget below all, each with its own "
+                            "train.replicate (subsample, initialisation, batch order, gbm seed).")
+    replicates_at_all: int | None = Field(None, ge=1, le=100, description="Runs per rung with all labels "
+                                          "(initialisation only); null: replicates.")
+    tuning: Tuning = Field(Tuning(), description="The settings every trained rung (BEHRT, Med2Vec) tries at each "
+                           "budget and replicate, e.g. `{lr_scale: [1.0, 0.3]}`; the report keeps the one with the "
+                           "best tuning-split figure, as gbm keeps the best of its 2 settings. Default: one setting.")
+    resamples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples in the report (adjusted "
+                           "intervals reach into the tails: 1 - 0.05 / comparisons).")
+    train: TrainSpec = Field(TrainSpec(), description="Defaults for every run; a rung's or a pretraining's train "
+                             "overrides them. label_budget and replicate come from the ladder.")
+    checkpoint: CheckpointSpec = Field(CheckpointSpec(), description="A job spec's checkpoint block, for every run.")
+    storage: StorageSpec = Field(StorageSpec(), description="A job spec's storage block: every run is its own folder "
+                                 "there.")
+    runtime: RuntimeSpec = Field(RuntimeSpec(), description="A job spec's runtime block, for every run.")
+    tracking: TrackingSpec = Field(TrackingSpec(), description="Every run's tracking; with mlflow, the report is a "
+                                   "parent run of them all.")
 
     @field_validator("task")
     @classmethod
@@ -138,6 +191,7 @@ class LadderRun:
     rung: str  # a pretraining run carries the first rung that asked for it
     budget: int | None
     replicate: int | None
+    setting: str | None = None  # the tuning setting of a trained rung when the ladder tries several, e.g. "lr x0.3"
 
     @property
     def pretraining(self) -> bool:
@@ -164,7 +218,8 @@ def load_ladder(path: str | Path, overrides: list[str] = ()) -> tuple[LadderSpec
 
 def expand(ladder: LadderSpec) -> list[LadderRun]:
     """Every run in order; InputError naming the cohort and rung when one of them is not a valid job."""
-    total = len(ladder.cohorts) * len(ladder.rungs) * len(ladder.label_budgets) * ladder.replicates
+    total = len(ladder.cohorts) * len(ladder.rungs) * len(ladder.label_budgets) * ladder.replicates \
+        * len(ladder.tuning.settings())
     if total > MAX_RUNS:  # refused at once: expanding it would take minutes before saying anything
         raise InputError(f"cohorts x rungs x label_budgets x replicates is {total:,} runs, more than {MAX_RUNS:,}; "
                          "split the ladder")
@@ -187,18 +242,37 @@ def expand(ladder: LadderSpec) -> list[LadderRun]:
                     if rung.name in base_of:
                         model["init_from"] = base_of[rung.name]
                     run_id = f"{ladder.name}-{cohort.name}-{rung.name}-k{budget_text(budget)}-r{replicate}"
-                    spec = _job(ladder, cohort, rung.name, run_id, model, ladder.task.model_dump(exclude_unset=True)
-                                | cohort.task, _train(ladder.train, rung.train, label_budget=budget,
-                                                      replicate=replicate),
-                                lora=rung.lora.model_dump() if rung.lora else None,
-                                check=budget == ladder.label_budgets[0] and replicate == 0)
-                    runs.append(LadderRun(spec, cohort.name, rung.name, budget, replicate))
+                    train = _train(ladder.train, rung.train, label_budget=budget, replicate=replicate)
+                    for i, (setting, scaled) in enumerate(_settings(ladder.tuning, rung.model.kind, train)):
+                        spec = _job(ladder, cohort, rung.name, run_id + (f"-s{i}" if setting else ""), model,
+                                    ladder.task.model_dump(exclude_unset=True) | cohort.task, scaled,
+                                    lora=rung.lora.model_dump() if rung.lora else None,
+                                    check=budget == ladder.label_budgets[0] and replicate == 0 and i == 0)
+                        runs.append(LadderRun(spec, cohort.name, rung.name, budget, replicate, setting))
     return runs
+
+
+def _settings(tuning: Tuning, kind: str, train: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """(name, train block) of each setting a rung tries: one unnamed setting for a count baseline (it tunes
+    itself) or when the ladder tries only one."""
+    if kind in COUNT_KINDS or len(tuning.settings()) == 1:
+        return [(None, train)]
+    base = TrainSpec.model_validate(train)
+    out = []
+    for lr, length in tuning.settings():
+        scaled = train | {"lr": base.lr * lr, "min_steps": round(base.min_steps * length)}
+        if base.epochs is not None:
+            scaled["epochs"] = base.epochs * length
+        else:
+            scaled["max_steps"] = max(1, round(base.max_steps * length))
+        out.append((f"lr x{lr:g}, length x{length:g}", scaled))
+    return out
 
 
 def _pretraining(ladder: LadderSpec, cohort: Cohort, rung: Rung) -> LadderRun:
     assert rung.pretrain is not None
     model = rung.model.model_dump(exclude_unset=True)
+    model.pop("freeze_encoder", None)  # how the fine-tune uses the encoder: a probe shares a full fine-tune's base
     task = ladder.task.model_dump(exclude_unset=True) | cohort.task  # its labels are what the cut is made at
     labels = {k: task[k] for k in ("labels", "labels_path") if task.get(k) is not None}
     spec = _job(ladder, cohort, rung.name, f"{ladder.name}-{cohort.name}-{rung.name}-pretrain", model,

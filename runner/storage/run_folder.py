@@ -1,4 +1,4 @@
-"""A run's folder in storage (design.md section 3): spec, status, metrics, summary, plots, weights."""
+"""A run's folder in storage (docs/runs.md lists its files): spec, status, metrics, summary, plots, weights."""
 
 from __future__ import annotations
 

@@ -65,5 +65,5 @@ def take(split: Split, rows: np.ndarray) -> Split:
     """The split's examples at `rows`, in that order."""
     if isinstance(split, LabelledSplit):
         return split.take(rows)
-    return NextVisitSplit([split.patients[i] for i in rows], split.prediction_times[rows],
-                          [split.next_codes[i] for i in rows])
+    return NextVisitSplit(None if split.patients is None else [split.patients[i] for i in rows],
+                          split.prediction_times[rows], [split.next_codes[i] for i in rows], split.subject_ids[rows])

@@ -10,11 +10,10 @@ import pyarrow.compute as pc
 from ehrseq.data.labels import label_path, oracle_path
 from ehrseq.data.meds_io import MedsDataset, read_meds_dataset, write_meds_dataset
 from ehrseq.data.patients import Patient, patients_from_meds
+from ehrseq.data.stream import SPLITS
 from ehrseq.data.synthetic import PRESETS, SyntheticParams, assign_splits, generate_synthetic
 from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.errors import InputError
-
-SPLITS = ("train", "tuning", "held_out")
 
 
 def load_dataset(source: str, path: str | None, num_patients: int, seed: int, cache_dir: Path,
@@ -85,11 +84,11 @@ def patients_by_split(dataset: MedsDataset, visits: VisitRule = DAY_VISITS) -> d
             out[split].append(patient)
     for split, patients in out.items():
         if not patients:
-            raise InputError(_empty_split(dataset, split))
+            raise InputError(empty_split_message(dataset, split))
     return out
 
 
-def _empty_split(dataset: MedsDataset, split: str) -> str:
+def empty_split_message(dataset: MedsDataset, split: str) -> str:
     """Why a split has no patients, naming the splits file and the counts in it."""
     where = dataset.path / meds.subject_splits_filepath if dataset.path else "subject splits"
     listed = sum(s == split for s in dataset.splits.values())

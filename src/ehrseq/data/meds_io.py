@@ -167,7 +167,7 @@ class MedsDataset:
     path: Path | None = None
 
 
-def _read_table(path: Path, schema: type) -> pa.Table:
+def read_table(path: Path, schema: type) -> pa.Table:
     """Read one parquet file and align it to a meds schema, naming the file in any error."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -185,12 +185,12 @@ def read_meds_dataset(path: Path) -> MedsDataset:
     files = sorted((path / meds.data_subdirectory).glob("**/*.parquet"))
     if not files:
         raise DataError(f"{path / meds.data_subdirectory}: no parquet files (is {path} a MEDS dataset?)")
-    tables = [_read_table(f, meds.DataSchema) for f in files]
+    tables = [read_table(f, meds.DataSchema) for f in files]
     data = pa.concat_tables(tables, promote_options="default")
     if data.num_rows and data.column("time").null_count == data.num_rows:
         raise DataError(f"{path / meds.data_subdirectory}: column 'time' is null in all {data.num_rows:,} rows of "
                         f"{len(files)} file(s); events need a time (a null time marks a static code)")
-    splits = _read_table(path / meds.subject_splits_filepath, meds.SubjectSplitSchema)
+    splits = read_table(path / meds.subject_splits_filepath, meds.SubjectSplitSchema)
     subject_ids = splits.column("subject_id").to_pylist()
     if len(set(subject_ids)) < len(subject_ids):
         raise DataError(f"{path / meds.subject_splits_filepath}: column 'subject_id' lists "

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
-from ehrseq.data.meds_io import _read_table
+from ehrseq.data.history_arrays import NO_BIRTH, HistoryArrays, ragged_take
+from ehrseq.data.meds_io import read_table
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 from ehrseq.data.visits import DAY_VISITS, VisitRule, visit_index
@@ -77,7 +78,7 @@ def data_shards(dataset: Path) -> list[Path]:
 
 def read_shard(path: Path, values: bool = False) -> Shard:
     """Read subject_id, time and code (and with `values`, numeric_value) of one shard, validating its whole
-    schema as `meds_io._read_table` does.
+    schema as `meds_io.read_table` does.
 
     The schema is checked on an empty table (no data read); codes come back dictionary-encoded from parquet,
     which is many times faster than decoding strings."""
@@ -93,8 +94,8 @@ def read_shard(path: Path, values: bool = False) -> Shard:
         subject = table.column("subject_id").cast(pa.int64())
         time = table.column("time").cast(pa.timestamp("us"))
         value = numeric_values(table.column("numeric_value")) if values else None
-    except pa.ArrowException:  # values that do not cast (the empty schema did): _read_table's own message
-        _read_table(path, meds.DataSchema)
+    except pa.ArrowException:  # values that do not cast (the empty schema did): read_table's own message
+        read_table(path, meds.DataSchema)
         raise
     code = table.column("code")
     for name, column in (("subject_id", subject), ("code", code)):
@@ -181,7 +182,7 @@ def read_splits(dataset: Path) -> SplitTable:
             code[at: at + len(batch)] = lut[split.indices.to_numpy(zero_copy_only=False)]
             at += len(batch)
     except (SchemaValidationError, TableValidationError, pa.ArrowException, OSError):
-        _read_table(path, meds.SubjectSplitSchema)  # raises its own message, naming the file
+        read_table(path, meds.SubjectSplitSchema)  # raises its own message, naming the file
         raise
     if not np.all(ids[1:] > ids[:-1]):  # (assign_splits writes them sorted)
         order = np.argsort(ids, kind="stable")
@@ -226,6 +227,11 @@ class Histories:
     day: np.ndarray  # (D,) int64 its day since the epoch
     day_rank: np.ndarray  # (D,) int32 the first-seen rank in the visit of that day's earliest-seen code
     names: list[str]
+    # next_visit examples (`last_visit_targets`): the removed last visit's time (P,), and its codes, each patient's
+    # target_code[target_start[p]:target_start[p + 1]] (code indices); empty for other data
+    target_time: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    target_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    target_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def save(self, path: Path) -> None:
         """As an uncompressed .npz (names as JSON), so pass 2 need not read and group the shard again."""
@@ -296,6 +302,43 @@ def histories(shard: Shard, splits: SplitTable, visits: VisitRule = DAY_VISITS) 
                      day[pair], day_rank.astype(np.int32), shard.names)
 
 
+def last_visit_targets(h: Histories) -> Histories:
+    """next_visit's examples: each patient with two or more visits, its history before its last visit (cut
+    strictly before that visit's first event, so a birth at or after it is dropped too), that visit's time and
+    codes as the target; the other patients left out."""
+    num_visits = np.bincount(h.visit_patient, minlength=len(h.subjects))
+    keep = num_visits >= 2  # (P,)
+    last = (np.cumsum(num_visits) - 1)[keep]  # (P',) each kept patient's last visit
+    src, target_start = ragged_take(h.visit_start, last)
+    visits = keep[h.visit_patient]
+    visits[last] = False
+    renumber = np.cumsum(keep) - 1
+    sizes = np.diff(h.visit_start)
+    statics = keep[h.static_patient]
+    target_time = h.visit_time[last]
+    events, pairs = np.repeat(visits, sizes), visits[h.day_visit]
+    return Histories(h.subjects[keep], h.split[keep], h.birth[keep], h.has_birth[keep] & (h.birth[keep] < target_time),
+                     renumber[h.static_patient[statics]], h.static_code[statics], renumber[h.visit_patient[visits]],
+                     h.visit_time[visits], np.r_[0, np.cumsum(sizes[visits])], h.event_code[events],
+                     h.event_days[events], (np.cumsum(visits) - 1)[h.day_visit[pairs]], h.day[pairs],
+                     h.day_rank[pairs], h.names, target_time, target_start, h.event_code[src])
+
+
+def histories_of(arrays: HistoryArrays, ids: np.ndarray) -> Histories:
+    """Whole histories from the token cache (or edited copies of them, as the order probe makes) as a shard's
+    Histories named by `ids`, so `encode` tokenises them as it tokenised the cache."""
+    rows = np.repeat(np.arange(len(arrays)), np.diff(arrays.visit_offsets))
+    visit = np.asarray(arrays.visit_offsets[:-1])[arrays.event_rows()] + arrays.event_visits  # (E,) non-decreasing
+    births = np.asarray(arrays.births)
+    times = np.asarray(arrays.visit_times)
+    # (coverage is not asked of these: each visit stands for its first day)
+    return Histories(np.asarray(ids, np.int64), np.zeros(len(arrays), np.int8), np.where(births == NO_BIRTH, 0, births),
+                     births != NO_BIRTH, arrays.static_rows(), np.asarray(arrays.static_codes, np.int64), rows, times,
+                     np.r_[0, np.cumsum(np.bincount(visit, minlength=len(rows)))], np.asarray(arrays.event_codes),
+                     np.ones(len(visit), np.int32), np.arange(len(rows)), times // _DAY_US,
+                     np.zeros(len(rows), np.int32), list(arrays.names))
+
+
 def fit_bins(dataset: Path, splits: SplitTable, num_bins: int, *selections: RowSelection) -> NumericBins:
     """Numeric value bins from the training split's values, a shard at a time (a pass of its own: the bins
     must be known before codes are counted); only the rows `selections` keep (data.codes, a pretraining cut)."""
@@ -332,9 +375,16 @@ def training_vocabulary(counts: Counter, min_count: int, source: str, bins: Nume
     return vocab
 
 
+# each ragged group of Tokens: its per-patient count -> its per-element arrays
+RAGGED = {"lengths": ("codes", "ages", "segments", "positions"), "num_visits": ("visit_times",),
+          "num_events": ("event_codes", "event_visits"), "num_static": ("static_codes",),
+          "num_targets": ("target_codes",)}
+
+
 @dataclass
 class Tokens:
-    """Encoded patients as flat arrays (as TokenArrays), `lengths` tokens each, in subject order."""
+    """Encoded patients as flat arrays (as TokenArrays), `lengths` tokens each, in subject order, and their whole
+    histories (as HistoryArrays: every visit, not only those the window keeps; codes as vocabulary ids)."""
 
     codes: np.ndarray  # (N,) int32
     ages: np.ndarray  # (N,) int16
@@ -343,6 +393,17 @@ class Tokens:
     lengths: np.ndarray  # (P,) int64
     subjects: np.ndarray  # (P,) int64
     split: np.ndarray  # (P,) int8
+    births: np.ndarray  # (P,) int64 microseconds, NO_BIRTH where unknown
+    num_visits: np.ndarray  # (P,) int64
+    visit_times: np.ndarray  # (V,) int64 microseconds
+    num_events: np.ndarray  # (P,) int64
+    event_codes: np.ndarray  # (E,) int32
+    event_visits: np.ndarray  # (E,) int32 visit index within the patient
+    num_static: np.ndarray  # (P,) int64
+    static_codes: np.ndarray  # (S,) int32
+    target_times: np.ndarray  # (P,) int64 microseconds: next_visit's predicted visit (NO_BIRTH for other data)
+    num_targets: np.ndarray  # (P,) int64
+    target_codes: np.ndarray  # (T,) int32 that visit's codes
     # (P, 4) int64 per patient: calendar days kept (a day some kept token holds), days in its history, (day, code)
     # events kept, events in its history: how much of what came before the prediction time reaches the model
     kept: np.ndarray | None = None
@@ -350,10 +411,13 @@ class Tokens:
     def select(self, split: int) -> Tokens:
         """The patients of one split."""
         keep = self.split == split
-        tokens = np.repeat(keep, self.lengths)
-        return Tokens(self.codes[tokens], self.ages[tokens], self.segments[tokens], self.positions[tokens],
-                      self.lengths[keep], self.subjects[keep], self.split[keep],
-                      None if self.kept is None else self.kept[keep])
+        elements = {name for arrays in RAGGED.values() for name in arrays}
+        out = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[keep]
+               for f in fields(self) if f.name not in elements}
+        for count, arrays in RAGGED.items():
+            elements = np.repeat(keep, getattr(self, count))
+            out |= {name: getattr(self, name)[elements] for name in arrays}
+        return Tokens(**out)
 
 
 def age_months(birth: np.ndarray, when: np.ndarray) -> np.ndarray:
@@ -429,12 +493,21 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     step = np.arange(int(vlen.sum())) - np.repeat(done, vlen)
     token = np.repeat(h.visit_start[visits], vlen) + step  # (K,) the kept tokens, into event_code
     codes[np.repeat(start, vlen) + step] = lut[h.event_code[token]]
+    targets = len(h.target_start) == num_patients + 1
+    num_visits = np.bincount(h.visit_patient, minlength=num_patients)
+    num_events = np.bincount(h.visit_patient, weights=size, minlength=num_patients).astype(np.int64)
     reach = kept[h.day_visit] & (h.day_rank < length[h.day_visit])  # (D,) a day reaches the model by any code
     kept_counts = np.stack([_distinct_days(h, reach), _distinct_days(h, np.ones(len(reach), bool)),
                             np.bincount(np.repeat(vp, vlen), weights=h.event_days[token], minlength=num_patients),
                             np.bincount(np.repeat(h.visit_patient, size), weights=h.event_days,
                                         minlength=num_patients)], 1).astype(np.int64)
-    return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split, kept_counts)
+    return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split,
+                  np.where(h.has_birth, h.birth, NO_BIRTH), num_visits, h.visit_time, num_events,
+                  lut[h.event_code], np.repeat(rank_in_group(h.visit_patient), size).astype(np.int32),
+                  np.bincount(h.static_patient, minlength=num_patients), lut[h.static_code],
+                  h.target_time if targets else np.full(num_patients, NO_BIRTH),
+                  np.diff(h.target_start) if targets else np.zeros(num_patients, np.int64), lut[h.target_code],
+                  kept_counts)
 
 
 def _distinct_days(h: Histories, where: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ehrseq.data.cutoff import events_before, events_before_each
+from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.labels import (
     LabelReport,
     drop_duplicates,
@@ -46,6 +47,7 @@ class LabelledSplit:
     # examples (prediction times), so batches carry these, not subject ids, to find an example's label.
     example_ids: np.ndarray
     subject_ids: np.ndarray | None = None  # (S,) int64; taken from `patients` when not given
+    histories: HistoryArrays | None = None  # the token cache's whole histories, row-aligned (count features)
 
     def __post_init__(self) -> None:
         if self.subject_ids is None:
@@ -58,7 +60,7 @@ class LabelledSplit:
         """The examples at `rows`, in that order."""
         return LabelledSplit(None if self.patients is None else [self.patients[i] for i in rows],
                              self.prediction_times[rows], self.labels[rows], self.times[rows], self.example_ids[rows],
-                             self.subject_ids[rows])
+                             self.subject_ids[rows], None if self.histories is None else self.histories.select(rows))
 
 
 def task_label_files(dataset: Path | None, task: str | None, labels_path: str | Path | None) -> list[Path]:
@@ -156,16 +158,17 @@ def oracle_risks(dataset: Path, task: str, subject_ids: np.ndarray, column: str 
 class NextVisitSplit:
     """Subjects' histories cut before their last visit, and the codes of that visit: the next-visit target."""
 
-    patients: list[Patient]  # row-aligned with the fields below
+    patients: list[Patient] | None  # row-aligned with the fields below; None from the token cache (tokens only)
     prediction_times: np.ndarray  # (S,) datetime64[us]: the first event of the subject's last visit
     next_codes: list[tuple[str, ...]]  # the distinct codes recorded at that visit
+    subject_ids: np.ndarray | None = None  # (S,) int64; taken from `patients` when not given
 
-    @property
-    def subject_ids(self) -> np.ndarray:
-        return np.array([p.subject_id for p in self.patients], dtype=np.int64)
+    def __post_init__(self) -> None:
+        if self.subject_ids is None:
+            self.subject_ids = np.array([p.subject_id for p in self.patients], dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.patients)
+        return len(self.subject_ids)
 
 
 def next_visit_splits(dataset: MedsDataset, splits: tuple[str, ...],

@@ -16,7 +16,10 @@ import numpy as np
 import torch
 
 from ehrseq.data.batching import Batch, batch_of, flatten, pad_rows
+from ehrseq.data.history_arrays import HistoryArrays
+from ehrseq.data.stream import encode, histories_of
 from ehrseq.data.tokenize import EncodedPatient
+from ehrseq.data.vocab import Vocabulary
 
 DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}
 
@@ -38,6 +41,13 @@ class TokenArrays:
         than wrapping, so collating the result always equals collating the lists."""
         offsets, (codes, ages, segments, positions), subject_ids = flatten(patients, DTYPES)
         return cls(codes, ages, segments, positions, offsets, subject_ids)
+
+    @classmethod
+    def encode(cls, histories: HistoryArrays, ids: np.ndarray, vocab: Vocabulary, max_len: int) -> TokenArrays:
+        """Whole histories tokenised as the token cache tokenises them (the order probe's edited copies)."""
+        t = encode(histories_of(histories, ids), vocab, max_len)
+        return cls(t.codes, t.ages, t.segments, t.positions, np.r_[0, np.cumsum(t.lengths)].astype(np.int64),
+                   t.subjects)
 
     def __len__(self) -> int:
         return len(self.subject_ids)

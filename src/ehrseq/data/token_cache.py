@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from ehrseq.data.codes import CodeFilter
 from ehrseq.data.examples import ExampleLabels
+from ehrseq.data.history_arrays import GROUPS, HistoryArrays, ragged_take
 from ehrseq.data.labels import LabelReport
 from ehrseq.data.meds_io import MedsDataset, sha256_of, swap_into_place
 from ehrseq.data.numeric import NumericBins
@@ -55,10 +56,11 @@ from ehrseq.data.stream import (
     fit_bins,
     histories,
     iter_shards,
+    last_visit_targets,
     read_splits,
     training_vocabulary,
 )
-from ehrseq.data.supervised import LabelledSplit, label_arrays, no_examples
+from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, label_arrays, no_examples
 from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
@@ -66,10 +68,17 @@ from ehrseq.errors import DataError, InputError, one_line
 if TYPE_CHECKING:
     from ehrseq.data.token_arrays import TokenArrays
 
-FORMAT = 2  # 2: the manifest records coverage
+FORMAT = 3  # 2: the manifest records coverage; 3: whole histories beside the tokens (ehrseq.data.history_arrays)
 DTYPES = {"codes": np.int32, "ages": np.int16, "segments": np.int8, "positions": np.int16}  # token_arrays.DTYPES
-PATIENT_DTYPES = {"offsets": np.int64, "subject_ids": np.int64, "splits": np.int8}
-CACHE_FILES = (*(f"{name}.npy" for name in (*DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest.json aside
+# each ragged group: its offsets file (P + 1), its per-patient count in a shard's Tokens, its element files
+RAGGED = {"offsets": ("lengths", DTYPES), "visit_offsets": ("num_visits", GROUPS["visit_offsets"]),
+          "event_offsets": ("num_events", GROUPS["event_offsets"]),
+          "static_offsets": ("num_static", GROUPS["static_offsets"]),
+          "target_offsets": ("num_targets", {"target_codes": np.int32})}  # next_visit's target visit
+ELEMENT_DTYPES = {name: dtype for _, arrays in RAGGED.values() for name, dtype in arrays.items()}
+PATIENT_DTYPES = {"subject_ids": np.int64, "splits": np.int8, "births": np.int64, "target_times": np.int64,
+                  **{offsets: np.int64 for offsets in RAGGED}}
+CACHE_FILES = (*(f"{name}.npy" for name in (*ELEMENT_DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest aside
 LABELS_FILE = "labels.parquet"  # examples caches: the label rows, row = example id
 LABEL_COLUMNS = ("subject_id", "prediction_time", "boolean_value", "float_value")
 _BLOCK = 1 << 24  # bytes per read or write while copying
@@ -106,13 +115,13 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
     dataset = Path(dataset)
     files = [*data_shards(dataset), dataset / meds.subject_splits_filepath]
     if not files[-1].is_file():
-        raise DataError(f"{files[-1]}: file not found")  # as meds_io._read_table says it
+        raise DataError(f"{files[-1]}: file not found")  # as meds_io.read_table says it
     return [[f.relative_to(dataset).as_posix(), f.stat().st_size, sha256_of(f)] for f in files]
 
 
 def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None,
               numeric_bins: int = 0, task: LabelledTask | None = None, cut: PretrainCut | None = None,
-              codes: CodeFilter | None = None, visits: VisitRule = DAY_VISITS) -> str:
+              codes: CodeFilter | None = None, next_visit: bool = False, visits: VisitRule = DAY_VISITS) -> str:
     """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary, task and cut."""
     given = None if vocab is None else hashlib.sha256(vocab.to_json().encode()).hexdigest()
     what = {"format": FORMAT, "dataset": dataset_fingerprint(dataset), "max_len": max_len, "min_count": min_count,
@@ -127,6 +136,8 @@ def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | N
         what["pretrain_data"] = cut.identity(dataset)
     if codes:
         what["codes"] = codes.identity()
+    if next_visit:
+        what["task"] = {"kind": "next_visit"}
     if visits.identity():  # (day visits add nothing: older keys stay valid)
         what["visit"] = visits.identity()
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
@@ -165,7 +176,8 @@ class _NpyWriter:
 class _Parts:
     """Each split's encoded shards appended to raw part files, with each shard's subject range and sizes."""
 
-    FIELDS = {**DTYPES, "lengths": np.int64, "subjects": np.int64}
+    FIELDS = {**ELEMENT_DTYPES, **{count: np.int64 for count, _ in RAGGED.values()}, "subjects": np.int64,
+              "births": np.int64, "target_times": np.int64}
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir()
@@ -174,7 +186,8 @@ class _Parts:
         for s in range(len(SPLITS)):
             for name in self.FIELDS:
                 self.files[s, name] = open(self.path(s, name), "wb")  # noqa: SIM115
-        self.chunks: list[list[tuple[int, int, int, int]]] = [[] for _ in SPLITS]  # first, last, patients, tokens
+        # per split, each shard's first and last subject, patients, and elements of each ragged group
+        self.chunks: list[list[tuple[int, int, int, dict[str, int]]]] = [[] for _ in SPLITS]
 
     def path(self, split: int, name: str) -> Path:
         return self.folder / f"{SPLITS[split]}.{name}"
@@ -186,7 +199,8 @@ class _Parts:
                 for name in self.FIELDS:
                     self.files[s, name].write(np.ascontiguousarray(getattr(part, name)).data.cast("B"))
                 self.chunks[s].append((int(part.subjects[0]), int(part.subjects[-1]), len(part.subjects),
-                                       len(part.codes)))
+                                       {offsets: int(getattr(part, count).sum()) for offsets, (count, _) in
+                                        RAGGED.items()}))
 
     def close(self) -> None:
         for f in self.files.values():
@@ -195,8 +209,9 @@ class _Parts:
     def patients(self) -> list[int]:
         return [sum(c[2] for c in chunks) for chunks in self.chunks]
 
-    def tokens(self) -> list[int]:
-        return [sum(c[3] for c in chunks) for chunks in self.chunks]
+    def elements(self, offsets: str = "offsets") -> list[int]:
+        """Per split, the elements of a ragged group (default: tokens)."""
+        return [sum(c[3][offsets] for c in chunks) for chunks in self.chunks]
 
 
 def _blocks(src: Path, dtype: type, start: int, count: int) -> Iterator[np.ndarray]:
@@ -213,71 +228,88 @@ def _blocks(src: Path, dtype: type, start: int, count: int) -> Iterator[np.ndarr
             yield np.frombuffer(block, dtype)
 
 
+class _Offsets:
+    """An offsets .npy file (P + 1) written from per-patient counts, piece by piece."""
+
+    def __init__(self, writer: _NpyWriter) -> None:
+        self.writer, self.end = writer, 0
+        writer.write(np.zeros(1, np.int64))
+
+    def add(self, counts: np.ndarray) -> None:
+        offsets = self.end + np.cumsum(counts, dtype=np.int64)
+        self.writer.write(offsets)
+        self.end = int(offsets[-1]) if len(offsets) else self.end
+
+
 def _finish(parts: _Parts, tmp: Path) -> dict[str, dict[str, Any]]:
     """Write the .npy files from the part files: splits in order, patients by subject_id within a split."""
     parts.close()
-    num_tokens, num_patients = sum(parts.tokens()), sum(parts.patients())
-    out = {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_tokens) for name, dtype in DTYPES.items()}
-    out |= {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_patients + (name == "offsets"))
+    num_patients = sum(parts.patients())
+    out = {name: _NpyWriter(tmp / f"{name}.npy", dtype, sum(parts.elements(offsets)))
+           for offsets, (_, arrays) in RAGGED.items() for name, dtype in arrays.items()}
+    out |= {name: _NpyWriter(tmp / f"{name}.npy", dtype, num_patients + (name in RAGGED))
             for name, dtype in PATIENT_DTYPES.items()}
-    end = np.zeros(1, np.int64)
-    out["offsets"].write(end)
-
-    def add_lengths(lengths: np.ndarray) -> None:
-        offsets = end[0] + np.cumsum(lengths)
-        out["offsets"].write(offsets)
-        end[0] = offsets[-1] if len(offsets) else end[0]
-
+    ends = {offsets: _Offsets(out[offsets]) for offsets in RAGGED}
+    per_patient = {"subject_ids": "subjects", "births": "births", "target_times": "target_times"}
     for s, chunks in enumerate(parts.chunks):
         out["splits"].write(np.full(parts.patients()[s], s, np.int8))
         order = sorted(range(len(chunks)), key=lambda i: chunks[i][0])
         in_order = all(chunks[a][1] < chunks[b][0] for a, b in zip(order, order[1:], strict=False))
         if in_order:  # shards hold disjoint subject ranges (the usual case): copy them in range order
             patient_at = np.r_[0, np.cumsum([c[2] for c in chunks])]
-            token_at = np.r_[0, np.cumsum([c[3] for c in chunks])]
-            for i in order:
-                for name, dtype in DTYPES.items():
-                    for block in _blocks(parts.path(s, name), dtype, int(token_at[i]), chunks[i][3]):
+            for offsets, (count, arrays) in RAGGED.items():
+                element_at = np.r_[0, np.cumsum([c[3][offsets] for c in chunks])]
+                for i in order:
+                    for name, dtype in arrays.items():
+                        for block in _blocks(parts.path(s, name), dtype, int(element_at[i]), chunks[i][3][offsets]):
+                            out[name].write(block)
+                    for block in _blocks(parts.path(s, count), np.int64, int(patient_at[i]), chunks[i][2]):
+                        ends[offsets].add(block)
+            for name, part in per_patient.items():
+                for i in order:
+                    for block in _blocks(parts.path(s, part), np.int64, int(patient_at[i]), chunks[i][2]):
                         out[name].write(block)
-                for block in _blocks(parts.path(s, "subjects"), np.int64, int(patient_at[i]), chunks[i][2]):
-                    out["subject_ids"].write(block)
-                for block in _blocks(parts.path(s, "lengths"), np.int64, int(patient_at[i]), chunks[i][2]):
-                    add_lengths(block)
         else:  # interleaved subject ranges: gather patients by subject_id, a block at a time
             subjects = np.fromfile(parts.path(s, "subjects"), np.int64)
-            lengths = np.fromfile(parts.path(s, "lengths"), np.int64)
-            starts = np.r_[0, np.cumsum(lengths)]
             perm = np.argsort(subjects, kind="stable")
-            arrays = {name: np.memmap(parts.path(s, name), dtype, "r") for name, dtype in DTYPES.items()}
-            for a in range(0, len(perm), 1 << 16):
-                p = perm[a: a + (1 << 16)]
-                n = lengths[p]
-                index = np.repeat(starts[p] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-                for name in DTYPES:
-                    out[name].write(arrays[name][index])
-                out["subject_ids"].write(subjects[p])
-                add_lengths(n)
-            del arrays
+            for offsets, (count, arrays) in RAGGED.items():
+                counts = np.fromfile(parts.path(s, count), np.int64)
+                starts = np.r_[0, np.cumsum(counts)]
+                elements = {name: np.memmap(parts.path(s, name), dtype, "r") if starts[-1] else np.zeros(0, dtype)
+                            for name, dtype in arrays.items()}
+                for a in range(0, len(perm), 1 << 16):
+                    p = perm[a: a + (1 << 16)]
+                    src, _ = ragged_take(starts, p)
+                    for name in arrays:
+                        out[name].write(elements[name][src])
+                    ends[offsets].add(counts[p])
+                del elements
+            out["subject_ids"].write(subjects[perm])
+            for name in ("births", "target_times"):
+                out[name].write(np.fromfile(parts.path(s, name), np.int64)[perm])
     return {f"{name}.npy": writer.close() for name, writer in out.items()}
 
 
 def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: LabelledTask | None = None,
-                  examples: ExampleLabels | None = None) -> None:
+                  examples: ExampleLabels | None = None, next_visit: bool = False) -> None:
     """An empty split is bad input, with `patients_by_split`'s message (`labelled_splits`' for examples)."""
     for s, n in enumerate(patients):
+        if not n and next_visit:
+            raise InputError(f"task next_visit: the {SPLITS[s]!r} split has no subjects with two or more visits")
         if not n and task is not None:
             raise no_examples(SPLITS[s], examples.report(task.report))
         if not n:
             names = [SPLITS[i] if i >= 0 else "" for i in splits.split.tolist()]
             listed = MedsDataset(pa.table({}), dict(zip(splits.ids.tolist(), names, strict=True)), Path(dataset))
-            from ehrseq.data.cohort import _empty_split  # (brings pandas: only on this error)
+            from ehrseq.data.cohort import empty_split_message  # (brings pandas: only on this error)
 
-            raise InputError(_empty_split(listed, SPLITS[s]))
+            raise InputError(empty_split_message(listed, SPLITS[s]))
 
 
 def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins: NumericBins | None,
                      examples: ExampleLabels | None, codes: CodeFilter | None,
-                     cut: PretrainCut | None, visits: VisitRule) -> Iterator[Histories]:
+                     cut: PretrainCut | None, next_visit: bool = False,
+                     visits: VisitRule = DAY_VISITS) -> Iterator[Histories]:
     """Each shard's histories in `visits` (the rows `codes` and `cut` keep; valued codes binned with `bins`; with
     `examples`, one per label row, cut at its prediction time before its visits are found), adding its rows to
     events[0] and those `codes` drops to events[1]."""
@@ -289,12 +321,13 @@ def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins:
             shard = kept
         shard = cut.apply(shard) if cut else shard
         shard = shard.binned(bins) if bins else shard
-        yield histories(*examples.cut(shard), visits) if examples else histories(shard, splits, visits)
+        h = histories(*examples.cut(shard), visits) if examples else histories(shard, splits, visits)
+        yield last_visit_targets(h) if next_visit else h
 
 
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
            key: str, numeric_bins: int, task: LabelledTask | None, cut: PretrainCut | None,
-           codes: CodeFilter | None, visits: VisitRule) -> dict[str, Any]:
+           codes: CodeFilter | None, next_visit: bool = False, visits: VisitRule = DAY_VISITS) -> dict[str, Any]:
     seconds, given, events = {}, vocab is not None, [0, 0]
     start = time.perf_counter()
     splits = read_splits(dataset)
@@ -305,7 +338,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         bins = fit_bins(dataset, splits, numeric_bins, *(s for s in (codes, before) if s))
         seconds["numeric_bins"] = time.perf_counter() - start
         start = time.perf_counter()
-    each = _shard_histories(dataset, splits, events, bins, examples, codes, cut, visits)
+    each = _shard_histories(dataset, splits, events, bins, examples, codes, cut, next_visit, visits)
     if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
         (tmp / "histories").mkdir()
         counts: Counter = Counter()
@@ -316,7 +349,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
             patients += np.bincount(h.split, minlength=len(SPLITS))
             saved.append(tmp / "histories" / f"{len(saved)}.npz")
             h.save(saved[-1])
-        _check_splits(dataset, splits, patients.tolist(), task, examples)
+        _check_splits(dataset, splits, patients.tolist(), task, examples, next_visit)
         vocab = training_vocabulary(counts, min_count, source, bins)
         each = (Histories.load(path) for path in saved)
         seconds["vocab"] = time.perf_counter() - start
@@ -332,7 +365,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     finally:
         parts.close()
     shutil.rmtree(tmp / "histories", ignore_errors=True)
-    _check_splits(dataset, splits, parts.patients(), task, examples)
+    _check_splits(dataset, splits, parts.patients(), task, examples, next_visit)
     seconds["tokenise"] = time.perf_counter() - start
     start = time.perf_counter()
     files = _finish(parts, tmp)
@@ -345,7 +378,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         files[LABELS_FILE] = {"size": (tmp / LABELS_FILE).stat().st_size, "sha256": sha256_of(tmp / LABELS_FILE)}
     seconds["finish"] = time.perf_counter() - start
     patient_at = np.r_[0, np.cumsum(parts.patients())].tolist()
-    token_at = np.r_[0, np.cumsum(parts.tokens())].tolist()
+    token_at = np.r_[0, np.cumsum(parts.elements())].tolist()
     manifest = {
         "format": FORMAT, "key": key, "dataset": str(dataset),
         "settings": {"max_len": max_len, "min_count": min_count, "vocab_given": given,
@@ -360,6 +393,8 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         manifest["examples"] = {"kind": task.kind, "report": examples.report(task.report).to_dict()}
     if cut:
         manifest["pretrain_data"] = cut.identity(dataset)
+    if next_visit:
+        manifest["next_visit"] = True
     if codes:
         manifest["codes"] = codes.describe(events[1], events[0])
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -369,7 +404,8 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
 def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                       source: str | None = None, key: str | None = None, numeric_bins: int = 0,
                       task: LabelledTask | None = None, cut: PretrainCut | None = None,
-                      codes: CodeFilter | None = None, visits: VisitRule = DAY_VISITS) -> dict[str, Any]:
+                      codes: CodeFilter | None = None, next_visit: bool = False,
+                      visits: VisitRule = DAY_VISITS) -> dict[str, Any]:
     """Tokenise the MEDS dataset at `dataset` into a cache folder `dest` (replacing any old one); the manifest.
 
     Without `vocab`, the vocabulary is the training split's codes seen at least `min_count` times (InputError
@@ -378,16 +414,17 @@ def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 
     the patients are its examples (ehrseq.data.examples: one per label row, cut before its prediction time; the
     vocabulary counts the training examples' codes, as the object path does). With `cut` (pretraining), only the
     rows it keeps are read, for the bins, the vocabulary and the tokens (ehrseq.data.pretrain_cut); with `codes`
-    (data.codes), only the codes it keeps; `visits` (data.visit) groups events into visits. `key` defaults to
-    `cache_key(...)`."""
+    (data.codes), only the codes it keeps; `visits` (data.visit) groups events into visits. With `next_visit`, the
+    patients are next_visit's examples (each patient with two or more visits, cut before its last, that visit's
+    codes the target: stream.last_visit_targets). `key` defaults to `cache_key(...)`."""
     dataset, dest = Path(dataset), Path(dest)
-    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, visits)
+    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, next_visit, visits)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins, task,
-                          cut, codes, visits)
+                          cut, codes, next_visit, visits)
         swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -427,7 +464,7 @@ def load_token_cache(folder: Path, verify: bool = True) -> tuple[Vocabulary, dic
     folder = Path(folder)
     manifest = read_manifest(folder, verify)
     vocab = Vocabulary.from_json((folder / "vocab.json").read_text())
-    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in [*DTYPES, *PATIENT_DTYPES]}
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in [*DTYPES, "offsets", "subject_ids"]}
     out = {}
     for name in SPLITS:
         (a, b), (ta, tb) = manifest["splits"][name]["patients"], manifest["splits"][name]["tokens"]
@@ -436,17 +473,54 @@ def load_token_cache(folder: Path, verify: bool = True) -> tuple[Vocabulary, dic
     return vocab, out
 
 
-def load_examples(folder: Path, arrays: dict[str, TokenArrays]) -> tuple[dict[str, LabelledSplit], LabelReport]:
+def load_histories(folder: Path, vocab: Vocabulary) -> dict[str, HistoryArrays]:
+    """Each split's whole histories (row-aligned with `load_token_cache`'s patients), memory-mapped."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, verify=False)
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r")
+              for name in ["births", *GROUPS, *(n for group in GROUPS.values() for n in group)]}
+    out = {}
+    for name in SPLITS:
+        a, b = manifest["splits"][name]["patients"]
+        split = {"births": arrays["births"][a:b]}
+        for offsets, elements in GROUPS.items():
+            at = np.asarray(arrays[offsets][a: b + 1])
+            split[offsets] = at - at[0]
+            split |= {e: arrays[e][at[0]: at[-1]] for e in elements}
+        out[name] = HistoryArrays(**split, names=vocab.itos)
+    return out
+
+
+def load_examples(folder: Path, arrays: dict[str, TokenArrays],
+                  histories: dict[str, HistoryArrays] | None = None) -> tuple[dict[str, LabelledSplit], LabelReport]:
     """An examples cache's labels for each split of `load_token_cache(folder)` (whose subject_ids are example
-    ids), and the label report it was built with."""
+    ids), with the whole histories of `load_histories(folder)` when given, and the label report it was built
+    with."""
     labels = pq.read_table(Path(folder) / LABELS_FILE)
     times, flags, days = label_arrays(labels)
     subjects = labels.column("subject_id").to_numpy()
     out = {}
     for split, tokens in arrays.items():
         e = np.asarray(tokens.subject_ids, np.int64)
-        out[split] = LabelledSplit(None, times[e], flags[e], days[e], e, subjects[e])
+        out[split] = LabelledSplit(None, times[e], flags[e], days[e], e, subjects[e],
+                                   histories[split] if histories else None)
     return out, LabelReport(**read_manifest(folder, verify=False)["examples"]["report"])
+
+
+def load_next_visit(folder: Path, vocab: Vocabulary, arrays: dict[str, TokenArrays]) -> dict[str, NextVisitSplit]:
+    """A next_visit cache's targets for each split of `load_token_cache(folder)`: each subject's last visit (its
+    time, its codes by name; [UNK] for those outside the vocabulary)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, verify=False)
+    times, offsets = np.load(folder / "target_times.npy"), np.load(folder / "target_offsets.npy")
+    codes = np.load(folder / "target_codes.npy")
+    out = {}
+    for split, tokens in arrays.items():
+        a, b = manifest["splits"][split]["patients"]
+        out[split] = NextVisitSplit(None, times[a:b].astype("datetime64[us]"),
+                                    [tuple(vocab.itos[c] for c in codes[offsets[p]: offsets[p + 1]])
+                                     for p in range(a, b)], np.asarray(tokens.subject_ids, np.int64))
+    return out
 
 
 class CacheRemote(Protocol):
@@ -461,14 +535,15 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
                 source: str | None = None, warn: Callable[[str], None] | None = None,
                 remote: CacheRemote | None = None, numeric_bins: int = 0,
                 task: LabelledTask | None = None, cut: PretrainCut | None = None,
-                codes: CodeFilter | None = None, visits: VisitRule = DAY_VISITS) -> tuple[Path, str]:
+                codes: CodeFilter | None = None, next_visit: bool = False,
+                visits: VisitRule = DAY_VISITS) -> tuple[Path, str]:
     """The cache folder for these inputs under `cache_dir` (`tokens-<key>`) and how it was had: "reused" (an
     intact one was there), "downloaded" (from `remote`) or "built" (then published to `remote`).
 
     A damaged local or remote one is rebuilt, after `warn(message)` when given; a remote that fails to publish
     only warns (the tokens are here, training goes on)."""
     say = warn or (lambda message: None)
-    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, visits)
+    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, next_visit, visits)
     folder = Path(cache_dir) / f"{'examples' if task else 'tokens'}-{key}"
     if folder.exists():
         try:
@@ -483,7 +558,7 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
         except Exception as e:  # noqa: BLE001 - damaged (NotATokenCache) or unreachable: build it here instead
             say(f"the stored token cache {folder.name} could not be used ({one_line(e)}); building it here")
     build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task, cut, codes,
-                      visits)
+                      next_visit, visits)
     if remote is not None:
         try:
             remote.publish(folder.name, folder)

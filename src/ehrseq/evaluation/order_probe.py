@@ -25,11 +25,12 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from ehrseq.data.patients import Patient
+from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.supervised import LabelledSplit
 from ehrseq.data.synthetic import PROGRESSION_A, PROGRESSION_B
 
 Scorer = Callable[[LabelledSplit], np.ndarray]  # a split -> (S,) logits or log-risks, row-aligned
+NONE = -1  # no such visit
 
 
 @dataclass(frozen=True)
@@ -48,61 +49,86 @@ class OrderProbe:
                 f"{100 * self.share_positive:.0f}% of patients.")
 
 
-def onsets(patient: Patient, code_a: str = PROGRESSION_A, code_b: str = PROGRESSION_B) -> tuple[int, int] | None:
-    """Indices of the visits first holding A and first holding B, or None unless the history holds both."""
-    first = {}
-    for i, visit in enumerate(patient.visits):
-        for code in (code_a, code_b):
-            if code in visit.codes:
-                first.setdefault(code, i)
-    return (first[code_a], first[code_b]) if len(first) == 2 else None
+def _visit_holds(h: HistoryArrays, code: str) -> np.ndarray:
+    """(V,) bool: whether each visit (all patients' visits, in order) holds `code`."""
+    holds = np.zeros(len(h.visit_times), bool)
+    if code in h.names:
+        events = np.asarray(h.event_codes) == list(h.names).index(code)
+        holds[(np.asarray(h.visit_offsets[:-1])[h.event_rows()] + h.event_visits)[events]] = True
+    return holds
 
 
-def transition(patient: Patient, code_a: str = PROGRESSION_A, code_b: str = PROGRESSION_B) -> tuple[int, int] | None:
-    """Indices of two consecutive visits, one holding A without B and the next B without A (or the mirror): the
-    `transition` pattern's pair; None when there is none."""
-    alone = [({code_a, code_b} & set(v.codes)) for v in patient.visits]
-    return next(((i, i + 1) for i in range(len(alone) - 1)
-                 if len(alone[i]) == len(alone[i + 1]) == 1 and alone[i] != alone[i + 1]), None)
+def _first_visit(h: HistoryArrays, visits: np.ndarray) -> np.ndarray:
+    """(P,) each patient's first visit (counted within the patient) among the flagged `visits` (V,), or NONE."""
+    rows = np.repeat(np.arange(len(h)), np.diff(h.visit_offsets))
+    first = np.full(len(h), np.iinfo(np.int64).max)
+    index = np.arange(len(rows)) - np.asarray(h.visit_offsets[:-1])[rows]
+    np.minimum.at(first, rows[visits], index[visits])
+    return np.where(first == np.iinfo(np.int64).max, NONE, first)
 
 
-def swapped_histories(patient: Patient, code_a: str = PROGRESSION_A, code_b: str = PROGRESSION_B,
-                      pattern: str = "onset") -> tuple[Patient, Patient] | None:
-    """The "A first" and "B first" copies of `patient`, or None unless it holds both A and B (for `transition`,
-    the pair).
+def onsets(h: HistoryArrays, code_a: str = PROGRESSION_A, code_b: str = PROGRESSION_B) -> np.ndarray:
+    """(P, 2) each patient's visits first holding A and first holding B; NONE unless its history holds both."""
+    found = np.stack([_first_visit(h, _visit_holds(h, code)) for code in (code_a, code_b)], 1)
+    found[(found == NONE).any(1)] = NONE
+    return found
 
-    A visit holding both onsets at once has no order to swap: such patients are left out too."""
-    found = (transition if pattern == "transition" else onsets)(patient, code_a, code_b)
-    if found is None or found[0] == found[1]:
-        return None
-    early, late = sorted(found)
 
-    def with_onsets(first: str, second: str) -> Patient:
-        visits = list(patient.visits)
-        for i, code in ((early, first), (late, second)):
-            kept = tuple(c for c in visits[i].codes if c not in (code_a, code_b))
-            visits[i] = replace(visits[i], codes=(*kept, code))
-        return replace(patient, visits=tuple(visits))
+def transition(h: HistoryArrays, code_a: str = PROGRESSION_A, code_b: str = PROGRESSION_B) -> np.ndarray:
+    """(P, 2) each patient's first two consecutive visits, one holding A without B and the next B without A (or
+    the mirror): the `transition` pattern's pair; NONE where there is none."""
+    a, b = _visit_holds(h, code_a), _visit_holds(h, code_b)
+    alone_a, alone_b = a & ~b, b & ~a
+    pair = np.zeros(len(a), bool)
+    pair[:-1] = (alone_a[:-1] & alone_b[1:]) | (alone_b[:-1] & alone_a[1:])
+    pair[np.asarray(h.visit_offsets[1:]) - 1] = False  # a patient's last visit has no next one
+    first = _first_visit(h, pair)
+    return np.where(first[:, None] == NONE, NONE, first[:, None] + np.array([0, 1]))
 
-    return with_onsets(code_a, code_b), with_onsets(code_b, code_a)
+
+def swapped_histories(h: HistoryArrays, code_a: str = PROGRESSION_A, code_b: str = PROGRESSION_B,
+                      pattern: str = "onset") -> tuple[np.ndarray, HistoryArrays, HistoryArrays]:
+    """(the rows of the patients holding both A and B (for `transition`, the pair), their "A first" copies,
+    their "B first" copies).
+
+    A visit holding both onsets at once has no order to swap: such patients are left out too. In each copy the
+    two visits lose their A and B and gain, at their end, the code the copy puts there."""
+    found = (transition if pattern == "transition" else onsets)(h, code_a, code_b)
+    rows = np.flatnonzero((found[:, 0] != NONE) & (found[:, 0] != found[:, 1]))
+    sub = h.select(rows)
+    early, late = np.sort(found[rows], axis=1).T  # (R,) each
+    names = list(h.names)
+    ids = [names.index(code) if code in names else NONE for code in (code_a, code_b)]
+    row = sub.event_rows()
+    at_pair = (sub.event_visits == early[row]) | (sub.event_visits == late[row])
+    kept = ~(np.isin(sub.event_codes, ids) & at_pair)
+
+    def with_onsets(first: int, second: int) -> HistoryArrays:
+        n = len(rows)
+        new_rows = np.r_[row[kept], np.arange(n), np.arange(n)]
+        new_visits = np.r_[sub.event_visits[kept], early, late].astype(np.int32)
+        new_codes = np.r_[sub.event_codes[kept], np.full(n, first), np.full(n, second)].astype(np.int32)
+        order = np.lexsort((np.r_[np.zeros(kept.sum(), bool), np.ones(2 * n, bool)], new_visits, new_rows))
+        offsets = np.r_[0, np.cumsum(np.bincount(new_rows, minlength=n))].astype(np.int64)
+        return replace(sub, event_offsets=offsets, event_codes=new_codes[order], event_visits=new_visits[order])
+
+    return rows, with_onsets(*ids), with_onsets(*ids[::-1])
 
 
 def order_probe(split: LabelledSplit, score: Scorer, order_effect: float, order_window: int,
                 pattern: str = "onset") -> OrderProbe:
     """Scores both copies of every patient holding A and B (same prediction times and labels as in `split`, so
     any model's scoring applies) and summarises the shifts against the true ones."""
-    pairs = [swapped_histories(p, pattern=pattern) for p in split.patients]
-    rows = [i for i, pair in enumerate(pairs) if pair is not None]
-    if not rows:
+    rows, *copies = swapped_histories(split.histories, pattern=pattern)
+    if not len(rows):
         raise ValueError("the order probe needs held-out patients holding both A and B at different visits")
-    a_first, b_first = (score(LabelledSplit([pairs[i][which] for i in rows], split.prediction_times[rows],
-                                            split.labels[rows], split.times[rows], split.example_ids[rows]))
-                          for which in (0, 1))
+    probed = split.take(rows)
+    a_first, b_first = (score(replace(probed, histories=copy)) for copy in copies)
     shift = np.asarray(a_first, dtype=float) - np.asarray(b_first, dtype=float)
     if pattern == "transition":
         true_shift = np.full(len(rows), order_effect)
     else:
-        gaps = np.array([abs(np.subtract(*onsets(split.patients[i]))) for i in rows])
+        gaps = np.abs(np.subtract(*onsets(split.histories)[rows].T))
         true_shift = order_effect * (gaps <= order_window)
     return OrderProbe(float(shift.mean()), float((shift > 0).mean()), float(true_shift.mean()), len(rows))
 

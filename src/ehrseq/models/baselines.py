@@ -20,13 +20,12 @@ code's first occurrence before another's, a code within a window): what a sequen
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ehrseq.data.patients import Patient
+from ehrseq.data.history_arrays import HistoryArrays
 from ehrseq.data.supervised import LabelledSplit
 from ehrseq.evaluation.binary import auroc
 from ehrseq.evaluation.survival import harrell_c, horizon_status
@@ -53,7 +52,7 @@ class Baseline:
 
     def matrix(self, split: LabelledSplit) -> np.ndarray:
         """(S, F) the split's features, standardised for the linear models."""
-        X = self.features.matrix(split.patients, split.prediction_times)
+        X = self.features.matrix(split.histories, split.prediction_times)
         return X if self.mean is None else (X - self.mean) / self.scale
 
     def score(self, split: LabelledSplit) -> np.ndarray:
@@ -71,16 +70,16 @@ class Baseline:
 
 def fit_baseline(kind: str, task: str, train: LabelledSplit, tuning: LabelledSplit, horizon: float,
                  min_code_count: int = 1, age: bool = True, seed: int = 0,
-                 code_histories: Sequence[Patient] | None = None) -> Baseline:
+                 code_histories: HistoryArrays | None = None) -> Baseline:
     """Fits on `train`, picking the regularisation (GBM: setting and rounds) that does best on `tuning`.
 
     The feature columns are the codes of `code_histories` (default: train's); at a label budget pass the whole
     training split's histories, whose codes are no labels, as BEHRT's vocabulary is built from them too."""
     if kind == "cox" and task != "survival":
         raise ValueError("the cox baseline needs event times: use it with task.kind survival")
-    features = CountFeatures.fit(train.patients if code_histories is None else code_histories, FEATURE_KINDS[kind],
+    features = CountFeatures.fit(train.histories if code_histories is None else code_histories, FEATURE_KINDS[kind],
                                  age, min_code_count, MAX_COX_CODES if kind == "cox" else None)
-    raw = features.matrix(train.patients, train.prediction_times)
+    raw = features.matrix(train.histories, train.prediction_times)
     base = Baseline(kind, task, features)
 
     def quality(model: Any) -> float:
@@ -91,7 +90,7 @@ def fit_baseline(kind: str, task: str, train: LabelledSplit, tuning: LabelledSpl
     if kind == "gbm":
         rows, y = _target(train, task, horizon)
         tune_rows, y_tune = _target(tuning, task, horizon)
-        X_tune = features.matrix(tuning.patients, tuning.prediction_times)[tune_rows]
+        X_tune = features.matrix(tuning.histories, tuning.prediction_times)[tune_rows]
         base.model, base.chosen = fit_gbm(raw[rows], y, X_tune, y_tune, quality, seed, features.names())
         return base
     base.mean, base.scale = raw.mean(0), raw.std(0)

@@ -44,10 +44,13 @@ class BEHRTConfig:
     layer_norm_eps: float = 1e-12
     pad_id: int = 0
     positions: str = "learned"  # learned | rope | time (POSITIONS); the paper's BEHRT: learned
+    pooling: str = "cls"  # what a prediction head reads: cls, [CLS]'s state; mean, the mean over real tokens
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling is cls or mean, not {self.pooling!r}")
         if self.positions not in POSITIONS:
             raise ValueError(f"unknown positions {self.positions!r}; choose one of {list(POSITIONS)}")
         if self.positions != "learned" and (self.hidden_size // self.num_heads) % 2:

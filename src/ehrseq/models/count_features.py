@@ -10,22 +10,18 @@ of two codes' onsets, so a control whose order only a sequence reveals must hide
 0/1 column per static code (sex, ...) and the age at the prediction time in decades (0 when the birth date is
 unknown).
 
-Built with numpy over all (visit, code) pairs at once: the per-visit Python loop this replaces took seconds
-at 20k patients.
+Built with numpy over all (visit, code) pairs at once, from the whole histories the token cache stores beside
+the tokens (ehrseq.data.history_arrays), so a million patients need no Python object each.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from itertools import chain, repeat
 
 import numpy as np
-import pyarrow as pa
 
-from ehrseq.data.patients import Patient
+from ehrseq.data.history_arrays import NO_BIRTH, HistoryArrays
+from ehrseq.data.vocab import Vocabulary
 
 RECENCY_DAYS = 365.0
 WINDOWS = {"count_30d": 30.0, "count_365d": 365.0}  # windowed counts: visits within this many days before
@@ -41,12 +37,17 @@ _DESCRIPTIONS = {
 }
 
 
-def code_index(codes_per_patient: Sequence[Sequence[str]], min_count: int = 1,
+def code_index(rows: np.ndarray, codes: np.ndarray, names: list[str], min_count: int = 1,
                max_codes: int | None = None) -> dict[str, int]:
-    """Codes held by at least `min_count` patients, most frequent first (ties by code), as feature columns."""
-    counts = Counter(chain.from_iterable(set(codes) for codes in codes_per_patient))
-    kept = [c for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
-    return {code: i for i, code in enumerate(kept[:max_codes])}
+    """Codes held by at least `min_count` patients, most frequent first (ties by code), as feature columns.
+
+    `rows` (N,) and `codes` (N,) are each occurrence's patient and vocabulary id; [UNK] and the other special
+    tokens are never a column."""
+    ids = np.asarray(codes, np.int64)
+    known = ids >= len(Vocabulary.SPECIALS)
+    held = np.bincount(np.unique(rows[known] * len(names) + ids[known]) % len(names), minlength=len(names))
+    counts = [(-int(held[i]), names[i]) for i in np.flatnonzero((held >= min_count) & (held > 0))]
+    return {code: i for i, (_, code) in enumerate(sorted(counts)[:max_codes])}
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,15 @@ class CountFeatures:
     age: bool = True
 
     @classmethod
-    def fit(cls, patients: Sequence[Patient], kinds: tuple[str, ...] = ("recency",), age: bool = True,
+    def fit(cls, histories: HistoryArrays, kinds: tuple[str, ...] = ("recency",), age: bool = True,
             min_count: int = 1, max_codes: int | None = None) -> CountFeatures:
         unknown = set(kinds) - set(KINDS)
         if unknown or not kinds:
             raise ValueError(f"feature kinds {kinds!r}: choose from {KINDS}")
-        codes = code_index([[c for v in p.visits for c in v.codes] for p in patients], min_count, max_codes)
-        return cls(codes, code_index([p.static for p in patients], min_count), tuple(kinds), age)
+        names = list(histories.names)
+        codes = code_index(histories.event_rows(), histories.event_codes, names, min_count, max_codes)
+        return cls(codes, code_index(histories.static_rows(), histories.static_codes, names, min_count),
+                   tuple(kinds), age)
 
     @property
     def width(self) -> int:
@@ -85,20 +88,14 @@ class CountFeatures:
         return ([f"{kind}:{code}" for kind in self.kinds for code in self.codes]
                 + [f"static:{code}" for code in self.static] + (["age_decades"] if self.age else []))
 
-    def matrix(self, patients: Sequence[Patient], prediction_times: np.ndarray) -> np.ndarray:
+    def matrix(self, histories: HistoryArrays, prediction_times: np.ndarray) -> np.ndarray:
         """(S, width) float32, one row per patient; histories must already end before their prediction time."""
-        S, V = len(patients), len(self.codes)
+        S, V = len(histories), len(self.codes)
         t_us = prediction_times.astype("datetime64[us]").astype(np.int64)  # (S,)
-        per_patient = np.fromiter((len(p.visits) for p in patients), np.int64, S)
-        visits = list(chain.from_iterable(p.visits for p in patients))
-        visit_row = np.repeat(np.arange(S), per_patient)  # (N,) patient of each visit
-        visit_us = _microseconds([v.time for v in visits])  # (N,)
-        per_visit = np.fromiter((len(v.codes) for v in visits), np.int64, len(visits))
-        column = np.fromiter(map(self.codes.get, chain.from_iterable(v.codes for v in visits), repeat(-1)),
-                             np.int64, int(per_visit.sum()))  # (M,) one entry per (visit, code), -1 if no column
+        column = np.array([self.codes.get(n, -1) for n in histories.names], np.int64)[histories.event_codes]  # (E,)
         known = column >= 0
-        row = np.repeat(visit_row, per_visit)[known]
-        days = (t_us[row] - np.repeat(visit_us, per_visit)[known]) / _DAY_US  # (M',) days before prediction
+        row = histories.event_rows()[known]  # (M,) one entry per (visit, code) with a column
+        days = (t_us[row] - histories.event_times()[known]) / _DAY_US  # (M,) days before prediction
         cell = row * V + column[known]
         blocks = []
         for kind in self.kinds:
@@ -115,18 +112,11 @@ class CountFeatures:
                 block[np.isinf(block)] = np.nan
             blocks.append(block.reshape(S, V).astype(np.float32))
         static = np.zeros((S, len(self.static)), np.float32)
-        for i, p in enumerate(patients):
-            static[i, [self.static[c] for c in p.static if c in self.static]] = 1.0
+        column = np.array([self.static.get(n, -1) for n in histories.names], np.int64)[histories.static_codes]
+        static[histories.static_rows()[column >= 0], column[column >= 0]] = 1.0
         blocks.append(static)
         if self.age:
-            births = [p.birth for p in patients]
-            birth_us = _microseconds([b or datetime(1970, 1, 1) for b in births])
-            known_birth = np.fromiter((b is not None for b in births), bool, S)
-            decades = np.where(known_birth, (t_us - birth_us) / _DAY_US / 3652.5, 0.0)
+            births = np.asarray(histories.births)
+            decades = np.where(births != NO_BIRTH, (t_us - births) / _DAY_US / 3652.5, 0.0)
             blocks.append(decades.astype(np.float32)[:, None])
         return np.concatenate(blocks, axis=1)
-
-
-def _microseconds(times: list[datetime]) -> np.ndarray:
-    """(N,) int64 microseconds since the epoch (pyarrow converts datetimes in C; numpy does it one by one)."""
-    return pa.array(times, pa.timestamp("us")).to_numpy(zero_copy_only=False).astype(np.int64)

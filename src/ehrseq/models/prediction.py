@@ -1,5 +1,6 @@
 """BEHRT with a linear head on the [CLS] hidden state: one logit for binary outcomes and survival risk scores,
-one per code for next-visit prediction."""
+one per code for next-visit prediction. A linear probe of a frozen pretrained encoder reads the mean of the
+token states instead: masked-code pretraining never trains [CLS] to summarise the sequence."""
 
 from __future__ import annotations
 
@@ -27,7 +28,12 @@ class BEHRTForPrediction(nn.Module):
 
     def forward(self, codes, ages, segments, positions, attention_mask) -> torch.Tensor:
         h = self.behrt(codes, ages, segments, positions, attention_mask)  # (B, T, C)
-        logits = self.head(self.dropout(h[:, 0]))  # [CLS] is token 0
+        if self.config.pooling == "cls":
+            pooled = h[:, 0]  # [CLS] is token 0
+        else:
+            real = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+            pooled = (h * real).sum(1) / real.sum(1).clamp(min=1)  # (B, C)
+        logits = self.head(self.dropout(pooled))
         return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
 

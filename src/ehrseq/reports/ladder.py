@@ -14,6 +14,9 @@ Choices, stated in the report too:
 - Replicates are in the interval: each bootstrap draw resamples the held-out patients (the same ones for every
   rung: paired) and, for every rung, its replicates with replacement, so the variance of training and of the
   label subsample is part of it. One replicate leaves it out (a note says so).
+- Equal tuning effort: where the ladder gives trained rungs several settings (learning rate x length), each
+  replicate keeps the setting with the best tuning figure, as gbm keeps the best of its settings; the compute
+  table counts every setting tried.
 - Multiplicity: a cohort's verdicts (every rung but the baseline at every k) are one family of m comparisons;
   their intervals are simultaneous (Bonferroni: each at level 1 - 0.05 / m), a verdict says "beats" or "worse"
   only when that interval excludes 0, and the CSV adds Holm-adjusted p-values.
@@ -64,6 +67,7 @@ class LadderCell:
     budget: int | None  # labelled training patients; None = all
     replicate: int
     run: RunResult
+    setting: str | None = None  # which of the ladder's tuning settings this run tried (None: the only one)
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,33 @@ def tuning_score(run: RunResult, metric: str) -> float | None:
         return float(chosen)
     values = [r[metric] for r in run.records if r.get("split") == "tuning" and r.get(metric) is not None]
     return max(values) if values else None
+
+
+def choose_settings(cells: Sequence[LadderCell]) -> tuple[list[LadderCell], dict[str, list[str]]]:
+    """Per cohort, rung, k and replicate, the run whose setting scored best on the tuning split; and per cohort,
+    a note per rung saying how often each setting was kept."""
+    groups: dict[tuple[str, str, int | None, int], list[LadderCell]] = {}
+    for c in cells:
+        groups.setdefault((c.cohort, c.rung, c.budget, c.replicate), []).append(c)
+    chosen, kept = [], {}
+    for (cohort, rung, _, _), tried in groups.items():
+        best = tried[0]
+        if len(tried) > 1:
+            metric = headline_metric(tried[0].run.summary)
+            scores = [tuning_score(c.run, metric) for c in tried]
+            if None in scores:
+                raise InputError(f"{', '.join(c.run.uri for c, s in zip(tried, scores, strict=True) if s is None)}: "
+                                 "no tuning figure to choose a setting by")
+            best = tried[int(np.argmax(scores))]
+            counts = kept.setdefault((cohort, rung), {c.setting: 0 for c in tried})
+            counts[best.setting] += 1
+        chosen.append(best)
+    notes: dict[str, list[str]] = {}
+    for (cohort, rung), counts in kept.items():
+        notes.setdefault(cohort, []).append(
+            f"{rung}: the best of {len(counts)} settings on the tuning split, per replicate and k (kept: "
+            + ", ".join(f"{setting} {n} times" for setting, n in counts.items()) + ")")
+    return chosen, notes
 
 
 def analyse_cohort(cells: Sequence[LadderCell], control: str | None = None, *, num_resamples: int = 1000,
@@ -291,11 +322,16 @@ def write_ladder_report(name: str, cells: Sequence[LadderCell], out: Path, *,
     `controls`: cohort -> its synthetic preset (order / presence judge the verdicts); `pretraining`:
     (cohort, rung, run) of the pretraining runs, counted in their rungs' compute.
     """
-    by_cohort: dict[str, list[LadderCell]] = {}
+    by_cohort: dict[str, list[LadderCell]] = {}  # every run, each tuning setting included: the compute spent
     for c in cells:
         by_cohort.setdefault(c.cohort, []).append(c)
-    results = [analyse_cohort(cs, (controls or {}).get(cohort), num_resamples=num_resamples, seed=seed)
-               for cohort, cs in by_cohort.items()]
+    chosen, setting_notes = choose_settings(cells)
+    results = []
+    for cohort in by_cohort:
+        result = analyse_cohort([c for c in chosen if c.cohort == cohort], (controls or {}).get(cohort),
+                                num_resamples=num_resamples, seed=seed)
+        result.notes += setting_notes.get(cohort, [])
+        results.append(result)
     out.mkdir(parents=True, exist_ok=True)
     for r in results:
         r.plot = _plot(r, by_cohort[r.cohort], out / "plots" / f"{r.cohort}_label_efficiency.png")
