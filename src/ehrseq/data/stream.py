@@ -290,7 +290,7 @@ def histories(shard: Shard, splits: SplitTable, visits: VisitRule = DAY_VISITS) 
     day = vt // _DAY_US
     new_day = first | np.r_[True, day[order][1:] != day[order][:-1]]  # (R,) in key order: rows are time-sorted
     days = np.zeros(len(key), np.int64)
-    days[order[first]] = np.bincount(np.cumsum(first) - 1, weights=new_day).astype(np.int64)
+    days[order[first]] = np.add.reduceat(new_day, np.flatnonzero(first)) if len(first) else 0
     rank = np.zeros(len(key), np.int64)
     rank[keep] = rank_in_group(visit[keep])  # first-seen rank of each token in its visit
     pair = np.flatnonzero(_starts(visit) | np.r_[True, day[1:] != day[:-1]]) if len(day) else np.zeros(0, np.int64)

@@ -92,8 +92,8 @@ def visit_index(patient: np.ndarray, time: np.ndarray, code: np.ndarray, names: 
     bucket = time // (rule.hours * HOUR_US)  # (R,)
     stay = _stays(patient, time, code, names, rule) if rule.kind == "admission" else np.full(R, -1)
     previous_stay = np.r_[-1, stay[:-1]]
-    new = np.where(stay >= 0, stay != previous_stay, (previous_stay >= 0) | (bucket != np.r_[bucket[0] - 1,
-                                                                                              bucket[:-1]]))
+    new_bucket = np.r_[True, bucket[1:] != bucket[:-1]]
+    new = np.where(stay >= 0, stay != previous_stay, (previous_stay >= 0) | new_bucket)  # (R,) a visit starts
     new |= np.r_[True, patient[1:] != patient[:-1]]
     return np.cumsum(new) - 1
 
@@ -121,12 +121,18 @@ def _stays(patient: np.ndarray, time: np.ndarray, code: np.ndarray, names: list[
     at = np.flatnonzero(is_open[marks])  # (K,) each stay's open among the marks
     opens, after = marks[at], marks[np.minimum(at + 1, len(marks) - 1)]  # the next mark: its close if the patient's
     closed = (at + 1 < len(marks)) & (p[after] == p[opens])
-    new_moment = np.r_[True, (patient[1:] != patient[:-1]) | (time[1:] != time[:-1])]
-    first_at = np.maximum.accumulate(np.where(new_moment, np.arange(R), 0))  # (R,) first row at its moment
-    last_at = np.r_[np.flatnonzero(new_moment)[1:] - 1, R - 1][np.cumsum(new_moment) - 1]  # (R,) last row there
     new_patient = np.r_[True, patient[1:] != patient[:-1]]
-    last_row = np.r_[np.flatnonzero(new_patient)[1:] - 1, R - 1][np.cumsum(new_patient) - 1]  # (R,) patient's last
+    first_at, last_at = _runs(new_patient | np.r_[True, time[1:] != time[:-1]])  # (R,) rows at the same moment
+    _, last_row = _runs(new_patient)  # (R,) the patient's last row
     a = first_at[rows[opens]]  # (K,) each stay's first and last row
     b = np.where(closed, last_at[rows[after]], last_row[rows[opens]])
-    inside = np.cumsum(np.bincount(a, minlength=R + 1) - np.bincount(b + 1, minlength=R + 1))[:R] > 0
-    return np.where(inside, np.searchsorted(a, np.arange(R), "right") - 1, -1)
+    opened = np.bincount(a, minlength=R)  # (R,) 1 where a stay starts
+    inside = np.cumsum(opened - np.bincount(b + 1, minlength=R + 1)[:R]) > 0
+    return np.where(inside, np.cumsum(opened) - 1, -1)  # the latest stay opened, where one is open
+
+
+def _runs(new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R,) the first and the last row of each row's run, a run starting wherever `new` (R,) is True."""
+    starts = np.flatnonzero(new)
+    run = np.cumsum(new) - 1
+    return starts[run], np.r_[starts[1:] - 1, len(new) - 1][run]
