@@ -24,7 +24,7 @@ def test_the_position_table_holds_every_visit_a_window_can():
 def test_a_2048_token_window_of_one_token_visits_trains_with_distinct_positions():
     T = 2048
     config = BEHRTConfig.preset("small", 40, max_seq_len=T, hidden_size=16, num_layers=1, num_heads=2,
-                                intermediate_size=32)
+                                intermediate_size=32, positions="learned")
     model = BEHRT(config)
     positions = torch.arange(T)[None, :] // 2  # [CLS] v0 [SEP] v1 [SEP] ...: the most visits T tokens hold
     codes = torch.randint(5, 40, (1, T))

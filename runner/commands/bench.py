@@ -157,7 +157,7 @@ def hf_comparison(preset: str, vocab_size: int = 1000, batch_size: int = 32, seq
 
     device = resolve_device("auto")
     precision = resolve_precision(precision, device)
-    cfg = BEHRTConfig.preset(preset, vocab_size=vocab_size, **config)
+    cfg = BEHRTConfig.preset(preset, vocab_size=vocab_size, **{"positions": "learned", **config})  # as BERT's
     torch.manual_seed(0)
     behrt = BEHRTForMLM(cfg).to(device)
     hf = BertForMaskedLM(BertConfig(

@@ -57,25 +57,26 @@ class BEHRTConfig:
             raise ValueError(f"positions {self.positions!r} rotates pairs of head dimensions: hidden_size "
                              f"{self.hidden_size} / num_heads {self.num_heads} must be even")
 
-    # Presets: the user's three tiers (~0.5M / ~3M / ~15M parameters at 1,000 codes) and the paper's; SEQ_LENS
-    # says which window each is meant for.
+    # Presets: the user's three tiers (~0.5M / ~3M / ~15M parameters at 1,000 codes), with rotary positions (they
+    # find an order across consecutive visits the learned table does not), and the paper's, with its table;
+    # SEQ_LENS says which window each is meant for.
     @classmethod
     def small(cls, vocab_size: int, **kw) -> BEHRTConfig:
         """Laptop tier (M1, 16 GB): trains on CPU in minutes; meant for up to 512 tokens per patient."""
         return cls(vocab_size, **{"hidden_size": 96, "num_layers": 3, "num_heads": 4,
-                                  "intermediate_size": 384, **kw})
+                                  "intermediate_size": 384, "positions": "rope", **kw})
 
     @classmethod
     def medium(cls, vocab_size: int, **kw) -> BEHRTConfig:
         """A pod or a patient laptop; meant for up to 1,024 tokens per patient."""
         return cls(vocab_size, **{"hidden_size": 192, "num_layers": 6, "num_heads": 6,
-                                  "intermediate_size": 768, **kw})
+                                  "intermediate_size": 768, "positions": "rope", **kw})
 
     @classmethod
     def large(cls, vocab_size: int, **kw) -> BEHRTConfig:
         """Pod tier (A40/H100); meant for up to 2,048 tokens per patient (4,096 at most)."""
         return cls(vocab_size, **{"hidden_size": 384, "num_layers": 8, "num_heads": 6,
-                                  "intermediate_size": 1536, **kw})
+                                  "intermediate_size": 1536, "positions": "rope", **kw})
 
     @classmethod
     def paper(cls, vocab_size: int, **kw) -> BEHRTConfig:
