@@ -101,10 +101,6 @@ _ROUTINE, _OCCASIONAL, _DIFFERENTIAL, _GASES = (np.array([_INDEX[f"LAB//{i}//{u}
 _NO_VALUE = np.array([_INDEX[f"LAB//{i}//UNK"] for i in NO_VALUE])
 
 
-def _code(name: str) -> int:
-    return _INDEX[name]
-
-
 def generate_icu(num_patients: int, seed: int) -> SyntheticCohort:
     """The cohort: MEDS rows (sorted by subject, then time; statics first) and the READMISSION_TASK labels."""
     rng = np.random.default_rng(seed)
@@ -198,9 +194,9 @@ def _rows(patient: np.ndarray, time: np.ndarray, code: np.ndarray, value: np.nda
 def _static_rows(male: np.ndarray, age: np.ndarray, first_admit: np.ndarray) -> Rows:
     n = len(male)
     birth = (first_admit - age * 365.25 * _DAY).astype(np.int64) // _DAY * _DAY
-    gender = np.where(male, _code("GENDER//M"), _code("GENDER//F"))
+    gender = np.where(male, _INDEX["GENDER//M"], _INDEX["GENDER//F"])
     return (np.r_[np.arange(n), np.arange(n)], np.r_[np.full(n, np.iinfo(np.int64).min), birth],
-            np.r_[gender, np.full(n, _code(meds.birth_code))], np.full(2 * n, np.nan))
+            np.r_[gender, np.full(n, _INDEX[meds.birth_code])], np.full(2 * n, np.nan))
 
 
 def _stay_codes(rng: np.random.Generator, s: dict[str, np.ndarray], chronic: np.ndarray) -> Rows:
@@ -209,32 +205,32 @@ def _stay_codes(rng: np.random.Generator, s: dict[str, np.ndarray], chronic: np.
     parts = []
     emergency = s["kind"] == 0
     ed = s["admit"] - (rng.uniform(2, 8, S) * _HOUR).astype(np.int64)
-    parts += [_rows(p[emergency], ed[emergency], _code("ED_REGISTRATION")),
-              _rows(p[emergency], s["admit"][emergency], _code("ED_OUT"))]
-    parts.append(_rows(p, s["admit"], np.array([_code(f"HOSPITAL_ADMISSION//{a}") for a, _ in ADMISSIONS])[s["kind"]]))
+    parts += [_rows(p[emergency], ed[emergency], _INDEX["ED_REGISTRATION"]),
+              _rows(p[emergency], s["admit"][emergency], _INDEX["ED_OUT"])]
+    parts.append(_rows(p, s["admit"], np.array([_INDEX[f"HOSPITAL_ADMISSION//{a}"] for a, _ in ADMISSIONS])[s["kind"]]))
     icu = s["icu"]
-    parts += [_rows(p[icu], s["icu_in"][icu], _code(f"ICU_ADMISSION//{ICU_UNIT}")),
-              _rows(p[icu], s["icu_out"][icu], _code(f"ICU_DISCHARGE//{ICU_UNIT}"))]
+    parts += [_rows(p[icu], s["icu_in"][icu], _INDEX[f"ICU_ADMISSION//{ICU_UNIT}"]),
+              _rows(p[icu], s["icu_out"][icu], _INDEX[f"ICU_DISCHARGE//{ICU_UNIT}"])]
     for j, (name, base) in enumerate(zip(PROCEDURES, (0.4, 0.5, 0.35, 0.05, 0.05), strict=True)):
         done = rng.random(S) < (base * icu if j < 3 else base)
         lo, hi = np.where(icu, s["icu_in"], s["admit"]), np.where(icu, s["icu_out"], s["discharge"])
         at = lo + ((hi - lo) * rng.random(S)).astype(np.int64)
-        parts.append(_rows(p[done], at[done], _code(f"PROCEDURE//ICD//10//{name}")))
+        parts.append(_rows(p[done], at[done], _INDEX[f"PROCEDURE//ICD//10//{name}"]))
     # diagnoses at discharge: the patient's chronic ones (most of the time) and the stay's acute ones
     for c, (name, _) in enumerate(CHRONIC):
         coded = chronic[p, c] & (rng.random(S) < 0.9)
-        parts.append(_rows(p[coded], s["discharge"][coded], _code(f"DIAGNOSIS//ICD//10//{name}")))
+        parts.append(_rows(p[coded], s["discharge"][coded], _INDEX[f"DIAGNOSIS//ICD//10//{name}"]))
     acute_p = np.stack([0.6 * s["infection"] * (s["severity"] > 0.5), 0.5 * s["infection"], 0.4 * s["infection"],
                         0.2 + 0.3 * chronic[p, 1], np.full(S, 0.15), np.full(S, 0.25), np.full(S, 0.1),
                         np.full(S, 0.08), np.full(S, 0.05), 0.4 * s["icu"]], 1)
     for a, name in enumerate(ACUTE):
         coded = rng.random(S) < acute_p[:, a]
-        parts.append(_rows(p[coded], s["discharge"][coded], _code(f"DIAGNOSIS//ICD//10//{name}")))
-    where = np.array([_code(f"HOSPITAL_DISCHARGE//{d}") for d in DISCHARGES])[rng.integers(0, len(DISCHARGES), S)]
-    parts.append(_rows(p, s["discharge"], np.where(s["died"], _code("HOSPITAL_DISCHARGE//DIED"), where)))
+        parts.append(_rows(p[coded], s["discharge"][coded], _INDEX[f"DIAGNOSIS//ICD//10//{name}"]))
+    where = np.array([_INDEX[f"HOSPITAL_DISCHARGE//{d}"] for d in DISCHARGES])[rng.integers(0, len(DISCHARGES), S)]
+    parts.append(_rows(p, s["discharge"], np.where(s["died"], _INDEX["HOSPITAL_DISCHARGE//DIED"], where)))
     died, after = s["died"], s["death_after"] >= 0
-    parts += [_rows(p[died], s["discharge"][died], _code(meds.death_code)),
-              _rows(p[after], s["death_after"][after], _code(meds.death_code))]
+    parts += [_rows(p[died], s["discharge"][died], _INDEX[meds.death_code]),
+              _rows(p[after], s["death_after"][after], _INDEX[meds.death_code])]
     return tuple(np.concatenate([part[k] for part in parts]) for k in range(4))
 
 
@@ -306,7 +302,7 @@ def _medications(rng: np.random.Generator, s: dict[str, np.ndarray], chronic: np
                                                                  ) * _HOUR
     inside = (time >= start[course]) & (time < stop[course])
     course = course[inside]
-    return _rows(p[stay[course]], time[inside], np.array([_code(f"MEDICATION//{m}//Administered")
+    return _rows(p[stay[course]], time[inside], np.array([_INDEX[f"MEDICATION//{m}//Administered"]
                                                           for m in MEDICATIONS])[drug[course]])
 
 
