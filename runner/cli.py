@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -224,6 +225,15 @@ def ladder(
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Folder for report.md, ladder.csv and plots/ (default: ladder-<name>).")] = None,
+    plan: Annotated[str | None, typer.Option(
+        "--plan", help="Run nothing: print each rung's runs, steps, FLOPs and GPU-hours on this GPU (H100, A40, "
+        "...) and the cost at runtime.price_per_hour. Prepares each cohort's data (the cache the runs reuse).")] = None,
+    mfu: Annotated[float, typer.Option(
+        "--mfu", min=0.001, max=1.0, help="--plan: the share of the GPU's bf16 peak training reaches (measure "
+        "it with `ehrseq bench gpu`; small models reach little).")] = 0.1,
+    overhead: Annotated[float, typer.Option(
+        "--overhead", min=0.0, help="--plan: seconds per run beyond its FLOPs (data, held-out scoring, "
+        "bundle upload).")] = 30.0,
 ) -> None:
     """Run a ladder: every rung x cohort x label budget x replicate as its own run, then one report.
 
@@ -236,6 +246,14 @@ def ladder(
     from ehrseq_runner.spec.ladder_spec import load_ladder
 
     study, runs = load_ladder(spec, set_ or [])
+    if plan is not None:
+        from ehrseq_runner.commands.ladder_plan import plan_ladder
+
+        work = Path(study.runtime.work_dir or Path(tempfile.gettempdir()) / "ehrseq") / "datasets"
+        with console.status("preparing each cohort's data"):
+            text = plan_ladder(runs, work, plan, mfu, overhead, study.runtime.price_per_hour)
+        console.print(escape(text), highlight=False, soft_wrap=True)
+        return
     _exit(run_ladder(study, runs, out or Path(f"ladder-{study.name}"), console))
 
 

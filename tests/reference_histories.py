@@ -3,9 +3,10 @@
 The product streams MEDS into the token cache as arrays (ehrseq.data.stream, examples, token_cache); this is the
 plain per-patient version of the same steps, slow and obvious, that the equality tests prove the cache equal to
 (tests/reference_splits.py applies it per split and per labelled example). A visit is every event of one subject
-on one calendar day; the rows are cut before a prediction time before they become visits, so nothing at or after
-it leaks in. The code filter, the pretraining cut and the numeric bins apply to the whole table likewise. The end
-of the file bridges Patient objects to the cache's whole-history arrays.
+on one calendar day unless `data.visit` says otherwise (ehrseq.data.visits); the rows are cut before a prediction
+time before they become visits, so nothing at or after it leaks in. The code filter, the pretraining cut and the
+numeric bins apply to the whole table likewise. The end of the file bridges Patient objects to the cache's
+whole-history arrays.
 """
 
 from __future__ import annotations
@@ -26,17 +27,16 @@ from ehrseq.data.meds_io import sort_events
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.pretrain_cut import PretrainCut
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
+from ehrseq.data.visits import DAY_VISITS, VisitRule, visit_index
 from ehrseq.data.vocab import Vocabulary
-
-_DAY_US = 86_400 * 1_000_000
 
 
 @dataclass(frozen=True)
 class Visit:
-    """The distinct codes recorded on one day, in first-seen order; `time` is the day's first event.
+    """The distinct codes recorded in one visit, in first-seen order; `time` is its first event.
 
-    `end` is the day's last event (None when unknown, as in hand-built visits: then taken as `time`), so a
-    visit can be cut at a prediction time without leaking later events of the same day. Equality ignores
+    `end` is its last event (None when unknown, as in hand-built visits: then taken as `time`), so a
+    visit can be cut at a prediction time without leaking its later events. Equality ignores
     it: two visits are equal when they hold the same codes from the same start.
     """
 
@@ -64,8 +64,8 @@ def _boundaries(keys: np.ndarray) -> np.ndarray:
     return np.r_[np.flatnonzero(np.diff(keys, prepend=keys[:1] - 1)), len(keys)]
 
 
-def patients_from_meds(data: pa.Table) -> list[Patient]:
-    """One Patient per subject in `data` (MEDS data schema), ordered by subject_id.
+def patients_from_meds(data: pa.Table, visits: VisitRule = DAY_VISITS) -> list[Patient]:
+    """One Patient per subject in `data` (MEDS data schema), ordered by subject_id, its events grouped into `visits`.
 
     Static (null-time) rows and MEDS_BIRTH are not visit codes: static rows give `static`, MEDS_BIRTH `birth`.
     """
@@ -96,10 +96,8 @@ def patients_from_meds(data: pa.Table) -> list[Patient]:
     code_idx = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     vocab = codes.dictionary.to_pylist()
 
-    # Visit id per event: a new visit whenever the subject or the calendar day changes (rows are sorted).
-    day = time_us // _DAY_US
-    new_visit = (np.diff(subject, prepend=subject[:1] - 1) != 0) | (np.diff(day, prepend=day[:1] - 1) != 0)
-    visit_id = np.cumsum(new_visit) - 1
+    visit_id = visit_index(subject, time_us, code_idx, vocab, visits)  # rows are sorted by subject, then time
+    new_visit = np.r_[True, visit_id[1:] != visit_id[:-1]] if len(visit_id) else np.zeros(0, bool)
     # Keep the first occurrence of each code within a visit, preserving order.
     _, first = np.unique(visit_id * len(vocab) + code_idx, return_index=True)
     keep = np.sort(first)
@@ -107,8 +105,8 @@ def patients_from_meds(data: pa.Table) -> list[Patient]:
     visit_start = _boundaries(visit_id)
     visit_subject = subject[keep][visit_start[:-1]]
     visit_time = time_us[keep][visit_start[:-1]].astype("datetime64[us]").tolist()
-    # The day's last event: rows are time-sorted, so it is the row before the next visit's first row.
-    last_rows = np.r_[np.flatnonzero(new_visit)[1:] - 1, len(day) - 1] if len(day) else np.zeros(0, np.int64)
+    # The visit's last event: rows are time-sorted, so it is the row before the next visit's first row.
+    last_rows = np.r_[np.flatnonzero(new_visit)[1:] - 1, len(visit_id) - 1] if len(visit_id) else np.zeros(0, np.int64)
     visit_end = time_us[last_rows].astype("datetime64[us]").tolist()
     code_lists = [vocab[i] for i in code_idx.tolist()]
     visits = [

@@ -18,6 +18,7 @@ from ehrseq.data.meds_io import MedsDataset, read_meds_dataset
 from ehrseq.data.stream import SPLITS
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, label_arrays, no_examples, read_task_labels
 from ehrseq.data.synthetic import PRESETS, SyntheticParams
+from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 
@@ -37,10 +38,10 @@ def load_dataset(source: str, path: str | None, num_patients: int, seed: int, ca
     return read_meds_dataset(dataset_folder(source, path, num_patients, seed, cache_dir, synthetic))
 
 
-def patients_by_split(dataset: MedsDataset) -> dict[str, list[Patient]]:
-    """Patients of each split, using the dataset's own patient-level splits."""
+def patients_by_split(dataset: MedsDataset, visits: VisitRule = DAY_VISITS) -> dict[str, list[Patient]]:
+    """Patients of each split (their events in `visits`), using the dataset's own patient-level splits."""
     out: dict[str, list[Patient]] = {s: [] for s in SPLITS}
-    for patient in patients_from_meds(dataset.data):
+    for patient in patients_from_meds(dataset.data, visits):
         split = dataset.splits.get(patient.subject_id)
         if split in out:
             out[split].append(patient)
@@ -58,13 +59,14 @@ class PatientSplit(LabelledSplit):
 
 
 def labelled_splits(dataset: MedsDataset, task: str | None, splits: tuple[str, ...], kind: str = "binary",
-                    labels_path: str | Path | None = None) -> tuple[dict[str, PatientSplit], LabelReport]:
-    """Each split's examples with their cut histories, and the report of the label rows dropped on the way
-    (labels as `read_task_labels` finds them)."""
+                    labels_path: str | Path | None = None,
+                    visits: VisitRule = DAY_VISITS) -> tuple[dict[str, PatientSplit], LabelReport]:
+    """Each split's examples with their cut histories (grouped into `visits` after the cut), and the report of
+    the label rows dropped on the way (labels as `read_task_labels` finds them)."""
     labels, report = read_task_labels(dataset.path, task, kind, labels_path)
     ids = labels.column("subject_id").to_numpy()
     histories = {p.subject_id: replace(p, subject_id=int(ids[p.subject_id]))
-                 for p in patients_from_meds(events_before_each(dataset.data, labels))}
+                 for p in patients_from_meds(events_before_each(dataset.data, labels), visits)}
     in_data = set(dataset.data.column("subject_id").unique().to_pylist())
     usable = np.zeros(len(ids), dtype=bool)
     for i, s in enumerate(ids.tolist()):
@@ -102,16 +104,17 @@ class PatientNextVisitSplit(NextVisitSplit):
     patients: list[Patient] = field(default_factory=list)
 
 
-def next_visit_splits(dataset: MedsDataset, splits: tuple[str, ...]) -> dict[str, PatientNextVisitSplit]:
+def next_visit_splits(dataset: MedsDataset, splits: tuple[str, ...],
+                      visits: VisitRule = DAY_VISITS) -> dict[str, PatientNextVisitSplit]:
     """Labels from the data itself: for each subject with two or more visits, predict the last visit's codes.
 
     The prediction time is that visit's first event, and the rows are cut strictly before it
     (`events_before`), so nothing of that day, or later, reaches the input.
     """
-    full = [p for p in patients_from_meds(dataset.data) if len(p.visits) >= 2]
+    full = [p for p in patients_from_meds(dataset.data, visits) if len(p.visits) >= 2]
     times = pa.array([p.visits[-1].time for p in full], pa.timestamp("us"))
     cut_at = pa.table({"subject_id": pa.array([p.subject_id for p in full], pa.int64()), "prediction_time": times})
-    cut = {p.subject_id: p for p in patients_from_meds(events_before(dataset.data, cut_at))}
+    cut = {p.subject_id: p for p in patients_from_meds(events_before(dataset.data, cut_at), visits)}
     out: dict[str, PatientNextVisitSplit] = {}
     for split in splits:
         rows = [i for i, p in enumerate(full) if dataset.splits.get(p.subject_id) == split]

@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 from scipy.stats import norm
 
+from ehrseq.errors import InputError
 from ehrseq.evaluation.binary import auroc
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.reports.compare import RunResult
@@ -112,11 +113,12 @@ def test_every_shipped_ladder_validates_and_opens_with_its_command(tmp_path):
     for path in paths:
         ladder, runs = load_ladder(path, [f"storage.uri=file://{tmp_path}"])  # S3 clients: slow to make x 100 runs
         assert path.read_text().startswith(f"# ehrseq ladder jobs/{path.name}")
-        presets = {c.data.synthetic.preset for c in ladder.cohorts}  # a positive control beside its negative twin
-        assert presets in ({"transition", "transition_presence"}, {"family", "family_presence"})
+        presets = {c.data.synthetic.preset for c in ladder.cohorts}  # each positive control beside its negative twin
+        pairs = ({"transition", "transition_presence"}, {"family", "family_presence"})
+        assert presets and presets == set().union(*(pair for pair in pairs if pair & presets)), presets
         pretrainings = [r.spec for r in runs if r.pretraining]
         assert all(s.task.pretrain_data in ("cut", "pool") for s in pretrainings)  # never whole timelines
-        assert {r.spec.model.kind for r in runs} >= {"bag_of_codes", "gbm", "behrt"}
+        assert {r.spec.model.kind for r in runs} >= {"gbm", "behrt"}  # against the full-strength count baseline
 
 
 # Hand-made bundles: the report's verdicts on predictions whose answer is known, without training anything.
@@ -335,3 +337,24 @@ def test_every_trained_rung_tries_the_ladders_settings_and_the_report_keeps_the_
 def test_a_bad_tuning_grid_is_refused(tuning, tmp_path):
     with pytest.raises(SpecError, match="tuning"):
         load_ladder(write_ladder(tmp_path, VERDICT_LADDER.replace("replicates: 1", f"replicates: 1\ntuning: {tuning}")))
+
+
+def test_the_plan_counts_every_run_and_its_steps_before_anything_runs(tmp_path):
+    from ehrseq.training.length import run_length
+    from ehrseq_runner.commands.ladder_plan import plan_ladder
+
+    text = TUNED_LADDER.replace("max_steps: 4", "epochs: 2, min_steps: 0, max_steps: 50")
+    _, runs = load_ladder(write_ladder(tmp_path, text))
+    text = plan_ladder(runs, tmp_path / "datasets", "H100", mfu=0.1, overhead_s=36.0, price_per_hour=2.0)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| rung")}
+    assert int(rows["bag"][0]) == 2 * 2 * 2 and float(rows["bag"][-1].strip(" |")) == 8 * 36 / 3600  # overhead only
+    behrt = [r for r in runs if r.rung == "behrt" and not r.pretraining]
+    assert int(rows["behrt"][0]) == len(behrt) == 16
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    steps = int(rows["behrt"][1].replace(",", ""))  # 8 runs at k = 16 (4 steps each), 8 on ~160 training patients
+    low, high = (8 * 4 + 8 * run_length(n, 8, 50, epochs=2).steps for n in (100, 200))
+    assert low < steps < high
+    assert text.rstrip().endswith("at $2.0/h.")
+    with pytest.raises(InputError, match="unknown GPU 'TPU'"):
+        plan_ladder(runs, tmp_path / "datasets", "TPU", mfu=0.1, overhead_s=36.0, price_per_hour=None)

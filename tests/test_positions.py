@@ -48,8 +48,9 @@ def test_every_kind_gives_hidden_states_of_the_documented_shape(positions):
     assert has_table == (positions == "learned")  # rope and time keep no absolute position table
 
 
-def test_the_paper_and_the_presets_keep_learned_positions_and_a_typo_is_refused():
-    assert BEHRTConfig.paper(vocab_size=10).positions == BEHRTConfig.small(vocab_size=10).positions == "learned"
+def test_the_paper_keeps_learned_positions_the_tiers_rotate_and_a_typo_is_refused():
+    assert BEHRTConfig.paper(vocab_size=10).positions == BEHRTConfig(vocab_size=10).positions == "learned"
+    assert {BEHRTConfig.preset(size, vocab_size=10).positions for size in ("small", "medium", "large")} == {"rope"}
     with pytest.raises(ValueError, match="unknown positions 'rotary'"):
         BEHRTConfig.small(vocab_size=10, positions="rotary")
     with pytest.raises(ValueError, match="must be even"):
@@ -83,7 +84,7 @@ def test_time_rotates_by_months_since_the_first_visit_not_by_the_visit_index():
     with torch.no_grad():  # the visit index no longer matters to it; the months between visits do
         base = model(codes, ages, segments, pos, mask)
         torch.testing.assert_close(model(codes, ages, segments, pos + 4, mask), base)
-    assert rotary_angles(BEHRTConfig.small(vocab_size=60), ages, pos) is None  # learned: no rotation
+    assert rotary_angles(BEHRTConfig.small(vocab_size=60, positions="learned"), ages, pos) is None  # no rotation
 
 
 def test_lora_wraps_the_attention_linears_of_a_rotary_model_and_they_train():

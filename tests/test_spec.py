@@ -53,6 +53,10 @@ BAD = {
     "lora without a base": ("lora:\n  rank: 4\n", "lora: LoRA adapts a pretrained BEHRT"),
     "cox on binary": ("model:\n  kind: cox\ntask:\n  kind: binary\n", "model.kind: cox needs event times"),
     "mlm baseline": ("model:\n  kind: bag_of_codes\n", "task.kind: mlm needs model.kind behrt"),
+    "bad visit": ("data:\n  visit: week\n", "data.visit: Value error, 'week' is not a visit definition; use day, "
+                  "admission or hours:N"),
+    "stays dropped": ("data:\n  visit: admission\n  codes: {include: [LAB//]}\n",
+                      "data.codes: drops the admission codes HOSPITAL_ADMISSION, HOSPITAL_DISCHARGE"),
 }
 
 

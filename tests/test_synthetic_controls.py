@@ -138,7 +138,7 @@ def test_params_name_the_dataset_and_change_its_fingerprint(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("data.synthetic.preset=strong",
      r"data\.synthetic\.preset: Input should be 'default', 'order', 'presence', 'transition', 'transition_presence', "
-     r"'family' or 'family_presence'"),
+     r"'family', 'family_presence' or 'icu'"),
     ("data.synthetic.order_effect=9", r"data\.synthetic\.order_effect: .*less than or equal to 4"),
     ("data.synthetic.prevalence_a=1.5", r"data\.synthetic\.prevalence_a: .*less than or equal to 1"),
     ("data.synthetic.order_window=0", r"data\.synthetic\.order_window: .*greater than or equal to 1"),

@@ -25,7 +25,7 @@ from ehrseq_runner.storage.run_folder import RunFolder
 from ehrseq_runner.storage.uri import open_storage
 
 bench_app = typer.Typer(help="Benchmarks: checkpoint/preemption timing, checkpoint overhead, memory, step time "
-                        "against HuggingFace BERT, data pipeline throughput.",
+                        "against HuggingFace BERT, step time and memory by window length, data pipeline throughput.",
                         no_args_is_help=True)
 console = Console(stderr=True)
 PRESETS = ["small", "medium", "large"]
@@ -150,16 +150,13 @@ def hf_comparison(preset: str, vocab_size: int = 1000, batch_size: int = 32, seq
     import torch.nn.functional as F
     from transformers import BertConfig, BertForMaskedLM
 
-    from ehrseq.data.masking import mask_codes
-    from ehrseq.data.vocab import Vocabulary
     from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
     from ehrseq.training.device import resolve_device
-    from ehrseq.training.optim import build_optimizer
-    from ehrseq.training.precision import autocast, grad_scaler, resolve_precision
+    from ehrseq.training.precision import resolve_precision
 
     device = resolve_device("auto")
     precision = resolve_precision(precision, device)
-    cfg = BEHRTConfig.preset(preset, vocab_size=vocab_size, **config)
+    cfg = BEHRTConfig.preset(preset, vocab_size=vocab_size, **{"positions": "learned", **config})  # as BERT's
     torch.manual_seed(0)
     behrt = BEHRTForMLM(cfg).to(device)
     hf = BertForMaskedLM(BertConfig(
@@ -169,18 +166,7 @@ def hf_comparison(preset: str, vocab_size: int = 1000, batch_size: int = 32, seq
         layer_norm_eps=cfg.layer_norm_eps, max_position_embeddings=max(512, seq_len), type_vocab_size=2,
         pad_token_id=cfg.pad_id, attn_implementation="sdpa")).to(device)
 
-    g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch_size, 1), generator=g)
-    real = torch.arange(seq_len)[None, :] < lengths  # (B, T)
-    special = len(Vocabulary.SPECIALS)
-    codes = torch.randint(special, vocab_size, (batch_size, seq_len), generator=g) * real  # PAD = 0 after the end
-    inputs, labels = mask_codes(codes, mask_id=Vocabulary.MASK, num_special=special, vocab_size=vocab_size,
-                                generator=g)
-    ages = torch.randint(0, cfg.max_age, (batch_size, seq_len), generator=g)
-    positions = torch.randint(0, cfg.max_position, (batch_size, seq_len), generator=g)
-    segments = positions % 2
-    inputs, labels, ages, positions, segments, mask = (
-        t.to(device) for t in (inputs, labels, ages, positions, segments, real))
+    inputs, labels, ages, positions, segments, mask = _mlm_batch(cfg, batch_size, seq_len, seq_len // 2, device)
 
     def masked_only() -> torch.Tensor:
         return behrt(inputs, ages, segments, positions, mask, labels)[0]
@@ -192,22 +178,9 @@ def hf_comparison(preset: str, vocab_size: int = 1000, batch_size: int = 32, seq
     def huggingface() -> torch.Tensor:
         return hf(input_ids=inputs, attention_mask=mask, token_type_ids=segments, labels=labels).loss
 
-    def trainer_step(model: torch.nn.Module, loss_fn):
-        optimizer, scaler = build_optimizer(model, 1e-4, 0.01), grad_scaler(precision, device)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(precision, device):
-                loss = loss_fn()
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-        return step
-
-    sides = {"behrt": trainer_step(behrt, masked_only), "behrt_full_vocab": trainer_step(behrt, full_vocab),
-             "hf": trainer_step(hf, huggingface)}
+    sides = {"behrt": _train_step(behrt, masked_only, precision, device),
+             "behrt_full_vocab": _train_step(behrt, full_vocab, precision, device),
+             "hf": _train_step(hf, huggingface, precision, device)}
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(rounds + 1):  # round 0 warms up (allocator, kernels) and is not counted
         for name, step in list(sides.items())[::1 if r % 2 else -1]:  # ABC CBA ...: no side always goes first
@@ -227,6 +200,109 @@ def hf_comparison(preset: str, vocab_size: int = 1000, batch_size: int = 32, seq
             "behrt/hf": ms["behrt"] / ms["hf"], "full_vocab/hf": ms["behrt_full_vocab"] / ms["hf"],
             "device": f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else
             torch.cuda.get_device_name(device) if device.type == "cuda" else str(device), "precision": precision}
+
+
+def _mlm_batch(cfg: Any, batch_size: int, seq_len: int, shortest: int, device: Any) -> tuple[Any, ...]:
+    """A seeded random MLM batch on `device`: (inputs, labels, ages, positions, segments, mask), each (B, T), rows
+    padded to lengths in [shortest, T], 15% of real tokens masked."""
+    import torch
+
+    from ehrseq.data.masking import mask_codes
+    from ehrseq.data.vocab import Vocabulary
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(shortest, seq_len + 1, (batch_size, 1), generator=g)
+    real = torch.arange(seq_len)[None, :] < lengths  # (B, T)
+    special = len(Vocabulary.SPECIALS)
+    codes = torch.randint(special, cfg.vocab_size, (batch_size, seq_len), generator=g) * real  # PAD = 0 after the end
+    inputs, labels = mask_codes(codes, mask_id=Vocabulary.MASK, num_special=special, vocab_size=cfg.vocab_size,
+                                generator=g)
+    ages = torch.randint(0, cfg.max_age, (batch_size, seq_len), generator=g)
+    positions = torch.randint(0, cfg.max_position, (batch_size, seq_len), generator=g)
+    return tuple(t.to(device) for t in (inputs, labels, ages, positions, positions % 2, real))
+
+
+def _train_step(model: Any, loss_fn: Callable[[], Any], precision: str, device: Any) -> Callable[[], None]:
+    """One training step as the trainer takes it: AdamW, autocast and grad scaler for `precision`, clipping."""
+    import torch
+
+    from ehrseq.training.optim import build_optimizer
+    from ehrseq.training.precision import autocast, grad_scaler
+
+    optimizer, scaler = build_optimizer(model, 1e-4, 0.01), grad_scaler(precision, device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(precision, device):
+            loss = loss_fn()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
+@bench_app.command("length")
+def length(
+    presets: Annotated[list[str], typer.Option("--preset", help="BEHRT sizes (repeatable).")] = None,
+    seq_lens: Annotated[list[int], typer.Option("--seq-len", help="Tokens per patient (repeatable).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Patients per batch, every row full length.")] = 4,
+    steps: Annotated[int, typer.Option(help="Timed steps (after one warm-up step).")] = 3,
+    vocab_size: Annotated[int, typer.Option(help="Codes in the vocabulary.")] = 1000,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Write the rows as JSON here.")] = None,
+) -> None:
+    """What a longer window (data.max_seq_len) costs: BEHRT MLM training step time and peak memory per size and
+    length, each in a fresh process (peak RSS on CPU, allocator peak on CUDA). Defaults: small at 512, 1,024 and
+    2,048 tokens, batch 4, 3 steps (about a minute on 2 CPU cores)."""
+    from ehrseq.windows import SEQ_LENS
+
+    rows = []
+    for preset in presets or ["small"]:
+        for seq_len in seq_lens or [512, 1024, 2048]:
+            if seq_len > SEQ_LENS[preset][1]:
+                console.print(f"{preset}: skipping {seq_len:,} tokens (sized for up to {SEQ_LENS[preset][1]:,})")
+                continue
+            rows.append(run_child("length_child", preset=preset, seq_len=seq_len, batch_size=batch_size,
+                                  steps=steps, vocab_size=vocab_size, precision=precision))
+    _print(f"Training step by window length (BEHRT MLM, batch {batch_size} of full-length rows, median of {steps} "
+           "steps)", rows, out)
+
+
+def length_child(preset: str, seq_len: int, batch_size: int, steps: int, vocab_size: int,
+                 precision: str) -> dict[str, Any]:
+    """One `bench length` row, in this (fresh) process: median step time, tokens/s and peak memory."""
+    import torch
+
+    from ehrseq.models import BEHRTConfig, BEHRTForMLM, count_parameters
+    from ehrseq.training.device import resolve_device
+    from ehrseq.training.precision import resolve_precision
+
+    device = resolve_device("auto")
+    precision = resolve_precision(precision, device)
+    cfg = BEHRTConfig.preset(preset, vocab_size=vocab_size, max_seq_len=seq_len)
+    torch.manual_seed(0)
+    model = BEHRTForMLM(cfg).to(device)
+    inputs, labels, ages, positions, segments, mask = _mlm_batch(cfg, batch_size, seq_len, seq_len, device)
+    step = _train_step(model, lambda: model(inputs, ages, segments, positions, mask, labels)[0], precision, device)
+    step()  # warm-up: allocator, kernels, optimizer state
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    ms = 1000 * statistics.median(seconds)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+    return {"preset": preset, "seq_len": seq_len, "params": count_parameters(model)[0], "ms_per_step": ms,
+            "tokens_per_s": batch_size * seq_len / ms * 1000, "peak_mb": peak,
+            "memory": "CUDA allocator peak" if device.type == "cuda" else "peak RSS (process)",
+            "device": f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else
+            torch.cuda.get_device_name(device), "precision": precision}
 
 
 def _sync(device) -> None:

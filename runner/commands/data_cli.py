@@ -52,19 +52,21 @@ class Preset(str, Enum):
     default = "default"
     order = "order"
     presence = "presence"
+    icu = "icu"
 
 
 @data_app.command()
 def synthetic(
     dest: Annotated[Path, typer.Argument(help="MEDS dataset folder to write (must not exist yet).")],
     preset: Annotated[Preset, typer.Option(help="The planted outcome: order (positive control), presence "
-                                                "(negative control) or default.")] = Preset.default,
+                                                "(negative control) or default; icu: hospital stays in "
+                                                "MIMIC-IV's MEDS layout with a readmission task.")] = Preset.default,
     num_patients: Annotated[int, typer.Option(min=10, max=10_000_000, help="Patients to generate.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seeds the cohort and its train/tuning/held_out split.")] = 0,
 ) -> None:
     """Write a synthetic cohort as a MEDS dataset with labels (labels/outcome_within_365d.parquet,
-    labels/outcome_survival.parquet): the same data `data.source: synthetic` generates, for `data.source: meds`
-    runs, ACES or other tools. Exit 2 if DEST exists."""
+    labels/outcome_survival.parquet; icu: labels/readmission_or_death_30d.parquet): the same data
+    `data.source: synthetic` generates, for `data.source: meds` runs, ACES or other tools. Exit 2 if DEST exists."""
     from ehrseq.data.cohort import write_synthetic_dataset  # numpy/pyarrow: keep --help fast
     from ehrseq.data.synthetic import PRESETS
 

@@ -19,6 +19,7 @@ from ehrseq_runner.job.pretrained import (
     check_no_leakage,
     check_positions,
     check_pretraining_data,
+    check_visit,
     fetch_pretrained,
 )
 from ehrseq_runner.spec.job_spec import JobSpec
@@ -32,6 +33,7 @@ def read_inputs(spec: JobSpec, cache_dir: Path, remote: CacheRemote | None = Non
         if spec.model.init_from else None
     if pretrained:
         check_positions(pretrained, spec.model.positions)
+        check_visit(pretrained, spec.data.visit, spec.data.admission.model_dump())
         check_no_leakage(pretrained, spec.seed, spec.data.model_dump())
     with distributed.rank_zero_first():
         data = prepare_data(spec, cache_dir, vocab=pretrained.vocab if pretrained else None, remote=remote,

@@ -49,7 +49,7 @@ def data_settings(spec: JobSpec) -> DataSettings:
         max_seq_len=d.max_seq_len, min_code_count=d.min_code_count, numeric_bins=d.numeric_bins,
         codes=CodeFilter(tuple(d.codes.include), tuple(d.codes.exclude)), task=t.kind, labels=t.label_task,
         labels_path=t.labels_path, pretrain_data=t.pretrain_data, label_budget=spec.train.label_budget,
-        replicate=spec.train.replicate)
+        replicate=spec.train.replicate, visits=d.visit_rule())
 
 
 def prepare_data(spec: JobSpec, cache_dir: Path, vocab: Vocabulary | None = None, remote: CacheRemote | None = None,
@@ -65,7 +65,8 @@ def make_trainer(spec: JobSpec, data: PreparedData, device: torch.device,
     frozen = spec.model.freeze_encoder  # a linear probe: a head on the mean of the frozen encoder's states
     config = Med2VecConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout) \
         if med2vec else BEHRTConfig.preset(spec.model.size, vocab_size=len(data.vocab), dropout=spec.model.dropout,
-                                           positions=spec.model.positions, pooling="mean" if frozen else "cls")
+                                           positions=spec.model.positions, pooling="mean" if frozen else "cls",
+                                           max_seq_len=spec.data.max_seq_len)
     seed = training_seed(spec)
     torch.manual_seed(seed)  # weight initialisation
     if spec.task.kind == "mlm":

@@ -121,11 +121,22 @@ def check_positions(pretrained: Pretrained, positions: str) -> None:
                          f"{pretrained.positions!r}: set model.positions: {pretrained.positions}")
 
 
+def check_visit(pretrained: Pretrained, visit: str, admission: dict[str, Any]) -> None:
+    """A fine-tune groups events into visits as its pretraining did (data.visit, data.admission): its segments and
+    positions count the same visits (runs from before those fields: day)."""
+    theirs = pretrained.cohort.get("visit", "day")
+    if visit != theirs or (visit == "admission" and admission != pretrained.cohort.get("admission")):
+        raise InputError(f"data.visit: {visit!r}, but {pretrained.uri} was pretrained with {theirs!r}"
+                         + (f" (admission codes {pretrained.cohort.get('admission')})" if theirs == "admission" else "")
+                         + ": a fine-tune reads the visits its pretraining read")
+
+
 def load_encoder(encoder: nn.Module, pretrained: Pretrained) -> None:
     """Copies the pretrained weights into `encoder`; a different size or vocabulary is an InputError."""
     try:
         encoder.load_state_dict(pretrained.encoder, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise InputError(f"model.init_from: {pretrained.uri} does not fit model.size / vocabulary: "
+        raise InputError(f"model.init_from: {pretrained.uri} does not fit model.size / vocabulary / "
+                         "data.max_seq_len (its visit position table): "
                          f"{' '.join(first[:2])}") from None

@@ -366,7 +366,8 @@ class Job:
     def _order_probe(self, data: PreparedData, score: Callable[[LabelledSplit], np.ndarray]) -> dict[str, Any]:
         """Synthetic binary/survival runs: the A-first vs B-first probe on held-out patients, its true answer
         from the generator's order effect. `score` gives probabilities (binary; probed as log-odds) or risks."""
-        if self.spec.data.source != "synthetic" or self.spec.task.kind not in ("binary", "survival"):
+        if (self.spec.data.source != "synthetic" or self.spec.task.kind not in ("binary", "survival")
+                or self.spec.data.synthetic.preset == "icu"):  # (no A and B there)
             return {}
         return order_probe_facts(data.labelled["held_out"], score, self.spec.task.kind,
                                  self.spec.data.synthetic.params())
@@ -382,7 +383,8 @@ class Job:
         return {**compute_facts(time.time() - self.started, device, spec.runtime.price_per_hour, world),
                 "hardware": hardware_facts(device, world), "versions": versions(), "git_commit": git_commit(),
                 "spec_fingerprint": spec.fingerprint(),
-                **data_facts(data, spec.data.source, description, held_out.subject_ids),
+                **data_facts(data, spec.data.source, description, spec.data.visit_rule().describe(),
+                             held_out.subject_ids),
                 **label_facts(data, spec.task.labels_path or spec.task.label_task),
                 **(oracle_facts(data.folder, spec.task.label_task, held_out) if oracles else {})}
 

@@ -15,8 +15,12 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ehrseq.data.codes import CodeFilter
 from ehrseq.data.synthetic import MAX_VISITS_BEFORE, PRESETS, SyntheticParams
+from ehrseq.data.synthetic_icu import READMISSION_TASK
+from ehrseq.data.visits import ADMISSION_END, ADMISSION_START, VisitRule
 from ehrseq.errors import InputError
+from ehrseq.windows import SEQ_LENS
 from ehrseq_runner.spec import safe_yaml
 from ehrseq_runner.storage.lease import MAX_RENEW_SECONDS
 from ehrseq_runner.storage.uri import open_storage, redact_credentials, refuse_credentials, split_run_uri
@@ -43,11 +47,13 @@ class SyntheticSpec(Section):
     """The synthetic generator's planted outcome: a named preset, then any parameter overridden (None keeps the
     preset's value). `transition` and `transition_presence` are the positive and negative controls against
     full-strength count baselines; `order` (onset order, which first-occurrence features see) and `presence` its
-    older pair; `family` and `family_presence` the pretraining control and its negative twin (ehrseq.data.synthetic)."""
+    older pair; `family` and `family_presence` the pretraining control and its negative twin (ehrseq.data.synthetic);
+    `icu` hospital timelines with a readmission task (ehrseq.data.synthetic_icu), which takes no overrides."""
 
     preset: Literal["default", "order", "presence", "transition", "transition_presence", "family",
-                    "family_presence"] = Field("default", description="The generator's parameter set; the fields "
-                                               "below override its values one by one.")
+                    "family_presence", "icu"] = Field("default", description="The generator's parameter set; "
+                                                      "the fields below override its values one by one (icu: a "
+                                                      "hospital generator that takes no overrides).")
     prevalence_a: float | None = Field(None, ge=0.0, le=1.0, description="Share of patients given code A.")
     prevalence_b: float | None = Field(None, ge=0.0, le=1.0, description="Share of patients given code B.")
     order_window: int | None = Field(None, ge=1, le=MAX_VISITS_BEFORE - 1,
@@ -83,6 +89,17 @@ class CodesSpec(Section):
         [], max_length=1000, description="Codes dropped after `include`, e.g. `[LAB//]`.")
 
 
+class AdmissionSpec(Section):
+    """data.visit admission: the codes that open and close a hospital stay (ehrseq.data.visits), as data.codes
+    patterns; the defaults are MEDS-Transforms' MIMIC-IV codes."""
+
+    start: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        list(ADMISSION_START), min_length=1, max_length=100,
+        description="Codes that open a stay (globs, or prefixes without a wildcard).")
+    end: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        list(ADMISSION_END), min_length=1, max_length=100, description="Codes that close a stay.")
+
+
 class DataSpec(Section):
     """Where the patients come from and how their events become tokens."""
 
@@ -95,7 +112,8 @@ class DataSpec(Section):
     num_patients: int = Field(2000, ge=10, le=MAX_COUNT, description="synthetic only: the cohort size, split "
                               "80/10/10 by patient.")
     max_seq_len: int = Field(128, ge=8, le=4096, description="Tokens per patient; the most recent visits before the "
-                             "prediction time are kept.")
+                             "prediction time are kept. BEHRT small and medium take up to 2,048, large up to 4,096 "
+                             "(meant for 512, 1,024 and 2,048: `ehrseq bench length`).")
     min_code_count: int = Field(5, ge=1, le=MAX_COUNT, description="Codes rarer than this in the train split become "
                                 "`[UNK]` (count baselines drop them).")
     numeric_bins: int = Field(0, ge=0, le=100, description="Numeric values (labs) as tokens: N quantile bins per "
@@ -103,6 +121,17 @@ class DataSpec(Section):
     codes: CodesSpec = Field(CodesSpec(), description="Code globs every model reads alike, e.g. `{exclude: "
                              "[LAB//]}`; MEDS_BIRTH is always kept; part of the token cache's key; the summary counts "
                              "the events dropped.")
+    visit: str = Field("day", max_length=20, description="What a visit is, for every model: day (a calendar day), "
+                       "admission (a hospital stay, from `data.admission`'s codes; events outside stays by day) or "
+                       "hours:N (fixed N-hour buckets); part of the token cache's key.")
+    admission: AdmissionSpec = Field(AdmissionSpec(), description="data.visit admission only: the code patterns "
+                                     "that open and close a stay.")
+
+    @field_validator("visit")
+    @classmethod
+    def _visit(cls, value: str) -> str:
+        VisitRule.parse(value)  # ValueError: what is allowed
+        return value
 
     @field_validator("numeric_bins")
     @classmethod
@@ -110,6 +139,10 @@ class DataSpec(Section):
         if value == 1:
             raise ValueError("one bin says nothing about a value: use 0 (off) or 2 or more (10: deciles)")
         return value
+
+    def visit_rule(self) -> VisitRule:
+        """data.visit (with data.admission's codes) as the rule every data path groups visits by."""
+        return VisitRule.parse(self.visit, tuple(self.admission.start), tuple(self.admission.end))
 
 
 class ModelSpec(Section):
@@ -434,6 +467,33 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{field}: {err['msg']} (got {given if len(given) <= 200 else given[:200] + '...'})"
 
 
+def _check_visits(data: DataSpec) -> None:
+    """data.admission only with admission visits, and never codes that data.codes drops (stays would vanish)."""
+    if data.visit != "admission":
+        if data.admission != AdmissionSpec():
+            raise InputError(f"data.admission: sets the codes of a hospital stay, but data.visit is {data.visit!r}; "
+                             "remove it or set data.visit: admission")
+        return
+    patterns = [*data.admission.start, *data.admission.end]
+    dropped = [p for p, kept in zip(patterns, CodeFilter(tuple(data.codes.include), tuple(data.codes.exclude))
+                                    .allows(patterns), strict=True) if not kept]
+    if dropped:
+        raise InputError(f"data.codes: drops the admission codes {', '.join(dropped)} (data.admission), so no stay "
+                         "could be found; keep them in data.codes or choose another data.visit")
+
+
+def _check_icu(spec: JobSpec) -> None:
+    """The icu preset is another generator: none of the planted outcome's overrides apply, and its one task is
+    READMISSION_TASK (binary)."""
+    overrides = spec.data.synthetic.model_dump(exclude={"preset"}, exclude_none=True)
+    if overrides:
+        raise InputError(f"data.synthetic: the icu preset takes no overrides (got {', '.join(overrides)})")
+    if spec.task.kind == "survival" or (spec.task.kind == "binary" and spec.task.labels_path is None
+                                        and spec.task.labels != READMISSION_TASK):
+        raise InputError(f"task.labels: the icu preset's task is binary, task.labels: {READMISSION_TASK} "
+                         f"(got task.kind {spec.task.kind}, task.labels {spec.task.labels})")
+
+
 def check_supported(spec: JobSpec) -> None:
     """What this version can run; valid-but-unsupported values fail here, before anything is written."""
     for field, url in (("storage.uri", spec.storage.uri), ("storage.endpoint_url", spec.storage.endpoint_url),
@@ -453,6 +513,9 @@ def check_supported(spec: JobSpec) -> None:
     if spec.data.source != "synthetic" and spec.data.synthetic != SyntheticSpec():
         raise InputError(f"data.synthetic: sets the synthetic generator, but data.source is {spec.data.source!r}; "
                          "remove it or use data.source synthetic")
+    if spec.data.source == "synthetic" and spec.data.synthetic.preset == "icu":
+        _check_icu(spec)
+    _check_visits(spec.data)
     if spec.task.kind == "mlm" and spec.model.kind != "behrt":
         raise InputError(f"task.kind: mlm needs model.kind behrt (got {spec.model.kind!r}); "
                          "Med2Vec pretrains with task.kind med2vec")
@@ -480,6 +543,12 @@ def check_supported(spec: JobSpec) -> None:
     if spec.model.positions != "learned" and spec.model.kind != "behrt":
         raise InputError(f"model.positions: {spec.model.positions!r} sets BEHRT's visit positions; model.kind "
                          f"{spec.model.kind!r} has none (leave it learned)")
+    most = SEQ_LENS[spec.model.size][1]
+    if spec.model.kind == "behrt" and spec.data.max_seq_len > most:
+        larger = next((f"; model.size {size} takes up to {n:,}" for size, (_, n) in SEQ_LENS.items()
+                       if n >= spec.data.max_seq_len), "")
+        raise InputError(f"data.max_seq_len: {spec.data.max_seq_len:,} tokens is more than BEHRT {spec.model.size} is "
+                         f"sized for ({most:,}){larger}")
     if spec.model.kind == "cox" and spec.task.kind != "survival":
         raise InputError("model.kind: cox needs event times; use it with task.kind survival (a binary label has "
                          "no time to fit); for a binary task use bag_of_codes")

@@ -12,19 +12,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fnmatch import translate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import meds
 import numpy as np
 
-from ehrseq.data.stream import Shard
+if TYPE_CHECKING:
+    from ehrseq.data.stream import Shard
 
 
-def _regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+def matching(patterns: tuple[str, ...], names: list[str]) -> np.ndarray:
+    """(len(names),) bool: which names match any of the patterns (globs, or prefixes without a wildcard)."""
     if not patterns:
-        return None
+        return np.zeros(len(names), bool)
     globs = [p if any(c in p for c in "*?[") else f"{p}*" for p in patterns]
-    return re.compile("|".join(f"(?:{translate(g)})" for g in globs))
+    regex = re.compile("|".join(f"(?:{translate(g)})" for g in globs))
+    return np.array([regex.match(n) is not None for n in names], bool)
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,8 @@ class CodeFilter:
 
     def allows(self, names: list[str]) -> np.ndarray:
         """(len(names),) bool: which codes are kept."""
-        keep, drop = _regex(self.include), _regex(self.exclude)
-        return np.array([n == meds.birth_code or ((keep is None or keep.match(n) is not None)
-                                                  and (drop is None or drop.match(n) is None)) for n in names], bool)
+        keep = matching(self.include, names) if self.include else np.ones(len(names), bool)
+        return (keep & ~matching(self.exclude, names)) | np.array([n == meds.birth_code for n in names], bool)
 
     def apply(self, shard: Shard) -> Shard:
         """The shard's rows whose code is kept."""

@@ -40,6 +40,7 @@ from ehrseq.data.token_cache import (
     read_manifest,
     token_cache,
 )
+from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError
 from ehrseq.reports.provenance import data_fingerprint, dataset_name, identity_of, read_splits_mapping
@@ -72,6 +73,7 @@ class DataSettings:
     pretrain_data: str = "cut"  # mlm/med2vec: cut | pool | all (ehrseq.data.pretrain_cut)
     label_budget: int | None = None  # k labelled patients in the training and the tuning split
     replicate: int = 0  # picks the label budget's sample
+    visits: VisitRule = DAY_VISITS  # what a visit is (ehrseq.data.visits), for every model alike
 
     @property
     def source_name(self) -> str:
@@ -171,7 +173,7 @@ def _from_token_cache(s: DataSettings, folder: Path, cache_dir: Path, vocab: Voc
         task = LabelledTask(s.task, labels, report, task_label_files(folder, s.labels, s.labels_path))
     cache, how = token_cache(folder, cache_dir, s.max_seq_len, s.min_code_count, vocab, source=s.source_name,
                              warn=warn, remote=remote, numeric_bins=s.numeric_bins, task=task, cut=cut,
-                             codes=s.codes or None, next_visit=s.task == "next_visit")
+                             codes=s.codes or None, next_visit=s.task == "next_visit", visits=s.visits)
     manifest = read_manifest(cache, verify=False)  # (token_cache verified it)
     vocab, encoded = load_token_cache(cache, verify=False)
     labelled, report = load_examples(cache, encoded, load_histories(cache, vocab)) if task else (None, None)

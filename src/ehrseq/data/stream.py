@@ -27,6 +27,7 @@ from ehrseq.data.history_arrays import NO_BIRTH, HistoryArrays, ragged_take
 from ehrseq.data.meds_io import read_table
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
+from ehrseq.data.visits import DAY_VISITS, VisitRule, visit_index
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
 
@@ -206,8 +207,10 @@ def rank_in_group(groups: np.ndarray) -> np.ndarray:
 class Histories:
     """One shard's patients (subjects in a split, sorted) as arrays: births, static codes and day visits.
 
-    Visits are in time order per patient; `event_code[visit_start[v]:visit_start[v + 1]]` are visit v's
-    distinct codes in first-seen order. Static codes are sorted by name within a patient."""
+    Visits (ehrseq.data.visits) are in time order per patient; `event_code[visit_start[v]:visit_start[v + 1]]`
+    are visit v's distinct codes in first-seen order. Static codes are sorted by name within a patient. The
+    `event_days` and `day_*` arrays say which calendar days and (day, code) events each token stands for, so
+    coverage counts days whatever a visit is."""
 
     subjects: np.ndarray  # (P,) int64
     split: np.ndarray  # (P,) int8
@@ -216,9 +219,13 @@ class Histories:
     static_patient: np.ndarray  # (S,) patient index
     static_code: np.ndarray  # (S,) code index
     visit_patient: np.ndarray  # (V,) patient index, non-decreasing
-    visit_time: np.ndarray  # (V,) the day's first event, microseconds
+    visit_time: np.ndarray  # (V,) the visit's first event, microseconds
     visit_start: np.ndarray  # (V + 1,) into event_code
     event_code: np.ndarray  # (E,) code index
+    event_days: np.ndarray  # (E,) int32 days of its visit the code was recorded on: the (day, code) events it holds
+    day_visit: np.ndarray  # (D,) int64 each (visit, calendar day) pair's visit, non-decreasing
+    day: np.ndarray  # (D,) int64 its day since the epoch
+    day_rank: np.ndarray  # (D,) int32 the first-seen rank in the visit of that day's earliest-seen code
     names: list[str]
     # next_visit examples (`last_visit_targets`): the removed last visit's time (P,), and its codes, each patient's
     # target_code[target_start[p]:target_start[p + 1]] (code indices); empty for other data
@@ -237,9 +244,9 @@ class Histories:
             return cls(**{k: f[k] for k in f.files if k != "names"}, names=json.loads(str(f["names"])))
 
 
-def histories(shard: Shard, splits: SplitTable) -> Histories:
-    """Group a shard's rows into patients, static codes, births and visits: a visit is every event of one subject on
-    one calendar day, its codes de-duplicated in first-seen order."""
+def histories(shard: Shard, splits: SplitTable, visits: VisitRule = DAY_VISITS) -> Histories:
+    """Group a shard's rows into patients, static codes, births and `visits` (ehrseq.data.visits), each visit's codes
+    de-duplicated in first-seen order."""
     subject, time, has_time, code = shard.subject, shard.time, shard.has_time, shard.code
     later = subject[1:] > subject[:-1]  # MEDS shards usually come sorted by subject then time already
     if not (np.all(later | (subject[1:] == subject[:-1])) and np.all(later | (time[1:] >= time[:-1]))):
@@ -272,18 +279,28 @@ def histories(shard: Shard, splits: SplitTable) -> Histories:
 
     rows = has_time & ~is_birth
     vp, vt, vc = patient[rows], time[rows], code[rows]
-    day = vt // _DAY_US
-    new_visit = np.r_[True, (vp[1:] != vp[:-1]) | (day[1:] != day[:-1])] if len(vp) else np.zeros(0, bool)
-    visit = np.cumsum(new_visit) - 1
+    visit = visit_index(vp, vt, vc, shard.names, visits)  # (R,)
     key = visit * num_codes + vc  # first occurrence of each code within a visit, in order
     order = np.argsort(key, kind="stable")
+    first = _starts(key[order])  # (R,) in key order: a token's first row
     repeat = np.zeros(len(key), bool)
-    repeat[order[~_starts(key[order])]] = True
+    repeat[order[~first]] = True
     keep = ~repeat
-    new_visit, vp, vt, vc = new_visit[keep], vp[keep], vt[keep], vc[keep]
+    token_row = np.zeros(len(key), np.int64)  # (R,) each row's token: the row of its code's first occurrence
+    token_row[order] = order[first][np.cumsum(first) - 1]
+    day = vt // _DAY_US
+    new_day = first | np.r_[True, day[order][1:] != day[order][:-1]]  # (R,) in key order: rows are time-sorted
+    days = np.zeros(len(key), np.int64)
+    days[order[first]] = np.add.reduceat(new_day, np.flatnonzero(first)) if len(first) else 0
+    rank = np.zeros(len(key), np.int64)
+    rank[keep] = rank_in_group(visit[keep])  # first-seen rank of each token in its visit
+    pair = np.flatnonzero(_starts(visit) | np.r_[True, day[1:] != day[:-1]]) if len(day) else np.zeros(0, np.int64)
+    day_rank = np.minimum.reduceat(rank[token_row], pair) if len(pair) else np.zeros(0, np.int64)
+    new_visit, vp, vt, vc = _starts(visit)[keep], vp[keep], vt[keep], vc[keep]
     starts = np.flatnonzero(new_visit)
     return Histories(subjects, split, birth, has_birth, static_patient, static_code, vp[starts], vt[starts],
-                     np.r_[starts, len(vc)], vc.astype(np.int32), shard.names)
+                     np.r_[starts, len(vc)], vc.astype(np.int32), days[keep].astype(np.int32), visit[pair],
+                     day[pair], day_rank.astype(np.int32), shard.names)
 
 
 def last_visit_targets(h: Histories) -> Histories:
@@ -300,10 +317,12 @@ def last_visit_targets(h: Histories) -> Histories:
     sizes = np.diff(h.visit_start)
     statics = keep[h.static_patient]
     target_time = h.visit_time[last]
+    events, pairs = np.repeat(visits, sizes), visits[h.day_visit]
     return Histories(h.subjects[keep], h.split[keep], h.birth[keep], h.has_birth[keep] & (h.birth[keep] < target_time),
                      renumber[h.static_patient[statics]], h.static_code[statics], renumber[h.visit_patient[visits]],
-                     h.visit_time[visits], np.r_[0, np.cumsum(sizes[visits])], h.event_code[np.repeat(visits, sizes)],
-                     h.names, target_time, target_start, h.event_code[src])
+                     h.visit_time[visits], np.r_[0, np.cumsum(sizes[visits])], h.event_code[events],
+                     h.event_days[events], (np.cumsum(visits) - 1)[h.day_visit[pairs]], h.day[pairs],
+                     h.day_rank[pairs], h.names, target_time, target_start, h.event_code[src])
 
 
 def histories_of(arrays: HistoryArrays, ids: np.ndarray) -> Histories:
@@ -312,10 +331,13 @@ def histories_of(arrays: HistoryArrays, ids: np.ndarray) -> Histories:
     rows = np.repeat(np.arange(len(arrays)), np.diff(arrays.visit_offsets))
     visit = np.asarray(arrays.visit_offsets[:-1])[arrays.event_rows()] + arrays.event_visits  # (E,) non-decreasing
     births = np.asarray(arrays.births)
+    times = np.asarray(arrays.visit_times)
+    # (coverage is not asked of these: each visit stands for its first day)
     return Histories(np.asarray(ids, np.int64), np.zeros(len(arrays), np.int8), np.where(births == NO_BIRTH, 0, births),
-                     births != NO_BIRTH, arrays.static_rows(), np.asarray(arrays.static_codes, np.int64), rows,
-                     np.asarray(arrays.visit_times), np.r_[0, np.cumsum(np.bincount(visit, minlength=len(rows)))],
-                     np.asarray(arrays.event_codes), list(arrays.names))
+                     births != NO_BIRTH, arrays.static_rows(), np.asarray(arrays.static_codes, np.int64), rows, times,
+                     np.r_[0, np.cumsum(np.bincount(visit, minlength=len(rows)))], np.asarray(arrays.event_codes),
+                     np.ones(len(visit), np.int32), np.arange(len(rows)), times // _DAY_US,
+                     np.zeros(len(rows), np.int32), list(arrays.names))
 
 
 def fit_bins(dataset: Path, splits: SplitTable, num_bins: int, *selections: RowSelection) -> NumericBins:
@@ -383,8 +405,8 @@ class Tokens:
     target_times: np.ndarray  # (P,) int64 microseconds: next_visit's predicted visit (NO_BIRTH for other data)
     num_targets: np.ndarray  # (P,) int64
     target_codes: np.ndarray  # (T,) int32 that visit's codes
-    # (P, 4) int64 per patient: days (visits) kept, days in its history, (day, code) events kept, events in its
-    # history: how much of what came before the prediction time reaches the model (coverage)
+    # (P, 4) int64 per patient: calendar days kept (a day some kept token holds), days in its history, (day, code)
+    # events kept, events in its history: how much of what came before the prediction time reaches the model
     kept: np.ndarray | None = None
 
     def select(self, split: int) -> Tokens:
@@ -470,12 +492,16 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
     ages[at], segments[at], positions[at] = np.repeat(vage, span), np.repeat(index % 2, span), np.repeat(index, span)
     done = np.cumsum(vlen) - vlen
     step = np.arange(int(vlen.sum())) - np.repeat(done, vlen)
-    codes[np.repeat(start, vlen) + step] = lut[h.event_code[np.repeat(h.visit_start[visits], vlen) + step]]
+    token = np.repeat(h.visit_start[visits], vlen) + step  # (K,) the kept tokens, into event_code
+    codes[np.repeat(start, vlen) + step] = lut[h.event_code[token]]
     targets = len(h.target_start) == num_patients + 1
     num_visits = np.bincount(h.visit_patient, minlength=num_patients)
     num_events = np.bincount(h.visit_patient, weights=size, minlength=num_patients).astype(np.int64)
-    kept_counts = np.stack([per_patient, num_visits, np.bincount(vp, weights=vlen, minlength=num_patients)
-                            .astype(np.int64), num_events], 1)
+    reach = kept[h.day_visit] & (h.day_rank < length[h.day_visit])  # (D,) a day reaches the model by any code
+    kept_counts = np.stack([_distinct_days(h, reach), _distinct_days(h, np.ones(len(reach), bool)),
+                            np.bincount(np.repeat(vp, vlen), weights=h.event_days[token], minlength=num_patients),
+                            np.bincount(np.repeat(h.visit_patient, size), weights=h.event_days,
+                                        minlength=num_patients)], 1).astype(np.int64)
     return Tokens(codes, ages, segments, positions, lengths, h.subjects, h.split,
                   np.where(h.has_birth, h.birth, NO_BIRTH), num_visits, h.visit_time, num_events,
                   lut[h.event_code], np.repeat(rank_in_group(h.visit_patient), size).astype(np.int32),
@@ -483,6 +509,14 @@ def encode(h: Histories, vocab: Vocabulary, max_len: int) -> Tokens:
                   h.target_time if targets else np.full(num_patients, NO_BIRTH),
                   np.diff(h.target_start) if targets else np.zeros(num_patients, np.int64), lut[h.target_code],
                   kept_counts)
+
+
+def _distinct_days(h: Histories, where: np.ndarray) -> np.ndarray:
+    """(P,) distinct calendar days per patient among the (visit, day) pairs `where` (D,) marks (a day two visits
+    share counts once: pairs are in (patient, day) order)."""
+    patient, day = h.visit_patient[h.day_visit[where]], h.day[where]
+    new = np.r_[True, (patient[1:] != patient[:-1]) | (day[1:] != day[:-1])] if len(day) else np.zeros(0, bool)
+    return np.bincount(patient[new], minlength=len(h.subjects))
 
 
 def coverage(kept: np.ndarray) -> dict[str, Any]:

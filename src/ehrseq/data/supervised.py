@@ -109,7 +109,7 @@ class NextVisitSplit:
     """Subjects' histories cut before their last visit (the tokens) and the codes of that visit: the target."""
 
     prediction_times: np.ndarray  # (S,) datetime64[us]: the first event of the subject's last visit
-    next_codes: list[tuple[str, ...]]  # the distinct codes recorded at that visit (that calendar day)
+    next_codes: list[tuple[str, ...]]  # the distinct codes recorded at that visit
     subject_ids: np.ndarray  # (S,) int64
 
     def __len__(self) -> int:

@@ -93,7 +93,9 @@ class SyntheticParams:
     cluster_effect: float = 0.7  # comorbidity cluster 0
     male_effect: float = 0.2
     base_hazard: float = 0.08 / 365  # per day, at age 50 with no risk factor
-    pattern: str = "onset"  # onset (first recordings in order) | transition (A -> B in consecutive visits)
+    # onset (first recordings in order) | transition (A -> B in consecutive visits) | icu (another generator,
+    # ehrseq.data.synthetic_icu: hospital stays, labs, a readmission task; the fields above do not apply)
+    pattern: str = "onset"
     family_share: float = 0.0  # patients given 2-4 of the FAMILY codes (each individually rare) at random visits
     family_effect: float = 0.0  # log hazard ratio of having any of them
     labelled_share: float = 1.0  # patients with label rows; the others are an unlabelled pool (for pretraining)
@@ -138,8 +140,11 @@ PRESETS = {
     # labels teach a count model as well as anything.
     "family_presence": SyntheticParams(prevalence_a=0.55, prevalence_b=0.55, order_effect=0.0, presence_effect=1.5,
                                        age_effect=0.1, min_visits=6, family_share=0.3, labelled_share=0.2),
+    # Hospital timelines (ehrseq.data.synthetic_icu): multi-day stays with many labs a day, medications, diagnoses
+    # at discharge, admission / discharge codes, deaths; the task is readmission or death within 30 days.
+    "icu": SyntheticParams(pattern="icu"),
 }
-PATTERNS = ("onset", "transition")
+PATTERNS = ("onset", "transition", "icu")
 FAMILY = tuple(f"ICD10//T{j:02d}.7" for j in range(40))  # the pretraining control's rare family
 PAIR_GAP_DAYS = 3  # the transition's second visit comes 1..this many days after its first
 CENSOR_DAYS = (180.0, 1095.0)
@@ -230,6 +235,10 @@ def generate_synthetic(num_patients: int, seed: int, params: SyntheticParams = P
     """The cohort, its labels and true risks; deterministic in (num_patients, seed, params, chunk_size)."""
     if num_patients < 1:
         raise ValueError(f"num_patients must be at least 1, got {num_patients}")
+    if params.pattern == "icu":
+        from ehrseq.data.synthetic_icu import generate_icu  # (it builds on SyntheticCohort, defined here)
+
+        return generate_icu(num_patients, seed)
     sizes = [min(chunk_size, num_patients - start) for start in range(0, num_patients, chunk_size)]
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(sizes))]
     tables, outcomes, last_id = [], [], 10_000

@@ -9,12 +9,13 @@ A cache folder (like nanoGPT's train.bin, one file per token feature):
 
 Patients are ordered by split, then subject_id, so a split is one contiguous range of every array. The key
 hashes everything the tokens depend on (every data shard's and the splits file's bytes, max_len, min_count,
-numeric_bins, a given vocabulary, FORMAT). The build streams shards (ehrseq.data.stream): with numeric_bins,
-pass 0 fits the value bins on the training split (ehrseq.data.numeric); pass 1 counts the vocabulary,
-pass 2 encodes each shard and appends it to per-split part files, which are then copied in order into the
-.npy files. Everything is written in a hidden sibling folder renamed into place at the end: a failure (a
-full disk included) leaves neither a cache nor the temporary folder; a folder with no manifest, or whose
-files' sizes or checksums differ from it, is not a cache (NotATokenCache) and is rebuilt.
+numeric_bins, a given vocabulary, data.codes, data.visit, FORMAT). The build streams shards
+(ehrseq.data.stream): with numeric_bins, pass 0 fits the value bins on the training split
+(ehrseq.data.numeric); pass 1 counts the vocabulary, pass 2 encodes each shard and appends it to per-split part
+files, which are then copied in order into the .npy files. Everything is written in a hidden sibling folder
+renamed into place at the end: a failure (a full disk included) leaves neither a cache nor the temporary folder;
+a folder with no manifest, or whose files' sizes or checksums differ from it, is not a cache (NotATokenCache)
+and is rebuilt.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from ehrseq.data.stream import (
     training_vocabulary,
 )
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, label_arrays, no_examples
+from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import DataError, InputError, one_line
 
@@ -119,7 +121,7 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
 
 def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | None = None,
               numeric_bins: int = 0, task: LabelledTask | None = None, cut: PretrainCut | None = None,
-              codes: CodeFilter | None = None, next_visit: bool = False) -> str:
+              codes: CodeFilter | None = None, next_visit: bool = False, visits: VisitRule = DAY_VISITS) -> str:
     """A short hash of the dataset's fingerprint, the settings and (when given) the vocabulary, task and cut."""
     given = None if vocab is None else hashlib.sha256(vocab.to_json().encode()).hexdigest()
     what = {"format": FORMAT, "dataset": dataset_fingerprint(dataset), "max_len": max_len, "min_count": min_count,
@@ -136,6 +138,8 @@ def cache_key(dataset: Path, max_len: int, min_count: int, vocab: Vocabulary | N
         what["codes"] = codes.identity()
     if next_visit:
         what["task"] = {"kind": "next_visit"}
+    if visits.identity():  # (day visits add nothing: older keys stay valid)
+        what["visit"] = visits.identity()
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -304,10 +308,11 @@ def _check_splits(dataset: Path, splits: SplitTable, patients: list[int], task: 
 
 def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins: NumericBins | None,
                      examples: ExampleLabels | None, codes: CodeFilter | None,
-                     cut: PretrainCut | None, next_visit: bool = False) -> Iterator[Histories]:
-    """Each shard's histories (the rows `codes` and `cut` keep; valued codes binned with `bins`; with `examples`,
-    one per label row, cut at its prediction time), adding its rows to events[0] and those `codes` drops to
-    events[1]."""
+                     cut: PretrainCut | None, next_visit: bool = False,
+                     visits: VisitRule = DAY_VISITS) -> Iterator[Histories]:
+    """Each shard's histories in `visits` (the rows `codes` and `cut` keep; valued codes binned with `bins`; with
+    `examples`, one per label row, cut at its prediction time before its visits are found), adding its rows to
+    events[0] and those `codes` drops to events[1]."""
     for shard in iter_shards(dataset, values=bins is not None):
         events[0] += len(shard.subject)  # the dataset's events (its identity), whatever is kept of them
         if codes:
@@ -316,13 +321,13 @@ def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins:
             shard = kept
         shard = cut.apply(shard) if cut else shard
         shard = shard.binned(bins) if bins else shard
-        h = histories(*examples.cut(shard)) if examples else histories(shard, splits)
+        h = histories(*examples.cut(shard), visits) if examples else histories(shard, splits, visits)
         yield last_visit_targets(h) if next_visit else h
 
 
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
            key: str, numeric_bins: int, task: LabelledTask | None, cut: PretrainCut | None,
-           codes: CodeFilter | None, next_visit: bool = False) -> dict[str, Any]:
+           codes: CodeFilter | None, next_visit: bool = False, visits: VisitRule = DAY_VISITS) -> dict[str, Any]:
     seconds, given, events = {}, vocab is not None, [0, 0]
     start = time.perf_counter()
     splits = read_splits(dataset)
@@ -333,7 +338,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         bins = fit_bins(dataset, splits, numeric_bins, *(s for s in (codes, before) if s))
         seconds["numeric_bins"] = time.perf_counter() - start
         start = time.perf_counter()
-    each = _shard_histories(dataset, splits, events, bins, examples, codes, cut, next_visit)
+    each = _shard_histories(dataset, splits, events, bins, examples, codes, cut, next_visit, visits)
     if vocab is None:  # pass 1: the training split's code counts; each shard's histories kept for pass 2
         (tmp / "histories").mkdir()
         counts: Counter = Counter()
@@ -377,7 +382,7 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
     manifest = {
         "format": FORMAT, "key": key, "dataset": str(dataset),
         "settings": {"max_len": max_len, "min_count": min_count, "vocab_given": given,
-                     "numeric_bins": vocab.numeric_bins},
+                     "numeric_bins": vocab.numeric_bins, "visit": visits.describe()},
         "counts": {"events": events[0], "patients": patient_at[-1], "tokens": token_at[-1], "codes": len(vocab)},
         "splits": {name: {"patients": patient_at[s: s + 2], "tokens": token_at[s: s + 2]}
                    for s, name in enumerate(SPLITS)},
@@ -399,7 +404,8 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
 def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
                       source: str | None = None, key: str | None = None, numeric_bins: int = 0,
                       task: LabelledTask | None = None, cut: PretrainCut | None = None,
-                      codes: CodeFilter | None = None, next_visit: bool = False) -> dict[str, Any]:
+                      codes: CodeFilter | None = None, next_visit: bool = False,
+                      visits: VisitRule = DAY_VISITS) -> dict[str, Any]:
     """Tokenise the MEDS dataset at `dataset` into a cache folder `dest` (replacing any old one); the manifest.
 
     Without `vocab`, the vocabulary is the training split's codes seen at least `min_count` times (InputError
@@ -408,17 +414,17 @@ def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 
     the patients are its examples (ehrseq.data.examples: one per label row, cut before its prediction time; the
     vocabulary counts the training examples' codes). With `cut` (pretraining), only the
     rows it keeps are read, for the bins, the vocabulary and the tokens (ehrseq.data.pretrain_cut); with `codes`
-    (data.codes), only the codes it keeps. With `next_visit`, the patients are next_visit's examples (each
-    patient with two or more visits, cut before its last, that visit's codes the target: stream.last_visit_targets).
-    `key` defaults to `cache_key(...)`."""
+    (data.codes), only the codes it keeps; `visits` (data.visit) groups events into visits. With `next_visit`, the
+    patients are next_visit's examples (each patient with two or more visits, cut before its last, that visit's
+    codes the target: stream.last_visit_targets). `key` defaults to `cache_key(...)`."""
     dataset, dest = Path(dataset), Path(dest)
-    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, next_visit)
+    key = key or cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, next_visit, visits)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         manifest = _build(dataset, tmp, max_len, min_count, vocab, source or str(dataset), key, numeric_bins, task,
-                          cut, codes, next_visit)
+                          cut, codes, next_visit, visits)
         swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -529,14 +535,15 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
                 source: str | None = None, warn: Callable[[str], None] | None = None,
                 remote: CacheRemote | None = None, numeric_bins: int = 0,
                 task: LabelledTask | None = None, cut: PretrainCut | None = None,
-                codes: CodeFilter | None = None, next_visit: bool = False) -> tuple[Path, str]:
+                codes: CodeFilter | None = None, next_visit: bool = False,
+                visits: VisitRule = DAY_VISITS) -> tuple[Path, str]:
     """The cache folder for these inputs under `cache_dir` (`tokens-<key>`) and how it was had: "reused" (an
     intact one was there), "downloaded" (from `remote`) or "built" (then published to `remote`).
 
     A damaged local or remote one is rebuilt, after `warn(message)` when given; a remote that fails to publish
     only warns (the tokens are here, training goes on)."""
     say = warn or (lambda message: None)
-    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, next_visit)
+    key = cache_key(dataset, max_len, min_count, vocab, numeric_bins, task, cut, codes, next_visit, visits)
     folder = Path(cache_dir) / f"{'examples' if task else 'tokens'}-{key}"
     if folder.exists():
         try:
@@ -551,7 +558,7 @@ def token_cache(dataset: Path, cache_dir: Path, max_len: int, min_count: int = 1
         except Exception as e:  # noqa: BLE001 - damaged (NotATokenCache) or unreachable: build it here instead
             say(f"the stored token cache {folder.name} could not be used ({one_line(e)}); building it here")
     build_token_cache(dataset, folder, max_len, min_count, vocab, source, key, numeric_bins, task, cut, codes,
-                      next_visit)
+                      next_visit, visits)
     if remote is not None:
         try:
             remote.publish(folder.name, folder)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ehrseq.windows import SEQ_LENS
+
 NUM_TIME_FEATURES = 2  # continuous inputs per token: see time_features
 POSITIONS = ("learned", "rope", "time")  # how attention knows where a token's visit is (module docstring)
 ROPE_BASE = 10000.0  # rotary wavelengths from 2*pi to ~2*pi*ROPE_BASE visits (or months)
@@ -35,7 +37,7 @@ class BEHRTConfig:
     num_heads: int = 12
     intermediate_size: int = 512
     max_age: int = 1441  # age buckets: months 0..1440 (120 years)
-    max_position: int = 256  # visit index buckets
+    max_position: int = 256  # visit index buckets (learned positions): position_buckets(max_seq_len)
     num_segments: int = 3  # 0/1 alternate per visit; 2 marks static codes (ehrseq.data.tokenize.STATIC_SEGMENT)
     dropout: float = 0.1  # embeddings and residual branches
     attention_dropout: float = 0.0  # on attention weights; > 0 sends CPU SDPA to a ~10x slower kernel
@@ -55,23 +57,26 @@ class BEHRTConfig:
             raise ValueError(f"positions {self.positions!r} rotates pairs of head dimensions: hidden_size "
                              f"{self.hidden_size} / num_heads {self.num_heads} must be even")
 
-    # Presets: the user's three tiers (~0.5M / ~3M / ~15M parameters at 1,000 codes) and the paper's.
+    # Presets: the user's three tiers (~0.5M / ~3M / ~15M parameters at 1,000 codes), with rotary positions (they
+    # find an order across consecutive visits the learned table does not), and the paper's, with its table;
+    # SEQ_LENS says which window each is meant for.
     @classmethod
     def small(cls, vocab_size: int, **kw) -> BEHRTConfig:
-        """Laptop tier (M1, 16 GB): trains on CPU in minutes."""
+        """Laptop tier (M1, 16 GB): trains on CPU in minutes; meant for up to 512 tokens per patient."""
         return cls(vocab_size, **{"hidden_size": 96, "num_layers": 3, "num_heads": 4,
-                                  "intermediate_size": 384, **kw})
+                                  "intermediate_size": 384, "positions": "rope", **kw})
 
     @classmethod
     def medium(cls, vocab_size: int, **kw) -> BEHRTConfig:
+        """A pod or a patient laptop; meant for up to 1,024 tokens per patient."""
         return cls(vocab_size, **{"hidden_size": 192, "num_layers": 6, "num_heads": 6,
-                                  "intermediate_size": 768, **kw})
+                                  "intermediate_size": 768, "positions": "rope", **kw})
 
     @classmethod
     def large(cls, vocab_size: int, **kw) -> BEHRTConfig:
-        """Pod tier (A40/H100)."""
+        """Pod tier (A40/H100); meant for up to 2,048 tokens per patient (4,096 at most)."""
         return cls(vocab_size, **{"hidden_size": 384, "num_layers": 8, "num_heads": 6,
-                                  "intermediate_size": 1536, **kw})
+                                  "intermediate_size": 1536, "positions": "rope", **kw})
 
     @classmethod
     def paper(cls, vocab_size: int, **kw) -> BEHRTConfig:
@@ -80,11 +85,23 @@ class BEHRTConfig:
                                   "intermediate_size": 512, "attention_dropout": 0.1, **kw})
 
     @classmethod
-    def preset(cls, size: str, vocab_size: int, **kw) -> BEHRTConfig:
+    def preset(cls, size: str, vocab_size: int, max_seq_len: int | None = None, **kw) -> BEHRTConfig:
+        """The size's preset; with `max_seq_len`, its visit position table sized for that many tokens (at most
+        SEQ_LENS[size][1])."""
         presets = {"small": cls.small, "medium": cls.medium, "large": cls.large, "paper": cls.paper}
         if size not in presets:
             raise ValueError(f"unknown BEHRT size {size!r}; choose one of {sorted(presets)}")
+        if max_seq_len is not None:
+            if max_seq_len > SEQ_LENS[size][1]:
+                raise ValueError(f"BEHRT {size} is sized for up to {SEQ_LENS[size][1]:,} tokens, not {max_seq_len:,}")
+            kw = {"max_position": position_buckets(max_seq_len), **kw}
         return presets[size](vocab_size, **kw)
+
+
+def position_buckets(max_seq_len: int) -> int:
+    """Visit indices a window of `max_seq_len` tokens can hold: [CLS], then at least a code and [SEP] per visit
+    (256 at least, the table of every model trained with up to 512 tokens)."""
+    return max(256, max_seq_len // 2)
 
 
 class BEHRTEmbeddings(nn.Module):

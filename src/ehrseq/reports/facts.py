@@ -15,12 +15,14 @@ from ehrseq.data.prepared import PreparedData
 from ehrseq.data.stream import SPLITS
 
 
-def data_facts(data: PreparedData, source: str, description: str, held_out_ids: np.ndarray) -> dict[str, Any]:
-    """`data_fingerprint` (dataset, splits and these held-out subjects), the `data` block and, for a pretraining,
-    `pretraining_data` (what a fine-tune checks: same data and splits, no labelled patient's future)."""
+def data_facts(data: PreparedData, source: str, description: str, visit: str,
+               held_out_ids: np.ndarray) -> dict[str, Any]:
+    """`data_fingerprint` (dataset, splits and these held-out subjects), the `data` block (with `visit`, what a visit
+    was: VisitRule.describe()) and, for a pretraining, `pretraining_data` (what a fine-tune checks: same data and
+    splits, no labelled patient's future)."""
     block: dict[str, Any] = {"source": source, "dataset": data.identity, "dataset_name": data.name,
                              "description": description, "examples": {s: len(data.encoded[s]) for s in SPLITS},
-                             "subjects": data.patients(), "vocab_size": len(data.vocab)}
+                             "subjects": data.patients(), "vocab_size": len(data.vocab), "visit": visit}
     if data.token_cache:
         block["token_cache"] = data.token_cache
     if data.codes:

@@ -49,7 +49,8 @@ def coverage_warning(coverage: dict[str, Any] | None) -> str | None:
         return None
     return (f"the model reads {100 * median:.0f}% of the median held-out example's days before its prediction "
             f"time (10th percentile {100 * held_out['days']['p10']:.0f}%); count baselines read all of them, so a "
-            "comparison is about the window as much as the model: raise data.max_seq_len, or drop codes that fill it")
+            "comparison is about the window as much as the model: raise data.max_seq_len, drop codes that fill it "
+            "(data.codes), or make a hospital stay one visit (data.visit: admission)")
 
 
 def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
@@ -85,6 +86,7 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
         *([("Codes (data.codes)", f"include {', '.join(c['include']) or 'all'}; exclude "
             f"{', '.join(c['exclude']) or 'none'}: {c['events_dropped']:,} of {c['events']:,} events dropped")]
           if (c := summary["data"].get("codes")) else []),
+        *([("Visits (data.visit)", v)] if (v := summary["data"].get("visit")) else []),
         *([("Coverage (median [10th percentile] share of each example's history the model reads)",
             describe_coverage(summary["data"]["coverage"]))] if summary["data"].get("coverage") else []),
         ("Vocabulary", f"{summary['data']['vocab_size']:,} tokens" + (

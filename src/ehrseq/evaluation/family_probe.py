@@ -1,0 +1,51 @@
+"""Did pretraining learn the family? The pretraining control's check on the code vectors themselves.
+
+On the `family` presets 40 individually rare codes are planted together (2-4 per family patient); only their
+co-occurrence, which unlabelled sequences reveal, says they belong together. A pretraining that learned it puts
+each family code's nearest codes in the family. Rare codes drift together whatever their meaning (their vectors
+get few updates), so the yardstick is a frequency-matched set: the non-family codes of similar counts. The share
+of family codes among each family code's nearest neighbours, against that share for the matched codes among
+theirs, says whether the family was found before any label is seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FamilyProbe:
+    neighbours: int  # nearest codes looked at per code
+    family_share: float  # mean share of family codes among a family code's nearest codes
+    matched_share: float  # the same for the frequency-matched non-family codes among their own set
+    chance: float  # the family's share of the vocabulary's codes
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def family_probe(vectors: np.ndarray, codes: Sequence[str], counts: Mapping[str, int], family: Sequence[str],
+                 neighbours: int = 5) -> FamilyProbe | None:
+    """`vectors` (V, C): one row per code of `codes` (the vocabulary's codes, in order); None when fewer than two
+    family codes are in the vocabulary."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    in_family = set(family)
+    members = np.array([c in in_family for c in codes])
+    if members.sum() < 2:
+        return None
+    family_counts = [counts[c] for c, m in zip(codes, members, strict=True) if m]
+    low, high = min(family_counts) / 2, max(family_counts) * 2
+    matched = np.array([not m and low <= counts.get(c, 0) <= high for c, m in zip(codes, members, strict=True)])
+    return FamilyProbe(neighbours, _share(unit, members, neighbours), _share(unit, matched, neighbours)
+                       if matched.sum() >= 2 else float("nan"), float(members.mean()))
+
+
+def _share(unit: np.ndarray, group: np.ndarray, neighbours: int) -> float:
+    """Mean share of `group` among each group member's `neighbours` nearest codes (cosine; itself excluded)."""
+    similarity = unit[group] @ unit.T  # (G, V)
+    similarity[np.arange(int(group.sum())), np.flatnonzero(group)] = -np.inf
+    nearest = np.argsort(-similarity, axis=1)[:, :neighbours]  # (G, neighbours)
+    return float(group[nearest].mean())
