@@ -489,16 +489,21 @@ def _render_pretraining(pretraining: Sequence[tuple[str, RunResult]]) -> list[st
     """Each pretraining's held-out masked-code figures beside a code-frequency (unigram) guess on the same masked
     tokens, and what it read of the labelled patients: whether the pretraining learned anything, and honestly."""
     rows = []
-    for rung, run in {run.uri: (rung, run) for rung, run in pretraining}.values():
+    rungs: dict[str, list[str]] = {}  # a shared pretraining: every rung that fine-tunes it
+    for rung, run in pretraining:
+        rungs.setdefault(run.uri, []).append(rung)
+    for uri, run in {run.uri: run for _, run in pretraining}.items():
         m, data = run.summary.get("metrics", {}), run.summary.get("pretraining_data") or {}
         figures = [f"{m[k]:.3f} / {m[u]:.3f}" if k in m and u in m else "-" for k, u in
                    (("perplexity", "mlm_unigram_perplexity"), ("mlm_accuracy", "mlm_unigram_accuracy"))]
-        rows.append([rung, run.uri.rsplit("/", 1)[-1], *figures,
-                     f"{data.get('mode', '?')} ({data.get('patients_labelled', '?')} labelled patients)"])
+        mode, labelled = data.get("mode", "?"), data.get("patients_labelled", "?")
+        read = {"pool": f"pool ({labelled} labelled patients left out)",
+                "cut": f"cut ({labelled} labelled patients read before their prediction times)"}.get(mode, mode)
+        rows.append([", ".join(rungs[uri]), uri.rsplit("/", 1)[-1], *figures, read])
     if not rows:
         return []
     return ["### Pretraining", "", "Held-out masked-code perplexity and accuracy, model / unigram (the training "
             "split's code frequencies on the same masked tokens); labelled patients read before their prediction "
             "times only (`cut`) or not at all (`pool`).", "",
-            md_table(["rung", "run", "perplexity", "accuracy", "labelled patients"], rows), ""]
+            md_table(["rungs", "run", "perplexity", "accuracy", "what it read of the labelled patients"], rows), ""]
 
