@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 import yaml
 
 from ehrseq_runner.checkpoints.store import CheckpointStore
+from ehrseq_runner.storage import s3 as s3_backend
+from ehrseq_runner.storage.base import WriteConflict
 from ehrseq_runner.storage.fenced import FencedRunFolder
 from ehrseq_runner.storage.lease import STALE_RENEWALS, Lease, LeaseLost
 from ehrseq_runner.storage.run_folder import STATUS, RunFolder
@@ -62,9 +65,35 @@ def test_writer_that_lost_its_lease_writes_and_removes_nothing(storage, tmp_path
     assert {k: storage.get_bytes(k) for k in storage.list("r/")} == before
 
 
+def _large_file(tmp_path, monkeypatch):
+    """A file over S3's part size (made 5 MiB, S3's least) for a multipart upload, file:// takes it as any file."""
+    monkeypatch.setattr(s3_backend, "PART_SIZE", 5 << 20)
+    path = tmp_path / "large.bin"
+    path.write_bytes(os.urandom((5 << 20) + 1))
+    return path
+
+
+def test_large_files_are_written_conditionally(storage, tmp_path, monkeypatch):
+    """Issue 28 remainder: a multipart upload is as conditional as a single PUT (If-None-Match / If-Match on its
+    completion), so a large checkpoint file is fenced like a small one."""
+    large = _large_file(tmp_path, monkeypatch)
+    tag = storage.create("r/large.bin", large)
+    assert storage.get_bytes("r/large.bin") == large.read_bytes() and storage.version("r/large.bin") == tag
+    with pytest.raises(WriteConflict):
+        storage.create("r/large.bin", large)
+    storage.put_bytes("r/large.bin", b"replaced by someone else")
+    with pytest.raises(WriteConflict):
+        storage.replace_if("r/large.bin", large, tag)
+    assert storage.get_bytes("r/large.bin") == b"replaced by someone else"
+    storage.replace_if("r/large.bin", large, storage.version("r/large.bin"))
+    assert storage.get_bytes("r/large.bin") == large.read_bytes()
+    assert not [k for k in storage.list("r/") if k != "r/large.bin"]  # no temporary or lock file left as a key
+
+
 @pytest.mark.parametrize("name", [STATUS, "metrics.jsonl", "summary.json", "checkpoints/step-000000011/manifest.json"])
-def test_a_write_that_passed_a_stale_check_never_replaces_the_successors(storage, tmp_path, name):
-    """A writer paused between its lease check and its write: the store's conditional write refuses it."""
+def test_a_write_that_passed_a_stale_check_never_replaces_the_successors(storage, tmp_path, monkeypatch, name):
+    """A writer paused between its lease check and its write: the store's conditional write refuses it, for
+    large (multipart) files too."""
     run = RunFolder(storage, "cas")
     old_lease = Lease(run, renew_seconds=RENEW)
     old_lease.acquire()
@@ -73,7 +102,9 @@ def test_a_write_that_passed_a_stale_check_never_replaces_the_successors(storage
     new = _take_over(run, old_lease)
     real_check = old_lease.check
     (tmp_path / "f").write_text("old writer, after the pause")
-    after = (lambda: old.put_text(name, "old writer, after the pause"), lambda: old.put_file(name, tmp_path / "f"))
+    large = _large_file(tmp_path, monkeypatch)
+    after = (lambda: old.put_text(name, "old writer, after the pause"), lambda: old.put_file(name, tmp_path / "f"),
+             lambda: old.put_file(name, large))
     for i, write in enumerate(after):
         paused: list[int] = []
 

@@ -31,5 +31,7 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
     # conditional writes (the run's lease): a version tag per object, compare-and-swap on it
     def get_versioned(self, key: str) -> tuple[bytes, str]: ...  # (data, tag); FileNotFoundError if absent
-    def create(self, key: str, data: bytes) -> str: ...  # WriteConflict if the key exists; returns the tag
-    def replace_if(self, key: str, data: bytes, tag: str) -> str: ...  # WriteConflict unless the tag is current
+    def version(self, key: str) -> str: ...  # the tag alone, without reading the object
+    # `data`: the bytes, or a file to upload (any size; fenced the same way)
+    def create(self, key: str, data: bytes | Path) -> str: ...  # WriteConflict if the key exists; returns the tag
+    def replace_if(self, key: str, data: bytes | Path, tag: str) -> str: ...  # WriteConflict unless tag is current

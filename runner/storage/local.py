@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from ehrseq.errors import InputError, naming_full_disk
@@ -53,28 +54,20 @@ class LocalStorage:
             raise InputError(f"storage.uri {self.uri!r}: {self.root} is not a folder")
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        self._replace(key, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self._replace(key, path)
+
+    def _replace(self, key: str, data: bytes | Path) -> str:
         dest = self._file(key)
-        tmp = _durable_temp(dest, data)
+        tmp, tag = _durable_temp(dest, data)
         try:
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-
-    def put_file(self, key: str, path: Path) -> None:
-        dest = self._file(key)
-        with naming_full_disk(self.root):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-            os.close(fd)
-            try:
-                shutil.copyfile(path, tmp)
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        return tag
 
     def get_bytes(self, key: str) -> bytes:
         return self._file(key).read_bytes()
@@ -114,47 +107,62 @@ class LocalStorage:
         data = self.get_bytes(key)
         return data, hashlib.sha256(data).hexdigest()
 
-    def create(self, key: str, data: bytes) -> str:
+    def version(self, key: str) -> str:
+        with self._file(key).open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    def create(self, key: str, data: bytes | Path) -> str:
         """Written to a temporary file, then hard-linked into place: link fails if the name exists (O_EXCL's
         guarantee), and a reader never sees a half-written file."""
         dest = self._file(key)
-        tmp = _durable_temp(dest, data)
+        tmp, tag = _durable_temp(dest, data)
         try:
             os.link(tmp, dest)
         except FileExistsError:
             raise WriteConflict(key) from None
         finally:
             tmp.unlink(missing_ok=True)
-        return hashlib.sha256(data).hexdigest()
+        return tag
 
-    def replace_if(self, key: str, data: bytes, tag: str) -> str:
+    def replace_if(self, key: str, data: bytes | Path, tag: str) -> str:
         """Read, compare and atomic replace under an exclusive lock on a hidden lock file beside the object."""
         dest = self._file(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest.parent / f".{dest.name}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                current = self.get_versioned(key)[1]
+                current = self.version(key)
             except FileNotFoundError:
                 raise WriteConflict(key) from None
             if current != tag:
                 raise WriteConflict(key)
-            self.put_bytes(key, data)
-        return hashlib.sha256(data).hexdigest()
+            return self._replace(key, data)
 
 
-def _durable_temp(dest: Path, data: bytes) -> Path:
-    """`data` in a new, fsynced temporary file beside `dest` (created with its folders), to be renamed or linked
-    into place: a reader never sees a half-written file."""
+def _durable_temp(dest: Path, data: bytes | Path) -> tuple[Path, str]:
+    """`data` (or the file at that path) in a new, fsynced temporary file beside `dest` (created with its
+    folders), to be renamed or linked into place so a reader never sees a half-written file; and its SHA-256,
+    the version tag, computed in the same pass."""
+    digest = hashlib.sha256()
     with naming_full_disk(dest.parent):
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for chunk in _chunks(data):
+                    digest.update(chunk)
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    return Path(tmp)
+    return Path(tmp), digest.hexdigest()
+
+
+def _chunks(data: bytes | Path) -> Iterator[bytes]:
+    if isinstance(data, bytes):
+        yield data
+        return
+    with data.open("rb") as f:
+        yield from iter(lambda: f.read(1 << 20), b"")

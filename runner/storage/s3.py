@@ -8,8 +8,11 @@ profile, instance role); they are never read, logged or written by this project.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -102,16 +105,50 @@ class S3Storage:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return response["Body"].read(), response["ETag"]
 
-    def create(self, key: str, data: bytes) -> str:
-        """PUT with `If-None-Match: *` (AWS S3 since 2024, R2, MinIO, SeaweedFS): 412 if the key exists."""
-        with _transient(), _conflict(key):
-            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                                          IfNoneMatch="*")["ETag"]
+    def version(self, key: str) -> str:
+        with _transient():
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"]
 
-    def replace_if(self, key: str, data: bytes, tag: str) -> str:
+    def create(self, key: str, data: bytes | Path) -> str:
+        """PUT with `If-None-Match: *` (AWS S3 since 2024, R2, MinIO, SeaweedFS): 412 if the key exists."""
+        return self._put_if(key, data, IfNoneMatch="*")
+
+    def replace_if(self, key: str, data: bytes | Path, tag: str) -> str:
         """PUT with `If-Match: ETAG`: 412 if the object changed since it was read."""
+        return self._put_if(key, data, IfMatch=tag)
+
+    def _put_if(self, key: str, data: bytes | Path, **condition: str) -> str:
+        """One conditional PUT; a file over PART_SIZE as a multipart upload whose completion carries the
+        condition (boto3's transfer manager cannot pass it), so a large write is fenced like a small one."""
         with _transient(), _conflict(key):
-            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=tag)["ETag"]
+            if isinstance(data, bytes):
+                return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                              **condition)["ETag"]
+            if data.stat().st_size <= PART_SIZE:
+                with data.open("rb") as body:
+                    return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body,
+                                                  **condition)["ETag"]
+            return self._multipart_if(self._key(key), data, condition)
+
+    def _multipart_if(self, key: str, path: Path, condition: dict[str, str]) -> str:
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+
+        def part(number: int) -> dict[str, Any]:
+            with path.open("rb") as f:
+                f.seek((number - 1) * PART_SIZE)
+                body = f.read(PART_SIZE)
+            return {"PartNumber": number, "ETag": self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number, Body=body)["ETag"]}
+
+        try:
+            with ThreadPoolExecutor(self.transfer.max_concurrency) as pool:
+                parts = list(pool.map(part, range(1, -(-path.stat().st_size // PART_SIZE) + 1)))
+            return self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload,
+                                                         MultipartUpload={"Parts": parts}, **condition)["ETag"]
+        except BaseException:
+            with contextlib.suppress(ClientError, BotoCoreError):  # else the store expires it (a lifecycle rule)
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+            raise
 
 
 class _conflict:
