@@ -10,7 +10,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from ehrseq.errors import InputError, naming_full_disk
@@ -59,15 +58,17 @@ class LocalStorage:
     def put_file(self, key: str, path: Path) -> None:
         self._replace(key, path)
 
-    def _replace(self, key: str, data: bytes | Path) -> str:
+    def _replace(self, key: str, data: bytes | Path, tag: bool = False) -> str | None:
+        """Writes `data` over the key atomically; with `tag`, returns the version tag of what it wrote."""
         dest = self._file(key)
-        tmp, tag = _durable_temp(dest, data)
+        tmp = _durable_temp(dest, data)
         try:
+            written = _tag(tmp) if tag else None
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return tag
+        return written
 
     def get_bytes(self, key: str) -> bytes:
         return self._file(key).read_bytes()
@@ -105,18 +106,18 @@ class LocalStorage:
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         data = self.get_bytes(key)
-        return data, hashlib.sha256(data).hexdigest()
+        return data, _tag(data)
 
     def version(self, key: str) -> str:
-        with self._file(key).open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return _tag(self._file(key))
 
     def create(self, key: str, data: bytes | Path) -> str:
         """Written to a temporary file, then hard-linked into place: link fails if the name exists (O_EXCL's
         guarantee), and a reader never sees a half-written file."""
         dest = self._file(key)
-        tmp, tag = _durable_temp(dest, data)
+        tmp = _durable_temp(dest, data)
         try:
+            tag = _tag(tmp)
             os.link(tmp, dest)
         except FileExistsError:
             raise WriteConflict(key) from None
@@ -136,33 +137,36 @@ class LocalStorage:
                 raise WriteConflict(key) from None
             if current != tag:
                 raise WriteConflict(key)
-            return self._replace(key, data)
+            return self._replace(key, data, tag=True)
 
 
-def _durable_temp(dest: Path, data: bytes | Path) -> tuple[Path, str]:
-    """`data` (or the file at that path) in a new, fsynced temporary file beside `dest` (created with its
-    folders), to be renamed or linked into place so a reader never sees a half-written file; and its SHA-256,
-    the version tag, computed in the same pass."""
-    digest = hashlib.sha256()
+def _durable_temp(dest: Path, data: bytes | Path) -> Path:
+    """`data` (or a copy of the file at that path) in a new, fsynced temporary file beside `dest` (created with
+    its folders), to be renamed or linked into place: a reader never sees a half-written file."""
     with naming_full_disk(dest.parent):
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in _chunks(data):
-                    digest.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            if isinstance(data, bytes):
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                os.close(fd)
+                shutil.copyfile(data, tmp)  # the kernel's copy (sendfile), not a loop through Python
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    return Path(tmp), digest.hexdigest()
+    return Path(tmp)
 
 
-def _chunks(data: bytes | Path) -> Iterator[bytes]:
+def _tag(data: bytes | Path) -> str:
+    """An object's version tag: the SHA-256 of its bytes (of the file's, for a path), so equal contents compare
+    equal and any change is seen, whatever the clock or inode numbers did."""
     if isinstance(data, bytes):
-        yield data
-        return
+        return hashlib.sha256(data).hexdigest()
     with data.open("rb") as f:
-        yield from iter(lambda: f.read(1 << 20), b"")
+        return hashlib.file_digest(f, "sha256").hexdigest()
