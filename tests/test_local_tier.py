@@ -78,6 +78,9 @@ def test_sigterm_during_an_outage_commits_locally_and_resumes_from_there(tmp_pat
         job.send_signal(signal.SIGTERM)
         _, err = job.communicate(timeout=120)
         assert job.returncode == 75 and "is committed on the local tier" in err, err
+        # gone within the grace budget (5 s) and the lease's release (2 s), not after boto's retries of the
+        # unreachable endpoint (half a minute): a pod's SIGKILL would cut the status and release short
+        assert time.time() - signalled < 15
         uploaded = status(server, "tier")  # unreachable: nothing
         local = json.loads(sorted(volume.glob("behrt-small-mlm/checkpoints/*/manifest.json"))[-1].read_text())
         local_step = local["step"]

@@ -1,12 +1,16 @@
 """The storage interface against a real S3 server (SeaweedFS), plus retry logic with a fake."""
 
+import threading
+import time
+
 import pytest
 
 from ehrseq.errors import InputError
 from ehrseq_runner.commands.pull import pull
 from ehrseq_runner.storage.base import StorageUnavailable
+from ehrseq_runner.storage.local import LocalStorage
 from ehrseq_runner.storage.run_folder import RunFolder
-from ehrseq_runner.storage.sync import DeadlineExceeded, retry_transient
+from ehrseq_runner.storage.sync import DeadlineExceeded, Syncer, retry_transient
 from ehrseq_runner.storage.uri import open_storage
 
 pytestmark = pytest.mark.slow
@@ -81,3 +85,23 @@ def test_retry_transient_waits_out_an_outage_and_respects_deadlines(monkeypatch)
         retry_transient(lambda: (_ for _ in ()).throw(StorageUnavailable("down")), deadline=0.0)
     with pytest.raises(FileNotFoundError):  # not transient: no retry
         retry_transient(lambda: (_ for _ in ()).throw(FileNotFoundError("gone")))
+
+
+def test_a_deadline_bounds_a_flush_whose_storage_call_hangs(tmp_path):
+    """A storage call can outlast any retry loop's deadline (boto retries an unreachable endpoint for half a
+    minute): a flush with a deadline gives up at it, so a preempted run exits within its grace budget."""
+    release = threading.Event()
+
+    class Hanging(LocalStorage):
+        def put_bytes(self, key: str, data: bytes) -> None:
+            release.wait(60)
+
+    syncer = Syncer(RunFolder(Hanging(tmp_path), "r"), interval_s=0.01)
+    try:
+        syncer.set_status("preempted", durable_step=3)
+        time.sleep(0.1)  # the background loop is inside the hanging call
+        start = time.monotonic()
+        assert syncer.close(deadline=start + 0.5) is False
+        assert time.monotonic() - start < 2
+    finally:
+        release.set()

@@ -196,8 +196,9 @@ class Job:
             if error is e:
                 raise
             raise error from None
-        finally:
-            self.syncer.close(deadline=time.monotonic() + FAILED_STATUS_BUDGET_S)
+        finally:  # a stop request's grace budget bounds this too: its SIGKILL does not wait for storage
+            self.syncer.close(deadline=self.stop.deadline(self.spec.checkpoint.grace_seconds) if self.stop()
+                              else time.monotonic() + FAILED_STATUS_BUDGET_S)
 
     def _read_inputs(self) -> tuple[Pretrained | None, PreparedData]:
         """The base weights and the data, as every rank reads them; the token cache is kept in storage too."""

@@ -87,7 +87,31 @@ class Syncer:
 
     def flush(self, deadline: float | None = None) -> bool:
         """Sends everything pending now; False if storage is still failing at `deadline`; LeaseLost if this
-        writer's lease was taken over."""
+        writer's lease was taken over.
+
+        With a deadline the sending runs on a worker thread, abandoned when the deadline passes: a single storage
+        call can outlast it (boto retries an unreachable endpoint for half a minute), and a preempted run must
+        exit within its grace budget."""
+        if deadline is None:
+            return self._send_until(None)
+        outcome: list[bool | BaseException] = []
+
+        def send() -> None:
+            try:
+                outcome.append(self._send_until(deadline))
+            except BaseException as e:  # re-raised on the caller's thread
+                outcome.append(e)
+
+        worker = threading.Thread(target=send, name="storage-flush", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if not outcome:
+            return False
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _send_until(self, deadline: float | None) -> bool:
         try:
             retry_transient(self._send_pending, deadline)
             return True
