@@ -13,7 +13,8 @@ import pytest
 from conftest import SMALL_SPEC
 
 TRIALS = 5  # tests/benchmarks/chaos.py does 50
-ARGS = ["--set", "data.num_patients=400", "--set", "data.max_seq_len=48", "--set", "train.max_steps=200",
+ARGS = ["--set", "data.num_patients=400", "--set", "data.max_seq_len=48", "--set", "train.batch_size=8",
+        "--set", "train.max_steps=200",
         "--set", "train.log_every=1", "--set", "train.eval_every=40", "--set", "checkpoint.interval_seconds=0.000001",
         "--set", "checkpoint.keep_last=2"]
 

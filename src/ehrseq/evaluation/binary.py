@@ -7,7 +7,6 @@ single class has no AUROC, so it gives NaN and the bootstrap skips it.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -15,6 +14,8 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels, dtype=bool)
     if labels.all() or not labels.any():
         return float("nan")
+    from sklearn.metrics import roc_auc_score  # (scikit-learn takes a second to import: runs without labels skip it)
+
     return float(roc_auc_score(labels, scores))
 
 
@@ -23,6 +24,8 @@ def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels, dtype=bool)
     if not labels.any():
         return float("nan")
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(labels, scores))
 
 

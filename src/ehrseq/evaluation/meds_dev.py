@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, f1_score, roc_auc_score
 
 SAMPLES_PER_SUBJECT = 4  # meds-evaluation's defaults
 RESAMPLING_SEED = 0
@@ -28,6 +26,9 @@ RESAMPLING_SEED = 0
 def binary_metrics_meds(labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """meds-evaluation's `_get_binary_classification_metrics`: the same scikit-learn calls on the same inputs.
     With one class only (where meds-evaluation raises) the ranking figures are NaN."""
+    from sklearn.calibration import calibration_curve  # (a second to import: binary runs only)
+    from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, f1_score, roc_auc_score
+
     both = bool(labels.any() and not labels.all())
     mean_gap = np.abs(np.subtract(*calibration_curve(labels, probabilities, n_bins=10))).mean()
     return {"binary_accuracy": float(accuracy_score(labels, predicted)),

@@ -9,7 +9,6 @@ The AUROC at a horizon uses the subjects whose status at the horizon is known: a
 from __future__ import annotations
 
 import numpy as np
-from lifelines.utils import concordance_index
 
 from ehrseq.evaluation.binary import auroc
 
@@ -19,6 +18,8 @@ def harrell_c(times: np.ndarray, risks: np.ndarray, events: np.ndarray) -> float
     events = np.asarray(events, dtype=bool)
     if not events.any():
         return float("nan")
+    from lifelines.utils import concordance_index  # (lifelines takes a second to import: only survival runs need it)
+
     try:
         return float(concordance_index(np.asarray(times, dtype=float), -np.asarray(risks, dtype=float), events))
     except ZeroDivisionError:  # no comparable pair (e.g. a resample of one subject)

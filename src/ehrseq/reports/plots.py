@@ -9,8 +9,6 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-from lifelines import KaplanMeierFitter
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from ehrseq.evaluation.binary import auprc, auroc, calibration_curve
 
@@ -99,6 +97,8 @@ def plot_roc_pr(labels: np.ndarray, probabilities: np.ndarray, path: Path, title
     labels = np.asarray(labels, dtype=bool)
     if labels.all() or not labels.any():
         return None
+    from sklearn.metrics import precision_recall_curve, roc_curve  # (a second to import: runs with labels only)
+
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
     fpr, tpr, _ = roc_curve(labels, probabilities)
     roc.plot(fpr, tpr, color="tab:blue", label=f"model (AUROC {auroc(labels, probabilities):.3f})")
@@ -140,6 +140,8 @@ def plot_km_risk_groups(times: np.ndarray, events: np.ndarray, risks: np.ndarray
 
     A model that ranks well separates the curves: the highest-risk group has its events first.
     """
+    from lifelines import KaplanMeierFitter  # (a second to import: survival runs only)
+
     times, events, risks = np.asarray(times, dtype=float), np.asarray(events, dtype=bool), np.asarray(risks)
     names = {3: ["lowest third", "middle third", "highest third"]}.get(groups) or [
         f"group {i + 1} of {groups}" for i in range(groups)]
