@@ -15,8 +15,8 @@ from s3_server import SECRET_KEY, WeedServer
 
 pytestmark = pytest.mark.slow
 BUCKET = "ehrseq-test"
-TINY = ["data.num_patients=400", "data.max_seq_len=48", "train.log_every=1", "train.eval_every=40",
-        "checkpoint.interval_seconds=1"]
+TINY = ["data.num_patients=400", "data.max_seq_len=48", "train.batch_size=8", "train.log_every=1",
+        "train.eval_every=40", "checkpoint.interval_seconds=1"]
 
 
 def ehrseq(*args, env, cwd):
