@@ -42,6 +42,24 @@ def test_auroc_undefined_with_one_class():
     assert np.isnan(auroc(np.array([1, 1]), np.array([0.2, 0.3])))
 
 
+def test_auroc_and_auprc_equal_scikit_learns():
+    """They replace scikit-learn's calls for speed (the bootstrap's thousands of them): the same figures on
+    untied, coarse (many ties), constant and float32 scores of any size."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        n = int(rng.integers(2, 400))
+        labels = rng.random(n) < rng.uniform(0.05, 0.95)
+        labels[0], labels[-1] = True, False
+        scores = [rng.random(n) + labels * rng.random(), np.round(rng.random(n) + labels * 0.3, 1),
+                  np.full(n, 0.5), (rng.random(n) + labels * 0.2).astype(np.float32)][trial % 4]
+        assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        assert auprc(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    with pytest.raises(ValueError, match="NaN"):  # a diverged model's scores: refused, as scikit-learn does
+        auroc(np.array([1, 0]), np.array([np.nan, 0.1]))
+
+
 def test_auprc_and_brier_hand_computed():
     # ranked: P (precision 1, recall 1/2), N, P (precision 2/3, recall 1): AP = 1/2 * 1 + 1/2 * 2/3
     assert auprc(np.array([1, 0, 1]), np.array([0.9, 0.8, 0.3])) == pytest.approx(5 / 6)
