@@ -4,6 +4,7 @@ pruned checkpoints leave no empty folders, and `pull` never copies what a symlin
 import io
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from ehrseq_runner.commands.pull import pull
 from ehrseq_runner.job.run import run_job
 from ehrseq_runner.spec.job_spec import load_spec
 from ehrseq_runner.storage.run_folder import RunFolder
+from ehrseq_runner.storage.sync import Syncer
 from ehrseq_runner.storage.uri import open_storage
 
 from conftest import SMALL_SPEC
@@ -150,3 +152,36 @@ def test_manifests_missing_required_files_or_naming_another_step_are_skipped(tmp
     assert "from step 2 " in said and "Traceback" not in said
     status = json.loads((tmp_path / "bucket" / "r" / "status.json").read_text())
     assert status["state"] == "completed" and status["durable_step"] == 4
+
+
+@pytest.mark.slow
+def test_a_forged_high_step_never_becomes_the_durable_step_nor_takes_a_kept_slot(tmp_path, monkeypatch):
+    """Issue 28 remainder: step 2 copied to step 999999999 with its manifest edited (checksums all match). The
+    resumed run never reports it as its durable step, keeps it (named in a warning) without counting it against
+    keep_last, so its own newest checkpoint survives pruning and the next resume starts there."""
+    spec = tiny_spec(tmp_path, "train.max_steps=2", "checkpoint.keep_last=1")
+    assert run_job(spec, Console(quiet=True)) == 0
+    checkpoints = tmp_path / "bucket" / "r" / "checkpoints"
+    forged = checkpoints / checkpoint_dir(999999999).split("/")[1]
+    shutil.copytree(checkpoints / checkpoint_dir(2).split("/")[1], forged)
+    manifest = json.loads((forged / "manifest.json").read_text())
+    (forged / "manifest.json").write_text(json.dumps({**manifest, "step": 999999999}))
+    reported: list[int] = []
+    set_status = Syncer.set_status
+
+    def recording(self, state=None, **fields):
+        if "durable_step" in fields:
+            reported.append(fields["durable_step"])
+        set_status(self, state, **fields)
+
+    monkeypatch.setattr(Syncer, "set_status", recording)
+    spec.train.max_steps = 4
+    assert run_job(spec, Console(quiet=True)) == 0
+    assert 999999999 not in reported and reported[-1] == 4, reported
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000000004", forged.name]
+    console = Console(record=True, width=1000, file=io.StringIO())
+    spec.train.max_steps = 5
+    assert run_job(spec, console) == 0
+    said = console.export_text()
+    assert "step 999999999 is unusable" in said and "from step 4 " in said, said
+    assert json.loads((tmp_path / "bucket" / "r" / "status.json").read_text())["durable_step"] == 5

@@ -48,6 +48,9 @@ class CheckpointStore:
         self.run = run
         self.lease = lease  # the writer's: each commit is fenced by it (checked, its number in the manifest)
         self.required = required
+        # steps whose files failed verification in this process (checksums, required files, their own step): out
+        # of this writer's view from then on (newest, durable step, pruning's count, best), their folders kept
+        self.unusable: set[int] = set()
 
     def commit(self, step: int, files: list[Path], meta: dict[str, Any],
                deadline: float | None = None) -> None:
@@ -66,6 +69,7 @@ class CheckpointStore:
             meta = {**meta, "fencing": self.lease.fencing}
         manifest = {"step": step, "files": entries, "committed_at": time.time(), **meta}
         self.run.put_text(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2))
+        self.unusable.discard(step)  # its files replaced by this commit's
 
     def manifests(self, warn: Callable[[str], None] = lambda message: None) -> list[dict[str, Any]]:
         """Committed checkpoints, oldest first; a damaged or tampered manifest is no commit (`warn` names it)."""
@@ -81,6 +85,8 @@ class CheckpointStore:
             except (ValueError, RecursionError, InputError) as e:
                 warn(f"ignoring checkpoint manifest {self.run.storage.uri.rstrip('/')}/{key}: {e}")
                 continue
+            if manifest["step"] in self.unusable:
+                continue
             if zombie_manifest(manifest, takeovers):
                 warn(f"ignoring checkpoint {self.run.storage.uri.rstrip('/')}/{key}: committed by a writer whose "
                      f"lease (fencing number {manifest['fencing']}) had been taken over")
@@ -91,13 +97,10 @@ class CheckpointStore:
     def fetch_latest(self, dest: Path, warn: Callable[[str], None]) -> tuple[dict[str, Any], Path] | None:
         """Downloads the newest checkpoint whose files match its manifest; falls back past corrupt ones."""
         for manifest in reversed(self.manifests(warn)):
-            folder = dest / f"step-{manifest['step']:09d}"
-            shutil.rmtree(folder, ignore_errors=True)
-            problem = self._download_verified(manifest, folder)
-            if problem is None:
-                return manifest, folder
-            warn(f"checkpoint at step {manifest['step']} is unusable ({problem}); trying the previous one")
-            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                return manifest, self.fetch(manifest, dest)
+            except ValueError as e:
+                warn(f"{e}; trying the previous one")
         return None
 
     def fetch(self, manifest: dict[str, Any], dest: Path) -> Path:
@@ -106,6 +109,8 @@ class CheckpointStore:
         shutil.rmtree(folder, ignore_errors=True)
         problem = self._download_verified(manifest, folder)
         if problem is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.unusable.add(manifest["step"])
             raise ValueError(f"checkpoint at step {manifest['step']} is unusable ({problem})")
         return folder
 
@@ -133,7 +138,9 @@ class CheckpointStore:
     def prune(self, keep_last: int) -> None:
         """Keeps the newest `keep_last` checkpoints and the best one (see `best_manifest`).
 
-        Also removes uncommitted leftovers of killed uploads. Call it only when no upload is in flight.
+        Also removes uncommitted leftovers of killed uploads, not checkpoints found unusable: their warning named
+        them (a forged step would otherwise take a slot of `keep_last` from the run's own newest checkpoints, or
+        have a just-committed one pruned). Call it only when no upload is in flight.
         """
         manifests = self.manifests()
         keep = {checkpoint_dir(m["step"]) for m in manifests[-keep_last:]}
@@ -144,6 +151,7 @@ class CheckpointStore:
         by_dir: dict[str, list[str]] = {}
         for key in self.run.storage.list(self.run.key("checkpoints/")):
             by_dir.setdefault(key[len(root):].rsplit("/", 1)[0], []).append(key)
+        keep |= {checkpoint_dir(step) for step in self.unusable}
         for folder, keys in by_dir.items():
             if folder not in keep:
                 keys.sort(key=lambda k: not k.endswith(MANIFEST))  # un-commit first

@@ -179,8 +179,9 @@ class Job:
         try:
             pretrained, data = self._read_inputs()  # bad data or base weights: exit 2 with nothing stored
             self.run_folder.put_text("spec.yaml", self.spec.to_yaml())
-            manifests = self.store.manifests()
-            self.syncer.set_status("running", durable_step=manifests[-1]["step"] if manifests else 0,
+            # the durable step as this run's writer last recorded it, until the resume has verified checkpoints:
+            # a manifest alone is not trusted (one copied to any step names it)
+            self.syncer.set_status("running", durable_step=previous["durable_step"] if previous else 0,
                                    started_at=self.started)
             try:
                 return self._train_and_report(pretrained, data)
@@ -421,6 +422,8 @@ class Job:
         """
         tiers = [self.local.store, self.store] if self.local else [self.store]
         resumed = resume_snapshot(tiers, self.work / "resume", device, warn=self.warn)  # the other ranks' too
+        newest = self.store.manifests()[-1:]  # every newer one was tried and found unusable, however high its step
+        self.syncer.set_status(durable_step=newest[0]["step"] if newest else 0)
         if resumed is None:
             return b""
         manifest, folder, snapshot = resumed
