@@ -1,5 +1,6 @@
 """Issue 20: bad MEDS data exits 2 with one line naming the file, column and count, before anything is stored."""
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -85,6 +86,19 @@ def subjects_in_two_splits(ds: Path) -> None:
                                                                                  pa.array(["held_out"] * 3))]))
 
 
+def folder_as_shard(ds: Path) -> None:
+    (ds / "data" / "x.parquet").mkdir()
+
+
+def fifo_as_shard(ds: Path) -> None:
+    os.mkfifo(ds / "data" / "x.parquet")  # read, it would block forever
+
+
+def folder_as_splits(ds: Path) -> None:
+    (ds / SPLITS).unlink()
+    (ds / SPLITS).mkdir()
+
+
 BAD_MEDS = {  # name -> (mutation, what the one line must name)
     "corrupt parquet footer": (corrupt_footer, [SHARD, "not a readable parquet file"]),
     "scrambled parquet footer": (scrambled_footer, [SHARD, "not a readable parquet file"]),
@@ -93,6 +107,9 @@ BAD_MEDS = {  # name -> (mutation, what the one line must name)
     "no code column": (no_code_column, [SHARD, "code"]),
     "no tuning subjects": (no_tuning_split, [SPLITS, "'tuning'"]),
     "splits name other subjects": (splits_for_other_subjects, [SPLITS, "'train'", "0 of 48"]),
+    "a folder named like a shard": (folder_as_shard, ["data/x.parquet", "a folder where a parquet file"]),
+    "a FIFO named like a shard": (fifo_as_shard, ["data/x.parquet", "not a regular file"]),
+    "a folder as the splits file": (folder_as_splits, [SPLITS]),
 }
 
 

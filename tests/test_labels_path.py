@@ -1,5 +1,6 @@
 """task.labels_path: MEDS label parquet from anywhere (ACES layouts), checked, and each row its own example."""
 
+import os
 from datetime import datetime
 
 import pyarrow as pa
@@ -122,3 +123,15 @@ def test_a_missing_label_column_names_the_file_and_column(dataset, tmp_path):
     pq.write_table(labels(ONE_EACH), tmp_path / "labels.parquet")
     with pytest.raises(DataError, match=r"labels.parquet: column 'float_value' is missing \(a survival task"):
         labelled_splits(dataset, None, SPLITS, "survival", tmp_path / "labels.parquet")
+
+
+def test_a_folder_or_fifo_named_like_a_label_file_is_named_in_one_error(dataset, tmp_path):
+    """Issue 28 item 10: not read as a dataset of its own, nor a read that blocks forever."""
+    pq.write_table(labels(ONE_EACH), tmp_path / "a.parquet")
+    (tmp_path / "b.parquet").mkdir()
+    with pytest.raises(DataError, match=r"b.parquet: a folder where a parquet file was expected"):
+        labelled_splits(dataset, None, SPLITS, labels_path=tmp_path)
+    (tmp_path / "b.parquet").rmdir()
+    os.mkfifo(tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"b.parquet: not a regular file"):
+        labelled_splits(dataset, None, SPLITS, labels_path=tmp_path)

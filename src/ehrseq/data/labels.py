@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
+from ehrseq.data.meds_io import regular_file
 from ehrseq.errors import DataError
 
 LABELS_DIR = "labels"
@@ -118,7 +119,7 @@ def read_label_files(files: list[Path], kind: str) -> pa.Table:
     tables = []
     for f in files:
         try:
-            table = pq.read_table(f)
+            table = pq.read_table(regular_file(f))
             empty = [c for c in VALUE_COLUMNS if c in table.column_names and table.column(c).null_count == len(table)]
             tables.append(meds.LabelSchema.align(table.drop_columns(empty)))
         except (SchemaValidationError, TableValidationError) as e:

@@ -167,10 +167,23 @@ class MedsDataset:
     path: Path | None = None
 
 
+def regular_file(path: Path) -> Path:
+    """`path`, if it is a regular file (or a link to one); else DataError naming it and what is there instead.
+
+    Reading a folder named like a shard raises IsADirectoryError from deep inside a read (or pyarrow reads it
+    as a dataset of its own), and a FIFO blocks the read forever."""
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise DataError(f"{path}: a folder where a parquet file was expected; move or rename it")
+    if path.exists():
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); replace it with the parquet file")
+    raise DataError(f"{path}: file not found")
+
+
 def read_table(path: Path, schema: type) -> pa.Table:
     """Read one parquet file and align it to a meds schema, naming the file in any error."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    regular_file(path)
     try:
         return schema.align(pq.read_table(path))
     except (SchemaValidationError, TableValidationError) as e:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
 from ehrseq.data.history_arrays import NO_BIRTH, HistoryArrays, ragged_take
-from ehrseq.data.meds_io import read_table
+from ehrseq.data.meds_io import read_table, regular_file
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 from ehrseq.data.visits import DAY_VISITS, VisitRule, visit_index
@@ -69,11 +69,12 @@ class Shard:
 
 
 def data_shards(dataset: Path) -> list[Path]:
-    """The data shards, sorted: `data/<n>.parquet` and nested `data/<split>/<n>.parquet` (MEDS-Transforms)."""
+    """The data shards, sorted: `data/<n>.parquet` and nested `data/<split>/<n>.parquet` (MEDS-Transforms);
+    DataError naming one that is not a regular file."""
     files = sorted((Path(dataset) / meds.data_subdirectory).glob("**/*.parquet"))
     if not files:
         raise DataError(f"{Path(dataset) / meds.data_subdirectory}: no parquet files (is {dataset} a MEDS dataset?)")
-    return files
+    return [regular_file(f) for f in files]
 
 
 def read_shard(path: Path, values: bool = False) -> Shard:

@@ -41,7 +41,7 @@ from ehrseq.data.codes import CodeFilter
 from ehrseq.data.examples import ExampleLabels
 from ehrseq.data.history_arrays import GROUPS, HistoryArrays, ragged_take
 from ehrseq.data.labels import LabelReport
-from ehrseq.data.meds_io import MedsDataset, sha256_of, swap_into_place
+from ehrseq.data.meds_io import MedsDataset, regular_file, sha256_of, swap_into_place
 from ehrseq.data.numeric import NumericBins
 from ehrseq.data.pretrain_cut import PretrainCut
 from ehrseq.data.stream import (
@@ -63,7 +63,7 @@ from ehrseq.data.stream import (
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, label_arrays, no_examples
 from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.data.vocab import Vocabulary
-from ehrseq.errors import DataError, InputError, one_line
+from ehrseq.errors import InputError, one_line
 
 if TYPE_CHECKING:
     from ehrseq.data.token_arrays import TokenArrays
@@ -113,9 +113,7 @@ def dataset_fingerprint(dataset: Path) -> list[list[Any]]:
     The bytes themselves are hashed (about 1 GB/s, a small part of a build), not mtimes, so a copied dataset
     keeps its caches and a rewritten one never reuses a stale one."""
     dataset = Path(dataset)
-    files = [*data_shards(dataset), dataset / meds.subject_splits_filepath]
-    if not files[-1].is_file():
-        raise DataError(f"{files[-1]}: file not found")  # as meds_io.read_table says it
+    files = [*data_shards(dataset), regular_file(dataset / meds.subject_splits_filepath)]
     return [[f.relative_to(dataset).as_posix(), f.stat().st_size, sha256_of(f)] for f in files]
 
 
