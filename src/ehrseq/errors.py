@@ -3,6 +3,7 @@
 import contextlib
 import errno
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class InputError(Exception):
@@ -51,3 +52,17 @@ def naming_full_disk(where: object) -> Iterator[None]:
         if full is None:
             raise
         raise full from None
+
+
+def regular_file(path: Path) -> Path:
+    """`path`, if it is a regular file (or a link to one); else DataError naming it and what is there instead.
+
+    Reading a folder named like a shard raises IsADirectoryError from deep inside a read (or pyarrow reads it
+    as a dataset of its own), and a FIFO blocks the read forever."""
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise DataError(f"{path}: a folder where a parquet file was expected; move or rename it")
+    if path.exists():
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); replace it with the parquet file")
+    raise DataError(f"{path}: file not found")

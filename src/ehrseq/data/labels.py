@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
-from ehrseq.data.meds_io import regular_file
-from ehrseq.errors import DataError
+from ehrseq.errors import DataError, regular_file
 
 LABELS_DIR = "labels"
 VALUE_COLUMNS = ("boolean_value", "integer_value", "float_value", "categorical_value")

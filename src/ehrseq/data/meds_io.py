@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
-from ehrseq.errors import DataError, one_line
+from ehrseq.errors import DataError, one_line, regular_file
 
 
 def _etl_version() -> str:
@@ -165,20 +165,6 @@ class MedsDataset:
     data: pa.Table
     splits: dict[int, str]
     path: Path | None = None
-
-
-def regular_file(path: Path) -> Path:
-    """`path`, if it is a regular file (or a link to one); else DataError naming it and what is there instead.
-
-    Reading a folder named like a shard raises IsADirectoryError from deep inside a read (or pyarrow reads it
-    as a dataset of its own), and a FIFO blocks the read forever."""
-    if path.is_file():
-        return path
-    if path.is_dir():
-        raise DataError(f"{path}: a folder where a parquet file was expected; move or rename it")
-    if path.exists():
-        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); replace it with the parquet file")
-    raise DataError(f"{path}: file not found")
 
 
 def read_table(path: Path, schema: type) -> pa.Table:

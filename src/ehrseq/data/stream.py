@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 from flexible_schema.exceptions import SchemaValidationError, TableValidationError
 
 from ehrseq.data.history_arrays import NO_BIRTH, HistoryArrays, ragged_take
-from ehrseq.data.meds_io import read_table, regular_file
+from ehrseq.data.meds_io import read_table
 from ehrseq.data.numeric import BinFitter, NumericBins, numeric_values
 from ehrseq.data.tokenize import MAX_AGE_MONTHS, STATIC_SEGMENT
 from ehrseq.data.visits import DAY_VISITS, VisitRule, visit_index
 from ehrseq.data.vocab import Vocabulary
-from ehrseq.errors import DataError, InputError, one_line
+from ehrseq.errors import DataError, InputError, one_line, regular_file
 
 SPLITS = ("train", "tuning", "held_out")  # split code = index; -1: in no split (dropped)
 COLUMNS = ("subject_id", "time", "code")

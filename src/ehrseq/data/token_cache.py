@@ -41,7 +41,7 @@ from ehrseq.data.codes import CodeFilter
 from ehrseq.data.examples import ExampleLabels
 from ehrseq.data.history_arrays import GROUPS, HistoryArrays, ragged_take
 from ehrseq.data.labels import LabelReport
-from ehrseq.data.meds_io import MedsDataset, regular_file, sha256_of, swap_into_place
+from ehrseq.data.meds_io import MedsDataset, sha256_of, swap_into_place
 from ehrseq.data.numeric import NumericBins
 from ehrseq.data.pretrain_cut import PretrainCut
 from ehrseq.data.stream import (
@@ -63,7 +63,7 @@ from ehrseq.data.stream import (
 from ehrseq.data.supervised import LabelledSplit, NextVisitSplit, label_arrays, no_examples
 from ehrseq.data.visits import DAY_VISITS, VisitRule
 from ehrseq.data.vocab import Vocabulary
-from ehrseq.errors import InputError, one_line
+from ehrseq.errors import InputError, one_line, regular_file
 
 if TYPE_CHECKING:
     from ehrseq.data.token_arrays import TokenArrays
