@@ -1,5 +1,6 @@
 """Issue 20: bad MEDS data exits 2 with one line naming the file, column and count, before anything is stored."""
 
+import json
 import os
 import shutil
 import sys
@@ -138,3 +139,28 @@ def test_a_stored_run_refused_on_bad_data_keeps_its_status(good_meds, tmp_path, 
     code, err = run_in_process(monkeypatch, capsys, *run_on(ds, tmp_path, "train.max_steps=4"))
     assert (code, len(err.strip().splitlines())) == (2, 1) and SHARD in err, err
     assert status.read_bytes() == before  # still completed at step 2: never shown as running
+
+
+def test_what_the_data_leaves_out_is_counted_and_said(good_meds, tmp_path, monkeypatch, capsys):
+    """Issue 28 item 10: subjects with data but no split, and events dated before birth, are no longer passed
+    over in silence: one warning line, and their counts in summary.json's data block."""
+    ds = tmp_path / "meds"
+    shutil.copytree(good_meds, ds)
+    rewrite(ds / SPLITS, lambda t: t.slice(3))  # three subjects of the data in no split
+    placed = pq.read_table(ds / SPLITS).column("subject_id")
+    data = pq.read_table(ds / SHARD)
+    birth = data.filter(pc.and_(pc.equal(data.column("code"), "MEDS_BIRTH"),
+                                pc.is_in(data.column("subject_id"), placed))).slice(0, 1)
+    early = birth.set_column(data.schema.get_field_index("code"), "code", pa.array(["EARLY"]))  # a day before birth
+    early = early.set_column(data.schema.get_field_index("time"), "time",
+                             pc.subtract(birth.column("time"), pa.scalar(86_400_000_000, pa.duration("us"))))
+    pq.write_table(pa.concat_tables([data, early]), ds / SHARD)
+    code, err = run_in_process(monkeypatch, capsys, *run_on(ds, tmp_path))
+    out = capsys.readouterr().out
+    assert code == 0, err
+    said = " ".join((out + err).split())
+    assert "3 subjects with data are in no split" in said and "1 events are dated before their subject's birth" \
+        in said, said
+    summary = json.loads((tmp_path / "bucket" / "r" / "summary.json").read_text())
+    assert {k: summary["data"]["token_cache"][k] for k in ("subjects_without_split", "events_before_birth")} == \
+        {"subjects_without_split": 3, "events_before_birth": 1}

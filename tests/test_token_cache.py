@@ -146,7 +146,11 @@ def test_hand_built_edge_cases(tmp_path, max_len, min_count):
     three = [[r for r in EDGE_ROWS if r[0] in group] for group in ({1, 2}, {3, 4, 5, 6, 7, 8, 9}, {10}, set())]
     for layout, shards in {"one": [EDGE_ROWS], "three": three}.items():
         ds = write_rows(tmp_path / layout, shards, EDGE_SPLITS)
-        assert_same(ds, tmp_path / f"cache-{layout}", max_len, min_count)
+        manifest = assert_same(ds, tmp_path / f"cache-{layout}", max_len, min_count)
+        # what is left out or altered is counted: 6 and 12 (no split; "three" leaves 12 out); 2's two events
+        # before its earlier birth row, and 4's one in 1969
+        assert tc.passed_over_counts(manifest) == {"subjects_without_split": 2 if layout == "one" else 1,
+                                                   "events_before_birth": 3}
     _, arrays = tc.load_token_cache(tmp_path / "cache-one")
     assert arrays["train"].subject_ids.tolist() == [1, 2, 3, 5, 8]  # 6 (no split) and 7 (no data) dropped
 

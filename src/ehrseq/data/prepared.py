@@ -33,10 +33,12 @@ from ehrseq.data.synthetic import PRESETS, SyntheticParams
 from ehrseq.data.token_cache import (
     CacheRemote,
     LabelledTask,
+    describe_passed_over,
     load_examples,
     load_histories,
     load_next_visit,
     load_token_cache,
+    passed_over_counts,
     read_manifest,
     token_cache,
 )
@@ -183,8 +185,11 @@ def _from_token_cache(s: DataSettings, folder: Path, cache_dir: Path, vocab: Voc
     for split, rows in budget_sample(s, labelled).items():
         labelled[split], encoded[split] = take(labelled[split], rows), encoded[split].select(rows)
     name = dataset_name(folder)
+    passed_over = passed_over_counts(manifest)  # what tokenising left out or changed, said once per run
+    if warn and (message := describe_passed_over(passed_over)):
+        warn(message)
     facts = {"key": manifest["key"], "name": cache.name, "how": how, "seconds": round(time.perf_counter() - start, 3),
-             "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"]}
+             "events": manifest["counts"]["events"], "tokens": manifest["counts"]["tokens"], **passed_over}
     return PreparedData(vocab, encoded, identity_of(name, manifest["counts"]["events"]), name,
                         read_splits_mapping(folder), labelled, folder, report, token_cache=facts,
                         train_histories=train_histories, pretrain_cut=cut,

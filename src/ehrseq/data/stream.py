@@ -204,6 +204,26 @@ def rank_in_group(groups: np.ndarray) -> np.ndarray:
     return np.arange(len(groups)) - np.repeat(first, np.diff(np.r_[first, len(groups)]))
 
 
+def passed_over(shard: Shard, splits: SplitTable) -> tuple[int, int]:
+    """What tokenising would otherwise pass over in silence, counted for the data report: the shard's subjects
+    in no split (or an unknown one), which `histories` leaves out, and the timed events of the others dated
+    before their subject's birth, which `encode` gives age 0."""
+    subject, time, has_time, code = shard.subject, shard.time, shard.has_time, shard.code
+    if not np.all(subject[1:] >= subject[:-1]):
+        order = np.argsort(subject, kind="stable")
+        subject, time, has_time, code = subject[order], time[order], has_time[order], code[order]
+    new_subject = _starts(subject)
+    patient = np.cumsum(new_subject) - 1
+    placed = splits.of(subject[new_subject]) >= 0
+    is_birth = code == shard.names.index(meds.birth_code) if meds.birth_code in shard.names else np.zeros_like(has_time)
+    no_birth = np.iinfo(np.int64).max
+    birth = np.full(len(placed), no_birth)
+    rows = is_birth & has_time
+    np.minimum.at(birth, patient[rows], time[rows])  # the earliest birth row, as `histories` takes it
+    rows = has_time & ~is_birth & placed[patient] & (birth != no_birth)[patient]
+    return int((~placed).sum()), int((time[rows] < birth[patient[rows]]).sum())
+
+
 @dataclass
 class Histories:
     """One shard's patients (subjects in a split, sorted) as arrays: births, static codes and day visits.

@@ -57,6 +57,7 @@ from ehrseq.data.stream import (
     histories,
     iter_shards,
     last_visit_targets,
+    passed_over,
     read_splits,
     training_vocabulary,
 )
@@ -81,6 +82,7 @@ PATIENT_DTYPES = {"subject_ids": np.int64, "splits": np.int8, "births": np.int64
 CACHE_FILES = (*(f"{name}.npy" for name in (*ELEMENT_DTYPES, *PATIENT_DTYPES)), "vocab.json")  # manifest aside
 LABELS_FILE = "labels.parquet"  # examples caches: the label rows, row = example id
 LABEL_COLUMNS = ("subject_id", "prediction_time", "boolean_value", "float_value")
+PASSED_OVER = ("subjects_without_split", "events_before_birth")  # manifest counts, reported with the data
 _BLOCK = 1 << 24  # bytes per read or write while copying
 
 
@@ -310,9 +312,13 @@ def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins:
                      visits: VisitRule = DAY_VISITS) -> Iterator[Histories]:
     """Each shard's histories in `visits` (the rows `codes` and `cut` keep; valued codes binned with `bins`; with
     `examples`, one per label row, cut at its prediction time before its visits are found), adding its rows to
-    events[0] and those `codes` drops to events[1]."""
+    events[0], those `codes` drops to events[1], and what `passed_over` counts (subjects in no split, events
+    before birth) to events[2:4]."""
     for shard in iter_shards(dataset, values=bins is not None):
         events[0] += len(shard.subject)  # the dataset's events (its identity), whatever is kept of them
+        unplaced, before_birth = passed_over(shard, splits)
+        events[2] += unplaced
+        events[3] += before_birth
         if codes:
             kept = codes.apply(shard)
             events[1] += len(shard.subject) - len(kept.subject)
@@ -326,7 +332,7 @@ def _shard_histories(dataset: Path, splits: SplitTable, events: list[int], bins:
 def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabulary | None, source: str,
            key: str, numeric_bins: int, task: LabelledTask | None, cut: PretrainCut | None,
            codes: CodeFilter | None, next_visit: bool = False, visits: VisitRule = DAY_VISITS) -> dict[str, Any]:
-    seconds, given, events = {}, vocab is not None, [0, 0]
+    seconds, given, events = {}, vocab is not None, [0, 0, 0, 0]
     start = time.perf_counter()
     splits = read_splits(dataset)
     examples = ExampleLabels.of(task.labels, splits) if task else None
@@ -381,7 +387,8 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         "format": FORMAT, "key": key, "dataset": str(dataset),
         "settings": {"max_len": max_len, "min_count": min_count, "vocab_given": given,
                      "numeric_bins": vocab.numeric_bins, "visit": visits.describe()},
-        "counts": {"events": events[0], "patients": patient_at[-1], "tokens": token_at[-1], "codes": len(vocab)},
+        "counts": {"events": events[0], "patients": patient_at[-1], "tokens": token_at[-1], "codes": len(vocab),
+                   "subjects_without_split": events[2], "events_before_birth": events[3]},
         "splits": {name: {"patients": patient_at[s: s + 2], "tokens": token_at[s: s + 2]}
                    for s, name in enumerate(SPLITS)},
         "files": files, "seconds": seconds,
@@ -397,6 +404,23 @@ def _build(dataset: Path, tmp: Path, max_len: int, min_count: int, vocab: Vocabu
         manifest["codes"] = codes.describe(events[1], events[0])
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def passed_over_counts(manifest: dict[str, Any]) -> dict[str, int]:
+    """The manifest's counts of what tokenising passed over (`stream.passed_over`); a cache built before they
+    were counted has none."""
+    return {name: manifest["counts"][name] for name in PASSED_OVER if name in manifest["counts"]}
+
+
+def describe_passed_over(counts: dict[str, int]) -> str | None:
+    """A warning line for a run's log when anything was passed over; None when nothing was."""
+    said = []
+    if n := counts.get("subjects_without_split"):
+        said.append(f"{n:,} subjects with data are in no split of metadata/subject_splits.parquet (or an unknown "
+                    "one) and were left out")
+    if n := counts.get("events_before_birth"):
+        said.append(f"{n:,} events are dated before their subject's birth and were given age 0")
+    return "; ".join(said) or None
 
 
 def build_token_cache(dataset: Path, dest: Path, max_len: int, min_count: int = 1, vocab: Vocabulary | None = None,
