@@ -54,6 +54,8 @@ import numpy as np
 import pyarrow as pa
 
 from ehrseq.data.stream import rank_in_group
+from ehrseq.data.synthetic_cohort import SyntheticCohort
+from ehrseq.data.synthetic_icu import generate_icu
 
 NUM_CLUSTERS = 12
 DX_PER_CLUSTER = 10
@@ -203,20 +205,6 @@ _BACKGROUND_CDF[-1] = 1.0
 _LAB_MEAN, _LAB_SD = np.array([(mean, sd) for _, mean, sd in LABS]).T
 
 
-@dataclass
-class SyntheticCohort:
-    """MEDS events (including those after each prediction time), labels by task, and the oracle risks.
-
-    `oracle[task]` is row-aligned with `labels[task]`: `subject_id`, `prediction_time`, `true_risk` and
-    `true_risk_order_blind` (the same hazard without the order term) and `true_risk_order_marginal` (the Bayes
-    risk of a model that sees everything but the order: the risk averaged over the order term).
-    """
-
-    data: pa.Table
-    labels: dict[str, pa.Table]
-    oracle: dict[str, pa.Table]
-
-
 def code_clusters() -> dict[str, int]:
     """Each comorbidity-cluster code (diagnoses and drugs) -> its planted cluster, 0..NUM_CLUSTERS-1.
 
@@ -236,7 +224,6 @@ def generate_synthetic(num_patients: int, seed: int, params: SyntheticParams = P
     if num_patients < 1:
         raise ValueError(f"num_patients must be at least 1, got {num_patients}")
     if params.pattern == "icu":
-        from ehrseq.data.synthetic_icu import generate_icu  # (it builds on SyntheticCohort, defined here)
 
         return generate_icu(num_patients, seed)
     sizes = [min(chunk_size, num_patients - start) for start in range(0, num_patients, chunk_size)]

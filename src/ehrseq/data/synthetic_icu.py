@@ -29,7 +29,7 @@ import meds
 import numpy as np
 import pyarrow as pa
 
-from ehrseq.data.synthetic import SyntheticCohort
+from ehrseq.data.synthetic_cohort import SyntheticCohort
 
 READMISSION_TASK = "readmission_or_death_30d"
 MAX_STAYS = 6
