@@ -61,7 +61,7 @@ def test_label_budget_cuts_training_and_tuning_to_k_patients_per_replicate(tmp_p
     assert set(budget[0].labelled["tuning"].subject_ids) != set(budget[0].labelled["train"].subject_ids)
     assert np.array_equal(budget[0].labelled["train"].subject_ids, prepare_data(
         make_spec(tmp_path, label_budget=k), cache).labelled["train"].subject_ids)  # seeded
-    assert [p.subject_id for p in budget[0].encoded["train"]] == budget[0].labelled["train"].example_ids.tolist()
+    assert budget[0].encoded["train"].subject_ids.tolist() == budget[0].labelled["train"].example_ids.tolist()
     assert np.array_equal(budget[1].labelled["held_out"].subject_ids, full.labelled["held_out"].subject_ids)
     assert budget[1].vocab.itos == full.vocab.itos  # the vocabulary uses no labels: the whole training split
     counts = make_spec(tmp_path, label_budget=k)
