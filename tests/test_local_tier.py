@@ -86,6 +86,7 @@ def test_sigterm_during_an_outage_commits_locally_and_resumes_from_there(tmp_pat
         local_step = local["step"]
         assert local["committed_at"] - signalled < 5  # within RunPod's SIGTERM -> SIGKILL budget
         server.start()
+        wait_for(lambda: "durable_step" in status(server, "tier"), timeout=30)  # weed serves objects a moment later
         in_bucket = status(server, "tier")["durable_step"]
         assert uploaded == {} and local_step > in_bucket, (local_step, in_bucket)
 
