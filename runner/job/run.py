@@ -74,6 +74,7 @@ from ehrseq_runner.storage.uri import open_storage, redact_credentials
 
 EXIT_COMPLETED = 0
 FAILED_STATUS_BUDGET_S = 10.0
+COMPLETED_STATUS_BUDGET_S = 60.0  # a finished run's last status upload (a loaded machine or store is slow)
 T = TypeVar("T")
 
 
@@ -392,7 +393,10 @@ class Job:
 
     def _completed(self, held_out: Any, durable_step: int, **fields: Any) -> int:
         self.syncer.set_status("completed", durable_step=durable_step, finished_at=time.time(), **fields)
-        self.syncer.flush(time.monotonic() + FAILED_STATUS_BUDGET_S)  # LeaseLost (exit 2) before saying completed
+        # LeaseLost (exit 2) before saying completed; no stop request presses here, so a slow store gets longer
+        if not self.syncer.flush(time.monotonic() + COMPLETED_STATUS_BUDGET_S):
+            self.warn(f"status.json could not be stored as completed within {COMPLETED_STATUS_BUDGET_S:g} s (the "
+                      "bundle is stored); run the same command again to record it")
         self.tracker.finish(self.work / "summary.json")
         self.console.print(f"[green]completed[/] {escape(self.run_folder.uri)}: "
                            + ", ".join(f"{k} {v:.4f}" for k, v in held_out.metrics().items()))
