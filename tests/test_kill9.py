@@ -68,7 +68,7 @@ def test_random_sigkills_always_resume_from_a_committed_checkpoint(tmp_path):
         if proc.returncode == 0:
             break
         if before:
-            match = re.search(r"from step (\d+)", err.replace("\n", " "))
+            match = re.search(r"from step (\d+)", " ".join(err.split()))  # rich wraps at 80 columns
             assert match and int(match.group(1)) == max(before), err  # the newest committed one
             resumed_from.append(int(match.group(1)))
         committed(run_dir)  # everything that counts as committed verifies

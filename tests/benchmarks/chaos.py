@@ -110,7 +110,7 @@ def chaos(server: WeedServer, tmp: Path, steps: int, kills: int, window_s: float
         code = proc.wait()
         text = log.read_text()
         takeovers += "took over the stale lease" in text
-        resumed = re.search(r"from step (\d+) ", text)
+        resumed = re.search(r"from step (\d+) ", " ".join(text.split()))  # rich wraps at 80 columns
         got = int(resumed.group(1)) if resumed else (0 if "parameters)" in text else None)
         if got is not None:
             resumes.append({"expected": expected, "resumed_from": got})
