@@ -10,6 +10,7 @@ assumptions the user sets; `ehrseq bench gpu` measures MFU on the pod's GPU.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ from pathlib import Path
 from ehrseq.data.prepared import PreparedData
 from ehrseq.errors import InputError
 from ehrseq.models import BEHRTConfig, Med2VecConfig
+from ehrseq.models.prediction import BEHRTForPrediction
 from ehrseq.reports.compare import md_table
 from ehrseq.reports.ladder import COUNT_KINDS
 from ehrseq.training.length import run_length
-from ehrseq_runner.commands.gpu_check import PEAK_TFLOPS
+from ehrseq_runner.commands.gpu_check import PEAK_TFLOPS, flops_per_token
 from ehrseq_runner.job.prepare import prepare_data
 from ehrseq_runner.spec.job_spec import JobSpec
 from ehrseq_runner.spec.ladder_spec import LadderRun
@@ -81,9 +83,8 @@ def _run_flops(spec: JobSpec, data: PreparedData) -> tuple[int, float, float]:
     length = run_length(examples, t.batch_size, t.max_steps, epochs=t.epochs, min_steps=t.min_steps,
                         evals_per_epoch=t.evals_per_epoch, eval_every=t.eval_every)
     tokens_per_example = float(train.lengths.mean())
-    weights, layers, width = _encoder_size(spec, len(data.vocab))
-    per_token_train = 6.0 * weights + 12.0 * layers * width * tokens_per_example
-    per_token_eval = 2.0 * weights + 4.0 * layers * width * tokens_per_example
+    per_token_train = _flops_per_token(spec.model.kind, spec.model.size, len(data.vocab), tokens_per_example)
+    per_token_eval = per_token_train / 3  # a forward pass: a third of forward and backward
     tuning = min(t.label_budget, len(data.encoded["tuning"])) if t.label_budget else len(data.encoded["tuning"])
     evaluations = math.ceil(length.steps / length.eval_every) if length.eval_every else 1
     eval_tokens = (evaluations * tuning + len(data.encoded["held_out"])) * tokens_per_example
@@ -91,11 +92,15 @@ def _run_flops(spec: JobSpec, data: PreparedData) -> tuple[int, float, float]:
             eval_tokens * per_token_eval)
 
 
-def _encoder_size(spec: JobSpec, vocab_size: int) -> tuple[int, int, int]:
-    """(weight-matrix parameters of the encoder layers, layers, width) of the run's model."""
-    if spec.model.kind == "med2vec":
-        c = Med2VecConfig.preset(spec.model.size, vocab_size=vocab_size)
-        return vocab_size * c.code_size + c.code_size * c.visit_size, 1, c.visit_size
-    c = BEHRTConfig.preset(spec.model.size, vocab_size=vocab_size)
-    per_layer = 4 * c.hidden_size ** 2 + 2 * c.hidden_size * c.intermediate_size
-    return c.num_layers * per_layer, c.num_layers, c.hidden_size
+def _flops_per_token(kind: str, size: str, vocab_size: int, seq_len: float) -> float:
+    """Training FLOPs per token of the run's model: `ehrseq bench gpu`'s 6 N + 12 L C T (Med2Vec: its two
+    projections as N, one layer of its visit width)."""
+    if kind == "med2vec":
+        c = Med2VecConfig.preset(size, vocab_size=vocab_size)
+        return 6.0 * (vocab_size * c.code_size + c.code_size * c.visit_size) + 12.0 * c.visit_size * seq_len
+    return flops_per_token(_behrt(size, vocab_size), seq_len)
+
+
+@functools.cache
+def _behrt(size: str, vocab_size: int) -> BEHRTForPrediction:
+    return BEHRTForPrediction(BEHRTConfig.preset(size, vocab_size=vocab_size))
