@@ -105,8 +105,9 @@ def patients_from_meds(data: pa.Table, visits: VisitRule = DAY_VISITS) -> list[P
     visit_start = _boundaries(visit_id)
     visit_subject = subject[keep][visit_start[:-1]]
     visit_time = time_us[keep][visit_start[:-1]].astype("datetime64[us]").tolist()
-    # The visit's last event: rows are time-sorted, so it is the row before the next visit's first row.
-    last_rows = np.r_[np.flatnonzero(new_visit)[1:] - 1, len(visit_id) - 1] if len(visit_id) else np.zeros(0, np.int64)
+    # The visit's last event: rows are time-sorted, so it is the row before the next visit's first row (row
+    # indices before the dedupe above, as `time_us` is).
+    last_rows = np.r_[np.flatnonzero(new_visit)[1:] - 1, len(new_visit) - 1] if len(new_visit) else np.zeros(0, int)
     visit_end = time_us[last_rows].astype("datetime64[us]").tolist()
     code_lists = [vocab[i] for i in code_idx.tolist()]
     visits = [
@@ -172,9 +173,17 @@ def _rows_before(data: pa.Table, cut: pa.Table) -> pa.Table:
     cut = cut.rename_columns(["subject_id", "_cut", *cut.column_names[2:]])
     cut = cut.set_column(0, "subject_id", cut.column("subject_id").cast(data.schema.field("subject_id").type))
     cut = cut.set_column(1, "_cut", cut.column("_cut").cast(data.schema.field("time").type))
-    joined = data.join(cut, keys="subject_id", join_type="inner")
+    joined = join_in_row_order(data, cut)
     keep = pc.or_kleene(pc.is_null(joined.column("time")), pc.less(joined.column("time"), joined.column("_cut")))
     return joined.filter(keep).drop_columns(["_cut"])
+
+
+def join_in_row_order(data: pa.Table, other: pa.Table) -> pa.Table:
+    """`data` inner-joined to `other` on subject_id, its rows in `data`'s order: Arrow's hash join returns rows in
+    whatever order its threads finish, and a reordering of same-time rows would reorder a visit's codes."""
+    indexed = data.append_column("_row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+    joined = indexed.join(other, keys="subject_id", join_type="inner")
+    return joined.take(pc.sort_indices(joined, [("_row", "ascending")])).drop_columns(["_row"])
 
 
 def codes_kept(data: pa.Table, codes: CodeFilter) -> pa.Table:
