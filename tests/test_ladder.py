@@ -138,7 +138,9 @@ def fake_bundle(root: Path, run, strength: float, tuning: float) -> None:
     summary = {"run_id": run.spec.resolved_run_id, "task": "binary", "labels": "outcome_within_365d",
                "metrics": p.metrics(), "wall_time_s": 60.0, "gpu_hours": 0.5, "cost": 1.0,
                "data": {"subjects": {"train": 1000, "tuning": 200, "held_out": HELD_OUT}},
-               "oracle": {"auroc": 0.95}, **({"baseline": {"tuning_score": tuning}} if count else {})}
+               "oracle": {"auroc": 0.95}, **({"baseline": {"tuning_score": tuning}} if count else {}),
+               **({"family_probe": {"neighbours": 5, "family_share": 0.4, "matched_share": 0.15, "chance": 0.1}}
+                  if run.pretraining and run.cohort == "order" else {})}
     (folder / "summary.json").write_text(json.dumps(summary))
     if not count:
         (folder / "metrics.jsonl").write_text(json.dumps({"step": 4, "split": "tuning", "auroc": tuning}) + "\n")
@@ -200,6 +202,9 @@ def test_a_preempted_ladder_continues_and_the_report_gives_the_known_verdicts(tm
     assert report.count("Matches the known answer") == 2 and "true risk (oracle) 0.950" in report
     assert (out / "plots" / "order_label_efficiency.png").stat().st_size > 10_000
     assert "### Pretraining" in report and "| behrt | lad-order-behrt-pretrain |" in report
+    pretrainings = {line.split(" | ")[1]: line for line in report.splitlines() if "-behrt-pretrain |" in line}
+    assert "| 0.400 / 0.150 / 0.100 |" in pretrainings["lad-order-behrt-pretrain"]  # the family probe's figures
+    assert "| - |" in pretrainings["lad-presence-behrt-pretrain"]  # no probe in that bundle
 
 
 @pytest.mark.slow

@@ -15,16 +15,29 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ehrseq.data.synthetic import FAMILY
+from ehrseq.data.vocab import Vocabulary
+
 
 @dataclass(frozen=True)
 class FamilyProbe:
     neighbours: int  # nearest codes looked at per code
     family_share: float  # mean share of family codes among a family code's nearest codes
-    matched_share: float  # the same for the frequency-matched non-family codes among their own set
+    matched_share: float | None  # the same for the frequency-matched non-family codes among their own set (None:
+    # fewer than two such codes)
     chance: float  # the family's share of the vocabulary's codes
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    def sentence(self) -> str:
+        """For SUMMARY.md: the shares, and whether the family stands out from its frequency-matched yardstick."""
+        found = self.family_share > max(self.matched_share or 0.0, self.chance)
+        matched = "no frequency-matched codes" if self.matched_share is None else \
+            f"{self.matched_share:.3f} for frequency-matched codes among their own set"
+        return (f"Family probe (did pretraining put the planted family's codes together?): "
+                f"{self.family_share:.3f} of each family code's {self.neighbours} nearest codes are in the family, "
+                f"against {matched} and {self.chance:.3f} by chance: {'found' if found else 'not found'}.")
 
 
 def family_probe(vectors: np.ndarray, codes: Sequence[str], counts: Mapping[str, int], family: Sequence[str],
@@ -40,7 +53,15 @@ def family_probe(vectors: np.ndarray, codes: Sequence[str], counts: Mapping[str,
     low, high = min(family_counts) / 2, max(family_counts) * 2
     matched = np.array([not m and low <= counts.get(c, 0) <= high for c, m in zip(codes, members, strict=True)])
     return FamilyProbe(neighbours, _share(unit, members, neighbours), _share(unit, matched, neighbours)
-                       if matched.sum() >= 2 else float("nan"), float(members.mean()))
+                       if matched.sum() >= 2 else None, float(members.mean()))
+
+
+def probe_vocabulary(vectors: np.ndarray, vocab: Vocabulary, family: Sequence[str] = FAMILY,
+                     neighbours: int = 5) -> FamilyProbe | None:
+    """`family_probe` on a model's code vectors, `vectors` (V, C) one row per token of `vocab` (special tokens
+    included: they are left out), with the training split's counts as frequencies."""
+    first = len(Vocabulary.SPECIALS)
+    return family_probe(vectors[first:], vocab.itos[first:], vocab.counts, family, neighbours)
 
 
 def _share(unit: np.ndarray, group: np.ndarray, neighbours: int) -> float:
