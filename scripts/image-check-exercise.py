@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from s3_server import SECRET_KEY, WeedServer  # noqa: E402  (the tests' real S3 server, reused)
+from support.s3_server import SECRET_KEY, WeedServer  # noqa: E402  (the tests' real S3 server, reused)
 
 BUCKET = "ehrseq"
 RUN_URI = f"s3://{BUCKET}/runs/behrt-small-mlm"

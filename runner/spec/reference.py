@@ -1,7 +1,7 @@
 """The spec reference page, generated from the pydantic models: every field's type, default, bounds and description.
 
 `python -m ehrseq_runner.spec.reference [FILE]` writes it (default: print); docs/reference/spec.md is its output,
-and tests/test_docs.py fails when that file is stale or a field has no description.
+and tests/end_to_end/test_docs.py fails when that file is stale or a field has no description.
 """
 
 from __future__ import annotations

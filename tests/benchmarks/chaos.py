@@ -27,7 +27,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
-from s3_server import WeedServer  # noqa: E402
+from support.s3_server import WeedServer  # noqa: E402
 
 SPEC = TESTS.parent / "jobs" / "behrt_small.yaml"
 BUCKET = "ehrseq-test"

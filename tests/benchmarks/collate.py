@@ -36,7 +36,7 @@ from ehrseq.data.batching import Batch, EpochOrder
 from ehrseq.data.token_arrays import DTYPES, TokenArrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the per-row reference
-from reference_batches import collate, collate_rows, row  # noqa: E402
+from support.reference_batches import collate, collate_rows, row  # noqa: E402
 
 
 def random_arrays(patients: int, seq_len: int, vocab: int, seed: int) -> TokenArrays:

@@ -39,8 +39,8 @@ def objects_child(dataset: str, max_len: int, min_count: int, examples: bool = F
     from ehrseq.data.stream import SPLITS
     from ehrseq.data.synthetic import BINARY_TASK
 
-    from reference_histories import build_vocabulary, encode_patient
-    from reference_splits import encode_examples, labelled_splits, patients_by_split
+    from support.reference_histories import build_vocabulary, encode_patient
+    from support.reference_splits import encode_examples, labelled_splits, patients_by_split
 
     start = time.perf_counter()
     data = read_meds_dataset(Path(dataset))

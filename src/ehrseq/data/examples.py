@@ -1,6 +1,6 @@
 """Supervised examples streamed shard by shard: each label row becomes a patient of its own, for the token cache.
 
-The per-patient reference the tests keep (tests/reference_splits.py) cuts the whole MEDS table at every label's
+The per-patient reference the tests keep (tests/support/reference_splits.py) cuts the whole MEDS table at every label's
 prediction time and builds a Patient per example. Here the same cut runs on one shard's arrays
 at a time: a subject's rows are repeated once per label row of that subject, the rows at or after its
 prediction time dropped (static rows kept), and the example's id (its row in the label table) takes the place

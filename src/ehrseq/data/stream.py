@@ -1,6 +1,6 @@
 """A MEDS dataset read shard by shard and turned into BEHRT tokens with numpy, never the whole dataset at once.
 
-Exactly the result of the plain per-patient path the tests keep as the reference (tests/reference_histories.py:
+Exactly the result of the plain per-patient path the tests keep as the reference (tests/support/reference_histories.py:
 Patient objects, their vocabulary, their tokens), but without a Python object per patient or visit: memory is
 bounded by one shard and a shard of a million rows takes a fraction of a second. MEDS shards hold whole
 subjects, so each shard is complete on its own; `iter_shards` checks that no subject appears in two of them.

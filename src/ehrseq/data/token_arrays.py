@@ -58,7 +58,7 @@ class TokenArrays:
 
     def collate(self, indices: Sequence[int] | np.ndarray, pad_id: int = 0) -> Batch:
         """The batch of these patients (any order, repeats allowed), padded to the longest, gathered straight from the
-        flat arrays (tests/reference_batches.py keeps the per-row loop it equals)."""
+        flat arrays (tests/support/reference_batches.py keeps the per-row loop it equals)."""
         idx = self._positions(indices)  # (B,)
         if len(idx) == 0:
             raise ValueError("cannot collate an empty batch")

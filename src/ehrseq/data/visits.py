@@ -17,7 +17,7 @@ subject's last row (a history cut at a prediction time during it) runs to that r
 see decide how they are grouped.
 
 The token cache calls `visit_index` (ehrseq.data.stream), and so does the per-patient reference the tests prove it
-equal to (tests/reference_histories.py): every model reads the same visits.
+equal to (tests/support/reference_histories.py): every model reads the same visits.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 AUROC is the Mann-Whitney statistic on scipy's average ranks (tied scores count 1/2, as they should); AUPRC is
 scikit-learn's average precision (step-wise, one point per distinct score). Both compute what scikit-learn's
-`roc_auc_score` and `average_precision_score` give (tests/test_supervised_metrics.py holds them equal) in a few
+`roc_auc_score` and `average_precision_score` give (tests/library/test_supervised_metrics.py holds them equal) in a few
 microseconds instead of its ~2 ms of input checks per call, which a bundle's bootstrap pays 2,000 times and a
 ladder's report 4,000 times per run. A resample with a single class has no AUROC, so it gives NaN and the
 bootstrap skips it.

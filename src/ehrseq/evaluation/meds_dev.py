@@ -5,7 +5,7 @@ parquet, casts it to its PredictionSchema (so `predicted_boolean_probability` be
 blocks: every row weighted equally, and every subject weighted equally, the latter by drawing
 `samples_per_subject` rows with replacement from each subject's rows (numpy's legacy global seed
 `resampling_seed`, subjects in ascending order). This module does the same in numpy and scikit-learn, without
-its polars/hydra stack, so every bundle carries the figures; tests/test_meds_dev.py runs the package itself on
+its polars/hydra stack, so every bundle carries the figures; tests/library/test_meds_dev.py runs the package itself on
 the same file and checks they agree. MEDS-DEV wraps the blocks with dataset, task, model, timestamp, version,
 and writes NaN as null.
 """
