@@ -31,7 +31,7 @@ from ehrseq.data.token_arrays import TokenArrays
 from ehrseq.data.vocab import Vocabulary
 from ehrseq.errors import InputError, no_space
 from ehrseq.evaluation.controls import oracle_facts, order_probe_facts
-from ehrseq.evaluation.family_probe import probe_vocabulary
+from ehrseq.evaluation.family_probe import cooccurrence_vectors, probe_vocabulary
 from ehrseq.evaluation.predictions import BinaryPredictions, SurvivalPredictions
 from ehrseq.models import count_parameters
 from ehrseq.models.baselines import fit_baseline
@@ -305,7 +305,7 @@ class Job:
             **self._order_probe(data, lambda s: _scores(trainer.evaluate(
                 TokenArrays.encode(s.histories, s.example_ids, vocab, spec.data.max_seq_len), lambda: False))),
             **({"code_neighbours": embeddings.neighbours} if embeddings else {}),
-            **self._family_probe(model, vocab),
+            **self._family_probe(model, data),
         }, warn=self.warn, extra_files=embeddings.files if embeddings else (),
             summary_md_extra=embeddings.markdown(vocab.counts) if embeddings else "", stop=self.stop.check)
 
@@ -413,15 +413,17 @@ class Job:
                                      f"{self.spec.resolved_run_id}: Med2Vec code vectors (PCA)", groups,
                                      "planted comorbidity cluster" if synthetic else "coding system")
 
-    def _family_probe(self, model: torch.nn.Module, vocab: Vocabulary) -> dict[str, Any]:
-        """Pretraining (MLM, Med2Vec) on a synthetic cohort with a planted family: did it learn the family?"""
-        spec = self.spec
+    def _family_probe(self, model: torch.nn.Module, data: PreparedData) -> dict[str, Any]:
+        """Pretraining (MLM, Med2Vec) on a synthetic cohort with a planted family: did it learn the family, and
+        do the training patients' co-occurrence counts reveal it (the yardstick)?"""
+        spec, vocab, train = self.spec, data.vocab, data.encoded["train"]
         if spec.task.kind not in ("mlm", "med2vec") or spec.data.source != "synthetic" \
                 or not spec.data.synthetic.params().family_share:
             return {}
         vectors = model.med2vec.code_vectors() if spec.model.kind == "med2vec" else model.behrt.embeddings.code.weight
         probe = probe_vocabulary(vectors.detach().float().cpu().numpy(), vocab)  # (V, C)
-        return {"family_probe": probe.to_dict()} if probe else {}
+        counted = probe_vocabulary(cooccurrence_vectors(train.codes, train.offsets, len(vocab)), vocab)  # (V, V)
+        return {"family_probe": probe.to_dict(), "family_probe_cooccurrence": counted.to_dict()} if probe else {}
 
     def _weights_facts(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Checkpoint size and time per step: what a LoRA run saves against full fine-tuning."""

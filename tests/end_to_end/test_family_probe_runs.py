@@ -14,10 +14,10 @@ from ehrseq_runner.spec.job_spec import JobSpec
 
 
 def pretraining(tmp_path, kind: str, preset: str) -> dict:
-    """A 2-step pretraining of `kind` on 400 patients of `preset`; its summary.json."""
+    """A 2-step pretraining of `kind` on 3,000 patients of `preset`; its summary.json."""
     spec = JobSpec.model_validate({
         "name": f"{preset}-{kind}", "seed": 1,
-        "data": {"num_patients": 400, "min_code_count": 1, "synthetic": {"preset": preset}},
+        "data": {"num_patients": 3000, "min_code_count": 1, "synthetic": {"preset": preset}},
         "model": {"kind": "behrt" if kind == "mlm" else "med2vec"}, "task": {"kind": kind},
         "train": {"max_steps": 2, "batch_size": 16, "eval_every": 2, "device": "cpu", "min_steps": 0},
         "storage": {"uri": f"file://{tmp_path}/runs"}, "runtime": {"work_dir": str(tmp_path / "work")}})
@@ -28,12 +28,14 @@ def pretraining(tmp_path, kind: str, preset: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlm", "med2vec"])
 def test_a_pretraining_on_the_family_cohort_reports_its_probe(tmp_path, kind):
-    probe = FamilyProbe(**pretraining(tmp_path, kind, "family")["family_probe"])
+    summary = pretraining(tmp_path, kind, "family")
+    probe, counted = FamilyProbe(**summary["family_probe"]), FamilyProbe(**summary["family_probe_cooccurrence"])
     folder = tmp_path / "runs" / f"family-{kind}"
     vocab = Vocabulary.load(folder / "vocab.json")
     assert probe.chance == pytest.approx(sum(c in FAMILY for c in vocab.counts) / len(vocab.counts))
     assert 0.0 <= probe.family_share <= 1.0 and probe.neighbours == 5
-    assert probe.sentence() in (folder / "SUMMARY.md").read_text()
+    assert counted.chance == probe.chance and counted.found  # 2,400 training patients' counts reveal it
+    assert probe.sentence(counted) in (folder / "SUMMARY.md").read_text()
 
 
 @pytest.mark.slow

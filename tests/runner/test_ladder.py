@@ -139,7 +139,9 @@ def fake_bundle(root: Path, run, strength: float, tuning: float) -> None:
                "metrics": p.metrics(), "wall_time_s": 60.0, "gpu_hours": 0.5, "cost": 1.0,
                "data": {"subjects": {"train": 1000, "tuning": 200, "held_out": HELD_OUT}},
                "oracle": {"auroc": 0.95}, **({"baseline": {"tuning_score": tuning}} if count else {}),
-               **({"family_probe": {"neighbours": 5, "family_share": 0.4, "matched_share": 0.15, "chance": 0.1}}
+               **({"family_probe": {"neighbours": 5, "family_share": 0.4, "matched_share": 0.15, "chance": 0.1},
+                   "family_probe_cooccurrence": {"neighbours": 5, "family_share": 0.9, "matched_share": 0.1,
+                                                 "chance": 0.1}}
                   if run.pretraining and run.cohort == "order" else {})}
     (folder / "summary.json").write_text(json.dumps(summary))
     if not count:
@@ -203,7 +205,7 @@ def test_a_preempted_ladder_continues_and_the_report_gives_the_known_verdicts(tm
     assert (out / "plots" / "order_label_efficiency.png").stat().st_size > 10_000
     assert "### Pretraining" in report and "| behrt | lad-order-behrt-pretrain |" in report
     pretrainings = {line.split(" | ")[1]: line for line in report.splitlines() if "-behrt-pretrain |" in line}
-    assert "| 0.400 / 0.150 / 0.100 |" in pretrainings["lad-order-behrt-pretrain"]  # the family probe's figures
+    assert "| 0.400 / 0.150 / 0.100 (counts 0.900) |" in pretrainings["lad-order-behrt-pretrain"]  # the family probes
     assert "| - |" in pretrainings["lad-presence-behrt-pretrain"]  # no probe in that bundle
 
 

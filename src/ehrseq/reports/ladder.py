@@ -499,9 +499,10 @@ def _render_pretraining(pretraining: Sequence[tuple[str, RunResult]]) -> list[st
         mode, labelled = data.get("mode", "?"), data.get("patients_labelled", "?")
         read = {"pool": f"pool ({labelled} labelled patients left out)",
                 "cut": f"cut ({labelled} labelled patients read before their prediction times)"}.get(mode, mode)
-        probe = run.summary.get("family_probe")
+        probe, counted = run.summary.get("family_probe"), run.summary.get("family_probe_cooccurrence")
         family = "-" if not probe else f"{probe['family_share']:.3f} / " + (
-            "-" if probe["matched_share"] is None else f"{probe['matched_share']:.3f}") + f" / {probe['chance']:.3f}"
+            "-" if probe["matched_share"] is None else f"{probe['matched_share']:.3f}") + f" / {probe['chance']:.3f}" \
+            + (f" (counts {counted['family_share']:.3f})" if counted else "")
         rows.append([", ".join(rungs[uri]), uri.rsplit("/", 1)[-1], *figures, family, read])
     if not rows:
         return []
@@ -509,7 +510,8 @@ def _render_pretraining(pretraining: Sequence[tuple[str, RunResult]]) -> list[st
             "split's code frequencies on the same masked tokens); labelled patients read before their prediction "
             "times only (`cut`) or not at all (`pool`). Family probe (cohorts with a planted family of rare codes): "
             "the share of family codes among each family code's 5 nearest code vectors / the same for "
-            "frequency-matched codes / chance; a pretraining that learned the family is well above both.", "",
+            "frequency-matched codes / chance (counts: the same probe on the training patients' co-occurrence counts, "
+            "no model: whether the data reveals the family); a pretraining that learned it is well above both.", "",
             md_table(["rungs", "run", "perplexity", "accuracy", "family probe",
                       "what it read of the labelled patients"], rows), ""]
 

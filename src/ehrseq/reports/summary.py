@@ -118,7 +118,9 @@ def render_summary_md(summary: dict[str, Any], plots: list[str]) -> str:
     warning = coverage_warning(summary["data"].get("coverage"))
     warning = f"\n**Warning: {warning}**\n" if warning else ""
     probe += unigram_sentence(summary["metrics"])
-    probe += f"\n{FamilyProbe(**summary['family_probe']).sentence()}\n" if summary.get("family_probe") else ""
+    if summary.get("family_probe"):
+        counted = summary.get("family_probe_cooccurrence")
+        probe += f"\n{FamilyProbe(**summary['family_probe']).sentence(FamilyProbe(**counted) if counted else None)}\n"
     fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts)
     images = "\n\n".join(f"### {PLOT_CAPTIONS.get(p.rsplit('/', 1)[-1], p)}\n\n![{p}]({p})" for p in plots)
     return f"""# {summary['run_id']}
