@@ -142,7 +142,8 @@ def fake_bundle(root: Path, run, strength: float, tuning: float) -> None:
                **({"family_probe": {"neighbours": 5, "family_share": 0.4, "matched_share": 0.15, "chance": 0.1},
                    "family_probe_cooccurrence": {"neighbours": 5, "family_share": 0.9, "matched_share": 0.1,
                                                  "chance": 0.1}}
-                  if run.pretraining and run.cohort == "order" else {})}
+                  if run.pretraining and run.cohort == "order" else {}),
+               **({"underfit": True} if run.pretraining and run.cohort == "presence" else {})}
     (folder / "summary.json").write_text(json.dumps(summary))
     if not count:
         (folder / "metrics.jsonl").write_text(json.dumps({"step": 4, "split": "tuning", "auroc": tuning}) + "\n")
@@ -204,9 +205,10 @@ def test_a_preempted_ladder_continues_and_the_report_gives_the_known_verdicts(tm
     assert report.count("Matches the known answer") == 2 and "true risk (oracle) 0.950" in report
     assert (out / "plots" / "order_label_efficiency.png").stat().st_size > 10_000
     assert "### Pretraining" in report and "| behrt | lad-order-behrt-pretrain |" in report
-    pretrainings = {line.split(" | ")[1]: line for line in report.splitlines() if "-behrt-pretrain |" in line}
+    pretrainings = {line.split(" | ")[1]: line for line in report.splitlines() if "| lad-" in line}
     assert "| 0.400 / 0.150 / 0.100 (counts 0.900) |" in pretrainings["lad-order-behrt-pretrain"]  # the family probes
-    assert "| - |" in pretrainings["lad-presence-behrt-pretrain"]  # no probe in that bundle
+    assert "| - |" in pretrainings["lad-presence-behrt-pretrain (underfit: best at its last step)"]  # no probe
+    assert "underfit" not in pretrainings["lad-order-behrt-pretrain"]
 
 
 @pytest.mark.slow

@@ -503,7 +503,8 @@ def _render_pretraining(pretraining: Sequence[tuple[str, RunResult]]) -> list[st
         family = "-" if not probe else f"{probe['family_share']:.3f} / " + (
             "-" if probe["matched_share"] is None else f"{probe['matched_share']:.3f}") + f" / {probe['chance']:.3f}" \
             + (f" (counts {counted['family_share']:.3f})" if counted else "")
-        rows.append([", ".join(rungs[uri]), uri.rsplit("/", 1)[-1], *figures, family, read])
+        name = uri.rsplit("/", 1)[-1] + (" (underfit: best at its last step)" if run.summary.get("underfit") else "")
+        rows.append([", ".join(rungs[uri]), name, *figures, family, read])
     if not rows:
         return []
     return ["### Pretraining", "", "Held-out masked-code perplexity and accuracy, model / unigram (the training "
