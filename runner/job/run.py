@@ -422,8 +422,10 @@ class Job:
             return {}
         vectors = model.med2vec.code_vectors() if spec.model.kind == "med2vec" else model.behrt.embeddings.code.weight
         probe = probe_vocabulary(vectors.detach().float().cpu().numpy(), vocab)  # (V, C)
+        if probe is None:  # fewer than two family codes in the vocabulary
+            return {}
         counted = probe_vocabulary(cooccurrence_vectors(train.codes, train.offsets, len(vocab)), vocab)  # (V, V)
-        return {"family_probe": probe.to_dict(), "family_probe_cooccurrence": counted.to_dict()} if probe else {}
+        return {"family_probe": probe.to_dict(), "family_probe_cooccurrence": counted.to_dict()}
 
     def _weights_facts(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Checkpoint size and time per step: what a LoRA run saves against full fine-tuning."""
